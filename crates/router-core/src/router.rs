@@ -1,0 +1,188 @@
+//! [`Router`]: a loaded bundle that scores prompts.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::config::{files, EncoderConfig, RouterConfig};
+use crate::encoder::{load_safetensors, BertEncoder, Encoder, StaticEncoder};
+use crate::error::{CoreError, Result};
+use crate::head::Head;
+use crate::hub::hub_file;
+
+/// The default revision used when none is given.
+pub const DEFAULT_REVISION: &str = "main";
+
+/// A router bundle, loaded: prompt in, one predicted quality per underlying model out.
+#[derive(Debug, Clone)]
+pub struct Router {
+    config: RouterConfig,
+    encoder: Encoder,
+    head: Head,
+    device: Device,
+    dir: PathBuf,
+}
+
+impl Router {
+    /// Loads a bundle directory on the default device (CPU, or the GPU when built with `cuda` or
+    /// `metal` and one is present).
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load_on(dir, &default_device()?)
+    }
+
+    /// Loads a bundle directory on `device`.
+    pub fn load_on(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = RouterConfig::load(dir)?;
+        let encoder = load_encoder(dir, &config, device)?;
+        let head_path = dir.join(files::HEAD);
+        let head = load_safetensors(&head_path, device, |vb| {
+            Head::load(vb, &config.head, config.encoder.dim(), config.models.len())
+        })?;
+        Ok(Self { config, encoder, head, device: device.clone(), dir: dir.to_path_buf() })
+    }
+
+    /// Loads a bundle published as a Hugging Face model repo, through the hub cache: with a filled
+    /// cache this needs no network (see [`crate::hub::hub_file`]).
+    pub fn from_hub(repo_id: &str, revision: Option<&str>) -> Result<Self> {
+        let revision = revision.unwrap_or(DEFAULT_REVISION);
+        let manifest = hub_file(repo_id, revision, files::MANIFEST)?;
+        let config = RouterConfig::load(manifest.parent().unwrap_or(Path::new(".")))?;
+        hub_file(repo_id, revision, files::TOKENIZER)?;
+        hub_file(repo_id, revision, files::HEAD)?;
+        if matches!(config.encoder, EncoderConfig::Static { .. }) {
+            hub_file(repo_id, revision, files::STATIC_ENCODER)?;
+        }
+        // All files of one revision live in the same snapshot directory.
+        Self::load(manifest.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Builds a router from parts already in memory (used by training, before a bundle is written).
+    pub fn from_parts(config: RouterConfig, encoder: Encoder, head: Head, device: Device) -> Result<Self> {
+        config.validate().map_err(CoreError::Invalid)?;
+        if encoder.dim() != config.encoder.dim() {
+            return Err(CoreError::Invalid(format!(
+                "the encoder has dimension {}, the config says {}",
+                encoder.dim(),
+                config.encoder.dim()
+            )));
+        }
+        Ok(Self { config, encoder, head, device, dir: PathBuf::new() })
+    }
+
+    /// The manifest.
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    /// The underlying models, in the order of the scores.
+    pub fn models(&self) -> &[String] {
+        &self.config.models
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// The head.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// The device the head (and a BERT encoder) runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The directory the bundle was loaded from (empty for one built in memory).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The prompt's embedding.
+    pub fn embed(&self, prompt: &str) -> Result<Vec<f32>> {
+        self.encoder.embed(prompt)
+    }
+
+    /// Predicted quality in [0, 1] of each underlying model on `prompt`, in [`Router::models`] order.
+    pub fn score(&self, prompt: &str) -> Result<Vec<f32>> {
+        let embedding = self.encoder.embed(prompt)?;
+        let mut rows = self.score_embeddings(&[embedding])?;
+        rows.pop().ok_or_else(|| CoreError::Invalid("the head returned no row".into()))
+    }
+
+    /// [`Router::score`] for many prompts at once; a prompt gets the same scores alone or in a batch.
+    pub fn score_batch(&self, prompts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let embeddings = self.encoder.embed_batch(prompts)?;
+        self.score_embeddings(&embeddings)
+    }
+
+    /// Runs the head on embeddings computed earlier (e.g. cached for evaluation).
+    pub fn score_embeddings(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        if embeddings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dim = self.encoder.dim();
+        if let Some(bad) = embeddings.iter().find(|e| e.len() != dim) {
+            return Err(CoreError::Invalid(format!("an embedding has {} values, the head takes {dim}", bad.len())));
+        }
+        let flat: Vec<f32> = embeddings.iter().flatten().copied().collect();
+        let input = Tensor::from_vec(flat, (embeddings.len(), dim), &self.device)?;
+        Ok(self.head.forward(&input)?.to_dtype(DType::F32)?.to_vec2()?)
+    }
+}
+
+/// The device a router runs on by default: the first GPU when built with `cuda` or `metal` and
+/// one is present, else the CPU.
+pub fn default_device() -> Result<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        return Ok(Device::cuda_if_available(0)?);
+    }
+    #[cfg(all(feature = "metal", not(feature = "cuda")))]
+    {
+        return Ok(Device::new_metal(0).unwrap_or(Device::Cpu));
+    }
+    #[allow(unreachable_code)]
+    Ok(Device::Cpu)
+}
+
+fn load_encoder(dir: &Path, config: &RouterConfig, device: &Device) -> Result<Encoder> {
+    let tokenizer = dir.join(files::TOKENIZER);
+    match &config.encoder {
+        EncoderConfig::Static { dim, .. } => Ok(Encoder::Static(StaticEncoder::load(
+            &dir.join(files::STATIC_ENCODER),
+            &tokenizer,
+            config.max_seq_length,
+            *dim,
+        )?)),
+        EncoderConfig::Bert { repo, revision, path, dim } => {
+            let model_dir = match (path, repo) {
+                (Some(path), _) => dir.join(path),
+                (None, Some(repo)) => bert_dir_from_hub(repo, revision.as_deref().unwrap_or(DEFAULT_REVISION))?,
+                (None, None) => {
+                    return Err(CoreError::bundle(dir.join(files::MANIFEST), "encoder: a bert encoder needs a repo or a path"))
+                }
+            };
+            let encoder = BertEncoder::load(&model_dir, &tokenizer, config.max_seq_length, config.pooling, device)?;
+            if encoder.dim() != *dim {
+                return Err(CoreError::bundle(
+                    dir.join(files::MANIFEST),
+                    format!("encoder.dim is {dim}, but {} has hidden_size {}", model_dir.display(), encoder.dim()),
+                ));
+            }
+            Ok(Encoder::Bert(encoder))
+        }
+    }
+}
+
+/// The snapshot directory holding a BERT model's `config.json` and `model.safetensors`.
+pub fn bert_dir_from_hub(repo: &str, revision: &str) -> Result<PathBuf> {
+    hub_file(repo, revision, "model.safetensors")?;
+    let config = hub_file(repo, revision, "config.json")?;
+    Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
+}
