@@ -1,0 +1,218 @@
+//! Baselines a trained router must beat.
+//!
+//! - **kNN** ([`knn`]): the predicted quality of a test prompt is the mean score of its `k` nearest
+//!   training prompts by cosine similarity of their embeddings. Its predictions go through the same
+//!   band router and AIQ as the trained head's.
+//! - **random** ([`random`]): each prompt goes to a uniformly random model (seeded). Reported: the
+//!   quality and cost of that one seeded routing, and as its AIQ the AIQ of the hull of the single
+//!   models plus the *expected* point of uniform random routing (the mean of the single models'
+//!   points). That point lies inside the single models' hull, so this AIQ equals
+//!   [`crate::metrics::single_models_aiq`]: mixing models at random can reach nothing that mixing
+//!   whole models cannot. It is reported anyway so the table reads the same for every router.
+//! - **always-best** is the best single model, in the report as `best_single`.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainingError};
+use crate::metrics::{self, Matrix, Point};
+
+/// The default number of neighbours of [`knn`].
+pub const DEFAULT_K: usize = 10;
+
+/// kNN predictions for every test prompt: the mean train scores (one column per model, in the
+/// order of `train_scores`) of its `k` nearest train prompts by cosine similarity.
+///
+/// Neighbours are ranked by similarity, ties by lower train index, so the result is deterministic.
+/// A zero embedding has similarity 0 to everything. With fewer than `k` train prompts all are used.
+///
+/// ```
+/// use router_training::baselines::knn;
+/// let train = [vec![1.0, 0.0], vec![0.0, 1.0], vec![1.0, 1.0]];
+/// let scores = [vec![1.0, 0.0], vec![0.0, 1.0], vec![0.5, 0.5]];
+/// // [1, 0.1] is nearest to [1, 0], then to [1, 1].
+/// let predictions = knn(&train, &scores, &[vec![1.0, 0.1]], 2).unwrap();
+/// assert_eq!(predictions, [vec![0.75, 0.25]]);
+/// ```
+pub fn knn(
+    train_embeddings: &[Vec<f32>],
+    train_scores: &[Vec<f64>],
+    test_embeddings: &[Vec<f32>],
+    k: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let invalid = |message: String| Err(TrainingError::Invalid(format!("kNN: {message}")));
+    if k == 0 || train_embeddings.is_empty() {
+        return invalid("needs k >= 1 and at least one train prompt".into());
+    }
+    if train_embeddings.len() != train_scores.len() {
+        return invalid(format!(
+            "{} train embeddings, {} score rows",
+            train_embeddings.len(),
+            train_scores.len()
+        ));
+    }
+    let dimension = train_embeddings[0].len();
+    if let Some(other) = train_embeddings
+        .iter()
+        .chain(test_embeddings)
+        .find(|e| e.len() != dimension)
+    {
+        return invalid(format!(
+            "embeddings of dimension {} and {dimension}",
+            other.len()
+        ));
+    }
+    let models = train_scores[0].len();
+    if train_scores
+        .iter()
+        .any(|row| row.len() != models || !row.iter().all(|s| s.is_finite()))
+    {
+        return invalid("train score rows must all have the same width and be finite".into());
+    }
+    let train: Vec<Vec<f32>> = train_embeddings.iter().map(|e| unit(e)).collect();
+    let k = k.min(train.len());
+    Ok(test_embeddings
+        .par_iter()
+        .map(|embedding| {
+            let query = unit(embedding);
+            let mut neighbours: Vec<(f32, usize)> = train
+                .iter()
+                .enumerate()
+                .map(|(index, t)| (dot(&query, t), index))
+                .collect();
+            let nearest_first =
+                |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+            neighbours.select_nth_unstable_by(k - 1, nearest_first);
+            let mut mean = vec![0.0f64; models];
+            for &(_, index) in &neighbours[..k] {
+                for (sum, score) in mean.iter_mut().zip(&train_scores[index]) {
+                    *sum += score;
+                }
+            }
+            mean.iter().map(|sum| (sum / k as f64) as f32).collect()
+        })
+        .collect())
+}
+
+fn unit(vector: &[f32]) -> Vec<f32> {
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 && norm.is_finite() {
+        vector.iter().map(|x| x / norm).collect()
+    } else {
+        vec![0.0; vector.len()]
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// What the random baseline reports (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RandomBaseline {
+    /// AIQ of the single models plus the expected point of uniform random routing.
+    pub aiq: f64,
+    /// Mean score of the seeded random routing.
+    pub quality: f64,
+    /// Mean cost (USD per prompt) of the seeded random routing.
+    pub cost: f64,
+}
+
+/// One uniformly random model per prompt, from a ChaCha8 RNG seeded with `seed`.
+pub fn random_choices(prompts: usize, models: usize, seed: u64) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..prompts)
+        .map(|_| rng.random_range(0..models.max(1)))
+        .collect()
+}
+
+/// The random baseline on `test` (see the module docs).
+pub fn random(test: &Matrix, seed: u64) -> RandomBaseline {
+    let choices = random_choices(test.len(), test.models().len(), seed);
+    // The choices are one model index per prompt, so the routing is valid.
+    let routed = metrics::routing_point(test, &choices).unwrap_or(Point {
+        quality: 0.0,
+        cost: 0.0,
+    });
+    let singles = metrics::single_model_points(test);
+    let count = singles.len() as f64;
+    let expected = Point {
+        quality: singles.iter().map(|p| p.quality).sum::<f64>() / count,
+        cost: singles.iter().map(|p| p.cost).sum::<f64>() / count,
+    };
+    let mut points = singles;
+    points.push(expected);
+    RandomBaseline {
+        aiq: metrics::aiq_over_single_range(test, &points),
+        quality: routed.quality,
+        cost: routed.cost,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knn_means_the_nearest_scores_with_ties_by_index() {
+        let train = [
+            vec![1.0, 0.0],
+            vec![2.0, 0.0],
+            vec![0.0, 1.0],
+            vec![0.0, 0.0],
+        ];
+        let scores = [
+            vec![1.0, 0.0],
+            vec![0.0, 1.0],
+            vec![0.5, 0.5],
+            vec![0.0, 0.0],
+        ];
+        // [3, 0] is equally similar to train 0 and 1: k = 1 takes the lower index.
+        assert_eq!(
+            knn(&train, &scores, &[vec![3.0, 0.0]], 1).unwrap(),
+            [vec![1.0, 0.0]]
+        );
+        assert_eq!(
+            knn(&train, &scores, &[vec![3.0, 0.0]], 2).unwrap(),
+            [vec![0.5, 0.5]]
+        );
+        // Similarities to [0, 1]: 0, 0, 1, 0 (zero vector): train 2, then 0 and 1 by index.
+        assert_eq!(
+            knn(&train, &scores, &[vec![0.0, 1.0]], 3).unwrap(),
+            [vec![0.5, 0.5]]
+        );
+        // k beyond the train set uses all of it.
+        assert_eq!(
+            knn(&train, &scores, &[vec![0.0, 1.0]], 99).unwrap(),
+            [vec![0.375, 0.375]]
+        );
+        assert!(knn(&train, &scores, &[vec![1.0]], 1).is_err());
+        assert!(knn(&train, &scores[..2], &[vec![1.0, 0.0]], 1).is_err());
+        assert!(knn(&train, &scores, &[vec![1.0, 0.0]], 0).is_err());
+    }
+
+    #[test]
+    fn random_is_seeded_and_its_aiq_is_the_single_models_aiq() {
+        assert_eq!(random_choices(50, 3, 1), random_choices(50, 3, 1));
+        assert_ne!(random_choices(50, 3, 1), random_choices(50, 3, 2));
+        assert!(random_choices(50, 3, 1).iter().all(|&c| c < 3));
+        let test = Matrix::new(
+            vec!["big".into(), "small".into()],
+            vec![vec![1.0, 1.0], vec![1.0, 0.0], vec![1.0, 0.0]],
+            vec![vec![1.0, 0.1]; 3],
+        )
+        .unwrap();
+        let baseline = random(&test, 3);
+        assert!((baseline.aiq - metrics::single_models_aiq(&test)).abs() < 1e-12);
+        let choices = random_choices(3, 2, 3);
+        assert_eq!(
+            Point {
+                quality: baseline.quality,
+                cost: baseline.cost
+            },
+            metrics::routing_point(&test, &choices).unwrap()
+        );
+    }
+}

@@ -1,0 +1,671 @@
+//! The evaluation report: every metric of [`crate::metrics`] for a router and the baselines on one
+//! test set, as JSON (the CLI's `--json`), as a table ([`std::fmt::Display`]), and as an SVG plot of
+//! the cost–quality plane ([`plot_svg`]).
+//!
+//! The JSON has exactly this shape (qualities are mean scores, costs USD per prompt):
+//!
+//! ```text
+//! {"n", "skipped", "models": [..],
+//!  "best_single": {"model", "quality", "cost"},
+//!  "oracle": {"quality", "cost"},
+//!  "modes": {"quality": {"quality", "cost"}, "balanced": {..}, "cost": {..}},
+//!  "aiq", "single_models_aiq", "cost_at_parity": f|null,
+//!  "apgr": f|null, "cpt50": f|null, "cpt80": f|null,
+//!  "baselines": {"knn": {"aiq", "modes"}, "random": {"aiq", "quality", "cost"}}}
+//! ```
+//!
+//! `apgr`, `cpt50` and `cpt80` are null unless the test set has exactly two models with different
+//! mean scores; `cost_at_parity` is null when the router never reaches the best single model.
+
+use std::fmt;
+use std::path::Path;
+
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use serde::{Deserialize, Serialize};
+
+use crate::baselines::{self, RandomBaseline};
+use crate::error::{Result, TrainingError};
+use crate::metrics::{self, Matrix, PgrCurve, Point};
+
+/// What [`evaluate`] needs.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalInput<'a> {
+    /// The test set: scores, actual costs and the costs the router ranks by.
+    pub test: &'a Matrix,
+    /// How many rows the importer skipped reading the test set (reported, not used).
+    pub skipped: usize,
+    /// The router's predicted quality, one row per test prompt, one column per model of `test`.
+    pub predictions: &'a [Vec<f32>],
+    /// The kNN baseline's predictions ([`crate::baselines::knn`]), same shape.
+    pub knn_predictions: &'a [Vec<f32>],
+    /// Seed of the random baseline.
+    pub seed: u64,
+}
+
+/// A router's mean quality and cost in each routing mode.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Modes {
+    /// Quality mode (band [`metrics::QUALITY_BAND`]).
+    pub quality: Point,
+    /// Balanced mode (band [`metrics::BALANCED_BAND`]).
+    pub balanced: Point,
+    /// Cost mode (band [`metrics::COST_BAND`]).
+    pub cost: Point,
+}
+
+/// The best single model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestSingle {
+    /// Its name.
+    pub model: String,
+    /// Its mean score.
+    pub quality: f64,
+    /// Its mean cost in USD per prompt.
+    pub cost: f64,
+}
+
+/// A baseline that predicts qualities and routes with the band rule, like the router.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RouterBaseline {
+    /// Its AIQ (band sweep plus the single models).
+    pub aiq: f64,
+    /// Its quality and cost per mode.
+    pub modes: Modes,
+}
+
+/// The baselines of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Baselines {
+    /// kNN over prompt embeddings.
+    pub knn: RouterBaseline,
+    /// Uniformly random routing.
+    pub random: RandomBaseline,
+}
+
+/// The evaluation of a router on a test set; serialises to the JSON of the module docs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Test prompts.
+    pub n: usize,
+    /// Rows skipped reading the test set.
+    pub skipped: usize,
+    /// The models, in the predictions' column order.
+    pub models: Vec<String>,
+    /// The best single model.
+    pub best_single: BestSingle,
+    /// The oracle: per prompt the cheapest of the best-scoring models.
+    pub oracle: Point,
+    /// The router per mode.
+    pub modes: Modes,
+    /// The router's AIQ.
+    pub aiq: f64,
+    /// AIQ of the single models alone.
+    pub single_models_aiq: f64,
+    /// Lowest cost at which the router matches the best single model's quality.
+    pub cost_at_parity: Option<f64>,
+    /// Average performance gap recovered (two models only).
+    pub apgr: Option<f64>,
+    /// Share of strong-model calls needed to recover 50 % of the gap (two models only).
+    pub cpt50: Option<f64>,
+    /// Share of strong-model calls needed to recover 80 % of the gap (two models only).
+    pub cpt80: Option<f64>,
+    /// The baselines.
+    pub baselines: Baselines,
+}
+
+/// The points behind the report, for the plot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Curves {
+    /// The swept bands ([`metrics::sweep_bands`]).
+    pub bands: Vec<f64>,
+    /// The router's point at each band.
+    pub router: Vec<Point>,
+    /// The kNN baseline's point at each band.
+    pub knn: Vec<Point>,
+    /// Each single model's point, in the report's model order.
+    pub singles: Vec<Point>,
+    /// The oracle's point.
+    pub oracle: Point,
+    /// The seeded random routing's point.
+    pub random: Point,
+}
+
+/// A report with the curves it was computed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// The numbers.
+    pub report: EvalReport,
+    /// The points to plot.
+    pub curves: Curves,
+}
+
+/// Evaluates a router and the baselines on `input.test`.
+///
+/// Errors when the predictions do not have one finite value per model for every test prompt.
+///
+/// ```
+/// use router_training::eval::{evaluate, EvalInput};
+/// use router_training::metrics::Matrix;
+/// let test = Matrix::new(
+///     vec!["big".into(), "small".into()],
+///     vec![vec![1.0, 1.0], vec![1.0, 0.0]],
+///     vec![vec![1.0, 0.1], vec![1.0, 0.1]],
+/// )
+/// .unwrap();
+/// // A perfect router: it knows small gets the first prompt right.
+/// let predictions = vec![vec![1.0, 1.0], vec![1.0, 0.0]];
+/// let evaluation = evaluate(&EvalInput {
+///     test: &test,
+///     skipped: 0,
+///     predictions: &predictions,
+///     knn_predictions: &predictions,
+///     seed: 1,
+/// })
+/// .unwrap();
+/// let report = &evaluation.report;
+/// assert_eq!(report.modes.quality, report.oracle);
+/// assert_eq!(report.apgr, Some(0.75));
+/// println!("{report}");
+/// ```
+pub fn evaluate(input: &EvalInput) -> Result<Evaluation> {
+    let test = input.test;
+    let bands = metrics::sweep_bands();
+    let (router, router_sweep) = band_router(test, input.predictions, &bands)?;
+    let (knn, knn_sweep) = band_router(test, input.knn_predictions, &bands)?;
+    let (best_index, best) = metrics::best_single(test);
+    let oracle = metrics::oracle(test);
+    let pgr = PgrCurve::new(test, input.predictions)?;
+    let random = baselines::random(test, input.seed);
+    let report = EvalReport {
+        n: test.len(),
+        skipped: input.skipped,
+        models: test.models().to_vec(),
+        best_single: BestSingle {
+            model: test.models()[best_index].clone(),
+            quality: best.quality,
+            cost: best.cost,
+        },
+        oracle,
+        modes: router.modes,
+        aiq: router.aiq,
+        single_models_aiq: metrics::single_models_aiq(test),
+        cost_at_parity: metrics::cost_at_parity(&router_sweep, best.quality),
+        apgr: pgr.as_ref().map(PgrCurve::apgr),
+        cpt50: pgr.as_ref().and_then(|curve| curve.cpt(0.5)),
+        cpt80: pgr.as_ref().and_then(|curve| curve.cpt(0.8)),
+        baselines: Baselines { knn, random },
+    };
+    let curves = Curves {
+        bands,
+        router: router_sweep,
+        knn: knn_sweep,
+        singles: metrics::single_model_points(test),
+        oracle,
+        random: Point {
+            quality: random.quality,
+            cost: random.cost,
+        },
+    };
+    Ok(Evaluation { report, curves })
+}
+
+/// Modes, AIQ and sweep of a band router with `predictions`.
+fn band_router(
+    test: &Matrix,
+    predictions: &[Vec<f32>],
+    bands: &[f64],
+) -> Result<(RouterBaseline, Vec<Point>)> {
+    let sweep = metrics::band_sweep(test, predictions, bands)?;
+    let mode_points = metrics::band_sweep(
+        test,
+        predictions,
+        &[
+            metrics::QUALITY_BAND,
+            metrics::BALANCED_BAND,
+            metrics::COST_BAND,
+        ],
+    )?;
+    let modes = Modes {
+        quality: mode_points[0],
+        balanced: mode_points[1],
+        cost: mode_points[2],
+    };
+    Ok((
+        RouterBaseline {
+            aiq: metrics::router_aiq(test, &sweep),
+            modes,
+        },
+        sweep,
+    ))
+}
+
+impl fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} test prompts ({} skipped), {} models",
+            self.n,
+            self.skipped,
+            self.models.len()
+        )?;
+        let best = format!("best single ({})", self.best_single.model);
+        let rows: [(&str, Point); 9] = [
+            (
+                &best,
+                Point {
+                    quality: self.best_single.quality,
+                    cost: self.best_single.cost,
+                },
+            ),
+            ("oracle", self.oracle),
+            ("router, quality mode", self.modes.quality),
+            ("router, balanced mode", self.modes.balanced),
+            ("router, cost mode", self.modes.cost),
+            ("kNN, quality mode", self.baselines.knn.modes.quality),
+            ("kNN, balanced mode", self.baselines.knn.modes.balanced),
+            ("kNN, cost mode", self.baselines.knn.modes.cost),
+            (
+                "random",
+                Point {
+                    quality: self.baselines.random.quality,
+                    cost: self.baselines.random.cost,
+                },
+            ),
+        ];
+        let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+        writeln!(
+            f,
+            "{:width$}  {:>7}  {:>17}",
+            "", "quality", "cost (USD/prompt)"
+        )?;
+        for (name, point) in rows {
+            writeln!(
+                f,
+                "{name:width$}  {:>7.4}  {:>17.3e}",
+                point.quality, point.cost
+            )?;
+        }
+        writeln!(
+            f,
+            "AIQ: router {:.4}, kNN {:.4}, random {:.4}, single models {:.4}",
+            self.aiq, self.baselines.knn.aiq, self.baselines.random.aiq, self.single_models_aiq
+        )?;
+        match self.cost_at_parity {
+            Some(cost) => writeln!(
+                f,
+                "cost at parity with the best single model: {cost:.3e} USD/prompt"
+            )?,
+            None => writeln!(
+                f,
+                "cost at parity with the best single model: never reached"
+            )?,
+        }
+        let share = |share: Option<f64>| {
+            share.map_or("never".to_owned(), |s| format!("{:.1} %", 100.0 * s))
+        };
+        match self.apgr {
+            Some(apgr) => write!(
+                f,
+                "APGR {apgr:.4}, CPT(50 %) {}, CPT(80 %) {}",
+                share(self.cpt50),
+                share(self.cpt80)
+            ),
+            None => write!(
+                f,
+                "APGR / CPT: n/a (they need exactly two models with different mean scores)"
+            ),
+        }
+    }
+}
+
+/// Draws the cost–quality plane to an SVG file: the router's band sweep as a line with its three
+/// modes marked, the kNN baseline's sweep as a dashed line, and each single model, the oracle and
+/// the random baseline as labelled points. The cost axis is logarithmic when costs are all
+/// positive and span more than a factor of 10.
+pub fn plot_svg(evaluation: &Evaluation, path: &Path) -> Result<()> {
+    let plot_error = |error: &dyn fmt::Display| TrainingError::Plot {
+        path: path.to_owned(),
+        message: error.to_string(),
+    };
+    let (report, curves) = (&evaluation.report, &evaluation.curves);
+    let mut labelled: Vec<(String, Point)> = report
+        .models
+        .iter()
+        .cloned()
+        .zip(curves.singles.iter().copied())
+        .collect();
+    labelled.push(("oracle".into(), curves.oracle));
+    labelled.push(("random".into(), curves.random));
+    let all = || {
+        labelled
+            .iter()
+            .map(|(_, p)| *p)
+            .chain(curves.router.iter().copied())
+            .chain(curves.knn.iter().copied())
+    };
+    let (min_cost, max_cost) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+        (lo.min(p.cost), hi.max(p.cost))
+    });
+    let (min_quality, max_quality) = all()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+            (lo.min(p.quality), hi.max(p.quality))
+        });
+    let log_scale = min_cost > 0.0 && max_cost / min_cost > 10.0;
+    let x = |cost: f64| if log_scale { cost.log10() } else { cost };
+    let x_margin = ((x(max_cost) - x(min_cost)) * 0.08).max(1e-9);
+    let x_range = x(min_cost) - x_margin..x(max_cost) + x_margin;
+    let y_range = (min_quality - 0.05).max(0.0)..(max_quality + 0.05).min(1.05);
+    let cost_label = |value: &f64| {
+        format!(
+            "{:.1e}",
+            if log_scale {
+                10f64.powf(*value)
+            } else {
+                *value
+            }
+        )
+    };
+
+    let root = SVGBackend::new(path, (1000, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_error(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("cost vs quality ({} prompts)", report.n),
+            ("sans-serif", 22),
+        )
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x_range.clone(), y_range)
+        .map_err(|e| plot_error(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(if log_scale {
+            "cost, USD per prompt (log scale)"
+        } else {
+            "cost, USD per prompt"
+        })
+        .y_desc("quality (mean score)")
+        .x_label_formatter(&cost_label)
+        .light_line_style(RGBColor(238, 238, 238))
+        .draw()
+        .map_err(|e| plot_error(&e))?;
+
+    let router_colour = BLUE;
+    let knn_colour = RGBColor(230, 120, 0);
+    chart
+        .draw_series(LineSeries::new(
+            curves.router.iter().map(|p| (x(p.cost), p.quality)),
+            router_colour.stroke_width(2),
+        ))
+        .map_err(|e| plot_error(&e))?
+        .label(format!("router, band 0 to 1 (AIQ {:.3})", report.aiq))
+        .legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], router_colour.stroke_width(2))
+        });
+    chart
+        .draw_series(DashedLineSeries::new(
+            curves.knn.iter().map(|p| (x(p.cost), p.quality)),
+            6,
+            4,
+            knn_colour.stroke_width(2),
+        ))
+        .map_err(|e| plot_error(&e))?
+        .label(format!(
+            "kNN baseline, band 0 to 1 (AIQ {:.3})",
+            report.baselines.knn.aiq
+        ))
+        .legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], knn_colour.stroke_width(2))
+        });
+
+    // Modes that land on the same point share one label, so labels do not overprint.
+    let mut mode_labels: Vec<(String, Point)> = Vec::new();
+    for (mode, point) in [
+        ("quality", report.modes.quality),
+        ("balanced", report.modes.balanced),
+        ("cost", report.modes.cost),
+    ] {
+        match mode_labels.iter_mut().find(|(_, shared)| *shared == point) {
+            Some((label, _)) => label.push_str(&format!(" / {mode}")),
+            None => mode_labels.push((format!("router: {mode}"), point)),
+        }
+    }
+    // Labels of points in the right third go left of the point, so they stay inside the plot.
+    let right_third = x_range.end - (x_range.end - x_range.start) / 3.0;
+    let marker = |(label, point): (String, Point), colour: RGBColor, above: bool| {
+        let at = (x(point.cost), point.quality);
+        let (horizontal, dx) = if at.0 > right_third {
+            (HPos::Right, -6)
+        } else {
+            (HPos::Left, 6)
+        };
+        let (vertical, dy) = if above {
+            (VPos::Bottom, -4)
+        } else {
+            (VPos::Top, 4)
+        };
+        let style = ("sans-serif", 13)
+            .into_font()
+            .color(&colour)
+            .pos(Pos::new(horizontal, vertical));
+        EmptyElement::at(at)
+            + Circle::new((0, 0), 4, colour.filled())
+            + Text::new(label, (dx, dy), style)
+    };
+    chart
+        .draw_series(
+            mode_labels
+                .into_iter()
+                .map(|labelled| marker(labelled, router_colour, false)),
+        )
+        .map_err(|e| plot_error(&e))?;
+    chart
+        .draw_series(
+            labelled
+                .into_iter()
+                .map(|labelled| marker(labelled, BLACK, true)),
+        )
+        .map_err(|e| plot_error(&e))?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_error(&e))?;
+    root.present().map_err(|e| plot_error(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metrics tests' toy: big (cost 1) scores [1, 1, 1], small (cost 0.1) [1, 0, 0].
+    fn toy() -> Matrix {
+        Matrix::new(
+            vec!["big".into(), "small".into()],
+            vec![vec![1.0, 1.0], vec![1.0, 0.0], vec![1.0, 0.0]],
+            vec![vec![1.0, 0.1]; 3],
+        )
+        .unwrap()
+    }
+
+    fn toy_evaluation() -> Evaluation {
+        let predictions = vec![vec![0.9, 0.88], vec![0.8, 0.5], vec![0.6, 0.7]];
+        // The kNN stand-in predicts big everywhere: every mode sends everything to big.
+        let knn_predictions = vec![vec![1.0, 0.0]; 3];
+        let test = toy();
+        evaluate(&EvalInput {
+            test: &test,
+            skipped: 4,
+            predictions: &predictions,
+            knn_predictions: &knn_predictions,
+            seed: 1,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn report_on_the_toy() {
+        let report = toy_evaluation().report;
+        assert_eq!(report.n, 3);
+        assert_eq!(report.skipped, 4);
+        assert_eq!(
+            report.best_single,
+            BestSingle {
+                model: "big".into(),
+                quality: 1.0,
+                cost: 1.0
+            }
+        );
+        assert!((report.aiq - 0.65 / 0.9).abs() < 1e-9);
+        assert!((report.single_models_aiq - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(report.cost_at_parity, None);
+        assert_eq!(report.apgr, Some(0.5));
+        assert!((report.cpt50.unwrap() - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(report.cpt80, Some(1.0));
+        assert!((report.modes.cost.cost - 0.4).abs() < 1e-9);
+        assert_eq!(
+            report.baselines.knn.modes.balanced,
+            Point {
+                quality: 1.0,
+                cost: 1.0
+            }
+        );
+        // kNN's sweep adds nothing beyond the single models to the hull.
+        assert!((report.baselines.knn.aiq - report.single_models_aiq).abs() < 1e-9);
+    }
+
+    #[test]
+    fn json_has_exactly_the_documented_shape() {
+        let json = serde_json::to_value(toy_evaluation().report).unwrap();
+        let keys = |value: &serde_json::Value| {
+            let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(
+            keys(&json),
+            [
+                "aiq",
+                "apgr",
+                "baselines",
+                "best_single",
+                "cost_at_parity",
+                "cpt50",
+                "cpt80",
+                "models",
+                "modes",
+                "n",
+                "oracle",
+                "single_models_aiq",
+                "skipped"
+            ]
+        );
+        assert_eq!(keys(&json["best_single"]), ["cost", "model", "quality"]);
+        assert_eq!(keys(&json["oracle"]), ["cost", "quality"]);
+        assert_eq!(keys(&json["modes"]), ["balanced", "cost", "quality"]);
+        assert_eq!(keys(&json["modes"]["balanced"]), ["cost", "quality"]);
+        assert_eq!(keys(&json["baselines"]), ["knn", "random"]);
+        assert_eq!(keys(&json["baselines"]["knn"]), ["aiq", "modes"]);
+        assert_eq!(
+            keys(&json["baselines"]["random"]),
+            ["aiq", "cost", "quality"]
+        );
+        assert!(json["cost_at_parity"].is_null());
+        assert_eq!(json["n"], 3);
+        assert_eq!(json["models"], serde_json::json!(["big", "small"]));
+        let back: EvalReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back, toy_evaluation().report);
+    }
+
+    #[test]
+    fn three_models_have_no_apgr() {
+        let test = Matrix::new(
+            vec!["a".into(), "b".into(), "c".into()],
+            vec![vec![1.0, 0.0, 0.5]],
+            vec![vec![3.0, 1.0, 2.0]],
+        )
+        .unwrap();
+        let predictions = vec![vec![0.9, 0.1, 0.5]];
+        let evaluation = evaluate(&EvalInput {
+            test: &test,
+            skipped: 0,
+            predictions: &predictions,
+            knn_predictions: &predictions,
+            seed: 0,
+        })
+        .unwrap();
+        assert_eq!(
+            (
+                evaluation.report.apgr,
+                evaluation.report.cpt50,
+                evaluation.report.cpt80
+            ),
+            (None, None, None)
+        );
+        assert_eq!(evaluation.report.cost_at_parity, Some(3.0));
+        assert!(evaluation.report.to_string().contains("n/a"));
+    }
+
+    #[test]
+    fn bad_predictions_are_an_error() {
+        let test = toy();
+        let short = vec![vec![0.5, 0.5]];
+        let good = vec![vec![0.5, 0.5]; 3];
+        let input = EvalInput {
+            test: &test,
+            skipped: 0,
+            predictions: &short,
+            knn_predictions: &good,
+            seed: 0,
+        };
+        assert!(matches!(evaluate(&input), Err(TrainingError::Invalid(_))));
+        let input = EvalInput {
+            predictions: &good,
+            knn_predictions: &short,
+            ..input
+        };
+        assert!(evaluate(&input).is_err());
+    }
+
+    #[test]
+    fn display_shows_every_row() {
+        let table = toy_evaluation().report.to_string();
+        for row in [
+            "best single (big)",
+            "oracle",
+            "router, balanced mode",
+            "kNN, cost mode",
+            "random",
+            "AIQ",
+            "APGR 0.5000",
+        ] {
+            assert!(table.contains(row), "{row} missing in\n{table}");
+        }
+    }
+
+    #[test]
+    fn plot_writes_an_svg_with_the_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("curve.svg");
+        plot_svg(&toy_evaluation(), &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"));
+        for label in [
+            "big",
+            "small",
+            "oracle",
+            "random",
+            "balanced",
+            "kNN baseline",
+        ] {
+            assert!(svg.contains(label), "{label} missing");
+        }
+        let error =
+            plot_svg(&toy_evaluation(), &dir.path().join("no/such/dir/curve.svg")).unwrap_err();
+        assert!(matches!(error, TrainingError::Plot { .. }), "{error}");
+    }
+}

@@ -1,0 +1,28 @@
+//! Training and evaluation of model-router's router heads.
+//!
+//! - [`data`]: importers for the public routing datasets (RouterBench, RouterDC, LLMRouter,
+//!   RouteLLM) and this crate's canonical JSON lines, into one [`data::Record`] list; model
+//!   selection and renaming; a deterministic, task-stratified train/validation split.
+//! - [`metrics`]: the evaluation words of `DESIGN.md`: quality and cost of a routing, best single,
+//!   oracle, the band router, AIQ, APGR / CPT, cost at parity.
+//! - [`baselines`]: kNN over prompt embeddings, uniformly random routing.
+//! - [`eval`]: the evaluation report (JSON and table) and its cost–quality plot.
+//!
+//! Design decisions, briefly:
+//! - Importers never stop at a bad row: they skip it and count it by reason, so a report can say
+//!   what was left out. A missing or wrong *file* is an error that names it.
+//! - Metrics take a [`metrics::Matrix`] of scores and costs in a fixed model order, so one set of
+//!   predictions (router head, kNN, anything) is judged by the same code; the band rule is
+//!   re-implemented here over plain slices so evaluation depends on no serving crate.
+//! - Everything random (the split, the random baseline) is seeded with a value-stable RNG.
+//! - One error enum for the crate, [`TrainingError`].
+
+#![deny(missing_docs)]
+
+pub mod baselines;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod metrics;
+
+pub use error::{Result, TrainingError};
