@@ -88,6 +88,15 @@ pub enum TrainingError {
         /// What failed.
         message: String,
     },
+    /// The encoder or the bundle failed (router-core).
+    #[error(transparent)]
+    Core(#[from] router_core::CoreError),
+    /// A tensor operation failed while training.
+    #[error(transparent)]
+    Candle(#[from] router_core::candle_core::Error),
+    /// The catalog is invalid or a routing decision failed (router-policy).
+    #[error(transparent)]
+    Policy(#[from] router_policy::PolicyError),
 }
 
 /// The crate's result type.

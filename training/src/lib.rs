@@ -21,8 +21,10 @@
 
 pub mod baselines;
 pub mod data;
+pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod metrics;
+pub mod train;
 
 pub use error::{Result, TrainingError};

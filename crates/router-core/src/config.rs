@@ -45,6 +45,9 @@ pub struct RouterConfig {
     pub pooling: Pooling,
     /// Prompts are truncated to this many tokens (special tokens included).
     pub max_seq_length: usize,
+    /// Which end of an over-long prompt is kept.
+    #[serde(default)]
+    pub truncation: Truncation,
     /// The head's shape.
     pub head: HeadConfig,
     /// How the head was trained; `None` for a bundle whose weights were never trained.
@@ -99,6 +102,20 @@ pub enum Pooling {
     Mean,
     /// The `[CLS]` token's vector, then L2 normalisation.
     Cls,
+}
+
+/// Which end of an over-long prompt is kept.
+///
+/// `left` drops the beginning and keeps the end: in few-shot prompts and long conversations the
+/// part that decides which model is needed (the question, the latest turn) comes last.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Truncation {
+    /// Keep the beginning (the usual BERT convention).
+    #[default]
+    Right,
+    /// Keep the end.
+    Left,
 }
 
 /// The head: an MLP from the embedding to one sigmoid output per underlying model.

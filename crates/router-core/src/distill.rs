@@ -54,7 +54,7 @@ pub fn distill_static(bert: &BertEncoder, dim: usize, progress: &mut dyn FnMut(u
 
 /// Projects the rows of `data` (`n × width`) on their top `dim` principal components.
 pub fn pca(data: &[f32], width: usize, dim: usize) -> Result<Vec<f32>> {
-    let rows = data.len() / width;
+    let rows = data.len().checked_div(width).unwrap_or(0);
     if rows < 2 || dim > width {
         return Err(CoreError::Invalid(format!("PCA of {rows} rows of width {width} to {dim} dimensions")));
     }

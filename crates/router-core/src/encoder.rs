@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::bert::{l2_normalize, mean_pool, pad_batch, BertConfig, BertModel};
-use crate::config::Pooling;
+use crate::config::{Pooling, Truncation};
 use crate::error::{CoreError, Result};
 use crate::tokenize::PromptTokenizer;
 
@@ -34,6 +34,7 @@ impl BertEncoder {
         model_dir: &Path,
         tokenizer_path: &Path,
         max_seq_length: usize,
+        truncation: Truncation,
         pooling: Pooling,
         device: &Device,
     ) -> Result<Self> {
@@ -45,7 +46,19 @@ impl BertEncoder {
         let weights_path = model_dir.join("model.safetensors");
         let model = load_safetensors(&weights_path, device, |vb| BertModel::load(vb, &config))?;
         let max_seq_length = max_seq_length.min(model.max_positions());
-        let tokenizer = PromptTokenizer::load(tokenizer_path, max_seq_length, true)?;
+        let tokenizer = PromptTokenizer::load(tokenizer_path, max_seq_length, truncation, true)?;
+        // Ids past the word embeddings would fail on every prompt (and distillation) that uses them.
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(CoreError::bundle(
+                tokenizer_path,
+                format!(
+                    "the tokenizer has {} tokens, but {} has vocab_size {}",
+                    tokenizer.vocab_size(),
+                    config_path.display(),
+                    config.vocab_size
+                ),
+            ));
+        }
         Ok(Self { model, tokenizer, pooling, hidden_size: config.hidden_size, device: device.clone() })
     }
 
@@ -101,13 +114,19 @@ pub struct StaticEncoder {
 
 impl StaticEncoder {
     /// Loads the table (`[vocab, dim]`, tensor `embeddings`) and the tokenizer.
-    pub fn load(table_path: &Path, tokenizer_path: &Path, max_tokens: usize, dim: usize) -> Result<Self> {
+    pub fn load(
+        table_path: &Path,
+        tokenizer_path: &Path,
+        max_tokens: usize,
+        truncation: Truncation,
+        dim: usize,
+    ) -> Result<Self> {
         let tensors = candle_core::safetensors::load(table_path, &Device::Cpu)
             .map_err(|e| CoreError::bundle(table_path, e.to_string()))?;
         let table = tensors.get(STATIC_TABLE_TENSOR).ok_or_else(|| {
             CoreError::bundle(table_path, format!("no tensor named {STATIC_TABLE_TENSOR:?}"))
         })?;
-        let tokenizer = PromptTokenizer::load(tokenizer_path, max_tokens, false)?;
+        let tokenizer = PromptTokenizer::load(tokenizer_path, max_tokens, truncation, false)?;
         let (rows, cols) = table
             .dims2()
             .map_err(|_| CoreError::bundle(table_path, format!("{STATIC_TABLE_TENSOR:?} must be 2-D, got {:?}", table.dims())))?;
@@ -193,7 +212,9 @@ impl StaticEncoder {
 /// Writes a `rows × dim` table as the safetensors file of a static encoder.
 pub fn save_static_table(table: &[f32], dim: usize, path: &Path) -> Result<()> {
     let rows = table.len() / dim.max(1);
-    let tensor = Tensor::from_slice(table, (rows, dim), &Device::Cpu)?;
+    // Stored as f16: half the size on disk, and well inside the precision a mean of many rows
+    // needs; loading widens it back to f32.
+    let tensor = Tensor::from_slice(table, (rows, dim), &Device::Cpu)?.to_dtype(DType::F16)?;
     candle_core::safetensors::save(&std::collections::HashMap::from([(STATIC_TABLE_TENSOR, tensor)]), path)
         .map_err(|e| CoreError::bundle(path, e.to_string()))
 }

@@ -47,7 +47,7 @@ pub mod hub;
 mod router;
 mod tokenize;
 
-pub use config::{EncoderConfig, HeadConfig, Pooling, RouterConfig, TrainingRecord, FORMAT_VERSION};
+pub use config::{EncoderConfig, HeadConfig, Pooling, RouterConfig, TrainingRecord, Truncation, FORMAT_VERSION};
 pub use encoder::{save_static_table, BertEncoder, Encoder, StaticEncoder, STATIC_TABLE_TENSOR};
 pub use error::{CoreError, Result};
 pub use head::Head;

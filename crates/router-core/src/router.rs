@@ -158,6 +158,7 @@ fn load_encoder(dir: &Path, config: &RouterConfig, device: &Device) -> Result<En
             &dir.join(files::STATIC_ENCODER),
             &tokenizer,
             config.max_seq_length,
+            config.truncation,
             *dim,
         )?)),
         EncoderConfig::Bert { repo, revision, path, dim } => {
@@ -168,7 +169,7 @@ fn load_encoder(dir: &Path, config: &RouterConfig, device: &Device) -> Result<En
                     return Err(CoreError::bundle(dir.join(files::MANIFEST), "encoder: a bert encoder needs a repo or a path"))
                 }
             };
-            let encoder = BertEncoder::load(&model_dir, &tokenizer, config.max_seq_length, config.pooling, device)?;
+            let encoder = BertEncoder::load(&model_dir, &tokenizer, config.max_seq_length, config.truncation, config.pooling, device)?;
             if encoder.dim() != *dim {
                 return Err(CoreError::bundle(
                     dir.join(files::MANIFEST),

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams};
+
+use crate::config::Truncation;
 
 use crate::error::{CoreError, Result};
 
@@ -28,8 +30,9 @@ impl std::fmt::Debug for PromptTokenizer {
 }
 
 impl PromptTokenizer {
-    /// Loads `path`. `max_tokens` counts special tokens when `add_special_tokens` is set.
-    pub fn load(path: &Path, max_tokens: usize, add_special_tokens: bool) -> Result<Self> {
+    /// Loads `path`. `max_tokens` counts special tokens when `add_special_tokens` is set;
+    /// `truncation` says which end of a longer prompt is kept.
+    pub fn load(path: &Path, max_tokens: usize, truncation: Truncation, add_special_tokens: bool) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
         let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| CoreError::Tokenizer {
             path: path.to_path_buf(),
@@ -37,7 +40,14 @@ impl PromptTokenizer {
         })?;
         inner.with_padding(None);
         inner
-            .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                direction: match truncation {
+                    Truncation::Right => TruncationDirection::Right,
+                    Truncation::Left => TruncationDirection::Left,
+                },
+                ..Default::default()
+            }))
             .map_err(|e| CoreError::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
         let pad_id = ["[PAD]", "<pad>"].iter().find_map(|t| inner.token_to_id(t)).unwrap_or(0);
         Ok(Self { inner, path: path.to_path_buf(), max_tokens, add_special_tokens, pad_id })

@@ -2,11 +2,13 @@
 //! `../shared/fixtures/minilm-reference.json`. Needs that file and PyPI (first run only).
 
 mod common;
+mod support;
 
 use std::path::PathBuf;
 
 use router_core::candle_core::Device;
-use router_core::{BertEncoder, Pooling};
+use router_core::config::files;
+use router_core::{BertEncoder, EncoderConfig, Pooling, Router, Truncation};
 
 fn fixture() -> serde_json::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/minilm-reference.json");
@@ -23,7 +25,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 fn encoder() -> BertEncoder {
     let snapshot = common::minilm_snapshot();
-    BertEncoder::load(&snapshot, &snapshot.join("tokenizer.json"), 256, Pooling::Mean, &Device::Cpu).expect("load MiniLM")
+    BertEncoder::load(&snapshot, &snapshot.join("tokenizer.json"), 256, Truncation::Right, Pooling::Mean, &Device::Cpu).expect("load MiniLM")
 }
 
 #[test]
@@ -58,4 +60,25 @@ fn loads_offline_from_the_filled_hub_cache() {
     assert_eq!(by_branch, by_commit);
     let missing = router_core::hub::hub_file(common::MINILM_REPO, "main", "no-such-file.bin").expect_err("not cached");
     assert!(missing.to_string().contains("HF_HUB_OFFLINE"), "{missing}");
+}
+
+#[test]
+fn bert_bundle_loads_minilm_from_the_hub_cache() {
+    let snapshot = common::minilm_snapshot();
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    // The bundle holds no encoder weights: it names the repo, which resolves through the cache.
+    let bundle = tempfile::TempDir::new().expect("tempdir");
+    let encoder = EncoderConfig::Bert {
+        repo: Some(common::MINILM_REPO.into()),
+        revision: Some("main".into()),
+        path: None,
+        dim: 384,
+    };
+    let mut config = support::manifest(encoder, &support::MODELS);
+    config.max_seq_length = 256;
+    support::write_bundle(bundle.path(), &config, &snapshot.join(files::TOKENIZER));
+    let router = Router::load_on(bundle.path(), &Device::Cpu).expect("load the MiniLM bundle offline");
+    let scores = router.score("Write a Python function that reverses a linked list.").expect("score");
+    assert_eq!(scores.len(), support::MODELS.len());
+    assert!(scores.iter().all(|q| (0.0..=1.0).contains(q)), "{scores:?}");
 }

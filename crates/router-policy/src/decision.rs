@@ -108,7 +108,8 @@ pub struct Decision {
     pub threshold: f64,
     /// The request's estimated prompt tokens, as used for the window check and the cost.
     pub input_tokens: u64,
-    /// Every bundle column's predicted quality (`None` where it was NaN or infinite).
+    /// Every bundle column's predicted quality (`None` where it was NaN or infinite); `scores` in JSON.
+    #[serde(rename = "scores", alias = "predictions")]
     pub predictions: BTreeMap<String, Option<f32>>,
     /// The models that passed every filter.
     pub eligible: BTreeMap<String, EligibleModel>,

@@ -1,0 +1,528 @@
+//! The `model-router` command line.
+
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use model_router::{load_catalog, load_router};
+use router_core::Router;
+use router_policy::{estimate_tokens, Mode, Policy, PolicyDefaults, RouteRequest};
+use router_training::data::{self, Dataset, Format};
+use router_training::embed::{self, BertSource};
+use router_training::eval::{self, EvalInput};
+use router_training::train::{self, EncoderChoice, TrainOptions};
+use router_training::{baselines, Result as TrainingResult};
+
+// The allocator matters for latency: glibc returns large buffers to the OS and the kernel
+// re-zeroes them on every forward pass (DESIGN.md, performance notes).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "model-router", version, about = "Route each LLM request to the cheapest model that is good enough for it.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Predict every model's quality on a prompt and choose one.
+    Route(RouteArgs),
+    /// Print a prompt's embedding.
+    Embed(EmbedArgs),
+    /// Dataset tools.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Train a router head and write a bundle.
+    Train(TrainArgs),
+    /// Evaluate a bundle on a dataset.
+    Eval(EvalArgs),
+    /// Derive a static token table from a BERT encoder (Model2Vec-style).
+    Distill(DistillArgs),
+}
+
+#[derive(Args)]
+struct RouteArgs {
+    /// Bundle directory or hub repo id (`ID[@REVISION]`); the shipped default when absent.
+    #[arg(long)]
+    model: Option<String>,
+    /// Catalog TOML (prices, context windows, capabilities); the bundle's catalog.toml when absent.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Routing mode.
+    #[arg(long, default_value = "balanced")]
+    mode: Mode,
+    /// A custom quality band (fraction of the best prediction), overriding the mode's.
+    #[arg(long)]
+    band: Option<f64>,
+    /// Only consider these models (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    subset: Option<Vec<String>>,
+    /// The request's max_tokens (for the context window and the cost).
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Print the decision as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Read prompts from stdin, one per line (a JSON string or an object with a "prompt" field),
+    /// and print one JSON decision per line.
+    #[arg(long, conflicts_with = "prompt")]
+    jsonl: bool,
+    /// The prompt; read from stdin when absent.
+    prompt: Option<String>,
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    /// Bundle directory or hub repo id; the shipped default when absent.
+    #[arg(long)]
+    model: Option<String>,
+    /// Print `{"embedding": [...]}`.
+    #[arg(long)]
+    json: bool,
+    /// The text; read from stdin when absent.
+    text: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Convert a dataset to canonical JSONL (prompt, task, scores, costs).
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// Input files.
+    #[arg(long = "data", required = true, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// Input format: routerbench, routerdc, llmrouter, routellm or jsonl (guessed from the file
+    /// name when absent).
+    #[arg(long)]
+    format: Option<Format>,
+    /// Price list (model -> input_price, output_price in USD per 1M tokens) for data without costs.
+    #[arg(long)]
+    prices: Option<PathBuf>,
+    /// Use only these models (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    models: Option<Vec<String>>,
+    /// Rename a model of the data: OLD=NEW (repeatable).
+    #[arg(long)]
+    rename: Vec<String>,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// Input format.
+    #[arg(long)]
+    format: Format,
+    /// Price list for data without costs.
+    #[arg(long)]
+    prices: Option<PathBuf>,
+    /// Output JSONL file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Input files.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// `static[:DIM]` (a table derived from all-MiniLM-L6-v2) or `bert[:DIR|HUB_ID[@REV]]`.
+    #[arg(long, default_value = "static")]
+    encoder: String,
+    /// Output bundle directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Bundle name (default: the output directory's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Bundle version (a date).
+    #[arg(long, default_value = "2026-11-23")]
+    version: String,
+    /// Catalog to ship with the bundle; its prices rank the validation report's choices.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Seed of the split, the initialisation and the batch order.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Share held out for validation and early stopping.
+    #[arg(long, default_value_t = 0.15)]
+    val_fraction: f64,
+    /// Hidden layer widths of the head (comma-separated; empty for a linear head).
+    #[arg(long, value_delimiter = ',', default_value = "256")]
+    hidden: Vec<usize>,
+    /// Maximum epochs.
+    #[arg(long, default_value_t = 200)]
+    epochs: usize,
+    /// Tokens kept per prompt (the end of longer prompts is kept).
+    #[arg(long, default_value_t = 256)]
+    max_seq_length: usize,
+    /// Print the validation report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Bundle directory or hub repo id; the shipped default when absent.
+    #[arg(long)]
+    model: Option<String>,
+    /// Catalog whose prices rank the choices; the bundle's catalog.toml when absent.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Evaluate on `all` the data, or on the `val` / `train` side of the split that `train` makes
+    /// with the same seed and fraction.
+    #[arg(long, default_value = "all")]
+    split: String,
+    /// Seed of the split (as given to `train`).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Validation share of the split (as given to `train`).
+    #[arg(long, default_value_t = 0.15)]
+    val_fraction: f64,
+    /// Print exactly one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Write the cost–quality plot (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DistillArgs {
+    /// The BERT encoder: a directory or `HUB_ID[@REV]`.
+    #[arg(long, default_value = "sentence-transformers/all-MiniLM-L6-v2")]
+    from: String,
+    /// Table dimension (PCA).
+    #[arg(long, default_value_t = 256)]
+    dim: usize,
+    /// Output directory (encoder.safetensors + tokenizer.json).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Route(args) => route(args),
+        Command::Embed(args) => embed_command(args),
+        Command::Data(DataCommand::Import(args)) => import(args),
+        Command::Train(args) => train_command(args),
+        Command::Eval(args) => eval_command(args),
+        Command::Distill(args) => distill(args),
+    };
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn read_stdin() -> Result<String> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn route(args: RouteArgs) -> Result<()> {
+    let router = load_router(args.model.as_deref())?;
+    let catalog = load_catalog(&router, args.catalog.as_deref())?;
+    let policy = Policy::new(catalog, router.models().to_vec(), PolicyDefaults::new(args.mode))?;
+    let request = |prompt: &str| {
+        let mut request = RouteRequest::new(estimate_tokens(prompt));
+        request.max_tokens = args.max_tokens;
+        request.band = args.band;
+        request.subset = args.subset.clone();
+        request
+    };
+    if args.jsonl {
+        return route_jsonl(&router, &policy, &request);
+    }
+    let prompt = match args.prompt {
+        Some(prompt) => prompt,
+        None => read_stdin()?,
+    };
+    let decision = policy.decide(&router.score(&prompt)?, &request(&prompt))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&decision)?);
+    } else {
+        println!("{decision}");
+    }
+    Ok(())
+}
+
+/// Batch routing: prompts are scored in batches, and a bad line prints an error object in its
+/// place instead of stopping the run.
+fn route_jsonl(router: &Router, policy: &Policy, request: &dyn Fn(&str) -> RouteRequest) -> Result<()> {
+    const BATCH: usize = 64;
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut lines = stdin.lock().lines().enumerate().peekable();
+    let mut failed = 0usize;
+    while lines.peek().is_some() {
+        let chunk: Vec<(usize, std::io::Result<String>)> = lines.by_ref().take(BATCH).collect();
+        let parsed: Vec<Result<String>> = chunk
+            .into_iter()
+            .map(|(number, line)| {
+                let line = line.with_context(|| format!("line {}", number + 1))?;
+                prompt_of_line(&line).with_context(|| format!("line {}", number + 1))
+            })
+            .collect();
+        let prompts: Vec<&str> = parsed.iter().filter_map(|p| p.as_deref().ok()).collect();
+        let mut scores = router.score_batch(&prompts)?.into_iter();
+        for item in &parsed {
+            let line = match item {
+                Ok(prompt) => {
+                    let predictions = scores.next().ok_or_else(|| anyhow!("the router returned too few rows"))?;
+                    match policy.decide(&predictions, &request(prompt)) {
+                        Ok(decision) => serde_json::to_string(&decision)?,
+                        Err(error) => {
+                            failed += 1;
+                            serde_json::json!({ "error": error.to_string() }).to_string()
+                        }
+                    }
+                }
+                Err(error) => {
+                    failed += 1;
+                    serde_json::json!({ "error": format!("{error:#}") }).to_string()
+                }
+            };
+            writeln!(out, "{line}")?;
+        }
+    }
+    out.flush()?;
+    if failed > 0 {
+        eprintln!("{failed} line(s) could not be routed; see their \"error\" objects");
+    }
+    Ok(())
+}
+
+fn prompt_of_line(line: &str) -> Result<String> {
+    match serde_json::from_str::<serde_json::Value>(line).context("not JSON")? {
+        serde_json::Value::String(prompt) => Ok(prompt),
+        serde_json::Value::Object(object) => match object.get("prompt") {
+            Some(serde_json::Value::String(prompt)) => Ok(prompt.clone()),
+            _ => bail!("an object line needs a string \"prompt\" field"),
+        },
+        _ => bail!("expected a JSON string or an object with a \"prompt\" field"),
+    }
+}
+
+fn embed_command(args: EmbedArgs) -> Result<()> {
+    let text = match args.text {
+        Some(text) => text,
+        None => read_stdin()?,
+    };
+    let embedding = match args.model.as_deref() {
+        // A plain BERT model directory (config.json, no router.json) embeds too.
+        Some(dir) if Path::new(dir).join("config.json").is_file() && !Path::new(dir).join("router.json").exists() => {
+            let bert = BertSource::Dir(dir.into()).load(256, router_core::Truncation::Right)?;
+            bert.embed_batch(&[&text])?.pop().ok_or_else(|| anyhow!("the encoder returned no row"))?
+        }
+        model => load_router(model)?.embed(&text)?,
+    };
+    if args.json {
+        println!("{}", serde_json::json!({ "embedding": embedding }));
+    } else {
+        println!("{}", embedding.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(" "));
+    }
+    Ok(())
+}
+
+fn import(args: ImportArgs) -> Result<()> {
+    let dataset = data::load(args.format, &args.inputs, args.prices.as_deref())?;
+    data::write_jsonl(&dataset.records, &args.out)?;
+    report_skips(&dataset);
+    eprintln!("wrote {} records to {}", dataset.records.len(), args.out.display());
+    Ok(())
+}
+
+fn report_skips(dataset: &Dataset) {
+    if dataset.skipped > 0 {
+        let reasons: Vec<String> = dataset.skip_reasons.iter().map(|(reason, n)| format!("{n} {reason}")).collect();
+        eprintln!("skipped {} row(s): {}", dataset.skipped, reasons.join(", "));
+    }
+}
+
+fn guess_format(path: &Path) -> Result<Format> {
+    let name = path.to_string_lossy().to_lowercase();
+    Ok(if name.ends_with(".jsonl") {
+        Format::Jsonl
+    } else if name.contains("routerbench") {
+        Format::Routerbench
+    } else if name.contains("llmrouter") {
+        Format::Llmrouter
+    } else if name.contains("routerdc") {
+        Format::Routerdc
+    } else {
+        bail!("cannot tell the format of {}; pass --format", path.display())
+    })
+}
+
+fn load_data(args: &DataArgs) -> Result<(Dataset, Vec<String>)> {
+    let format = match args.format {
+        Some(format) => format,
+        None => guess_format(&args.data[0])?,
+    };
+    let mut dataset = data::load(format, &args.data, args.prices.as_deref())?;
+    if !args.rename.is_empty() {
+        let renames = args
+            .rename
+            .iter()
+            .map(|pair| {
+                pair.split_once('=')
+                    .map(|(old, new)| (old.to_string(), new.to_string()))
+                    .ok_or_else(|| anyhow!("--rename takes OLD=NEW, got {pair:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        dataset = data::rename_models(dataset, &renames)?;
+    }
+    if let Some(models) = &args.models {
+        dataset = data::select_models(dataset, models)?;
+    }
+    report_skips(&dataset);
+    let models = match &args.models {
+        Some(models) => models.clone(),
+        None => dataset.models(),
+    };
+    Ok((dataset, models))
+}
+
+fn parse_encoder(text: &str) -> Result<EncoderChoice> {
+    let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
+    match kind {
+        "static" => {
+            let dim = if rest.is_empty() { 256 } else { rest.parse().with_context(|| format!("static dimension {rest:?}"))? };
+            Ok(EncoderChoice::Static { dim, teacher: BertSource::minilm() })
+        }
+        "bert" if rest.is_empty() => Ok(EncoderChoice::Bert(BertSource::minilm())),
+        "bert" => Ok(EncoderChoice::Bert(BertSource::parse(rest))),
+        _ => bail!("--encoder takes static[:DIM] or bert[:DIR|HUB_ID], got {text:?}"),
+    }
+}
+
+fn train_command(args: TrainArgs) -> Result<()> {
+    let (dataset, models) = load_data(&args.data)?;
+    let name = args
+        .name
+        .clone()
+        .or_else(|| args.out.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "router".into());
+    let options = TrainOptions {
+        name,
+        version: args.version,
+        encoder: parse_encoder(&args.encoder)?,
+        hidden: args.hidden,
+        max_seq_length: args.max_seq_length,
+        seed: args.seed,
+        val_fraction: args.val_fraction,
+        max_epochs: args.epochs,
+        data: args.data.data.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect(),
+        catalog: args.catalog,
+        ..TrainOptions::default()
+    };
+    let outcome = train::train(dataset.records, &models, &options, &args.out)?;
+    eprintln!(
+        "trained {} epochs (best validation loss {:.4}); bundle written to {}",
+        outcome.epochs,
+        outcome.best_loss,
+        args.out.display()
+    );
+    if let Some(validation) = &outcome.validation {
+        if args.json {
+            println!("{}", serde_json::to_string(&validation.report)?);
+        } else {
+            println!("{}", validation.report);
+        }
+    }
+    Ok(())
+}
+
+fn eval_command(args: EvalArgs) -> Result<()> {
+    let router = load_router(args.model.as_deref())?;
+    let catalog = match load_catalog(&router, args.catalog.as_deref()) {
+        Ok(catalog) => Some(catalog),
+        // Without a catalog the data's own costs rank the choices; say so rather than fail.
+        Err(_) if args.catalog.is_none() => {
+            eprintln!("note: no catalog.toml in the bundle; choices are ranked by the data's costs");
+            None
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let (dataset, data_models) = load_data(&args.data)?;
+    let skipped = dataset.skipped;
+    let models: Vec<String> = match &args.data.models {
+        Some(models) => models.clone(),
+        None => data_models,
+    };
+    let columns: Vec<usize> = models
+        .iter()
+        .map(|m| router.models().iter().position(|c| c == m).ok_or_else(|| anyhow!("the bundle does not predict model {m:?} of the data (use --rename or --models)")))
+        .collect::<Result<_>>()?;
+    let records = match args.split.as_str() {
+        "all" => dataset.records,
+        "val" => data::split(dataset.records, args.val_fraction, args.seed)?.1,
+        "train" => data::split(dataset.records, args.val_fraction, args.seed)?.0,
+        other => bail!("--split takes all, val or train, got {other:?}"),
+    };
+    let test = train::test_matrix(&records, &models, catalog.as_ref())?;
+    let fingerprint = embed::encoder_fingerprint(router.config(), router.encoder());
+    let prompts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
+    let embeddings = embed::embed_cached(router.encoder(), fingerprint, &prompts, &embed::cache_dir())?;
+    let predictions: Vec<Vec<f32>> = router
+        .score_embeddings(&embeddings)?
+        .into_iter()
+        .map(|row| columns.iter().map(|&c| row[c]).collect())
+        .collect();
+    let knn = cross_validated_knn(&embeddings, test.scores())?;
+    let evaluation = eval::evaluate(&EvalInput { test: &test, skipped, predictions: &predictions, knn_predictions: &knn, seed: args.seed })?;
+    if let Some(plot) = &args.plot {
+        eval::plot_svg(&evaluation, plot)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&evaluation.report)?);
+    } else {
+        println!("{}", evaluation.report);
+    }
+    Ok(())
+}
+
+/// The kNN baseline on the evaluated data itself, 5-fold: each prompt is predicted from the other
+/// folds, so the baseline never sees a prompt's own scores.
+fn cross_validated_knn(embeddings: &[Vec<f32>], scores: &[Vec<f64>]) -> TrainingResult<Vec<Vec<f32>>> {
+    const FOLDS: usize = 5;
+    let mut predictions = vec![Vec::new(); embeddings.len()];
+    for fold in 0..FOLDS.min(embeddings.len()) {
+        let (held, kept): (Vec<usize>, Vec<usize>) = (0..embeddings.len()).partition(|i| i % FOLDS == fold);
+        if kept.is_empty() {
+            continue;
+        }
+        let train_x: Vec<Vec<f32>> = kept.iter().map(|&i| embeddings[i].clone()).collect();
+        let train_y: Vec<Vec<f64>> = kept.iter().map(|&i| scores[i].clone()).collect();
+        let test_x: Vec<Vec<f32>> = held.iter().map(|&i| embeddings[i].clone()).collect();
+        for (&i, row) in held.iter().zip(baselines::knn(&train_x, &train_y, &test_x, baselines::DEFAULT_K)?) {
+            predictions[i] = row;
+        }
+    }
+    Ok(predictions)
+}
+
+fn distill(args: DistillArgs) -> Result<()> {
+    let source = BertSource::parse(&args.from);
+    let bert = source.load(16, router_core::Truncation::Right)?;
+    let bar = embed::progress_bar(bert.tokenizer().vocab_size(), "distilling");
+    let table = router_core::distill::distill_static(&bert, args.dim, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
+    table.save_table(&args.out.join("encoder.safetensors"))?;
+    let tokenizer = source.model_dir()?.join("tokenizer.json");
+    std::fs::copy(&tokenizer, args.out.join("tokenizer.json")).with_context(|| tokenizer.display().to_string())?;
+    eprintln!("wrote a {}-token x {} table to {}", table.table().len() / args.dim, args.dim, args.out.display());
+    Ok(())
+}

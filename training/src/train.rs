@@ -1,0 +1,446 @@
+//! Training a router head and writing the bundle.
+//!
+//! The head is fitted with AdamW to the observed scores in [0, 1] with a sigmoid cross-entropy
+//! (scores are probabilities of success, and pass rates such as RouterDC's are soft labels), with
+//! early stopping on the validation split: the weights of the best validation epoch are kept.
+//! Everything random (initial weights, the split, the batch order) derives from one seed, so a
+//! run is reproducible bit for bit on the same machine.
+
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use router_core::candle_core::{DType, Device, Tensor, Var};
+use router_core::candle_nn::{loss, AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use router_core::config::files;
+use router_core::{Encoder, EncoderConfig, Head, HeadConfig, Pooling, Router, RouterConfig, TrainingRecord, Truncation};
+use router_policy::Catalog;
+
+use crate::baselines;
+use crate::data::Record;
+use crate::embed::{self, BertSource};
+use crate::error::{Result, TrainingError};
+use crate::eval::{self, EvalInput, Evaluation};
+use crate::metrics::Matrix;
+
+/// Which encoder tier to train a head for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncoderChoice {
+    /// A static table of `dim` derived from `teacher`.
+    Static {
+        /// Table dimension.
+        dim: usize,
+        /// The BERT encoder it is derived from.
+        teacher: BertSource,
+    },
+    /// The BERT encoder itself.
+    Bert(BertSource),
+}
+
+/// Settings of a training run. [`TrainOptions::default`] holds the values the shipped routers use.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Bundle name.
+    pub name: String,
+    /// Bundle version (a date).
+    pub version: String,
+    /// The encoder tier.
+    pub encoder: EncoderChoice,
+    /// Hidden layer widths of the head.
+    pub hidden: Vec<usize>,
+    /// Truncation length in tokens.
+    pub max_seq_length: usize,
+    /// Which end of long prompts is kept.
+    pub truncation: Truncation,
+    /// The seed of everything random.
+    pub seed: u64,
+    /// Share of the data held out for validation and early stopping.
+    pub val_fraction: f64,
+    /// Upper bound on epochs.
+    pub max_epochs: usize,
+    /// Epochs without a better validation loss before stopping.
+    pub patience: usize,
+    /// Minibatch size.
+    pub batch_size: usize,
+    /// AdamW learning rate.
+    pub learning_rate: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Descriptions of the training data, for the model card.
+    pub data: Vec<String>,
+    /// The catalog shipped with the bundle; its prices give the routing costs of the validation report.
+    pub catalog: Option<PathBuf>,
+    /// The embedding cache directory.
+    pub cache_dir: PathBuf,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            name: "router".into(),
+            version: "2026-11-23".into(),
+            encoder: EncoderChoice::Static { dim: 256, teacher: BertSource::minilm() },
+            hidden: vec![256],
+            max_seq_length: 256,
+            truncation: Truncation::Left,
+            seed: 42,
+            val_fraction: 0.15,
+            max_epochs: 200,
+            patience: 20,
+            batch_size: 64,
+            learning_rate: 1e-3,
+            weight_decay: 1e-2,
+            data: Vec::new(),
+            catalog: None,
+            cache_dir: embed::cache_dir(),
+        }
+    }
+}
+
+/// What a training run produced.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// The trained router (also written to the output directory).
+    pub router: Router,
+    /// The evaluation on the validation split (None when the split is empty).
+    pub validation: Option<Evaluation>,
+    /// Epochs run before early stopping.
+    pub epochs: usize,
+    /// The best validation loss (the training loss when there is no validation split).
+    pub best_loss: f64,
+}
+
+/// Trains a head on `records` (scores for `models`, in that order) and writes a complete bundle to
+/// `out_dir`.
+pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, out_dir: &Path) -> Result<TrainOutcome> {
+    if records.is_empty() {
+        return Err(TrainingError::Invalid("no training records".into()));
+    }
+    let catalog = options.catalog.as_deref().map(read_catalog).transpose()?;
+    let (train_records, val_records) = crate::data::split(records, options.val_fraction, options.seed)?;
+    if train_records.is_empty() {
+        return Err(TrainingError::Invalid("the training split is empty".into()));
+    }
+    let (encoder, encoder_config, teacher_dir) = build_encoder(options)?;
+    let config = RouterConfig {
+        format_version: router_core::FORMAT_VERSION,
+        name: options.name.clone(),
+        version: options.version.clone(),
+        models: models.to_vec(),
+        encoder: encoder_config,
+        pooling: Pooling::Mean,
+        max_seq_length: options.max_seq_length,
+        truncation: options.truncation,
+        head: HeadConfig { hidden: options.hidden.clone() },
+        training: None,
+    };
+    let fingerprint = embed::encoder_fingerprint(&config, &encoder);
+    let embed_records = |records: &[Record]| {
+        let prompts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
+        embed::embed_cached(&encoder, fingerprint, &prompts, &options.cache_dir)
+    };
+    let train_x = embed_records(&train_records)?;
+    let val_x = embed_records(&val_records)?;
+    let train_y = score_rows(&train_records, models)?;
+    let val_y = score_rows(&val_records, models)?;
+
+    let fit = fit_head(&train_x, &train_y, &val_x, &val_y, encoder.dim(), models.len(), options)?;
+
+    let validation = if val_records.is_empty() {
+        None
+    } else {
+        let test = test_matrix(&val_records, models, catalog.as_ref())?;
+        let predictions = predict(&fit.head, &val_x)?;
+        let knn = baselines::knn(&train_x, &train_y, &val_x, baselines::DEFAULT_K)?;
+        Some(eval::evaluate(&EvalInput {
+            test: &test,
+            skipped: 0,
+            predictions: &predictions,
+            knn_predictions: &knn,
+            seed: options.seed,
+        })?)
+    };
+
+    let mut config = config;
+    config.training = Some(TrainingRecord {
+        data: options.data.clone(),
+        seed: options.seed,
+        details: serde_json::json!({
+            "val_fraction": options.val_fraction,
+            "train_prompts": train_records.len(),
+            "val_prompts": val_records.len(),
+            "epochs": fit.epochs,
+            "best_val_loss": fit.best_loss,
+            "learning_rate": options.learning_rate,
+            "weight_decay": options.weight_decay,
+            "batch_size": options.batch_size,
+            "validation": validation.as_ref().map(|v| &v.report),
+        }),
+    });
+    write_bundle(out_dir, &config, &encoder, &teacher_dir, &fit.varmap, options, validation.as_ref())?;
+    let router = Router::load(out_dir)?;
+    Ok(TrainOutcome { router, validation, epochs: fit.epochs, best_loss: fit.best_loss })
+}
+
+/// Reads a catalog file.
+pub fn read_catalog(path: &Path) -> Result<Catalog> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainingError::Io { path: path.to_path_buf(), source: e })?;
+    Catalog::from_toml_str(&text).map_err(|e| TrainingError::Format { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// A test matrix for `records`: actual costs from the data (else estimated from the catalog), and
+/// the costs the router ranks by estimated from the catalog the way the live policy estimates them
+/// (else the actual costs).
+pub fn test_matrix(records: &[Record], models: &[String], catalog: Option<&Catalog>) -> Result<Matrix> {
+    let estimate = |record: &Record, model: &String| -> Result<f64> {
+        let spec = catalog.and_then(|c| c.get(model)).ok_or_else(|| TrainingError::MissingPrice {
+            model: model.clone(),
+            source_name: "the catalog".into(),
+        })?;
+        let input = router_policy::estimate_tokens(&record.prompt) as u64;
+        Ok(router_policy::estimated_cost(spec, input, spec.billed_output_tokens(None)))
+    };
+    let scores = score_rows(records, models)?;
+    let costs = records
+        .iter()
+        .map(|r| models.iter().map(|m| r.costs.get(m).copied().map_or_else(|| estimate(r, m), Ok)).collect())
+        .collect::<Result<Vec<Vec<f64>>>>()?;
+    let matrix = Matrix::new(models.to_vec(), scores, costs)?;
+    match catalog {
+        Some(_) => {
+            let routing = records.iter().map(|r| models.iter().map(|m| estimate(r, m)).collect()).collect::<Result<Vec<Vec<f64>>>>()?;
+            matrix.with_routing_costs(routing)
+        }
+        None => Ok(matrix),
+    }
+}
+
+fn score_rows(records: &[Record], models: &[String]) -> Result<Vec<Vec<f64>>> {
+    records
+        .iter()
+        .enumerate()
+        .map(|(index, record)| {
+            models
+                .iter()
+                .map(|m| record.scores.get(m).copied().ok_or_else(|| TrainingError::MissingScore { record: index, model: m.clone() }))
+                .collect()
+        })
+        .collect()
+}
+
+fn build_encoder(options: &TrainOptions) -> Result<(Encoder, EncoderConfig, PathBuf)> {
+    match &options.encoder {
+        EncoderChoice::Static { dim, teacher } => {
+            let table = embed::static_from_teacher(teacher, *dim, options.max_seq_length, options.truncation, &options.cache_dir)?;
+            let derived_from = match teacher {
+                BertSource::Hub { repo, revision } => format!("{repo}@{revision}"),
+                BertSource::Dir(dir) => dir.display().to_string(),
+            };
+            Ok((Encoder::Static(table), EncoderConfig::Static { dim: *dim, derived_from: Some(derived_from) }, teacher.model_dir()?))
+        }
+        EncoderChoice::Bert(source) => {
+            let bert = source.load(options.max_seq_length, options.truncation)?;
+            let dim = bert.dim();
+            let config = match source {
+                BertSource::Hub { repo, revision } => {
+                    EncoderConfig::Bert { repo: Some(repo.clone()), revision: Some(revision.clone()), path: None, dim }
+                }
+                BertSource::Dir(dir) => EncoderConfig::Bert {
+                    repo: None,
+                    revision: None,
+                    path: Some(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone())),
+                    dim,
+                },
+            };
+            Ok((Encoder::Bert(bert), config, source.model_dir()?))
+        }
+    }
+}
+
+struct FittedHead {
+    head: Head,
+    varmap: VarMap,
+    epochs: usize,
+    best_loss: f64,
+}
+
+fn to_tensor(rows: &[Vec<f32>], width: usize) -> Result<Tensor> {
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    Ok(Tensor::from_vec(flat, (rows.len(), width), &Device::Cpu)?)
+}
+
+fn targets(rows: &[Vec<f64>], width: usize) -> Result<Tensor> {
+    let flat: Vec<f32> = rows.iter().flatten().map(|v| *v as f32).collect();
+    Ok(Tensor::from_vec(flat, (rows.len(), width), &Device::Cpu)?)
+}
+
+fn fit_head(
+    train_x: &[Vec<f32>],
+    train_y: &[Vec<f64>],
+    val_x: &[Vec<f32>],
+    val_y: &[Vec<f64>],
+    dim: usize,
+    outputs: usize,
+    options: &TrainOptions,
+) -> Result<FittedHead> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let head = Head::load(vb, &HeadConfig { hidden: options.hidden.clone() }, dim, outputs)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    let vars = seeded_init(&varmap, &mut rng)?;
+    let mut optimizer = AdamW::new(
+        vars.iter().map(|(_, v)| v.clone()).collect(),
+        ParamsAdamW { lr: options.learning_rate, weight_decay: options.weight_decay, ..Default::default() },
+    )?;
+    let val_x_t = (!val_x.is_empty()).then(|| to_tensor(val_x, dim)).transpose()?;
+    let val_y_t = (!val_y.is_empty()).then(|| targets(val_y, outputs)).transpose()?;
+    let all_x = to_tensor(train_x, dim)?;
+    let all_y = targets(train_y, outputs)?;
+    let mut order: Vec<u32> = (0..train_x.len() as u32).collect();
+    let mut best: Option<(f64, Vec<Tensor>)> = None;
+    let mut since_best = 0;
+    let mut epochs = 0;
+    let bar = embed::progress_bar(options.max_epochs, "training");
+    for _ in 0..options.max_epochs {
+        epochs += 1;
+        order.shuffle(&mut rng);
+        for batch in order.chunks(options.batch_size.max(1)) {
+            let index = Tensor::from_slice(batch, batch.len(), &Device::Cpu)?;
+            let x = all_x.index_select(&index, 0)?;
+            let y = all_y.index_select(&index, 0)?;
+            let batch_loss = loss::binary_cross_entropy_with_logit(&head.forward_logits(&x)?, &y)?;
+            optimizer.backward_step(&batch_loss)?;
+        }
+        let epoch_loss = match (&val_x_t, &val_y_t) {
+            (Some(x), Some(y)) => loss::binary_cross_entropy_with_logit(&head.forward_logits(x)?, y)?,
+            _ => loss::binary_cross_entropy_with_logit(&head.forward_logits(&all_x)?, &all_y)?,
+        }
+        .to_scalar::<f32>()? as f64;
+        bar.inc(1);
+        if best.as_ref().is_none_or(|(b, _)| epoch_loss < *b) {
+            best = Some((epoch_loss, vars.iter().map(|(_, v)| v.as_tensor().copy()).collect::<std::result::Result<_, _>>()?));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= options.patience {
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let best_loss = match best {
+        Some((loss, weights)) => {
+            for ((_, var), weight) in vars.iter().zip(weights) {
+                var.set(&weight)?;
+            }
+            loss
+        }
+        None => f64::NAN,
+    };
+    Ok(FittedHead { head, varmap, epochs, best_loss })
+}
+
+/// Sets every variable, in name order, from `rng`: uniform in ±1/√fan_in, PyTorch's default for
+/// linear layers. candle's own initialisation draws from an unseeded generator.
+fn seeded_init(varmap: &VarMap, rng: &mut ChaCha8Rng) -> Result<Vec<(String, Var)>> {
+    let mut vars: Vec<(String, Var)> = match varmap.data().lock() {
+        Ok(data) => data.iter().map(|(name, var)| (name.clone(), var.clone())).collect(),
+        Err(_) => return Err(TrainingError::Invalid("the variable map's lock is poisoned".into())),
+    };
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let fan_in_of = |name: &str| -> usize {
+        let weight = name.replace(".bias", ".weight");
+        vars.iter().find(|(n, _)| *n == weight).and_then(|(_, v)| v.dims().get(1).copied()).unwrap_or(1)
+    };
+    for (name, var) in &vars {
+        let bound = 1.0 / (fan_in_of(name) as f32).sqrt();
+        let values: Vec<f32> = (0..var.elem_count()).map(|_| rng.random_range(-bound..bound)).collect();
+        var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu)?)?;
+    }
+    Ok(vars)
+}
+
+/// The head's predicted qualities for embeddings.
+pub fn predict(head: &Head, embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+    use router_core::candle_core::Module;
+    if embeddings.is_empty() {
+        return Ok(Vec::new());
+    }
+    let width = embeddings[0].len();
+    Ok(head.forward(&to_tensor(embeddings, width)?)?.to_vec2()?)
+}
+
+fn write_bundle(
+    out_dir: &Path,
+    config: &RouterConfig,
+    encoder: &Encoder,
+    teacher_dir: &Path,
+    varmap: &VarMap,
+    options: &TrainOptions,
+    validation: Option<&Evaluation>,
+) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrainingError::Io { path, source }
+    };
+    std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    config.save(out_dir)?;
+    let tokenizer_from = teacher_dir.join(files::TOKENIZER);
+    let tokenizer_to = out_dir.join(files::TOKENIZER);
+    std::fs::copy(&tokenizer_from, &tokenizer_to).map_err(io(&tokenizer_from))?;
+    if let Encoder::Static(table) = encoder {
+        table.save_table(&out_dir.join(files::STATIC_ENCODER))?;
+    }
+    let head_path = out_dir.join(files::HEAD);
+    varmap.save(&head_path).map_err(|e| TrainingError::Format { path: head_path.clone(), message: e.to_string() })?;
+    if let Some(catalog) = &options.catalog {
+        let to = out_dir.join("catalog.toml");
+        if std::fs::canonicalize(catalog).ok() != std::fs::canonicalize(&to).ok() {
+            std::fs::copy(catalog, &to).map_err(io(catalog))?;
+        }
+    }
+    if let Some(evaluation) = validation {
+        eval::plot_svg(evaluation, &out_dir.join("validation.svg"))?;
+    }
+    let card = model_card(config, options, validation);
+    let card_path = out_dir.join(files::MODEL_CARD);
+    std::fs::write(&card_path, card).map_err(io(&card_path))
+}
+
+fn model_card(config: &RouterConfig, options: &TrainOptions, validation: Option<&Evaluation>) -> String {
+    let encoder = match &config.encoder {
+        EncoderConfig::Static { dim, derived_from } => format!(
+            "static token table, {dim} dimensions, derived from {} (Model2Vec-style: vocabulary through the encoder, PCA, SIF weights)",
+            derived_from.as_deref().unwrap_or("a BERT encoder")
+        ),
+        EncoderConfig::Bert { repo, revision, path, dim } => format!(
+            "BERT encoder {} ({dim} dimensions, mean pooling)",
+            path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!(
+                "{}@{}",
+                repo.as_deref().unwrap_or("?"),
+                revision.as_deref().unwrap_or("main")
+            ))
+        ),
+    };
+    let table = validation
+        .map(|v| format!("## Validation ({:.0} % held out, seed {})\n\n```text\n{}\n```\n\n![cost-quality curve](validation.svg)\n", options.val_fraction * 100.0, options.seed, v.report))
+        .unwrap_or_else(|| "No validation split was held out.\n".into());
+    format!(
+        "# {name} ({version})\n\nA model-router bundle: it predicts, for a prompt, the quality each of {n} models would reach.\n\n\
+         - Models (head columns): {models}\n- Encoder: {encoder}\n- Head: MLP, hidden layers {hidden:?}, one sigmoid per model\n\
+         - Prompts: the last {max} tokens are kept (truncation {truncation:?})\n- Trained on: {data}\n- Seed: {seed}\n\n{table}\n\
+         ## Licence lineage\n\nThe encoder derives from sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0). The head is trained on the \
+         data listed above; see each dataset's own licence (RouterBench via RouterDC: code MIT, dataset card states no licence; \
+         LLMRouter: MIT; RouterDC: no licence file). No data is shipped in the bundle.\n",
+        name = config.name,
+        version = config.version,
+        n = config.models.len(),
+        models = config.models.join(", "),
+        hidden = config.head.hidden,
+        max = config.max_seq_length,
+        truncation = config.truncation,
+        data = options.data.join(", "),
+        seed = options.seed,
+    )
+}
