@@ -1,5 +1,7 @@
 //! The `model-router` command line.
 
+mod bench;
+
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -41,6 +43,8 @@ enum Command {
     Eval(EvalArgs),
     /// Derive a static token table from a BERT encoder (Model2Vec-style).
     Distill(DistillArgs),
+    /// Measure routing latency and throughput against the tokenizer, stock BERT and raw matmuls.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -217,11 +221,48 @@ fn main() {
         Command::Train(args) => train_command(args),
         Command::Eval(args) => eval_command(args),
         Command::Distill(args) => distill(args),
+        Command::Bench(args) => bench::run(args),
     };
     if let Err(error) = result {
-        eprintln!("error: {error:#}");
+        if is_broken_pipe(&error) {
+            // The reader went away (`model-router route --jsonl < prompts | head`): not a failure.
+            std::process::exit(0);
+        }
+        eprintln!("error: {}", error_message(&error));
         std::process::exit(1);
     }
+}
+
+/// Whether writing to stdout failed because its reader closed the pipe.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// Writes `text` and a newline to stdout. Unlike `println!`, which panics, a closed pipe is an
+/// error that `main` handles.
+fn print_line(text: impl std::fmt::Display) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// The error and its causes, joined with ": ", leaving out a cause whose text the message already
+/// ends with: our error types print their source themselves (`{path}: {source}`), so anyhow's
+/// `{:#}` alone would repeat it ("x.toml: No such file: No such file").
+fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.ends_with(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 fn read_stdin() -> Result<String> {
@@ -250,9 +291,10 @@ fn route(args: RouteArgs) -> Result<()> {
     };
     let decision = policy.decide(&router.score(&prompt)?, &request(&prompt))?;
     if args.json {
-        println!("{}", serde_json::to_string(&decision)?);
+        print_line(serde_json::to_string(&decision)?)?;
     } else {
-        println!("{decision}");
+        // The table's Display ends every row, the last included, with a newline.
+        print_line(decision.to_string().trim_end_matches('\n'))?;
     }
     Ok(())
 }
@@ -290,7 +332,7 @@ fn route_jsonl(router: &Router, policy: &Policy, request: &dyn Fn(&str) -> Route
                 }
                 Err(error) => {
                     failed += 1;
-                    serde_json::json!({ "error": format!("{error:#}") }).to_string()
+                    serde_json::json!({ "error": error_message(error) }).to_string()
                 }
             };
             writeln!(out, "{line}")?;
@@ -328,9 +370,9 @@ fn embed_command(args: EmbedArgs) -> Result<()> {
         model => load_router(model)?.embed(&text)?,
     };
     if args.json {
-        println!("{}", serde_json::json!({ "embedding": embedding }));
+        print_line(serde_json::json!({ "embedding": embedding }))?;
     } else {
-        println!("{}", embedding.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(" "));
+        print_line(embedding.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(" "))?;
     }
     Ok(())
 }
@@ -436,9 +478,9 @@ fn train_command(args: TrainArgs) -> Result<()> {
     );
     if let Some(validation) = &outcome.validation {
         if args.json {
-            println!("{}", serde_json::to_string(&validation.report)?);
+            print_line(serde_json::to_string(&validation.report)?)?;
         } else {
-            println!("{}", validation.report);
+            print_line(&validation.report)?;
         }
     }
     Ok(())
@@ -486,9 +528,9 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         eval::plot_svg(&evaluation, plot)?;
     }
     if args.json {
-        println!("{}", serde_json::to_string(&evaluation.report)?);
+        print_line(serde_json::to_string(&evaluation.report)?)?;
     } else {
-        println!("{}", evaluation.report);
+        print_line(&evaluation.report)?;
     }
     Ok(())
 }

@@ -173,7 +173,7 @@ pub fn static_from_teacher(
     let derived = router_core::distill::distill_static(&bert, dim, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     std::fs::create_dir_all(cache).map_err(|e| TrainingError::Io { path: cache.to_path_buf(), source: e })?;
-    let partial = path.with_extension("partial");
+    let partial = partial_path(&path);
     derived.save_table(&partial)?;
     std::fs::rename(&partial, &path).map_err(|e| TrainingError::Io { path: path.clone(), source: e })?;
     Ok(StaticEncoder::load(&path, &tokenizer, max_tokens, truncation, dim)?)
@@ -209,7 +209,51 @@ fn write_rows(path: &Path, rows: &[Vec<f32>], dim: usize) -> Result<()> {
         bytes.extend_from_slice(&value.to_le_bytes());
     }
     // Write then rename, so a killed run never leaves a truncated entry that looks valid.
-    let partial = path.with_extension("partial");
+    let partial = partial_path(path);
     std::fs::File::create(&partial).and_then(|mut f| f.write_all(&bytes)).map_err(io_error)?;
     std::fs::rename(&partial, path).map_err(io_error)
+}
+
+/// A temporary name beside `path`, unique to this process and call: two runs (or threads) that
+/// fill the same cache entry at once must not write into, or rename away, each other's file.
+fn partial_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}-{n}.partial", std::process::id()));
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_names_are_unique_and_beside_the_entry() {
+        let path = Path::new("/cache/embeddings-0123.bin");
+        let (a, b) = (partial_path(path), partial_path(path));
+        assert_ne!(a, b, "two writers of one entry never share a temporary file");
+        assert_eq!(a.parent(), path.parent(), "same directory, so the rename is atomic");
+        assert!(a.to_string_lossy().starts_with("/cache/embeddings-0123.bin."), "{}", a.display());
+        assert!(a.to_string_lossy().ends_with(".partial"));
+    }
+
+    #[test]
+    fn rows_written_concurrently_to_one_entry_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("embeddings-test.bin");
+        let rows: Vec<Vec<f32>> = (0..200).map(|i| vec![i as f32; 64]).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..20 {
+                        write_rows(&path, &rows, 64).expect("a concurrent write succeeds");
+                    }
+                });
+            }
+        });
+        assert_eq!(read_rows(&path, rows.len(), 64), Some(rows));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left: {leftovers:?}");
+    }
 }

@@ -395,10 +395,7 @@ fn write_bundle(
     let head_path = out_dir.join(files::HEAD);
     varmap.save(&head_path).map_err(|e| TrainingError::Format { path: head_path.clone(), message: e.to_string() })?;
     if let Some(catalog) = &options.catalog {
-        let to = out_dir.join("catalog.toml");
-        if std::fs::canonicalize(catalog).ok() != std::fs::canonicalize(&to).ok() {
-            std::fs::copy(catalog, &to).map_err(io(catalog))?;
-        }
+        write_catalog(catalog, &out_dir.join("catalog.toml"), &config.models)?;
     }
     if let Some(evaluation) = validation {
         eval::plot_svg(evaluation, &out_dir.join("validation.svg"))?;
@@ -406,6 +403,28 @@ fn write_bundle(
     let card = model_card(config, options, validation);
     let card_path = out_dir.join(files::MODEL_CARD);
     std::fs::write(&card_path, card).map_err(io(&card_path))
+}
+
+/// Ships the catalog `from` in the bundle as `to`: copied as it is when it names only the bundle's
+/// models, else restricted to them. A policy refuses a catalog entry the bundle does not predict
+/// (it is almost always a typo), so a bundle trained on a subset of a catalog's models (`--models`)
+/// would otherwise not route with its own catalog.
+fn write_catalog(from: &Path, to: &Path, models: &[String]) -> Result<()> {
+    let catalog = read_catalog(from)?;
+    if catalog.models.iter().all(|m| models.contains(&m.name)) {
+        if std::fs::canonicalize(from).ok() != std::fs::canonicalize(to).ok() {
+            std::fs::copy(from, to).map_err(|source| TrainingError::Io { path: from.to_path_buf(), source })?;
+        }
+        return Ok(());
+    }
+    let kept = Catalog::new(catalog.models.into_iter().filter(|m| models.contains(&m.name)).collect());
+    let body = toml::to_string(&kept).map_err(|e| TrainingError::Format { path: to.to_path_buf(), message: e.to_string() })?;
+    let text = format!(
+        "# The entries of {} for the {} models of this bundle.\n\n{body}",
+        from.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        kept.models.len()
+    );
+    std::fs::write(to, text).map_err(|source| TrainingError::Io { path: to.to_path_buf(), source })
 }
 
 fn model_card(config: &RouterConfig, options: &TrainOptions, validation: Option<&Evaluation>) -> String {
@@ -443,4 +462,44 @@ fn model_card(config: &RouterConfig, options: &TrainOptions, validation: Option<
         data = options.data.join(", "),
         seed = options.seed,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CATALOG: &str = "# prices\n\n[[models]]\nname = \"big\"\ninput_price = 10.0\noutput_price = 30.0\ncontext_window = 128000\ntools = true\n\n\
+                           [[models]]\nname = \"small\"\ninput_price = 0.2\noutput_price = 0.2\ncontext_window = 4096\n";
+
+    fn names(catalog: &Catalog) -> Vec<&str> {
+        catalog.models.iter().map(|m| m.name.as_str()).collect()
+    }
+
+    #[test]
+    fn catalog_is_copied_as_is_when_it_names_only_bundle_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("given.toml");
+        std::fs::write(&from, CATALOG).unwrap();
+        let to = dir.path().join("catalog.toml");
+        write_catalog(&from, &to, &["small".into(), "big".into()]).unwrap();
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), CATALOG, "comments and all");
+        // Shipping a bundle's own catalog into itself leaves it alone.
+        write_catalog(&to, &to, &["small".into(), "big".into()]).unwrap();
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), CATALOG);
+    }
+
+    #[test]
+    fn catalog_is_restricted_to_the_bundle_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("given.toml");
+        std::fs::write(&from, CATALOG).unwrap();
+        let to = dir.path().join("catalog.toml");
+        write_catalog(&from, &to, &["big".into()]).unwrap();
+        let written = read_catalog(&to).unwrap();
+        assert_eq!(names(&written), ["big"]);
+        assert_eq!(written.get("big"), read_catalog(&from).unwrap().get("big"), "the entry is kept whole");
+        // And a policy over the bundle's one column accepts it.
+        router_policy::Policy::new(written, vec!["big".into()], router_policy::PolicyDefaults::new(router_policy::Mode::Balanced))
+            .expect("the restricted catalog routes");
+    }
 }

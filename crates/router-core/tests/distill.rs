@@ -96,16 +96,26 @@ fn distilled_rows_are_frequency_weighted_principal_components() {
 }
 
 #[test]
-fn saved_table_loads_back_identically() {
+fn saved_table_loads_back_at_half_precision() {
     let bert = TinyBert::new(SEED);
     let encoder = bert.distilled();
     let dir = TempDir::new().expect("tempdir");
     let path = dir.path().join("encoder.safetensors");
     encoder.save_table(&path).expect("save");
-    let loaded = StaticEncoder::load(&path, &bert.tokenizer_path(), TINY_POSITIONS, Truncation::Right, STATIC_DIM).expect("load");
-    assert_eq!(loaded.table(), encoder.table());
+    let load = |path: &std::path::Path| {
+        StaticEncoder::load(path, &bert.tokenizer_path(), TINY_POSITIONS, Truncation::Right, STATIC_DIM).expect("load")
+    };
+    let loaded = load(&path);
+    // Tables are stored as f16: every value comes back within f16's relative rounding (2^-11)...
+    for (stored, original) in loaded.table().iter().zip(encoder.table()) {
+        assert!((stored - original).abs() <= original.abs() * 2f32.powi(-11) + 1e-7, "{stored} vs {original}");
+    }
     let prompt = "How is the sum of a list written in Python?";
-    assert_eq!(loaded.embed(prompt).expect("embed"), encoder.embed(prompt).expect("embed"));
+    assert!(max_abs_diff(&loaded.embed(prompt).expect("embed"), &encoder.embed(prompt).expect("embed")) < 1e-3);
+    // ...and a table already at f16 precision round-trips exactly.
+    let again = dir.path().join("again.safetensors");
+    loaded.save_table(&again).expect("save again");
+    assert_eq!(load(&again).table(), loaded.table());
 }
 
 #[test]

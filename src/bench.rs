@@ -1,0 +1,354 @@
+//! `model-router bench`: routing latency and throughput of the static and BERT tiers, next to the
+//! baselines that say whether the numbers are good (the tokenizer alone, the stock
+//! candle-transformers BERT forward on the same weights, the BERT tier's own matmuls), all measured
+//! in the same run so that their ratios hold on any machine.
+
+mod workload;
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+use indicatif::ProgressBar;
+use model_router::load_router;
+use model_router::router_core::candle_core;
+use model_router::router_training::data::{self, Format};
+use model_router::router_training::embed::progress_bar;
+use serde_json::{json, Value};
+
+use workload::{
+    bert_forward_flops, bert_model_dir, minilm_tier_like, prompt_of_tokens, read_bert_config, MatmulWorkload,
+    RoutingTier, StockBert, BUILT_IN_PROMPTS,
+};
+
+/// The prompt length of the headline one-prompt numbers.
+const HEADLINE_TOKENS: usize = 32;
+/// Prompts per batch in the batch-throughput measurement.
+const BATCH_SIZE: usize = 32;
+/// The longer prompt at which the static tier is compared with its tokenizer.
+const LONG_TOKENS: usize = 128;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Bundle directory or hub repo id; the shipped default when absent. A static bundle is
+    /// measured next to a BERT tier (all-MiniLM-L6-v2 from the hub cache with a head of the same
+    /// shape); a BERT bundle next to the shipped static one.
+    #[arg(long)]
+    model: Option<String>,
+    /// A dataset whose prompts form the workload pass; built-in prompts when absent.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The dataset's format (guessed from the file name when absent).
+    #[arg(long, requires = "data")]
+    format: Option<Format>,
+    /// Print exactly one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Timed runs of each measurement (after a short warm-up); the workload pass routes this many
+    /// prompts, cycling through the prompt set.
+    #[arg(long, default_value_t = 200)]
+    iterations: usize,
+}
+
+/// Latencies of one measurement, in microseconds, sorted.
+struct Samples(Vec<f64>);
+
+impl Samples {
+    /// The nearest-rank percentile (`quantile` in [0, 1]).
+    fn percentile(&self, quantile: f64) -> f64 {
+        let rank = (quantile * self.0.len() as f64).ceil() as usize;
+        self.0.get(rank.clamp(1, self.0.len().max(1)) - 1).copied().unwrap_or(f64::NAN)
+    }
+
+    fn p50(&self) -> f64 {
+        self.percentile(0.5)
+    }
+
+    fn mean(&self) -> f64 {
+        self.0.iter().sum::<f64>() / self.0.len().max(1) as f64
+    }
+
+    /// The summary printed for a tier: percentiles, mean and the throughput of one thread of
+    /// callers routing back to back.
+    fn summary(&self, tokens: Option<usize>) -> Value {
+        let mut summary = json!({
+            "p50_us": self.p50(),
+            "p90_us": self.percentile(0.9),
+            "p99_us": self.percentile(0.99),
+            "mean_us": self.mean(),
+            "prompts_per_s": 1e6 / self.mean(),
+            "samples": self.0.len(),
+        });
+        if let (Some(tokens), Some(object)) = (tokens, summary.as_object_mut()) {
+            object.insert("tokens".into(), json!(tokens));
+        }
+        summary
+    }
+}
+
+/// Times `runs` round-robin, one call of each per iteration, after a warm-up: interleaving keeps a
+/// slow spell of this shared machine from landing on one side of a ratio.
+fn measure_interleaved(
+    iterations: usize,
+    bar: &ProgressBar,
+    runs: &mut [&mut dyn FnMut() -> Result<()>],
+) -> Result<Vec<Samples>> {
+    let warm_up = (iterations / 10).clamp(1, 10);
+    for _ in 0..warm_up {
+        for run in runs.iter_mut() {
+            run()?;
+        }
+    }
+    let mut samples: Vec<Vec<f64>> = runs.iter().map(|_| Vec::with_capacity(iterations)).collect();
+    for _ in 0..iterations {
+        for (run, times) in runs.iter_mut().zip(&mut samples) {
+            let start = Instant::now();
+            run()?;
+            times.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+        bar.inc(runs.len() as u64);
+    }
+    Ok(samples
+        .into_iter()
+        .map(|mut times| {
+            times.sort_by(f64::total_cmp);
+            Samples(times)
+        })
+        .collect())
+}
+
+/// Keeps the optimiser from discarding a measured result.
+fn consume<T>(value: T) -> Result<()> {
+    black_box(value);
+    Ok(())
+}
+
+/// The static and the BERT tier, whichever `--model` is.
+fn load_tiers(model: Option<&str>) -> Result<(RoutingTier, RoutingTier)> {
+    let chosen = RoutingTier::new(load_router(model)?, None)?;
+    if chosen.is_bert() {
+        let static_tier = RoutingTier::new(load_router(None)?, None)?;
+        if static_tier.is_bert() {
+            bail!("the default bundle is not a static one; pass a static bundle with --model");
+        }
+        return Ok((static_tier, chosen));
+    }
+    let bert_router = minilm_tier_like(&chosen.router)?;
+    // Same models as the static bundle, so its catalog prices them.
+    let bert_tier = RoutingTier::new(bert_router, Some(chosen.policy.catalog().clone()))?;
+    Ok((chosen, bert_tier))
+}
+
+fn workload_prompts(args: &BenchArgs) -> Result<(String, Vec<String>)> {
+    let Some(path) = &args.data else {
+        return Ok(("built-in".into(), BUILT_IN_PROMPTS.iter().map(|p| p.to_string()).collect()));
+    };
+    let format = match args.format {
+        Some(format) => format,
+        None => super::guess_format(path)?,
+    };
+    let dataset = data::load(format, std::slice::from_ref(path), None)?;
+    if dataset.records.is_empty() {
+        bail!("{} has no usable records", path.display());
+    }
+    Ok((path.display().to_string(), dataset.records.into_iter().map(|r| r.prompt).collect()))
+}
+
+/// Runs the benchmark and prints its report.
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    let iterations = args.iterations;
+    let (static_tier, bert_tier) = load_tiers(args.model.as_deref())?;
+    let model_dir = bert_model_dir(&bert_tier.router)?;
+    let bert_config = read_bert_config(&model_dir)?;
+    let stock_bert = StockBert::load(&model_dir, bert_tier.tokenizer().clone())?;
+    let matmuls = MatmulWorkload::new(&bert_config, HEADLINE_TOKENS)?;
+    let (workload_source, workload) = workload_prompts(&args)?;
+
+    let static_prompt = prompt_of_tokens(static_tier.tokenizer(), HEADLINE_TOKENS)?;
+    let static_long_prompt = prompt_of_tokens(static_tier.tokenizer(), LONG_TOKENS)?;
+    let bert_prompt = prompt_of_tokens(bert_tier.tokenizer(), HEADLINE_TOKENS)?;
+    let tokenizer = static_tier.tokenizer();
+
+    // Static pair, long static pair, BERT trio, static workload, BERT workload pair, batch pair.
+    let bar = progress_bar(iterations * (2 + 2 + 3 + 1 + 2) + (iterations / 10).max(1) * 2, "benchmarking");
+    let mut static_samples = measure_interleaved(
+        iterations,
+        &bar,
+        &mut [
+            &mut || consume(static_tier.route(&static_prompt)?),
+            &mut || consume(tokenizer.encode(&static_prompt)?),
+        ],
+    )?;
+    let mut static_long_samples = measure_interleaved(
+        iterations,
+        &bar,
+        &mut [
+            &mut || consume(static_tier.route(&static_long_prompt)?),
+            &mut || consume(tokenizer.encode(&static_long_prompt)?),
+        ],
+    )?;
+    let mut bert_samples = measure_interleaved(
+        iterations,
+        &bar,
+        &mut [
+            &mut || consume(bert_tier.route(&bert_prompt)?),
+            &mut || consume(bert_tier.route_embedding(&bert_prompt, stock_bert.embed(&bert_prompt)?)?),
+            &mut || matmuls.run(),
+        ],
+    )?;
+    // Each side cycles through the workload on its own, so every side routes the same prompts.
+    let (mut static_prompts, mut bert_prompts, mut stock_prompts) =
+        (workload.iter().cycle(), workload.iter().cycle(), workload.iter().cycle());
+    let no_prompt = || anyhow!("the workload has no prompts");
+    let mut static_workload_samples = measure_interleaved(
+        iterations,
+        &bar,
+        &mut [&mut || consume(static_tier.route(static_prompts.next().ok_or_else(no_prompt)?)?)],
+    )?;
+    let mut bert_workload_samples = measure_interleaved(
+        iterations,
+        &bar,
+        &mut [
+            &mut || consume(bert_tier.route(bert_prompts.next().ok_or_else(no_prompt)?)?),
+            &mut || {
+                let prompt = stock_prompts.next().ok_or_else(no_prompt)?;
+                consume(bert_tier.route_embedding(prompt, stock_bert.embed(prompt)?)?)
+            },
+        ],
+    )?;
+    // A batch costs about BATCH_SIZE single prompts, so it gets proportionally fewer runs.
+    let batch_iterations = (iterations / 10).max(1);
+    let static_batch_prompts = vec![static_prompt.as_str(); BATCH_SIZE];
+    let bert_batch_prompts = vec![bert_prompt.as_str(); BATCH_SIZE];
+    let mut batch_samples = measure_interleaved(
+        batch_iterations,
+        &bar,
+        &mut [
+            &mut || consume(static_tier.route_batch(&static_batch_prompts)?),
+            &mut || consume(bert_tier.route_batch(&bert_batch_prompts)?),
+        ],
+    )?;
+    bar.finish_and_clear();
+
+    let (bert, stock, matmul) = (bert_samples.remove(0), bert_samples.remove(0), bert_samples.remove(0));
+    let (static_route, tokenize) = (static_samples.remove(0), static_samples.remove(0));
+    let (static_long, tokenize_long) = (static_long_samples.remove(0), static_long_samples.remove(0));
+    let static_workload = static_workload_samples.remove(0);
+    let (bert_workload, stock_workload) = (bert_workload_samples.remove(0), bert_workload_samples.remove(0));
+    let (static_batch, bert_batch) = (batch_samples.remove(0), batch_samples.remove(0));
+    let batch_throughput = |samples: &Samples, tokens: usize| {
+        json!({
+            "prompts": BATCH_SIZE,
+            "tokens": tokens,
+            "p50_us": samples.p50(),
+            "prompts_per_s": BATCH_SIZE as f64 * 1e6 / samples.p50(),
+        })
+    };
+    let bert_tokens = bert_tier.tokenizer().encode(&bert_prompt)?.len();
+    let flops = bert_forward_flops(&bert_config, bert_tokens);
+    let gflops = |microseconds: f64| flops / microseconds / 1e3;
+
+    let report = json!({
+        "threads": candle_core::utils::get_num_threads(),
+        "iterations": iterations,
+        "catalog": static_tier.catalog.as_str(),
+        "tiers": {
+            "static": static_route.summary(Some(HEADLINE_TOKENS)),
+            "bert": bert.summary(Some(bert_tokens)),
+        },
+        "static_128": static_long.summary(Some(LONG_TOKENS)),
+        "stock_bert": stock.summary(Some(bert_tokens)),
+        "tokenize_us": tokenize.p50(),
+        "tokenize_128_us": tokenize_long.p50(),
+        "static_128_over_tokenize": static_long.p50() / tokenize_long.p50(),
+        "bert_speedup_vs_stock": stock.p50() / bert.p50(),
+        "bert_matmul_us": matmul.p50(),
+        "bert_over_matmul": bert.p50() / matmul.p50(),
+        "bert_flops": flops,
+        "bert_gflops": gflops(bert.p50()),
+        "bert_matmul_gflops": gflops(matmul.p50()),
+        "stock_bert_gflops": gflops(stock.p50()),
+        "batch": {
+            "static": batch_throughput(&static_batch, HEADLINE_TOKENS),
+            "bert": batch_throughput(&bert_batch, bert_tokens),
+        },
+        "workload": {
+            "source": workload_source,
+            "prompts": workload.len(),
+            "static": static_workload.summary(None),
+            "bert": bert_workload.summary(None),
+            "stock_bert": stock_workload.summary(None),
+            "bert_speedup_vs_stock": stock_workload.p50() / bert_workload.p50(),
+        },
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(report: &Value) {
+    let number = |value: &Value| value.as_f64().unwrap_or(f64::NAN);
+    let row = |name: &str, summary: &Value| {
+        let tokens = summary["tokens"].as_u64().map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+        println!(
+            "  {name:<12} {tokens:>6} {:>10.1} {:>10.1} {:>10.1} {:>12.0}",
+            number(&summary["p50_us"]),
+            number(&summary["p90_us"]),
+            number(&summary["p99_us"]),
+            number(&summary["prompts_per_s"]),
+        );
+    };
+    println!(
+        "model-router bench: {} thread(s), {} iterations per measurement, {} catalog",
+        report["threads"], report["iterations"], report["catalog"].as_str().unwrap_or("?")
+    );
+    println!("\none prompt, end to end (tokenizer + encoder + head + policy)");
+    println!("  {:<12} {:>6} {:>10} {:>10} {:>10} {:>12}", "tier", "tokens", "p50 µs", "p90 µs", "p99 µs", "prompts/s");
+    row("static", &report["tiers"]["static"]);
+    row("static", &report["static_128"]);
+    row("bert", &report["tiers"]["bert"]);
+    row("stock bert", &report["stock_bert"]);
+    println!(
+        "\ntokenizer alone: {:.1} µs at {HEADLINE_TOKENS} tokens, {:.1} µs at {LONG_TOKENS} (static tier / tokenizer at {LONG_TOKENS}: {:.2}x)",
+        number(&report["tokenize_us"]),
+        number(&report["tokenize_128_us"]),
+        number(&report["static_128_over_tokenize"]),
+    );
+    println!(
+        "BERT tier: {:.2}x faster than stock candle-transformers; {:.2}x the time of its own matmuls ({:.1} µs)",
+        number(&report["bert_speedup_vs_stock"]),
+        number(&report["bert_over_matmul"]),
+        number(&report["bert_matmul_us"]),
+    );
+    println!(
+        "           {:.1} GFLOP/s end to end, matmuls alone {:.1} GFLOP/s, stock {:.1} GFLOP/s ({:.2} GFLOP per forward)",
+        number(&report["bert_gflops"]),
+        number(&report["bert_matmul_gflops"]),
+        number(&report["stock_bert_gflops"]),
+        number(&report["bert_flops"]) / 1e9,
+    );
+    println!(
+        "batches of {BATCH_SIZE} prompts of {HEADLINE_TOKENS} tokens: static {:.0} prompts/s, bert {:.0} prompts/s",
+        number(&report["batch"]["static"]["prompts_per_s"]),
+        number(&report["batch"]["bert"]["prompts_per_s"]),
+    );
+    let workload = &report["workload"];
+    println!(
+        "\nworkload: {} ({} prompts), one prompt at a time",
+        workload["source"].as_str().unwrap_or("?"),
+        workload["prompts"]
+    );
+    println!("  {:<12} {:>6} {:>10} {:>10} {:>10} {:>12}", "tier", "", "p50 µs", "p90 µs", "p99 µs", "prompts/s");
+    row("static", &workload["static"]);
+    row("bert", &workload["bert"]);
+    row("stock bert", &workload["stock_bert"]);
+    println!("  BERT tier vs stock: {:.2}x", number(&workload["bert_speedup_vs_stock"]));
+}

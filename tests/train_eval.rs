@@ -1,0 +1,391 @@
+//! `data import` → `train` → `eval` → `route`, end to end through the binary, on small slices of the
+//! real routing data in ../shared/data (RouterBench, RouterDC, LLMRouter): the bundle a run writes,
+//! the evaluation report's shape, two-model metrics, renamed models, and bit-for-bit determinism.
+//!
+//! Every test trains the static tier (a table derived from all-MiniLM-L6-v2) on at most ~170
+//! records with a small head and few epochs. The table takes a pass over MiniLM's vocabulary to
+//! derive, so all tests share one cache directory (see `common::cache_dir`) and the first test
+//! derives it, once, before any other trains.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use common::{arg, assert_mentions, data_file, ensure_minilm, fails, ok, Run};
+use serde_json::Value;
+use tempfile::TempDir;
+
+const CATALOG: &str = "models/routerbench/catalog.toml";
+const STRONG: &str = "gpt-4-1106-preview";
+const WEAK: &str = "mistralai/mistral-7b-chat";
+/// Small and quick: a 32-unit head, at most 30 epochs.
+const SMALL: [&str; 6] = ["--encoder", "static", "--hidden", "32", "--epochs", "30"];
+
+/// Imports `files` with `data import --format <format>` and keeps the first `per_task` records of
+/// each task, in file order (canonical JSON lines).
+fn import_slice(format: &str, files: &[PathBuf], per_task: usize) -> Vec<String> {
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("all.jsonl");
+    let mut args = vec!["data".to_owned(), "import".into(), "--format".into(), format.into(), "--out".into(), arg(&out)];
+    args.extend(files.iter().map(|f| arg(f)));
+    ok(&args);
+    let text = std::fs::read_to_string(&out).expect("the imported JSONL");
+    let mut kept: BTreeMap<String, usize> = BTreeMap::new();
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|line| {
+            let record: Value = serde_json::from_str(line).expect("a canonical JSON line");
+            let count = kept.entry(record["task"].as_str().expect("a task").to_owned()).or_default();
+            *count += 1;
+            *count <= per_task
+        })
+        .map(str::to_owned)
+        .collect();
+    assert!(kept.len() > 1, "the slice spans several tasks: {kept:?}");
+    lines
+}
+
+/// 50 records from each of RouterBench's three tasks (150 in all), imported once per process.
+fn routerbench_slice() -> &'static [String] {
+    static SLICE: OnceLock<Vec<String>> = OnceLock::new();
+    SLICE.get_or_init(|| {
+        let files = ["arc_challenge_train.csv", "mbpp_train.csv", "winograde_train.csv"]
+            .map(|f| data_file(&format!("routerbench/{f}")));
+        let slice = import_slice("routerbench", &files, 50);
+        assert_eq!(slice.len(), 150);
+        slice
+    })
+}
+
+/// Makes sure all-MiniLM-L6-v2 is in the hub cache and the static table derived from it is in the
+/// shared cache, deriving it once (a tiny training run) while other tests wait.
+fn prepare() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        ensure_minilm();
+        // A few made-up records (no data file needed): this run is only for the table.
+        let dir = TempDir::new().unwrap();
+        let lines: Vec<String> = (0..12)
+            .map(|i| {
+                serde_json::json!({
+                    "prompt": format!("made-up prompt number {i}"), "task": "warm",
+                    "scores": { "a": (i % 2) as f64, "b": 1.0 }, "costs": { "a": 1e-5, "b": 1e-3 },
+                })
+                .to_string()
+            })
+            .collect();
+        let data = write_jsonl(dir.path(), "warm.jsonl", &lines);
+        ok(&["train", "--data", &arg(&data), "--hidden", "8", "--epochs", "1", "--out", &arg(&dir.path().join("warm"))]);
+    });
+}
+
+fn write_jsonl(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// `train` with the small settings, `--data data --out out` and `extra`; returns the run.
+fn train(data: &Path, out: &Path, extra: &[&str]) -> Run {
+    let mut args: Vec<String> = vec!["train".into(), "--data".into(), arg(data), "--out".into(), arg(out)];
+    args.extend(SMALL.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    ok(&args)
+}
+
+/// `eval --json` of `bundle` on `data` with `extra`: exactly one JSON object on stdout.
+fn eval_json(bundle: &Path, data: &Path, extra: &[&str]) -> Value {
+    let mut args: Vec<String> = vec!["eval".into(), "--json".into(), "--model".into(), arg(bundle), "--data".into(), arg(data)];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let run = ok(&args);
+    assert_eq!(run.stdout.lines().count(), 1, "eval --json prints exactly one line: {:?}", run.stdout);
+    let report = run.json();
+    assert!(report.is_object(), "{report}");
+    report
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn keys(value: &Value) -> BTreeSet<&str> {
+    value.as_object().unwrap_or_else(|| panic!("an object: {value}")).keys().map(String::as_str).collect()
+}
+
+fn set<'a>(names: &[&'a str]) -> BTreeSet<&'a str> {
+    names.iter().copied().collect()
+}
+
+fn number(value: &Value, what: &str) -> f64 {
+    let x = value.as_f64().unwrap_or_else(|| panic!("{what} is a number: {value}"));
+    assert!(x.is_finite(), "{what} is finite: {x}");
+    x
+}
+
+fn assert_point(point: &Value, what: &str) {
+    assert_eq!(keys(point), set(&["quality", "cost"]), "{what}");
+    let quality = number(&point["quality"], what);
+    assert!((0.0..=1.0).contains(&quality), "{what}: quality {quality}");
+    assert!(number(&point["cost"], what) >= 0.0, "{what}");
+}
+
+fn assert_modes(modes: &Value, what: &str) {
+    assert_eq!(keys(modes), set(&["quality", "balanced", "cost"]), "{what}");
+    for mode in ["quality", "balanced", "cost"] {
+        assert_point(&modes[mode], &format!("{what}.{mode}"));
+    }
+}
+
+/// The report has exactly the shape documented in training/src/eval.rs.
+fn assert_report_shape(report: &Value, models: &[&str], n: usize) {
+    assert_eq!(
+        keys(report),
+        set(&[
+            "n", "skipped", "models", "best_single", "oracle", "modes", "aiq", "single_models_aiq", "cost_at_parity", "apgr",
+            "cpt50", "cpt80", "baselines",
+        ]),
+        "{report}"
+    );
+    assert_eq!(report["n"].as_u64(), Some(n as u64), "{report}");
+    assert_eq!(report["skipped"].as_u64(), Some(0));
+    let report_models: Vec<&str> = report["models"].as_array().expect("models").iter().map(|m| m.as_str().unwrap()).collect();
+    assert_eq!(report_models, models);
+    assert_eq!(keys(&report["best_single"]), set(&["model", "quality", "cost"]));
+    assert!(models.contains(&report["best_single"]["model"].as_str().expect("best_single.model")));
+    assert_point(&json_point(&report["best_single"]), "best_single");
+    assert_point(&report["oracle"], "oracle");
+    assert!(number(&report["oracle"]["quality"], "oracle") >= number(&report["best_single"]["quality"], "best single"));
+    assert_modes(&report["modes"], "modes");
+    for key in ["aiq", "single_models_aiq"] {
+        let aiq = number(&report[key], key);
+        assert!((0.0..=1.0).contains(&aiq), "{key} {aiq}");
+    }
+    assert!(number(&report["aiq"], "aiq") >= number(&report["single_models_aiq"], "single") - 1e-12, "the router's hull includes the single models");
+    for key in ["cost_at_parity", "apgr", "cpt50", "cpt80"] {
+        assert!(report[key].is_null() || report[key].is_number(), "{key}: {}", report[key]);
+    }
+    assert_eq!(keys(&report["baselines"]), set(&["knn", "random"]));
+    assert_eq!(keys(&report["baselines"]["knn"]), set(&["aiq", "modes"]));
+    number(&report["baselines"]["knn"]["aiq"], "knn aiq");
+    assert_modes(&report["baselines"]["knn"]["modes"], "knn.modes");
+    assert_eq!(keys(&report["baselines"]["random"]), set(&["aiq", "quality", "cost"]));
+    number(&report["baselines"]["random"]["aiq"], "random aiq");
+}
+
+fn json_point(value: &Value) -> Value {
+    serde_json::json!({ "quality": value["quality"], "cost": value["cost"] })
+}
+
+const ROUTERBENCH_MODELS: [&str; 11] = [
+    "WizardLM/WizardLM-13B-V1.2",
+    "claude-instant-v1",
+    "claude-v1",
+    "claude-v2",
+    "gpt-3.5-turbo-1106",
+    "gpt-4-1106-preview",
+    "meta/code-llama-instruct-34b-chat",
+    "meta/llama-2-70b-chat",
+    "mistralai/mistral-7b-chat",
+    "mistralai/mixtral-8x7b-chat",
+    "zero-one-ai/Yi-34B-Chat",
+];
+
+#[test]
+fn train_eval_route_end_to_end_on_a_routerbench_slice() {
+    prepare();
+    let dir = TempDir::new().unwrap();
+    let data = write_jsonl(dir.path(), "slice.jsonl", routerbench_slice());
+    let bundle = dir.path().join("bundle");
+    let trained = train(&data, &bundle, &["--catalog", CATALOG, "--json"]);
+    assert_mentions(&trained.stderr, &["bundle written to"]);
+    let train_report: Value = trained.json();
+
+    // The bundle: every file, the catalog it was given, a model card with the validation table.
+    for file in ["router.json", "tokenizer.json", "encoder.safetensors", "head.safetensors", "catalog.toml", "README.md", "validation.svg"] {
+        assert!(bundle.join(file).is_file(), "the bundle has {file}");
+    }
+    assert_eq!(std::fs::read_to_string(bundle.join("catalog.toml")).unwrap(), std::fs::read_to_string(CATALOG).unwrap());
+    let config = read_json(&bundle.join("router.json"));
+    assert_eq!(config["name"], "bundle", "the name defaults to the output directory's");
+    let models: Vec<&str> = config["models"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert_eq!(models, ROUTERBENCH_MODELS);
+    assert_eq!(config["encoder"]["kind"], "static");
+    assert_eq!(config["head"]["hidden"], serde_json::json!([32]));
+    let training = &config["training"];
+    assert_eq!(training["seed"], 42);
+    assert_eq!(training["data"], serde_json::json!(["slice.jsonl"]));
+    let details = &training["details"];
+    let (train_n, val_n) = (details["train_prompts"].as_u64().unwrap() as usize, details["val_prompts"].as_u64().unwrap() as usize);
+    assert_eq!(train_n + val_n, 150);
+    assert_eq!(val_n, 3 * 8, "15 % of 50 per task, rounded, in each of the 3 tasks");
+    assert!((1..=30).contains(&details["epochs"].as_u64().unwrap()));
+    assert_eq!(details["validation"], train_report, "router.json records the validation report");
+
+    let card = std::fs::read_to_string(bundle.join("README.md")).unwrap();
+    assert_mentions(&card, &["## Validation (15 % held out, seed 42)", &format!("{val_n} test prompts"), "best single (", "router, quality mode", "AIQ: router", "validation.svg", "slice.jsonl"]);
+
+    // eval --split val re-makes the validation split: the same prompts, so the same report, but
+    // for the kNN baseline (cross-validated on the evaluated data, not fitted on the training side).
+    let plot = dir.path().join("out.svg");
+    let report = eval_json(&bundle, &data, &["--split", "val", "--plot", &arg(&plot)]);
+    assert_report_shape(&report, &ROUTERBENCH_MODELS, val_n);
+    assert_eq!(report["best_single"]["model"], STRONG, "{report}");
+    assert!(report["apgr"].is_null() && report["cpt50"].is_null() && report["cpt80"].is_null(), "APGR needs two models");
+    let strip_knn = |mut r: Value| {
+        r["baselines"].as_object_mut().unwrap().remove("knn");
+        r
+    };
+    assert_eq!(strip_knn(report.clone()), strip_knn(train_report.clone()));
+    let svg = std::fs::read_to_string(&plot).expect("--plot writes the SVG");
+    assert!(svg.trim_start().starts_with("<svg") || svg.trim_start().starts_with("<?xml"), "{}", &svg[..svg.len().min(200)]);
+    assert!(svg.trim_end().ends_with("</svg>"));
+
+    // The other sides of the split, and the table form.
+    assert_report_shape(&eval_json(&bundle, &data, &["--split", "train"]), &ROUTERBENCH_MODELS, train_n);
+    assert_report_shape(&eval_json(&bundle, &data, &[]), &ROUTERBENCH_MODELS, 150);
+    let table = ok(&["eval", "--model", &arg(&bundle), "--data", &arg(&data), "--split", "val"]).stdout;
+    assert_mentions(&table, &[&format!("{val_n} test prompts"), "router, balanced mode", "AIQ: router"]);
+    let run = fails(&["eval", "--model", &arg(&bundle), "--data", &arg(&data), "--split", "test"]);
+    assert_mentions(&run.stderr, &["--split", "\"test\""]);
+
+    // The new bundle routes.
+    let decision = ok(&["route", "--json", "--model", &arg(&bundle), "--mode", "quality", "Write a function to reverse a string."]).json();
+    assert_eq!(decision["scores"].as_object().unwrap().len(), 11);
+    assert!(models.contains(&decision["model"].as_str().unwrap()));
+    let best = decision["eligible"].as_object().unwrap().values().map(|e| e["predicted_quality"].as_f64().unwrap()).fold(f64::MIN, f64::max);
+    assert_eq!(decision["eligible"][decision["model"].as_str().unwrap()]["predicted_quality"].as_f64(), Some(best));
+}
+
+#[test]
+fn two_model_slice_reports_apgr_and_cpt() {
+    prepare();
+    let dir = TempDir::new().unwrap();
+    let data = write_jsonl(dir.path(), "slice.jsonl", routerbench_slice());
+    let bundle = dir.path().join("two");
+    let pair = format!("{STRONG},{WEAK}");
+    train(&data, &bundle, &["--catalog", CATALOG, "--models", &pair]);
+    let config = read_json(&bundle.join("router.json"));
+    assert_eq!(config["models"], serde_json::json!([STRONG, WEAK]), "the head's columns follow --models");
+    // The bundle ships the catalog's entries for its two models only: a policy refuses entries
+    // for models the bundle does not predict, so the full catalog would not route.
+    let shipped = std::fs::read_to_string(bundle.join("catalog.toml")).unwrap();
+    let names: Vec<&str> = shipped.lines().filter_map(|l| l.trim().strip_prefix("name = ")).map(|n| n.trim_matches('"')).collect();
+    assert_eq!(names, [STRONG, WEAK], "{shipped}");
+    assert_mentions(&shipped, &["context_window = 128000", "input_price = 10.0"]);
+
+    let report = eval_json(&bundle, &data, &["--split", "val", "--models", &pair]);
+    assert_report_shape(&report, &[STRONG, WEAK], 24);
+    let apgr = number(&report["apgr"], "apgr");
+    assert!((-1.0..=2.0).contains(&apgr), "apgr {apgr}");
+    for key in ["cpt50", "cpt80"] {
+        let cpt = number(&report[key], key);
+        assert!((0.0..=1.0).contains(&cpt), "{key} {cpt}");
+    }
+    assert!(number(&report["cpt50"], "cpt50") <= number(&report["cpt80"], "cpt80"));
+
+    // The data has 11 models, the bundle predicts two: eval says which flag to use.
+    let run = fails(&["eval", "--model", &arg(&bundle), "--data", &arg(&data)]);
+    assert_mentions(&run.stderr, &["does not predict", "--models"]);
+
+    let decision = ok(&["route", "--json", "--model", &arg(&bundle), "hello"]).json();
+    assert_eq!(keys(&decision["scores"]), set(&[STRONG, WEAK]));
+}
+
+#[test]
+fn renamed_model_trains_and_evaluates_under_its_new_name() {
+    prepare();
+    let dir = TempDir::new().unwrap();
+    let data = write_jsonl(dir.path(), "slice.jsonl", routerbench_slice());
+    // The catalog must know the new name: the same catalog with gpt-4-1106-preview renamed.
+    let catalog_text = std::fs::read_to_string(CATALOG).unwrap();
+    assert!(catalog_text.contains(&format!("name = \"{STRONG}\"")));
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(&catalog, catalog_text.replace(&format!("name = \"{STRONG}\""), "name = \"gpt-4\"")).unwrap();
+    let rename = format!("{STRONG}=gpt-4");
+    let bundle = dir.path().join("renamed");
+    train(&data, &bundle, &["--catalog", &arg(&catalog), "--rename", &rename]);
+    let config = read_json(&bundle.join("router.json"));
+    let models: Vec<&str> = config["models"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert!(models.contains(&"gpt-4") && !models.contains(&STRONG), "{models:?}");
+
+    let report = eval_json(&bundle, &data, &["--split", "val", "--rename", &rename]);
+    let expected: Vec<&str> = ROUTERBENCH_MODELS.iter().map(|m| if *m == STRONG { "gpt-4" } else { m }).collect();
+    assert_report_shape(&report, &expected, 24);
+    assert_eq!(report["best_single"]["model"], "gpt-4");
+
+    // Without the rename, eval names the model it cannot find and the flag that fixes it.
+    let run = fails(&["eval", "--model", &arg(&bundle), "--data", &arg(&data)]);
+    assert_mentions(&run.stderr, &[STRONG, "--rename"]);
+    // The rename and --models compose: --models takes the new names.
+    let two = eval_json(&bundle, &data, &["--rename", &rename, "--models", &format!("gpt-4,{WEAK}")]);
+    assert_eq!(two["models"], serde_json::json!(["gpt-4", WEAK]));
+    // A malformed rename is an error that says the expected form.
+    let run = fails(&["eval", "--model", &arg(&bundle), "--data", &arg(&data), "--rename", "gpt-4"]);
+    assert_mentions(&run.stderr, &["OLD=NEW"]);
+
+    let decision = ok(&["route", "--json", "--model", &arg(&bundle), "hello"]).json();
+    assert!(decision["scores"].get("gpt-4").is_some(), "{decision}");
+}
+
+#[test]
+fn training_is_deterministic_for_a_seed() {
+    prepare();
+    let dir = TempDir::new().unwrap();
+    let data = write_jsonl(dir.path(), "slice.jsonl", routerbench_slice());
+    let run = |out: &str, seed: &str| {
+        let bundle = dir.path().join(out);
+        train(&data, &bundle, &["--catalog", CATALOG, "--name", "same", "--seed", seed]);
+        bundle
+    };
+    let (first, second, other) = (run("first", "42"), run("second", "42"), run("other", "7"));
+    let read = |bundle: &Path, file: &str| std::fs::read(bundle.join(file)).unwrap();
+    assert!(read(&first, "head.safetensors") == read(&second, "head.safetensors"), "the same seed gives byte-identical head weights");
+    assert_eq!(read(&first, "router.json"), read(&second, "router.json"), "and the same training record");
+    assert_eq!(read(&first, "README.md"), read(&second, "README.md"));
+    assert!(read(&first, "head.safetensors") != read(&other, "head.safetensors"), "another seed gives other weights");
+    assert_eq!(read_json(&other.join("router.json"))["training"]["seed"], 7);
+}
+
+/// RouterDC: six task files, no costs (the catalog prices the prompts), pass rates as soft labels.
+#[test]
+fn routerdc_slice_trains_and_evaluates() {
+    prepare();
+    let files = ["arc_challenge_train.json", "arc_easy_train.json", "cmmlu_train.json", "gsm8k-train.json", "humaneval_train.json", "mmlu_train.json"]
+        .map(|f| data_file(&format!("routerdc/{f}")));
+    let slice = import_slice("routerdc", &files, 25);
+    assert_eq!(slice.len(), 150);
+    let dir = TempDir::new().unwrap();
+    let data = write_jsonl(dir.path(), "routerdc.jsonl", &slice);
+    let bundle = dir.path().join("routerdc");
+    train(&data, &bundle, &["--catalog", "models/routerdc/catalog.toml"]);
+    let config = read_json(&bundle.join("router.json"));
+    let models: Vec<&str> = config["models"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert_eq!(models.len(), 7);
+    let report = eval_json(&bundle, &data, &["--split", "val"]);
+    assert_report_shape(&report, &models, 24);
+    ok(&["route", "--model", &arg(&bundle), "What is 12 times 7?"]);
+}
+
+/// LLMRouter: costs from the price list (`--prices`), 14 tasks, scores 0/1 or F1.
+#[test]
+fn llmrouter_slice_trains_and_evaluates_with_prices() {
+    prepare();
+    let prices = data_file("llmrouter/default_llm.json");
+    let slice = import_slice("llmrouter", &[data_file("llmrouter/train.json")], 12);
+    assert!((100..=200).contains(&slice.len()), "{}", slice.len());
+    assert!(slice.iter().all(|l| l.contains("\"costs\":{}")), "without --prices the import has no costs");
+    let dir = TempDir::new().unwrap();
+    let data = write_jsonl(dir.path(), "llmrouter.jsonl", &slice);
+    let bundle = dir.path().join("llmrouter");
+    train(&data, &bundle, &["--catalog", "models/llmrouter/catalog.toml", "--prices", &arg(&prices)]);
+    let config = read_json(&bundle.join("router.json"));
+    let models: Vec<&str> = config["models"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert_eq!(models.len(), 9);
+    let val_n = config["training"]["details"]["val_prompts"].as_u64().unwrap() as usize;
+    let report = eval_json(&bundle, &data, &["--split", "val", "--prices", &arg(&prices)]);
+    assert_report_shape(&report, &models, val_n);
+    ok(&["route", "--model", &arg(&bundle), "Name the capital of Peru."]);
+}
