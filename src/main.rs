@@ -45,6 +45,15 @@ enum Command {
     Distill(DistillArgs),
     /// Measure routing latency and throughput against the tokenizer, stock BERT and raw matmuls.
     Bench(bench::BenchArgs),
+    /// Serve the OpenAI-compatible router endpoint (`serve --config FILE`).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Server config (TOML): [server], [router], [dispatch], [[models]], [[deployments]].
+    #[arg(long)]
+    config: PathBuf,
 }
 
 #[derive(Args)]
@@ -222,6 +231,9 @@ fn main() {
         Command::Eval(args) => eval_command(args),
         Command::Distill(args) => distill(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => router_server::ServerConfig::load(&args.config)
+            .and_then(router_server::run_blocking)
+            .map_err(anyhow::Error::from),
     };
     if let Err(error) = result {
         if is_broken_pipe(&error) {

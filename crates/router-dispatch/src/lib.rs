@@ -1,0 +1,46 @@
+//! Send a routed chat request to an OpenAI-compatible or Azure OpenAI deployment.
+//!
+//! `router-policy` chooses a *model*; this crate chooses a *deployment* of that model and sends
+//! the request there. A [`Dispatcher`] owns one HTTP client (reqwest over rustls), the table of
+//! [`Deployment`]s and their cooldowns, and is shared by all requests of a server.
+//!
+//! # What [`Dispatcher::dispatch`] does
+//!
+//! For the chosen model's deployments, in the order the catalog lists them:
+//!
+//! 1. A deployment that is **cooling down** (it answered 429 less than its `Retry-After` ago) is
+//!    skipped without a round trip.
+//! 2. Otherwise the request is sent, with the body's `model` replaced by the deployment's
+//!    upstream model name. `openai` deployments get `Authorization: Bearer KEY` and
+//!    `POST {base_url}/chat/completions`; `azure` deployments get the `api-key` header and
+//!    `POST {base_url}/openai/deployments/{model}/chat/completions?api-version=V`.
+//! 3. **Retries**: a connection error, a timeout (no response headers within
+//!    [`DispatchOptions::timeout`]) or a 5xx is retried up to [`DispatchOptions::max_retries`]
+//!    times with jittered exponential backoff; a `Retry-After` on a 5xx replaces the backoff
+//!    (capped by [`DispatchOptions::max_backoff`]).
+//! 4. **429**: the deployment is cooled down for its `Retry-After` (or `retry-after-ms`; else
+//!    [`DispatchOptions::default_cooldown`]). If it is *provisioned*, the same request goes to
+//!    its spillover deployment: the one the caller names ([`DispatchRequest::spillover`], from
+//!    the `x-ms-spillover-deployment` header) or else the deployment's configured `spillover`.
+//!    A provisioned deployment that is already cooling down spills over directly.
+//!    The result says which deployment it spilled from ([`Dispatched::spillover_from`]).
+//! 5. Any other answer (2xx, 4xx) is returned as is: the caller streams or reads its body.
+//!
+//! When every deployment is saturated the result is [`DispatchError::Saturated`], with the time
+//! until the first one is free again: the server then runs the policy again with the model in
+//! its `exclude` list. Other failures after the retries are [`DispatchError::Upstream`] or
+//! [`DispatchError::Timeout`].
+//!
+//! # Secrets
+//!
+//! Backend keys live in [`ApiKey`], whose `Debug` prints `***`; they travel only in request
+//! headers marked sensitive, never in URLs, so no error or log line of this crate can show one.
+#![deny(missing_docs)]
+
+mod deployment;
+mod dispatcher;
+mod error;
+
+pub use deployment::{ApiKey, Deployment, DeploymentKind};
+pub use dispatcher::{DispatchOptions, DispatchRequest, Dispatched, Dispatcher};
+pub use error::DispatchError;

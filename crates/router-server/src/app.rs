@@ -1,0 +1,770 @@
+//! The HTTP application: state, routes, handlers, start and shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use router_dispatch::{DispatchError, DispatchRequest, Dispatched, Dispatcher};
+use router_policy::{estimated_cost, Decision, Policy, PolicyDefaults, PolicyError, RouteRequest};
+use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+
+use crate::chat::{self, Conversation, Overrides};
+use crate::{ApiError, Metrics, ScoreError, Scorer, ServerConfig, ServerError};
+
+/// Everything the handlers share.
+pub struct AppState {
+    config: ServerConfig,
+    policy: Policy,
+    scorer: Scorer,
+    dispatcher: Dispatcher,
+    metrics: Metrics,
+    bundle_name: String,
+    bundle_version: String,
+}
+
+impl AppState {
+    /// Loads the bundle, builds the policy, starts the scorer thread and the dispatcher.
+    /// Blocking (it reads the bundle).
+    pub fn new(config: ServerConfig) -> Result<Self, ServerError> {
+        let file = config.file.clone();
+        let bad = |key: &str, reason: String| ServerError::Config {
+            file: file.clone(),
+            key: key.into(),
+            reason,
+        };
+        let router =
+            router_core::Router::load(&config.bundle).map_err(|source| ServerError::Bundle {
+                file: file.clone(),
+                source,
+            })?;
+        let columns = router.models().to_vec();
+        let bundle_name = router.config().name.clone();
+        let bundle_version = router.config().version.clone();
+        // The catalog against the bundle.
+        Policy::new(
+            config.catalog.clone(),
+            columns.clone(),
+            PolicyDefaults::new(config.mode),
+        )
+        .map_err(|e| bad("models", e.to_string()))?;
+        if let Some(subset) = &config.subset {
+            if let Some(unknown) = subset.iter().find(|m| !columns.contains(m)) {
+                return Err(bad(
+                    "router.subset",
+                    format!("`{unknown}` is not a model of the bundle"),
+                ));
+            }
+        }
+        // Only models with deployments can be chosen.
+        let deployed: Vec<String> = config
+            .catalog
+            .models
+            .iter()
+            .filter(|m| !m.deployments.is_empty())
+            .filter(|m| config.subset.as_ref().is_none_or(|s| s.contains(&m.name)))
+            .map(|m| m.name.clone())
+            .collect();
+        if deployed.is_empty() {
+            return Err(bad(
+                "router.subset",
+                "no model of the subset has deployments".into(),
+            ));
+        }
+        let mut defaults = PolicyDefaults::new(config.mode).subset(deployed);
+        if let Some(band) = config.band {
+            defaults = defaults.band(band);
+        }
+        let policy = Policy::new(config.catalog.clone(), columns, defaults)
+            .map_err(|e| bad("router", e.to_string()))?;
+        let dispatcher = Dispatcher::new(config.deployments.clone(), config.dispatch.clone())
+            .map_err(|e| bad("deployments", e.to_string()))?;
+        let scorer = Scorer::spawn(router, config.max_batch, config.batch_tokens, config.queue)?;
+        Ok(AppState {
+            config,
+            policy,
+            scorer,
+            dispatcher,
+            metrics: Metrics::default(),
+            bundle_name,
+            bundle_version,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The dispatcher.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// The axum application over a shared state.
+pub fn build_app(state: Arc<AppState>) -> axum::Router {
+    let api = axum::Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(azure_chat_completions),
+        )
+        .route("/v1/route", post(route))
+        .route("/v1/models", get(models))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    axum::Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+/// A server running on a tokio runtime.
+pub struct RunningServer {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state (metrics, dispatcher, ...).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Stops accepting, lets requests in flight finish for up to `grace`, then stops.
+    pub async fn shutdown(mut self, grace: Duration) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            self.task.abort();
+        }
+    }
+}
+
+/// Loads everything and starts serving on `config.listen` (port 0 picks a free port).
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    let listen = config.listen;
+    let state = tokio::task::spawn_blocking(move || AppState::new(config))
+        .await
+        .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))??;
+    let state = Arc::new(state);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = build_app(state.clone());
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(RunningServer {
+        addr,
+        state,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// Serves until Ctrl-C.
+pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let server = start(config).await?;
+    let state = server.state().clone();
+    eprintln!(
+        "model-router: serving bundle {} ({}) with {} models on http://{}{}",
+        state.bundle_name,
+        state.bundle_version,
+        state.policy.defaults().subset.as_ref().map_or(0, Vec::len),
+        server.local_addr(),
+        if state.config.api_keys.is_empty() {
+            " (no auth: loopback only)"
+        } else {
+            ""
+        }
+    );
+    shutdown_signal().await?;
+    eprintln!("model-router: shutting down");
+    server.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}
+
+/// [`run`] on a new multi-threaded tokio runtime (for callers without one).
+pub fn run_blocking(config: ServerConfig) -> Result<(), ServerError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(config))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Auth
+
+fn key_matches(keys: &[String], given: &[u8]) -> bool {
+    let mut ok = subtle::Choice::from(0u8);
+    for key in keys {
+        ok |= key.as_bytes().ct_eq(given);
+    }
+    ok.into()
+}
+
+async fn auth(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if state.config.api_keys.is_empty() {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .or_else(|| {
+            headers
+                .get("api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        });
+    match given {
+        Some(key) if key_matches(&state.config.api_keys, key.as_bytes()) => next.run(request).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "Incorrect API key provided.",
+        )
+        .code("invalid_api_key")
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "Missing API key: send `Authorization: Bearer KEY` or `api-key: KEY`.",
+        )
+        .code("invalid_api_key")
+        .into_response(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"status": "ok", "bundle": state.bundle_name, "version": state.bundle_version}))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "Unknown path.",
+    )
+    .code("not_found")
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let mut data = vec![
+        json!({"id": state.config.router_name, "object": "model", "created": 0, "owned_by": "model-router"}),
+    ];
+    if let Some(subset) = &state.policy.defaults().subset {
+        for name in subset {
+            data.push(
+                json!({"id": name, "object": "model", "created": 0, "owned_by": "model-router"}),
+            );
+        }
+    }
+    Json(json!({"object": "list", "data": data}))
+}
+
+fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        let status = rejection.status();
+        let mut e = ApiError::new(status, "invalid_request_error", rejection.body_text());
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            e = e.code("request_too_large");
+        }
+        e
+    })?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::invalid(
+            "the request body must be a JSON object",
+            None,
+        )),
+        Err(e) => Err(ApiError::invalid(
+            format!("the request body is not valid JSON: {e}"),
+            None,
+        )),
+    }
+}
+
+fn route_request(conv: &Conversation, o: &Overrides) -> RouteRequest {
+    let mut r = RouteRequest::new(conv.prompt_tokens).needs(conv.needs);
+    r.max_tokens = conv.max_tokens;
+    r.mode = o.mode;
+    r.band = o.band;
+    r.subset = o.subset.clone();
+    r
+}
+
+fn policy_error(e: PolicyError) -> ApiError {
+    match e {
+        PolicyError::NoEligibleModel { .. } => {
+            ApiError::invalid(e.to_string(), None).code("no_eligible_model")
+        }
+        other => ApiError::invalid(other.to_string(), Some("router")),
+    }
+}
+
+fn score_error(e: ScoreError) -> ApiError {
+    match e {
+        ScoreError::Busy => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            e.to_string(),
+        )
+        .code("overloaded"),
+        other => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            other.to_string(),
+        ),
+    }
+}
+
+fn dispatch_error(e: DispatchError) -> ApiError {
+    match e {
+        DispatchError::UnknownDeployment(name) => {
+            let mut err = ApiError::invalid(
+                format!("unknown deployment `{name}`"),
+                Some("x-ms-spillover-deployment"),
+            );
+            err.code = Some("deployment_not_found");
+            err
+        }
+        DispatchError::Saturated { retry_after, .. } => {
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "Every deployment of the model is rate-limited; retry later.",
+            )
+            .code("rate_limit_exceeded");
+            err.retry_after = retry_after;
+            err
+        }
+        DispatchError::Timeout { .. } => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "server_error", e.to_string())
+                .code("upstream_timeout")
+        }
+        other => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", other.to_string())
+            .code("upstream_error"),
+    }
+}
+
+struct Ctx {
+    model: String,
+    mode: String,
+    spillover: bool,
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle_chat(state, headers, body, None).await
+}
+
+async fn azure_chat_completions(
+    State(state): State<Arc<AppState>>,
+    Path(deployment): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle_chat(state, headers, body, Some(deployment)).await
+}
+
+async fn handle_chat(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    deployment: Option<String>,
+) -> Response {
+    let mut ctx = Ctx {
+        model: "none".into(),
+        mode: "none".into(),
+        spillover: false,
+    };
+    let response = match chat_inner(&state, &headers, body, deployment, &mut ctx).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    state.metrics.request(
+        &ctx.model,
+        &ctx.mode,
+        response.status().as_u16(),
+        ctx.spillover,
+    );
+    response
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn wants_explain(headers: &HeaderMap) -> bool {
+    header_str(headers, "x-router-explain")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+async fn decide(
+    state: &AppState,
+    conv: &Conversation,
+    o: &Overrides,
+) -> Result<(Vec<f32>, RouteRequest, Decision), ApiError> {
+    let start = Instant::now();
+    let scores = state
+        .scorer
+        .score(conv.routing_text.clone())
+        .await
+        .map_err(score_error)?;
+    let request = route_request(conv, o);
+    let decision = state
+        .policy
+        .decide(&scores, &request)
+        .map_err(policy_error)?;
+    state.metrics.routing(start.elapsed());
+    Ok((scores, request, decision))
+}
+
+async fn chat_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    deployment: Option<String>,
+    ctx: &mut Ctx,
+) -> Result<Response, ApiError> {
+    let mut body = parse_body(body)?;
+    let requested = match deployment {
+        Some(d) => d,
+        None => match body.get("model") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(ApiError::invalid("`model` must be a string", Some("model"))),
+            None => {
+                return Err(ApiError::invalid(
+                    "missing required parameter: `model`",
+                    Some("model"),
+                ))
+            }
+        },
+    };
+    let overrides = chat::overrides(&mut body, headers)?;
+    let conv = chat::analyse(&body, state.config.recent_turns)?;
+    let explain = wants_explain(headers);
+    let spillover = header_str(headers, "x-ms-spillover-deployment");
+    if let Some(name) = spillover {
+        if state.dispatcher.deployment(name).is_none() {
+            return Err(dispatch_error(DispatchError::UnknownDeployment(
+                name.to_string(),
+            )));
+        }
+    }
+    let body = Value::Object(body);
+
+    if requested == state.config.router_name {
+        let (scores, mut request, mut decision) = decide(state, &conv, &overrides).await?;
+        let mut retry_after: Option<Duration> = None;
+        loop {
+            ctx.model = decision.model.clone();
+            ctx.mode = decision.mode.as_str().to_string();
+            let deployments = state
+                .policy
+                .catalog()
+                .get(&decision.model)
+                .map(|m| m.deployments.clone())
+                .unwrap_or_default();
+            let sent = state
+                .dispatcher
+                .dispatch(DispatchRequest {
+                    deployments: &deployments,
+                    body: &body,
+                    spillover,
+                })
+                .await;
+            match sent {
+                Ok(d) => {
+                    let cost = decision.estimated_cost;
+                    let model = decision.model.clone();
+                    return respond(
+                        state,
+                        d,
+                        &model,
+                        explain.then_some(&decision),
+                        conv.stream,
+                        cost,
+                        ctx,
+                    )
+                    .await;
+                }
+                Err(DispatchError::Saturated { .. }) | Err(DispatchError::NoDeployments) => {
+                    retry_after = match (retry_after, wait_of(&state.dispatcher, &deployments)) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    request.exclude.push(decision.model.clone());
+                    state.metrics.reroute();
+                    match state.policy.decide(&scores, &request) {
+                        Ok(next) => decision = next,
+                        Err(PolicyError::NoEligibleModel { .. }) => {
+                            ctx.model = "none".into();
+                            return Err(dispatch_error(DispatchError::Saturated {
+                                deployments: vec![],
+                                retry_after,
+                            }));
+                        }
+                        Err(e) => return Err(policy_error(e)),
+                    }
+                }
+                Err(e) => return Err(dispatch_error(e)),
+            }
+        }
+    } else if let Some(spec) = state.policy.catalog().get(&requested) {
+        ctx.model = requested.clone();
+        ctx.mode = "bypass".into();
+        if spec.deployments.is_empty() {
+            return Err(ApiError::invalid(
+                format!("model `{requested}` has no deployments"),
+                Some("model"),
+            )
+            .code("model_not_deployed"));
+        }
+        let cost = estimated_cost(
+            spec,
+            conv.prompt_tokens as u64,
+            spec.billed_output_tokens(conv.max_tokens),
+        );
+        let d = state
+            .dispatcher
+            .dispatch(DispatchRequest {
+                deployments: &spec.deployments,
+                body: &body,
+                spillover,
+            })
+            .await
+            .map_err(dispatch_error)?;
+        respond(state, d, &requested, None, conv.stream, cost, ctx).await
+    } else {
+        let mut e = ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "The model `{requested}` does not exist: use `{}` or a model of GET /v1/models.",
+                state.config.router_name
+            ),
+        )
+        .code("model_not_found");
+        e.param = Some("model".into());
+        Err(e)
+    }
+}
+
+fn wait_of(dispatcher: &Dispatcher, deployments: &[String]) -> Option<Duration> {
+    deployments
+        .iter()
+        .filter_map(|d| dispatcher.cooldown_left(d))
+        .min()
+}
+
+/// Compact JSON with every non-ASCII character escaped, so it fits in a header value.
+fn ascii_json(value: &impl serde::Serialize) -> String {
+    let text = serde_json::to_string(value).unwrap_or_else(|_| "null".into());
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u16; 2];
+            for unit in c.encode_utf16(&mut buf) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), v);
+    }
+}
+
+async fn respond(
+    state: &AppState,
+    d: Dispatched,
+    model: &str,
+    decision: Option<&Decision>,
+    stream: bool,
+    cost: f64,
+    ctx: &mut Ctx,
+) -> Result<Response, ApiError> {
+    ctx.spillover = d.spillover_from.is_some();
+    state.metrics.upstream(&d.deployment, d.latency);
+    let status = d.response.status();
+    if status.is_success() {
+        state.metrics.cost(model, cost);
+    }
+    let mut headers = HeaderMap::new();
+    for name in [
+        header::CONTENT_TYPE,
+        header::RETRY_AFTER,
+        HeaderName::from_static("x-request-id"),
+    ] {
+        if let Some(v) = d.response.headers().get(&name) {
+            headers.insert(name, v.clone());
+        }
+    }
+    set_header(&mut headers, "x-router-model", model);
+    set_header(&mut headers, "x-router-deployment", &d.deployment);
+    if let Some(from) = &d.spillover_from {
+        set_header(&mut headers, "x-ms-spillover-from-deployment", from);
+    }
+    if let Some(decision) = decision {
+        set_header(&mut headers, "x-router-decision", &ascii_json(decision));
+    }
+    let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body =
+        if stream && status.is_success() {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            Body::from_stream(d.response.bytes_stream())
+        } else {
+            let bytes =
+                match tokio::time::timeout(state.dispatcher.options().timeout, d.response.bytes())
+                    .await
+                {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(_)) => {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "server_error",
+                            format!("deployment `{}` broke off its response", d.deployment),
+                        )
+                        .code("upstream_error"))
+                    }
+                    Err(_) => {
+                        return Err(ApiError::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "server_error",
+                            format!(
+                                "deployment `{}` did not finish its response in time",
+                                d.deployment
+                            ),
+                        )
+                        .code("upstream_timeout"))
+                    }
+                };
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(Value::Object(mut object)) if status.is_success() => {
+                    object.insert("model".into(), Value::String(model.to_string()));
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    Body::from(serde_json::to_vec(&object).unwrap_or_else(|_| bytes.to_vec()))
+                }
+                _ => Body::from(bytes),
+            }
+        };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+async fn route(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Decision>, ApiError> {
+    let mut body = parse_body(body)?;
+    let overrides = chat::overrides(&mut body, &headers)?;
+    let conv = chat::analyse(&body, state.config.recent_turns)?;
+    let (_, _, decision) = decide(&state, &conv, &overrides).await?;
+    Ok(Json(decision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_keys() {
+        let keys = vec!["alpha".to_string(), "beta".to_string()];
+        assert!(key_matches(&keys, b"beta"));
+        assert!(!key_matches(&keys, b"bet"));
+        assert!(!key_matches(&keys, b""));
+        assert!(!key_matches(&[], b"beta"));
+    }
+
+    #[test]
+    fn header_json_is_ascii() {
+        assert_eq!(ascii_json(&json!({"m": "é"})), r#"{"m":"\u00e9"}"#);
+    }
+}

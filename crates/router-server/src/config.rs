@@ -1,0 +1,466 @@
+//! The server's TOML config: `[server]`, `[router]`, `[dispatch]`, `[[models]]`, `[[deployments]]`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use router_dispatch::{ApiKey, Deployment, DeploymentKind, DispatchOptions};
+use router_policy::{Catalog, Mode};
+use serde::Deserialize;
+
+use crate::ServerError;
+
+/// The default request body limit: 4 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// The default name under which the router itself is addressed (`"model": "model-router"`).
+pub const DEFAULT_ROUTER_NAME: &str = "model-router";
+
+/// A validated server config. Build it with [`ServerConfig::load`] (a file, keys from the
+/// process environment) or [`ServerConfig::from_toml_str`] (any text and environment).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The file it came from (for messages).
+    pub file: String,
+    /// `server.listen`.
+    pub listen: SocketAddr,
+    /// Proxy keys (from the variable named by `server.api_keys_env`); empty = no auth.
+    pub api_keys: Vec<String>,
+    /// `server.max_body_bytes`.
+    pub max_body_bytes: usize,
+    /// `server.max_batch`: most prompts scored in one batch.
+    pub max_batch: usize,
+    /// `server.batch_tokens`: token budget of one scoring batch.
+    pub batch_tokens: usize,
+    /// `server.queue`: most prompts waiting for the scorer before requests get 503.
+    pub queue: usize,
+    /// `router.bundle`, resolved against the config file's directory.
+    pub bundle: PathBuf,
+    /// `router.name`: the model name that asks for routing (default `model-router`).
+    pub router_name: String,
+    /// `router.mode`.
+    pub mode: Mode,
+    /// `router.band`.
+    pub band: Option<f64>,
+    /// `router.subset`.
+    pub subset: Option<Vec<String>>,
+    /// `router.recent_turns`: non-system messages (from the end) that the router reads.
+    pub recent_turns: usize,
+    /// The `[[models]]` catalog (the bundle's `catalog.toml` when the config has none).
+    pub catalog: Catalog,
+    /// `[[deployments]]`.
+    pub deployments: Vec<Deployment>,
+    /// `[dispatch]`.
+    pub dispatch: DispatchOptions,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    router: RawRouter,
+    #[serde(default)]
+    dispatch: RawDispatch,
+    #[serde(default)]
+    #[allow(dead_code)]
+    models: Vec<toml::Table>,
+    #[serde(default)]
+    deployments: Vec<RawDeployment>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    api_keys_env: Option<String>,
+    max_body_bytes: Option<usize>,
+    max_batch: Option<usize>,
+    batch_tokens: Option<usize>,
+    queue: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouter {
+    bundle: String,
+    name: Option<String>,
+    mode: Option<String>,
+    band: Option<f64>,
+    subset: Option<Vec<String>>,
+    recent_turns: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDispatch {
+    timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    read_timeout_ms: Option<u64>,
+    max_retries: Option<u32>,
+    backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    default_cooldown_ms: Option<u64>,
+    max_cooldown_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    name: String,
+    kind: DeploymentKind,
+    base_url: String,
+    model: String,
+    api_key_env: Option<String>,
+    #[serde(default)]
+    provisioned: bool,
+    spillover: Option<String>,
+    api_version: Option<String>,
+}
+
+impl ServerConfig {
+    /// Reads and validates `path`; keys come from the process environment.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ServerError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::ReadConfig {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml_str(&text, &path.display().to_string(), base, |name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Parses and validates config `text`. `file` names it in errors, relative paths resolve
+    /// against `base_dir`, and `env` looks up the variables named by `api_keys_env` and
+    /// `api_key_env`.
+    pub fn from_toml_str(
+        text: &str,
+        file: &str,
+        base_dir: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ServerError> {
+        let bad = |key: &str, reason: String| ServerError::Config {
+            file: file.to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ServerError::ConfigSyntax {
+            file: file.to_string(),
+            reason: e.to_string().trim_end().to_string(),
+        })?;
+
+        let listen_text = raw.server.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            bad(
+                "server.listen",
+                format!("`{listen_text}` is not an IP:port address (e.g. \"127.0.0.1:8080\")"),
+            )
+        })?;
+        let mut api_keys = Vec::new();
+        if let Some(var) = &raw.server.api_keys_env {
+            if let Some(value) = env(var) {
+                api_keys = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+        }
+        if api_keys.is_empty() && !listen.ip().is_loopback() {
+            return Err(bad(
+                "server.api_keys_env",
+                format!(
+                    "no proxy keys ({}) but listen address {listen} is not loopback: refusing to serve without auth",
+                    match &raw.server.api_keys_env {
+                        Some(var) => format!("variable `{var}` unset or empty"),
+                        None => "api_keys_env not set".to_string(),
+                    }
+                ),
+            ));
+        }
+        let positive =
+            |key: &str, v: Option<usize>, default: usize| -> Result<usize, ServerError> {
+                match v {
+                    Some(0) => Err(bad(key, "must be at least 1".into())),
+                    Some(n) => Ok(n),
+                    None => Ok(default),
+                }
+            };
+        let max_body_bytes = positive(
+            "server.max_body_bytes",
+            raw.server.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+        )?;
+        let max_batch = positive("server.max_batch", raw.server.max_batch, 32)?;
+        let batch_tokens = positive("server.batch_tokens", raw.server.batch_tokens, 16_384)?;
+        let queue = positive("server.queue", raw.server.queue, 1024)?;
+
+        if raw.router.bundle.trim().is_empty() {
+            return Err(bad("router.bundle", "is empty".into()));
+        }
+        let bundle = base_dir.join(&raw.router.bundle);
+        let mode = match &raw.router.mode {
+            Some(m) => m
+                .parse::<Mode>()
+                .map_err(|e| bad("router.mode", e.to_string()))?,
+            None => Mode::Balanced,
+        };
+        if let Some(band) = raw.router.band {
+            if !(0.0..=1.0).contains(&band) {
+                return Err(bad(
+                    "router.band",
+                    format!("must be a fraction in [0, 1], got {band}"),
+                ));
+            }
+        }
+        if let Some(subset) = &raw.router.subset {
+            if subset.is_empty() {
+                return Err(bad(
+                    "router.subset",
+                    "is empty (leave it out to allow every model)".into(),
+                ));
+            }
+        }
+        let router_name = raw
+            .router
+            .name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ROUTER_NAME.to_string());
+        if router_name.is_empty() {
+            return Err(bad("router.name", "is empty".into()));
+        }
+
+        let catalog = if raw.models.is_empty() {
+            let path = bundle.join("catalog.toml");
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                bad(
+                    "models",
+                    format!(
+                        "no [[models]] in the config and cannot read {}: {e}",
+                        path.display()
+                    ),
+                )
+            })?;
+            Catalog::from_toml_str(&text)
+                .map_err(|e| bad("models", format!("{}: {e}", path.display())))?
+        } else {
+            Catalog::from_toml_str(text).map_err(|e| bad("models", e.to_string()))?
+        };
+        catalog
+            .validate()
+            .map_err(|e| bad("models", e.to_string()))?;
+        if catalog.get(&router_name).is_some() {
+            return Err(bad(
+                "router.name",
+                format!("`{router_name}` is also a catalog model name"),
+            ));
+        }
+
+        let mut deployments = Vec::new();
+        for (i, d) in raw.deployments.into_iter().enumerate() {
+            let key = |field: &str| format!("deployments[{i}].{field}");
+            if deployments.iter().any(|x: &Deployment| x.name == d.name) {
+                return Err(bad(
+                    &key("name"),
+                    format!("duplicate deployment name `{}`", d.name),
+                ));
+            }
+            let base_url = reqwest::Url::parse(&d.base_url).map_err(|e| {
+                bad(
+                    &key("base_url"),
+                    format!("`{}` is not a URL: {e}", d.base_url),
+                )
+            })?;
+            let api_key = match &d.api_key_env {
+                Some(var) => match env(var) {
+                    Some(value) if !value.is_empty() => Some(ApiKey::new(value)),
+                    _ => {
+                        return Err(bad(
+                            &key("api_key_env"),
+                            format!("environment variable `{var}` is unset or empty"),
+                        ))
+                    }
+                },
+                None => None,
+            };
+            let mut deployment = Deployment::new(d.name, d.kind, base_url, d.model);
+            deployment.api_key = api_key;
+            deployment.provisioned = d.provisioned;
+            deployment.spillover = d.spillover;
+            deployment.api_version = d.api_version;
+            deployment
+                .validate()
+                .map_err(|e| bad(&format!("deployments[{i}]"), e.to_string()))?;
+            deployments.push(deployment);
+        }
+        for (i, d) in deployments.iter().enumerate() {
+            if let Some(spill) = &d.spillover {
+                if spill == &d.name || !deployments.iter().any(|x| &x.name == spill) {
+                    return Err(bad(
+                        &format!("deployments[{i}].spillover"),
+                        format!("`{spill}` is not another configured deployment"),
+                    ));
+                }
+            }
+        }
+        for model in &catalog.models {
+            for name in &model.deployments {
+                if !deployments.iter().any(|d| &d.name == name) {
+                    return Err(bad(
+                        &format!("models.{}.deployments", model.name),
+                        format!("`{name}` is not a configured [[deployments]] name"),
+                    ));
+                }
+            }
+        }
+        if !catalog.models.iter().any(|m| !m.deployments.is_empty()) {
+            return Err(bad(
+                "models",
+                "no model lists any deployments: nothing to send requests to".into(),
+            ));
+        }
+
+        let defaults = DispatchOptions::default();
+        let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
+        let dispatch = DispatchOptions {
+            connect_timeout: ms(raw.dispatch.connect_timeout_ms, defaults.connect_timeout),
+            timeout: ms(raw.dispatch.timeout_ms, defaults.timeout),
+            read_timeout: ms(raw.dispatch.read_timeout_ms, defaults.read_timeout),
+            max_retries: raw
+                .dispatch
+                .max_retries
+                .unwrap_or(defaults.max_retries)
+                .min(10),
+            backoff: ms(raw.dispatch.backoff_ms, defaults.backoff),
+            max_backoff: ms(raw.dispatch.max_backoff_ms, defaults.max_backoff),
+            default_cooldown: ms(raw.dispatch.default_cooldown_ms, defaults.default_cooldown),
+            max_cooldown: ms(raw.dispatch.max_cooldown_ms, defaults.max_cooldown),
+        };
+        for (key, value) in [
+            ("dispatch.timeout_ms", dispatch.timeout),
+            ("dispatch.connect_timeout_ms", dispatch.connect_timeout),
+            ("dispatch.read_timeout_ms", dispatch.read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(bad(key, "must be at least 1".into()));
+            }
+        }
+
+        Ok(ServerConfig {
+            file: file.to_string(),
+            listen,
+            api_keys,
+            max_body_bytes,
+            max_batch,
+            batch_tokens,
+            queue,
+            bundle,
+            router_name,
+            mode,
+            band: raw.router.band,
+            subset: raw.router.subset,
+            recent_turns: raw.router.recent_turns.unwrap_or(6),
+            catalog,
+            deployments,
+            dispatch,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[router]
+bundle = "b"
+[[models]]
+name = "m"
+input_price = 1.0
+output_price = 2.0
+context_window = 1000
+deployments = ["d"]
+[[deployments]]
+name = "d"
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1"
+model = "m"
+"#;
+
+    fn parse(text: &str) -> Result<ServerConfig, ServerError> {
+        ServerConfig::from_toml_str(text, "test.toml", Path::new("/x"), |v| {
+            (v == "KEYS").then(|| "a, b".to_string())
+        })
+    }
+
+    #[test]
+    fn parses_a_minimal_config() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.bundle, Path::new("/x/b"));
+        assert_eq!(c.deployments.len(), 1);
+        assert!(c.api_keys.is_empty());
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let e = parse(&BASE.replace("kind = \"openai\"", "kind = \"openai\"\nspillover = \"zz\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml") && e.contains("deployments[0].spillover") && e.contains("zz"),
+            "{e}"
+        );
+        let e = parse(&BASE.replace("deployments = [\"d\"]", "deployments = [\"q\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("models.m.deployments") && e.contains("`q`"),
+            "{e}"
+        );
+        let e = parse(&format!("[server]\nlisten = \"0.0.0.0:80\"\n{BASE}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.api_keys_env") && e.contains("refusing"),
+            "{e}"
+        );
+        let e = parse(&format!("[server]\nlisten = \"nope\"\n{BASE}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.listen"), "{e}");
+        let e = parse(&BASE.replace("[router]", "[router]\nmode = \"cheap\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("router.mode"), "{e}");
+        let e = parse(&BASE.replace("kind = \"openai\"", "kind = \"azure\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("deployments[0]") && e.contains("api_version"),
+            "{e}"
+        );
+        let e = parse(&BASE.replace("[router]", "[router]\nbundel = \"x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml") && e.contains("bundel"), "{e}");
+        let e = parse(&BASE.replace("model = \"m\"", "model = \"m\"\napi_key_env = \"NOPE\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("deployments[0].api_key_env") && e.contains("NOPE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn keys_allow_public_listen() {
+        let c = parse(&format!(
+            "[server]\nlisten = \"0.0.0.0:80\"\napi_keys_env = \"KEYS\"\n{BASE}"
+        ))
+        .unwrap();
+        assert_eq!(c.api_keys, vec!["a".to_string(), "b".to_string()]);
+    }
+}

@@ -1,0 +1,150 @@
+//! Drives the server with the official `openai` Python package: a plain and a streamed chat
+//! completion through `model-router`. The package is installed from PyPI into a virtual
+//! environment under the cargo target directory (reused by later runs). Without `python3`, or
+//! when the install fails (no network), the test says so on stderr and passes without running.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use serde_json::{json, Value};
+
+fn venv_python() -> Result<PathBuf, String> {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
+    let python = venv.join("bin").join("python");
+    let works = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import openai"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works(&python) {
+        return Ok(python);
+    }
+    let created = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output()
+        .map_err(|e| format!("python3 is not available ({e})"))?;
+    if !created.status.success() {
+        return Err(format!(
+            "python3 -m venv failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        ));
+    }
+    let installed = Command::new("timeout")
+        .arg("300")
+        .arg(venv.join("bin").join("pip"))
+        .args(["install", "--quiet", "openai"])
+        .output()
+        .map_err(|e| format!("pip is not available ({e})"))?;
+    if !installed.status.success() || !works(&python) {
+        return Err(format!(
+            "pip install openai failed: {}",
+            String::from_utf8_lossy(&installed.stderr)
+        ));
+    }
+    Ok(python)
+}
+
+async fn mock_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    async fn answer(body: Bytes) -> axum::response::Response {
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let model = body["model"].as_str().unwrap_or("?").to_string();
+        if body["stream"] == json!(true) {
+            let mut text = String::new();
+            for (i, word) in ["one", "two", "three"].iter().enumerate() {
+                let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": model,
+                    "choices": [{"index": 0, "delta": {"content": if i == 0 { word.to_string() } else { format!(" {word}") }}, "finish_reason": null}]});
+                text.push_str(&format!("data: {chunk}\n\n"));
+            }
+            text.push_str("data: [DONE]\n\n");
+            return ([("content-type", "text/event-stream")], Body::from(text)).into_response();
+        }
+        axum::Json(json!({"id": "x", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
+        .into_response()
+    }
+    let app = axum::Router::new().route("/v1/chat/completions", post(answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (
+        addr,
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        }),
+    )
+}
+
+const SCRIPT: &str = r#"
+import json, sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="proxy-key", max_retries=0, timeout=20)
+r = client.chat.completions.create(model="model-router", messages=[
+    {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}])
+s = client.chat.completions.create(model="model-router", stream=True,
+    messages=[{"role": "user", "content": "Count to three."}])
+text = "".join(c.choices[0].delta.content or "" for c in s if c.choices)
+print(json.dumps({"model": r.model, "content": r.choices[0].message.content, "stream": text}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_python_client() {
+    let python = match tokio::task::spawn_blocking(venv_python).await.unwrap() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED official_openai_python_client: {why}");
+            return;
+        }
+    };
+    let (mock, mock_task) = mock_backend().await;
+    let models = ["gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat"];
+    let mut text =
+        format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\napi_keys_env = \"KEYS\"\n[router]\nbundle = \"{}\"\n",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/routerbench").display()
+    );
+    for (i, m) in models.iter().enumerate() {
+        text.push_str(&format!(
+            "[[models]]\nname = \"{m}\"\ninput_price = {p}\noutput_price = {p}\ncontext_window = 32000\ndeployments = [\"d{i}\"]\n\
+             [[deployments]]\nname = \"d{i}\"\nkind = \"openai\"\nbase_url = \"http://{mock}/v1\"\nmodel = \"{m}\"\n",
+            p = 10.0 / (i as f64 + 1.0)
+        ));
+    }
+    let config =
+        router_server::ServerConfig::from_toml_str(&text, "py.toml", Path::new("."), |v| {
+            (v == "KEYS").then(|| "proxy-key".into())
+        })
+        .unwrap();
+    let server = router_server::start(config).await.unwrap();
+    let base = format!("http://{}/v1", server.local_addr());
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || {
+            Command::new(python).args(["-c", SCRIPT, &base]).output()
+        }),
+    )
+    .await
+    .expect("python finished in time")
+    .unwrap()
+    .expect("python runs");
+    server.shutdown(Duration::from_secs(2)).await;
+    mock_task.abort();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).expect("JSON from the script");
+    assert!(
+        models.contains(&result["model"].as_str().unwrap()),
+        "{result}"
+    );
+    assert_eq!(result["content"], "hello");
+    assert_eq!(result["stream"], "one two three");
+}

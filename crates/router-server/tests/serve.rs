@@ -1,0 +1,1111 @@
+//! End-to-end tests: the server in-process on 127.0.0.1:0 in front of mock OpenAI-compatible
+//! backends (also on 127.0.0.1:0) that answer, stream, return 429 with Retry-After, 5xx, or hang.
+//! Every wait is bounded; servers are stopped at the end of each test.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures_util::StreamExt;
+use router_server::{RunningServer, ServerConfig};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+const GPT4: &str = "gpt-4-1106-preview";
+const GPT35: &str = "gpt-3.5-turbo-1106";
+const CLAUDE: &str = "claude-instant-v1";
+const MIXTRAL: &str = "mistralai/mixtral-8x7b-chat";
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+enum Behaviour {
+    Answer,
+    TooMany(u64),
+    FailFirst(usize),
+    Hang,
+}
+
+#[derive(Default)]
+struct MockState {
+    behaviours: Mutex<HashMap<String, Behaviour>>,
+    hits: Mutex<HashMap<String, usize>>,
+    seen: Mutex<Vec<Seen>>,
+    gate: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+#[derive(Clone, Debug)]
+struct Seen {
+    deployment: String,
+    path_model: Option<String>,
+    query: Option<String>,
+    authorization: Option<String>,
+    api_key: Option<String>,
+    body: Value,
+}
+
+struct Mock {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Mock {
+    async fn start() -> Mock {
+        let state = Arc::new(MockState::default());
+        let app = axum::Router::new()
+            .route("/d/{dep}/v1/chat/completions", post(mock_openai))
+            .route(
+                "/d/{dep}/openai/deployments/{model}/chat/completions",
+                post(mock_azure),
+            )
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Mock { addr, state, task }
+    }
+
+    fn set(&self, deployment: &str, b: Behaviour) {
+        self.state
+            .behaviours
+            .lock()
+            .unwrap()
+            .insert(deployment.to_string(), b);
+    }
+
+    fn hits(&self, deployment: &str) -> usize {
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .get(deployment)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn seen(&self, deployment: &str) -> Vec<Seen> {
+        self.state
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.deployment == deployment)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn mock_openai(
+    State(s): State<Arc<MockState>>,
+    UrlPath(dep): UrlPath<String>,
+    q: RawQuery,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mock(s, dep, None, q.0, h, body).await
+}
+
+async fn mock_azure(
+    State(s): State<Arc<MockState>>,
+    UrlPath((dep, model)): UrlPath<(String, String)>,
+    q: RawQuery,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mock(s, dep, Some(model), q.0, h, body).await
+}
+
+fn sse(model: &str, text: &str) -> String {
+    let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "model": model,
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+    format!("data: {chunk}\n\n")
+}
+
+async fn mock(
+    s: Arc<MockState>,
+    dep: String,
+    path_model: Option<String>,
+    query: Option<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let hit = {
+        let mut hits = s.hits.lock().unwrap();
+        let n = hits.entry(dep.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let header = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    s.seen.lock().unwrap().push(Seen {
+        deployment: dep.clone(),
+        path_model,
+        query,
+        authorization: header("authorization"),
+        api_key: header("api-key"),
+        body: body.clone(),
+    });
+    let behaviour = s
+        .behaviours
+        .lock()
+        .unwrap()
+        .get(&dep)
+        .cloned()
+        .unwrap_or(Behaviour::Answer);
+    match behaviour {
+        Behaviour::TooMany(secs) => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", secs.to_string())],
+                axum::Json(json!({"error": {"message": "rate limited", "type": "requests", "param": null, "code": "429"}})),
+            )
+                .into_response()
+        }
+        Behaviour::FailFirst(n) if hit <= n => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
+        }
+        Behaviour::Hang => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        _ => {}
+    }
+    let upstream_model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_string();
+    if body.get("stream").and_then(Value::as_bool) == Some(true) {
+        let gate = s.gate.lock().unwrap().take();
+        let stream = futures_util::stream::unfold(
+            (0usize, gate, upstream_model),
+            |(i, mut gate, m)| async move {
+                let text = match i {
+                    0 => sse(&m, "one"),
+                    1 => {
+                        if let Some(g) = gate.take() {
+                            let _ = tokio::time::timeout(Duration::from_secs(10), g).await;
+                        }
+                        sse(&m, "two")
+                    }
+                    2 => sse(&m, "three"),
+                    3 => "data: [DONE]\n\n".to_string(),
+                    _ => return None,
+                };
+                Some((Ok::<Bytes, Infallible>(Bytes::from(text)), (i + 1, gate, m)))
+            },
+        );
+        return (
+            [("content-type", "text/event-stream")],
+            Body::from_stream(stream),
+        )
+            .into_response();
+    }
+    axum::Json(json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": upstream_model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("hello from {dep}")}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    }))
+    .into_response()
+}
+
+fn bundle() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/routerbench")
+}
+
+fn config_text(mock: SocketAddr, server_extra: &str) -> String {
+    let base = |dep: &str| format!("http://{mock}/d/{dep}/v1");
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{server_extra}
+
+[router]
+bundle = "{bundle}"
+mode = "balanced"
+
+[dispatch]
+timeout_ms = 1500
+connect_timeout_ms = 1000
+max_retries = 2
+backoff_ms = 10
+max_backoff_ms = 50
+
+[[models]]
+name = "{GPT4}"
+input_price = 10.0
+output_price = 30.0
+context_window = 128000
+expected_output_tokens = 64
+tools = true
+deployments = ["gpt4-ptu", "gpt4-paygo"]
+
+[[models]]
+name = "{GPT35}"
+input_price = 1.0
+output_price = 2.0
+context_window = 16385
+expected_output_tokens = 64
+tools = true
+deployments = ["gpt35"]
+
+[[models]]
+name = "{CLAUDE}"
+input_price = 0.8
+output_price = 2.4
+context_window = 100000
+expected_output_tokens = 64
+deployments = ["claude"]
+
+[[models]]
+name = "{MIXTRAL}"
+input_price = 0.6
+output_price = 0.6
+context_window = 32768
+expected_output_tokens = 64
+deployments = ["mixtral"]
+
+[[deployments]]
+name = "gpt4-ptu"
+kind = "openai"
+base_url = "{gpt4ptu}"
+model = "gpt-4-upstream"
+provisioned = true
+spillover = "gpt4-paygo"
+
+[[deployments]]
+name = "gpt4-paygo"
+kind = "openai"
+base_url = "{gpt4paygo}"
+model = "gpt-4-upstream"
+
+[[deployments]]
+name = "gpt35"
+kind = "azure"
+base_url = "http://{mock}/d/gpt35"
+model = "gpt35-azure-deployment"
+api_version = "2024-10-21"
+api_key_env = "AZ_KEY"
+
+[[deployments]]
+name = "claude"
+kind = "openai"
+base_url = "{claude}"
+model = "{CLAUDE}"
+api_key_env = "OAI_KEY"
+
+[[deployments]]
+name = "mixtral"
+kind = "openai"
+base_url = "{mixtral}"
+model = "{MIXTRAL}"
+
+[[deployments]]
+name = "alt"
+kind = "openai"
+base_url = "{alt}"
+model = "alt-upstream"
+"#,
+        bundle = bundle().display(),
+        gpt4ptu = base("gpt4-ptu"),
+        gpt4paygo = base("gpt4-paygo"),
+        claude = base("claude"),
+        mixtral = base("mixtral"),
+        alt = base("alt"),
+    )
+}
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "AZ_KEY" => Some("az-secret-key".into()),
+        "OAI_KEY" => Some("oai-secret-key".into()),
+        "PROXY_KEYS" => Some("proxy-key-1, proxy-key-2".into()),
+        _ => None,
+    }
+}
+
+struct Env {
+    mock: Mock,
+    server: Option<RunningServer>,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Env {
+    async fn start(server_extra: &str) -> Env {
+        let mock = Mock::start().await;
+        let text = config_text(mock.addr, server_extra);
+        let config = ServerConfig::from_toml_str(&text, "test.toml", Path::new("."), env)
+            .expect("valid config");
+        let server = router_server::start(config).await.expect("server starts");
+        let base = format!("http://{}", server.local_addr());
+        let http = reqwest::Client::builder().timeout(LIMIT).build().unwrap();
+        Env {
+            mock,
+            server: Some(server),
+            base,
+            http,
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut r = self.http.post(format!("{}{path}", self.base)).json(&body);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().await.expect("request completes")
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+fn chat(model: &str, prompt: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+async fn json_of(r: reqwest::Response) -> Value {
+    r.json::<Value>().await.expect("JSON body")
+}
+
+fn assert_openai_error(body: &Value) {
+    let e = body
+        .get("error")
+        .unwrap_or_else(|| panic!("no error object: {body}"));
+    assert!(
+        e.get("message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(e.get("type").and_then(Value::as_str).is_some(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
+}
+
+fn deployment_of(model: &str) -> &'static str {
+    match model {
+        GPT35 => "gpt35",
+        CLAUDE => "claude",
+        MIXTRAL => "mixtral",
+        _ => "gpt4-ptu",
+    }
+}
+
+#[tokio::test]
+async fn routes_and_explains() {
+    let env = Env::start("").await;
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            chat(
+                "model-router",
+                "Write a Python function that reverses a linked list.",
+            ),
+            &[("x-router-explain", "true")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let decision: Value =
+        serde_json::from_str(&header(&r, "x-router-decision").expect("decision header")).unwrap();
+    let routed = header(&r, "x-router-model").unwrap();
+    let body = json_of(r).await;
+    let model = body["model"].as_str().unwrap().to_string();
+    assert!(
+        [GPT4, GPT35, CLAUDE, MIXTRAL].contains(&model.as_str()),
+        "{model}"
+    );
+    assert_eq!(decision["model"], model);
+    assert_eq!(routed, model);
+    assert_eq!(decision["mode"], "balanced");
+    // Models without deployments are never chosen.
+    assert_eq!(
+        decision["excluded"]["claude-v2"]["reason"],
+        "no_catalog_entry"
+    );
+    let total: usize = ["gpt4-ptu", "gpt35", "claude", "mixtral"]
+        .iter()
+        .map(|d| env.mock.hits(d))
+        .sum();
+    assert_eq!(total, 1);
+
+    // The decision-only endpoint agrees and sends nothing upstream.
+    let r = env
+        .post(
+            "/v1/route",
+            chat(
+                "model-router",
+                "Write a Python function that reverses a linked list.",
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["model"], model);
+    let total: usize = ["gpt4-ptu", "gpt35", "claude", "mixtral"]
+        .iter()
+        .map(|d| env.mock.hits(d))
+        .sum();
+    assert_eq!(total, 1);
+
+    // Without the explain header there is no decision header.
+    let r = env
+        .post("/v1/chat/completions", chat("model-router", "Hi"), &[])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "x-router-decision").is_none());
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn routes_on_the_conversation_and_capabilities() {
+    let env = Env::start("").await;
+    // Tools: only gpt-4 and gpt-3.5 have the capability.
+    let body = json!({"model": "model-router", "messages": [
+        {"role": "system", "content": "You call tools."}, {"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "weather", "description": "Get the weather", "parameters": {"type": "object"}}}]});
+    let r = env.post("/v1/route", body, &[]).await;
+    assert_eq!(r.status(), 200);
+    let d = json_of(r).await;
+    assert!(d["model"] == GPT4 || d["model"] == GPT35, "{d}");
+    assert_eq!(d["excluded"][CLAUDE]["reason"], "missing_capabilities");
+    // Images need vision, which no model here has: a 400 that says why.
+    let body = json!({"model": "model-router", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]});
+    let r = env.post("/v1/chat/completions", body, &[]).await;
+    assert_eq!(r.status(), 400);
+    let b = json_of(r).await;
+    assert_openai_error(&b);
+    assert_eq!(b["error"]["code"], "no_eligible_model");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn bypass_and_azure_paths() {
+    let env = Env::start("").await;
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            chat(MIXTRAL, "Hello"),
+            &[("x-router-explain", "true")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "x-router-decision").is_none());
+    let b = json_of(r).await;
+    assert_eq!(b["model"], MIXTRAL);
+    assert_eq!(b["choices"][0]["message"]["content"], "hello from mixtral");
+    assert_eq!(env.mock.hits("mixtral"), 1);
+
+    // openai kind: Bearer key, upstream model name replaced.
+    let r = env
+        .post("/v1/chat/completions", chat(CLAUDE, "Hello"), &[])
+        .await;
+    assert_eq!(r.status(), 200);
+    let seen = env.mock.seen("claude");
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some("Bearer oai-secret-key")
+    );
+    assert_eq!(seen[0].body["model"], CLAUDE);
+
+    // azure kind via the Azure path: api-key header, deployment in the path, api-version query.
+    let r = env
+        .post(
+            &format!("/openai/deployments/{GPT35}/chat/completions?api-version=2024-10-21"),
+            json!({"messages": [{"role": "user", "content": "Hi"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["model"], GPT35);
+    let seen = env.mock.seen("gpt35");
+    assert_eq!(seen[0].api_key.as_deref(), Some("az-secret-key"));
+    assert_eq!(seen[0].authorization, None);
+    assert_eq!(
+        seen[0].path_model.as_deref(),
+        Some("gpt35-azure-deployment")
+    );
+    assert_eq!(seen[0].query.as_deref(), Some("api-version=2024-10-21"));
+
+    // The Azure path with the router's name routes.
+    let r = env
+        .post(
+            "/openai/deployments/model-router/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Hi"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "x-router-model").is_some());
+
+    // Unknown model: 404 model_not_found.
+    let r = env
+        .post("/v1/chat/completions", chat("gpt-5", "Hi"), &[])
+        .await;
+    assert_eq!(r.status(), 404);
+    let b = json_of(r).await;
+    assert_openai_error(&b);
+    assert_eq!(b["error"]["code"], "model_not_found");
+
+    // /v1/models lists the router and the deployed models.
+    let r = env
+        .http
+        .get(format!("{}/v1/models", env.base))
+        .send()
+        .await
+        .unwrap();
+    let ids: Vec<String> = json_of(r).await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        ids.contains(&"model-router".to_string())
+            && ids.contains(&MIXTRAL.to_string())
+            && !ids.contains(&"claude-v2".to_string()),
+        "{ids:?}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn overrides_by_body_and_headers() {
+    let env = Env::start("").await;
+    let prompt = "Explain the proof that there are infinitely many primes.";
+    let mut body = chat("model-router", prompt);
+    body["router"] = json!({"subset": [CLAUDE], "mode": "quality"});
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            body,
+            &[("x-router-explain", "true")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let d: Value = serde_json::from_str(&header(&r, "x-router-decision").unwrap()).unwrap();
+    assert_eq!(d["mode"], "quality");
+    assert_eq!(json_of(r).await["model"], CLAUDE);
+    // The `router` field is not forwarded upstream.
+    assert!(env.mock.seen("claude")[0].body.get("router").is_none());
+
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            chat("model-router", prompt),
+            &[
+                ("x-router-subset", MIXTRAL),
+                ("x-router-mode", "cost"),
+                ("x-router-explain", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let d: Value = serde_json::from_str(&header(&r, "x-router-decision").unwrap()).unwrap();
+    assert_eq!(d["mode"], "cost");
+    assert_eq!(json_of(r).await["model"], MIXTRAL);
+
+    // A custom band in the body; the body's mode wins over the header's.
+    let mut body = chat("model-router", prompt);
+    body["router"] = json!({"band": 1.0, "mode": "quality"});
+    let r = env
+        .post("/v1/route", body, &[("x-router-mode", "cost")])
+        .await;
+    let d = json_of(r).await;
+    assert_eq!(d["band"], 1.0);
+    assert_eq!(d["custom_band"], true);
+    // Band 1 admits every model: the cheapest deployed one wins.
+    assert_eq!(d["model"], MIXTRAL);
+
+    // Bad overrides are 400s with the parameter named.
+    let mut body = chat("model-router", prompt);
+    body["router"] = json!({"mode": "cheap"});
+    let r = env.post("/v1/chat/completions", body, &[]).await;
+    assert_eq!(r.status(), 400);
+    let b = json_of(r).await;
+    assert_openai_error(&b);
+    assert_eq!(b["error"]["param"], "router.mode");
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            chat("model-router", prompt),
+            &[("x-router-subset", "not-a-model")],
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_openai_error(&json_of(r).await);
+    env.stop().await;
+}
+
+async fn read_stream(
+    env: &Env,
+    body: Value,
+    gate: oneshot::Sender<()>,
+) -> (String, Option<String>) {
+    let r = env.post("/v1/chat/completions", body, &[]).await;
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let model = header(&r, "x-router-model");
+    let mut stream = r.bytes_stream();
+    let mut text = String::new();
+    let mut gate = Some(gate);
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+            // The backend holds chunk two until we have seen chunk one: this only completes if
+            // the server passes chunks through unbuffered.
+            if text.contains("\"one\"") {
+                if let Some(g) = gate.take() {
+                    let _ = g.send(());
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("stream finished in time");
+    (text, model)
+}
+
+#[tokio::test]
+async fn streams_without_buffering() {
+    let env = Env::start("").await;
+    let (tx, rx) = oneshot::channel();
+    *env.mock.state.gate.lock().unwrap() = Some(rx);
+    let mut body = chat(MIXTRAL, "Count to three.");
+    body["stream"] = json!(true);
+    let (text, model) = read_stream(&env, body, tx).await;
+    assert_eq!(model.as_deref(), Some(MIXTRAL));
+    let one = text.find("\"one\"").expect("one");
+    let two = text.find("\"two\"").expect("two");
+    let three = text.find("\"three\"").expect("three");
+    let done = text.find("data: [DONE]").expect("[DONE]");
+    assert!(one < two && two < three && three < done, "{text}");
+
+    // Routed streaming too.
+    let (tx, rx) = oneshot::channel();
+    *env.mock.state.gate.lock().unwrap() = Some(rx);
+    let mut body = chat("model-router", "Count to three.");
+    body["stream"] = json!(true);
+    let (text, model) = read_stream(&env, body, tx).await;
+    assert!(model.is_some());
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn spillover_by_config_and_cooldown() {
+    let env = Env::start("").await;
+    env.mock.set("gpt4-ptu", Behaviour::TooMany(30));
+    let r = env
+        .post("/v1/chat/completions", chat(GPT4, "Hi"), &[])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-ms-spillover-from-deployment").as_deref(),
+        Some("gpt4-ptu")
+    );
+    assert_eq!(
+        header(&r, "x-router-deployment").as_deref(),
+        Some("gpt4-paygo")
+    );
+    assert_eq!(json_of(r).await["model"], GPT4);
+    assert_eq!(
+        (env.mock.hits("gpt4-ptu"), env.mock.hits("gpt4-paygo")),
+        (1, 1)
+    );
+    // Cooling down: the second request skips the provisioned deployment.
+    let r = env
+        .post("/v1/chat/completions", chat(GPT4, "Hi again"), &[])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-ms-spillover-from-deployment").as_deref(),
+        Some("gpt4-ptu")
+    );
+    assert_eq!(
+        (env.mock.hits("gpt4-ptu"), env.mock.hits("gpt4-paygo")),
+        (1, 2)
+    );
+    assert!(
+        env.server
+            .as_ref()
+            .unwrap()
+            .state()
+            .dispatcher()
+            .cooldown_left("gpt4-ptu")
+            .unwrap()
+            > Duration::from_secs(20)
+    );
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(&format!("model_router_requests_total{{model=\"{GPT4}\",mode=\"bypass\",status=\"200\",spillover=\"true\"}} 2")), "{metrics}");
+    assert!(
+        metrics.contains("model_router_upstream_seconds_count{deployment=\"gpt4-paygo\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("model_router_estimated_cost_usd_total"),
+        "{metrics}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn spillover_by_header() {
+    let env = Env::start("").await;
+    env.mock.set("gpt4-ptu", Behaviour::TooMany(5));
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            chat(GPT4, "Hi"),
+            &[("x-ms-spillover-deployment", "alt")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-ms-spillover-from-deployment").as_deref(),
+        Some("gpt4-ptu")
+    );
+    assert_eq!(header(&r, "x-router-deployment").as_deref(), Some("alt"));
+    assert_eq!(json_of(r).await["model"], GPT4);
+    assert_eq!(
+        (
+            env.mock.hits("gpt4-ptu"),
+            env.mock.hits("alt"),
+            env.mock.hits("gpt4-paygo")
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(env.mock.seen("alt")[0].body["model"], "alt-upstream");
+    // An unknown spillover deployment is the caller's error.
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            chat(GPT4, "Hi"),
+            &[("x-ms-spillover-deployment", "nope")],
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_openai_error(&json_of(r).await);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn reroutes_when_saturated() {
+    let env = Env::start("").await;
+    let prompt = "Summarise the plot of Hamlet in two sentences.";
+    let mut body = chat("model-router", prompt);
+    body["router"] = json!({"subset": [CLAUDE, MIXTRAL], "mode": "quality"});
+    let first = json_of(env.post("/v1/route", body.clone(), &[]).await).await["model"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = if first == CLAUDE { MIXTRAL } else { CLAUDE };
+    env.mock.set(deployment_of(&first), Behaviour::TooMany(30));
+
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            body.clone(),
+            &[("x-router-explain", "true")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let d: Value = serde_json::from_str(&header(&r, "x-router-decision").unwrap()).unwrap();
+    assert_eq!(d["excluded"][first.as_str()]["reason"], "saturated");
+    assert_eq!(json_of(r).await["model"], other);
+    assert_eq!(
+        (
+            env.mock.hits(deployment_of(&first)),
+            env.mock.hits(deployment_of(other))
+        ),
+        (1, 1)
+    );
+    // The saturated model is cooling down: no doomed round trip the second time.
+    let r = env.post("/v1/chat/completions", body.clone(), &[]).await;
+    assert_eq!(json_of(r).await["model"], other);
+    assert_eq!(
+        (
+            env.mock.hits(deployment_of(&first)),
+            env.mock.hits(deployment_of(other))
+        ),
+        (1, 2)
+    );
+    // Both saturated: 429 with Retry-After and an OpenAI-style body.
+    env.mock.set(deployment_of(other), Behaviour::TooMany(7));
+    let r = env.post("/v1/chat/completions", body, &[]).await;
+    assert_eq!(r.status(), 429);
+    let wait: u64 = header(&r, "retry-after")
+        .expect("retry-after")
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    assert_openai_error(&json_of(r).await);
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("model_router_reroutes_total 4"),
+        "{metrics}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn retries_5xx_and_times_out_hanging_backends() {
+    let env = Env::start("").await;
+    env.mock.set("mixtral", Behaviour::FailFirst(2));
+    let r = env
+        .post("/v1/chat/completions", chat(MIXTRAL, "Hi"), &[])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(env.mock.hits("mixtral"), 3);
+
+    env.mock.set("mixtral", Behaviour::FailFirst(100));
+    let r = env
+        .post("/v1/chat/completions", chat(MIXTRAL, "Hi"), &[])
+        .await;
+    assert_eq!(r.status(), 500);
+    assert_eq!(env.mock.hits("mixtral"), 6);
+
+    env.mock.set("claude", Behaviour::Hang);
+    let started = std::time::Instant::now();
+    let r = env
+        .post("/v1/chat/completions", chat(CLAUDE, "Hi"), &[])
+        .await;
+    assert_eq!(r.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let b = json_of(r).await;
+    assert_openai_error(&b);
+    // Backend keys never appear in errors.
+    assert!(!b.to_string().contains("oai-secret-key"));
+    assert_eq!(env.mock.hits("claude"), 3);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn auth_with_proxy_keys() {
+    let env = Env::start("api_keys_env = \"PROXY_KEYS\"").await;
+    let r = env
+        .post("/v1/chat/completions", chat(MIXTRAL, "Hi"), &[])
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_openai_error(&json_of(r).await);
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            chat(MIXTRAL, "Hi"),
+            &[("authorization", "Bearer wrong")],
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    let r = env
+        .post(
+            "/v1/chat/completions",
+            chat(MIXTRAL, "Hi"),
+            &[("authorization", "Bearer proxy-key-2")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = env
+        .post(
+            "/v1/route",
+            chat(MIXTRAL, "Hi"),
+            &[("api-key", "proxy-key-1")],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(env.mock.hits("mixtral"), 1);
+    let r = env
+        .http
+        .get(format!("{}/health", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = env
+        .http
+        .get(format!("{}/metrics", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_are_openai_style_4xx() {
+    let env = Env::start("max_body_bytes = 4096").await;
+    let raw = |body: &'static str| {
+        env.http
+            .post(format!("{}/v1/chat/completions", env.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for (body, param) in [
+        ("{not json", Value::Null),
+        ("[1, 2]", Value::Null),
+        (
+            r#"{"messages": [{"role": "user", "content": "x"}]}"#,
+            json!("model"),
+        ),
+        (r#"{"model": "model-router"}"#, json!("messages")),
+        (
+            r#"{"model": "model-router", "messages": []}"#,
+            json!("messages"),
+        ),
+        (
+            r#"{"model": "model-router", "messages": [{"content": "x"}]}"#,
+            json!("messages[0].role"),
+        ),
+        (
+            r#"{"model": "model-router", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}"#,
+            json!("stream"),
+        ),
+        (
+            r#"{"model": "model-router", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}"#,
+            json!("max_tokens"),
+        ),
+        (
+            r#"{"model": 7, "messages": [{"role": "user", "content": "x"}]}"#,
+            json!("model"),
+        ),
+    ] {
+        let r = raw(body).await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let b = json_of(r).await;
+        assert_openai_error(&b);
+        assert_eq!(b["error"]["param"], param, "{body}: {b}");
+    }
+    let big = json!({"model": "model-router", "messages": [{"role": "user", "content": "x".repeat(10_000)}]});
+    let r = env.post("/v1/chat/completions", big, &[]).await;
+    assert_eq!(r.status(), 413);
+    assert_openai_error(&json_of(r).await);
+    let r = env
+        .http
+        .get(format!("{}/v2/nothing", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_openai_error(&json_of(r).await);
+    let total: usize = ["gpt4-ptu", "gpt35", "claude", "mixtral"]
+        .iter()
+        .map(|d| env.mock.hits(d))
+        .sum();
+    assert_eq!(total, 0);
+    env.stop().await;
+}
+
+#[test]
+fn refuses_public_listen_without_keys_and_names_file_key_reason() {
+    let text = config_text("127.0.0.1:9".parse().unwrap(), "").replace("127.0.0.1:0", "0.0.0.0:0");
+    let e = ServerConfig::from_toml_str(&text, "serve.toml", Path::new("."), env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("serve.toml") && e.contains("server.api_keys_env") && e.contains("refusing"),
+        "{e}"
+    );
+    let text = config_text("127.0.0.1:9".parse().unwrap(), "")
+        .replace("kind = \"azure\"", "kind = \"gcp\"");
+    let e = ServerConfig::from_toml_str(&text, "serve.toml", Path::new("."), env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("serve.toml") && e.contains("gcp"), "{e}");
+}
+
+#[tokio::test]
+async fn bad_bundle_fails_at_start() {
+    let text = config_text("127.0.0.1:9".parse().unwrap(), "")
+        .replace(&bundle().display().to_string(), "/nonexistent/bundle");
+    let config = ServerConfig::from_toml_str(&text, "serve.toml", Path::new("."), env);
+    // The catalog is in the config, so parsing succeeds; loading the bundle fails.
+    let e = match config {
+        Ok(c) => router_server::start(c)
+            .await
+            .err()
+            .expect("start fails")
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("serve.toml") && e.contains("router.bundle"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scorer_batches_concurrent_prompts_with_the_same_scores() {
+    let router = router_core::Router::load(bundle()).unwrap();
+    let prompts: Vec<String> = (0..24)
+        .map(|i| format!("Question {i}: what is {i} times {}?", i + 3))
+        .collect();
+    let alone: Vec<Vec<f32>> = prompts.iter().map(|p| router.score(p).unwrap()).collect();
+    let scorer = router_server::Scorer::spawn(router, 8, 4096, 64).unwrap();
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let scorer = scorer.clone();
+            let p = p.clone();
+            tokio::spawn(async move { scorer.score(p).await })
+        })
+        .collect();
+    for (handle, expected) in handles.into_iter().zip(alone) {
+        let got = tokio::time::timeout(LIMIT, handle)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), expected.len());
+        for (a, b) in got.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+}
