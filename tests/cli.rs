@@ -267,22 +267,11 @@ fn broken_catalog_path_fails_naming_the_path() {
     assert_eq!(decision, route_json(&[PROMPT]));
 }
 
+use common::ROUTERBENCH_MODELS as MODELS;
+
 /// The RouterBench CSV layout: an unnamed index, sample_id, prompt, eval_name, a score column per
 /// model, `<model>|model_response`, `<model>|total_cost`, oracle_model_to_route_to (the header of
 /// ../shared/data/routerbench/*_train.csv, checked by `routerbench_header_matches_the_data`).
-const MODELS: [&str; 11] = [
-    "WizardLM/WizardLM-13B-V1.2",
-    "claude-instant-v1",
-    "claude-v1",
-    "claude-v2",
-    "gpt-3.5-turbo-1106",
-    "gpt-4-1106-preview",
-    "meta/code-llama-instruct-34b-chat",
-    "meta/llama-2-70b-chat",
-    "mistralai/mistral-7b-chat",
-    "mistralai/mixtral-8x7b-chat",
-    "zero-one-ai/Yi-34B-Chat",
-];
 
 fn routerbench_header() -> Vec<String> {
     let mut header: Vec<String> = ["", "sample_id", "prompt", "eval_name"].map(String::from).to_vec();

@@ -179,20 +179,6 @@ fn json_point(value: &Value) -> Value {
     serde_json::json!({ "quality": value["quality"], "cost": value["cost"] })
 }
 
-const ROUTERBENCH_MODELS: [&str; 11] = [
-    "WizardLM/WizardLM-13B-V1.2",
-    "claude-instant-v1",
-    "claude-v1",
-    "claude-v2",
-    "gpt-3.5-turbo-1106",
-    "gpt-4-1106-preview",
-    "meta/code-llama-instruct-34b-chat",
-    "meta/llama-2-70b-chat",
-    "mistralai/mistral-7b-chat",
-    "mistralai/mixtral-8x7b-chat",
-    "zero-one-ai/Yi-34B-Chat",
-];
-
 #[test]
 fn train_eval_route_end_to_end_on_a_routerbench_slice() {
     prepare();
@@ -211,7 +197,7 @@ fn train_eval_route_end_to_end_on_a_routerbench_slice() {
     let config = read_json(&bundle.join("router.json"));
     assert_eq!(config["name"], "bundle", "the name defaults to the output directory's");
     let models: Vec<&str> = config["models"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
-    assert_eq!(models, ROUTERBENCH_MODELS);
+    assert_eq!(models, common::ROUTERBENCH_MODELS);
     assert_eq!(config["encoder"]["kind"], "static");
     assert_eq!(config["head"]["hidden"], serde_json::json!([32]));
     let training = &config["training"];
@@ -231,7 +217,7 @@ fn train_eval_route_end_to_end_on_a_routerbench_slice() {
     // for the kNN baseline (cross-validated on the evaluated data, not fitted on the training side).
     let plot = dir.path().join("out.svg");
     let report = eval_json(&bundle, &data, &["--split", "val", "--plot", &arg(&plot)]);
-    assert_report_shape(&report, &ROUTERBENCH_MODELS, val_n);
+    assert_report_shape(&report, &common::ROUTERBENCH_MODELS, val_n);
     assert_eq!(report["best_single"]["model"], STRONG, "{report}");
     assert!(report["apgr"].is_null() && report["cpt50"].is_null() && report["cpt80"].is_null(), "APGR needs two models");
     let strip_knn = |mut r: Value| {
@@ -244,8 +230,8 @@ fn train_eval_route_end_to_end_on_a_routerbench_slice() {
     assert!(svg.trim_end().ends_with("</svg>"));
 
     // The other sides of the split, and the table form.
-    assert_report_shape(&eval_json(&bundle, &data, &["--split", "train"]), &ROUTERBENCH_MODELS, train_n);
-    assert_report_shape(&eval_json(&bundle, &data, &[]), &ROUTERBENCH_MODELS, 150);
+    assert_report_shape(&eval_json(&bundle, &data, &["--split", "train"]), &common::ROUTERBENCH_MODELS, train_n);
+    assert_report_shape(&eval_json(&bundle, &data, &[]), &common::ROUTERBENCH_MODELS, 150);
     let table = ok(&["eval", "--model", &arg(&bundle), "--data", &arg(&data), "--split", "val"]).stdout;
     assert_mentions(&table, &[&format!("{val_n} test prompts"), "router, balanced mode", "AIQ: router"]);
     let run = fails(&["eval", "--model", &arg(&bundle), "--data", &arg(&data), "--split", "test"]);
@@ -312,7 +298,7 @@ fn renamed_model_trains_and_evaluates_under_its_new_name() {
     assert!(models.contains(&"gpt-4") && !models.contains(&STRONG), "{models:?}");
 
     let report = eval_json(&bundle, &data, &["--split", "val", "--rename", &rename]);
-    let expected: Vec<&str> = ROUTERBENCH_MODELS.iter().map(|m| if *m == STRONG { "gpt-4" } else { m }).collect();
+    let expected: Vec<&str> = common::ROUTERBENCH_MODELS.iter().map(|m| if *m == STRONG { "gpt-4" } else { m }).collect();
     assert_report_shape(&report, &expected, 24);
     assert_eq!(report["best_single"]["model"], "gpt-4");
 

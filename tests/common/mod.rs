@@ -136,3 +136,18 @@ pub fn assert_mentions(text: &str, expected: &[&str]) {
 pub fn arg(path: &Path) -> String {
     path.to_str().expect("utf-8 path").to_owned()
 }
+
+/// The 11 models of the RouterBench data, in the importer's (sorted) order.
+pub const ROUTERBENCH_MODELS: [&str; 11] = [
+    "WizardLM/WizardLM-13B-V1.2",
+    "claude-instant-v1",
+    "claude-v1",
+    "claude-v2",
+    "gpt-3.5-turbo-1106",
+    "gpt-4-1106-preview",
+    "meta/code-llama-instruct-34b-chat",
+    "meta/llama-2-70b-chat",
+    "mistralai/mistral-7b-chat",
+    "mistralai/mixtral-8x7b-chat",
+    "zero-one-ai/Yi-34B-Chat",
+];
