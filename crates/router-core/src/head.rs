@@ -30,6 +30,11 @@ impl Head {
         Ok(Self { layers })
     }
 
+    /// The linear layers, the output layer last.
+    pub fn layers(&self) -> &[Linear] {
+        &self.layers
+    }
+
     /// The output logits `[batch, outputs]` (training fits these with a sigmoid cross-entropy).
     pub fn forward_logits(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let last = self.layers.len().saturating_sub(1);

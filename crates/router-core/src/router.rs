@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::config::{files, EncoderConfig, RouterConfig};
+use crate::cpu_head::CpuHead;
 use crate::encoder::{load_safetensors, BertEncoder, Encoder, StaticEncoder};
 use crate::error::{CoreError, Result};
 use crate::head::Head;
@@ -19,6 +20,8 @@ pub struct Router {
     config: RouterConfig,
     encoder: Encoder,
     head: Head,
+    /// The head as plain `f32` rows when running on the CPU (see [`CpuHead`]).
+    cpu_head: Option<CpuHead>,
     device: Device,
     dir: PathBuf,
 }
@@ -39,7 +42,8 @@ impl Router {
         let head = load_safetensors(&head_path, device, |vb| {
             Head::load(vb, &config.head, config.encoder.dim(), config.models.len())
         })?;
-        Ok(Self { config, encoder, head, device: device.clone(), dir: dir.to_path_buf() })
+        let cpu_head = cpu_head_for(&head, device).map_err(|e| CoreError::bundle(&head_path, e.to_string()))?;
+        Ok(Self { config, encoder, head, cpu_head, device: device.clone(), dir: dir.to_path_buf() })
     }
 
     /// Loads a bundle published as a Hugging Face model repo, through the hub cache: with a filled
@@ -67,7 +71,8 @@ impl Router {
                 config.encoder.dim()
             )));
         }
-        Ok(Self { config, encoder, head, device, dir: PathBuf::new() })
+        let cpu_head = cpu_head_for(&head, &device)?;
+        Ok(Self { config, encoder, head, cpu_head, device, dir: PathBuf::new() })
     }
 
     /// The manifest.
@@ -130,9 +135,21 @@ impl Router {
         if let Some(bad) = embeddings.iter().find(|e| e.len() != dim) {
             return Err(CoreError::Invalid(format!("an embedding has {} values, the head takes {dim}", bad.len())));
         }
+        if let Some(cpu_head) = &self.cpu_head {
+            return Ok(embeddings.iter().map(|embedding| cpu_head.forward(embedding)).collect());
+        }
         let flat: Vec<f32> = embeddings.iter().flatten().copied().collect();
         let input = Tensor::from_vec(flat, (embeddings.len(), dim), &self.device)?;
         Ok(self.head.forward(&input)?.to_dtype(DType::F32)?.to_vec2()?)
+    }
+}
+
+/// The CPU copy of `head` when the router runs on the CPU.
+fn cpu_head_for(head: &Head, device: &Device) -> candle_core::Result<Option<CpuHead>> {
+    if device.is_cpu() {
+        CpuHead::from_head(head).map(Some)
+    } else {
+        Ok(None)
     }
 }
 
