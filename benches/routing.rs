@@ -85,7 +85,8 @@ fn bert_encoder(tier: &RoutingTier) -> Result<&BertEncoder> {
     }
 }
 
-/// The BERT tier end to end, its forward pass alone (pre-tokenized) and its matmuls alone, each
+/// The BERT tier end to end, its forward pass alone (pre-tokenized), its matmuls alone and the same
+/// products through candle's general matmul (the plain-GEMM rate), each
 /// with the forward's FLOPs as criterion's elements; then a one-line summary per length from a
 /// short interleaved timing, so that the ratio is printed even where criterion's output is not
 /// read.
@@ -106,6 +107,7 @@ fn bench_gflops(criterion: &mut Criterion, tier: &RoutingTier) -> Result<()> {
         group.bench_function("tier_route", |b| b.iter(|| tier.route(&prompt)));
         group.bench_function("encoder_forward", |b| b.iter(|| encoder.embed_ids(&ids)));
         group.bench_function("matmuls_alone", |b| b.iter(|| matmuls.run()));
+        group.bench_function("matmuls_candle_general", |b| b.iter(|| matmuls.run_general()));
         group.finish();
 
         let (forward_us, matmul_us) = interleaved_medians(

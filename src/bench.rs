@@ -174,14 +174,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let bert_prompt = prompt_of_tokens(bert_tier.tokenizer(), HEADLINE_TOKENS)?;
     let tokenizer = static_tier.tokenizer();
 
-    // Static pair, long static pair, BERT trio, static workload, BERT workload pair, batch pair.
-    let bar = progress_bar(iterations * (2 + 2 + 3 + 1 + 2) + (iterations / 10).max(1) * 2, "benchmarking");
+    // Static trio, long static trio, BERT quartet, static workload, BERT workload pair, batch pair.
+    let bar = progress_bar(iterations * (3 + 3 + 4 + 1 + 2) + (iterations / 10).max(1) * 2, "benchmarking");
     let mut static_samples = measure_interleaved(
         iterations,
         &bar,
         &mut [
             &mut || consume(static_tier.route(&static_prompt)?),
             &mut || consume(tokenizer.encode(&static_prompt)?),
+            &mut || consume(tokenizer.encode_with_tokenizers(&static_prompt)?),
         ],
     )?;
     let mut static_long_samples = measure_interleaved(
@@ -190,6 +191,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         &mut [
             &mut || consume(static_tier.route(&static_long_prompt)?),
             &mut || consume(tokenizer.encode(&static_long_prompt)?),
+            &mut || consume(tokenizer.encode_with_tokenizers(&static_long_prompt)?),
         ],
     )?;
     let mut bert_samples = measure_interleaved(
@@ -199,6 +201,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &mut || consume(bert_tier.route(&bert_prompt)?),
             &mut || consume(bert_tier.route_embedding(&bert_prompt, stock_bert.embed(&bert_prompt)?)?),
             &mut || matmuls.run(),
+            &mut || matmuls.run_general(),
         ],
     )?;
     // Each side cycles through the workload on its own, so every side routes the same prompts.
@@ -235,9 +238,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
 
-    let (bert, stock, matmul) = (bert_samples.remove(0), bert_samples.remove(0), bert_samples.remove(0));
-    let (static_route, tokenize) = (static_samples.remove(0), static_samples.remove(0));
-    let (static_long, tokenize_long) = (static_long_samples.remove(0), static_long_samples.remove(0));
+    let (bert, stock, matmul, general_matmul) =
+        (bert_samples.remove(0), bert_samples.remove(0), bert_samples.remove(0), bert_samples.remove(0));
+    let (static_route, tokenize, tokenize_crate) =
+        (static_samples.remove(0), static_samples.remove(0), static_samples.remove(0));
+    let (static_long, tokenize_long, tokenize_long_crate) =
+        (static_long_samples.remove(0), static_long_samples.remove(0), static_long_samples.remove(0));
     let static_workload = static_workload_samples.remove(0);
     let (bert_workload, stock_workload) = (bert_workload_samples.remove(0), bert_workload_samples.remove(0));
     let (static_batch, bert_batch) = (batch_samples.remove(0), batch_samples.remove(0));
@@ -266,12 +272,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "tokenize_us": tokenize.p50(),
         "tokenize_128_us": tokenize_long.p50(),
         "static_128_over_tokenize": static_long.p50() / tokenize_long.p50(),
+        "tokenize_fast_path": tokenizer.has_fast_path(),
+        "tokenize_tokenizers_crate_us": tokenize_crate.p50(),
+        "tokenize_128_tokenizers_crate_us": tokenize_long_crate.p50(),
+        "static_128_over_tokenizers_crate": static_long.p50() / tokenize_long_crate.p50(),
         "bert_speedup_vs_stock": stock.p50() / bert.p50(),
         "bert_matmul_us": matmul.p50(),
         "bert_over_matmul": bert.p50() / matmul.p50(),
         "bert_flops": flops,
         "bert_gflops": gflops(bert.p50()),
         "bert_matmul_gflops": gflops(matmul.p50()),
+        "general_matmul_us": general_matmul.p50(),
+        "general_matmul_gflops": gflops(general_matmul.p50()),
         "stock_bert_gflops": gflops(stock.p50()),
         "batch": {
             "static": batch_throughput(&static_batch, HEADLINE_TOKENS),
@@ -317,10 +329,17 @@ fn print_report(report: &Value) {
     row("bert", &report["tiers"]["bert"]);
     row("stock bert", &report["stock_bert"]);
     println!(
-        "\ntokenizer alone: {:.1} µs at {HEADLINE_TOKENS} tokens, {:.1} µs at {LONG_TOKENS} (static tier / tokenizer at {LONG_TOKENS}: {:.2}x)",
+        "\ntokenizer alone{}: {:.1} µs at {HEADLINE_TOKENS} tokens, {:.1} µs at {LONG_TOKENS} (static tier / tokenizer at {LONG_TOKENS}: {:.2}x)",
+        if report["tokenize_fast_path"].as_bool() == Some(true) { " (ASCII WordPiece fast path)" } else { "" },
         number(&report["tokenize_us"]),
         number(&report["tokenize_128_us"]),
         number(&report["static_128_over_tokenize"]),
+    );
+    println!(
+        "the tokenizers crate: {:.1} µs at {HEADLINE_TOKENS} tokens, {:.1} µs at {LONG_TOKENS} (static tier / it at {LONG_TOKENS}: {:.2}x)",
+        number(&report["tokenize_tokenizers_crate_us"]),
+        number(&report["tokenize_128_tokenizers_crate_us"]),
+        number(&report["static_128_over_tokenizers_crate"]),
     );
     println!(
         "BERT tier: {:.2}x faster than stock candle-transformers; {:.2}x the time of its own matmuls ({:.1} µs)",
@@ -334,6 +353,11 @@ fn print_report(report: &Value) {
         number(&report["bert_matmul_gflops"]),
         number(&report["stock_bert_gflops"]),
         number(&report["bert_flops"]) / 1e9,
+    );
+    println!(
+        "           the same products through candle's general matmul: {:.1} µs, {:.1} GFLOP/s",
+        number(&report["general_matmul_us"]),
+        number(&report["general_matmul_gflops"]),
     );
     println!(
         "batches of {BATCH_SIZE} prompts of {HEADLINE_TOKENS} tokens: static {:.0} prompts/s, bert {:.0} prompts/s",

@@ -40,6 +40,9 @@ fn bench_json_reports_every_tier_and_baseline() {
     for key in [
         "/tokenize_us",
         "/tokenize_128_us",
+        "/tokenize_tokenizers_crate_us",
+        "/tokenize_128_tokenizers_crate_us",
+        "/static_128_over_tokenizers_crate",
         "/bert_speedup_vs_stock",
         "/bert_matmul_us",
         "/bert_gflops",
@@ -51,6 +54,7 @@ fn bench_json_reports_every_tier_and_baseline() {
         positive(&report, key);
     }
     assert_eq!(report["workload"]["source"], "built-in", "{report}");
+    assert_eq!(report["tokenize_fast_path"], true, "the shipped MiniLM tokenizer takes the fast path: {report}");
 }
 
 #[test]

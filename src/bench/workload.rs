@@ -15,6 +15,7 @@ use model_router::router_core::bert::BertConfig;
 use model_router::router_core::candle_core::{DType, Device, Tensor, D};
 use model_router::router_core::candle_nn::{VarBuilder, VarMap};
 use model_router::router_core::{
+    PackedLinear,
     bert_dir_from_hub, BertEncoder, Encoder, EncoderConfig, Head, PromptTokenizer, Router, RouterConfig, DEFAULT_REVISION,
 };
 use model_router::router_policy::{estimate_tokens, Catalog, Decision, ModelSpec, Mode, Policy, PolicyDefaults, RouteRequest};
@@ -216,11 +217,14 @@ pub fn read_bert_config(model_dir: &Path) -> Result<BertConfig> {
 
 /// The BERT tier's matrix multiplies alone, with the shapes and layouts of its forward pass
 /// (`router_core::bert`): per layer the fused QKV (hidden → 3·hidden), the attention output
-/// (hidden → hidden), the feed-forward (hidden → inner → hidden) against pre-transposed weights,
-/// and per head `Q·Kᵀ` and `P·V`. Each layer has its own weights, so that they stream from memory as
-/// the real ones do. This is the floor the whole forward is compared with.
+/// (hidden → hidden) and the feed-forward (hidden → inner → hidden) as the tier runs them on the CPU
+/// ([`PackedLinear`]), and per head `Q·Kᵀ` and `P·V` through candle. Each layer has its own
+/// weights, so that they stream from memory as the real ones do. [`MatmulWorkload::run`] is the
+/// floor the whole forward is compared with; [`MatmulWorkload::run_general`] does the same
+/// products with candle's general matmul (weights pre-transposed), the rate of a plain GEMM.
 pub struct MatmulWorkload {
-    layers: Vec<[Tensor; 4]>,
+    packed: Vec<[PackedLinear; 4]>,
+    transposed: Vec<[Tensor; 4]>,
     activations: Tensor,
     inner_activations: Tensor,
     queries: Tensor,
@@ -236,13 +240,26 @@ impl MatmulWorkload {
         let (hidden, inner, heads) = (config.hidden_size, config.intermediate_size, config.num_attention_heads);
         let head_dim = hidden / heads.max(1);
         let random = |shape: &[usize]| Tensor::randn(0f32, 0.05, shape, &device);
-        let layers = (0..config.num_hidden_layers)
-            .map(|_| -> Result<[Tensor; 4]> {
-                Ok([random(&[hidden, 3 * hidden])?, random(&[hidden, hidden])?, random(&[hidden, inner])?, random(&[inner, hidden])?])
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let shapes = [(hidden, 3 * hidden), (hidden, hidden), (hidden, inner), (inner, hidden)];
+        let mut packed = Vec::with_capacity(config.num_hidden_layers);
+        let mut transposed = Vec::with_capacity(config.num_hidden_layers);
+        for _ in 0..config.num_hidden_layers {
+            // Weights as a Linear stores them, `[out, in]`.
+            let weights = shapes.map(|(inputs, outputs)| random(&[outputs, inputs]));
+            let [a, b, c, d] = weights;
+            let weights = [a?, b?, c?, d?];
+            let pack = |w: &Tensor| -> Result<PackedLinear> {
+                let (outputs, inputs) = w.dims2()?;
+                PackedLinear::new(&w.flatten_all()?.to_vec1::<f32>()?, &vec![0.0; outputs], inputs, outputs)
+                    .map_err(|e| anyhow!(e))
+            };
+            packed.push([pack(&weights[0])?, pack(&weights[1])?, pack(&weights[2])?, pack(&weights[3])?]);
+            let transpose = |w: &Tensor| -> Result<Tensor> { Ok(w.t()?.contiguous()?) };
+            transposed.push([transpose(&weights[0])?, transpose(&weights[1])?, transpose(&weights[2])?, transpose(&weights[3])?]);
+        }
         Ok(Self {
-            layers,
+            packed,
+            transposed,
             activations: random(&[tokens, hidden])?,
             inner_activations: random(&[tokens, inner])?,
             queries: random(&[1, heads, tokens, head_dim])?,
@@ -252,17 +269,34 @@ impl MatmulWorkload {
         })
     }
 
-    /// Runs every matmul of one forward pass once.
+    /// Runs every matmul of one forward pass once, as the BERT tier runs them.
     pub fn run(&self) -> Result<()> {
-        for [qkv, attention_out, intermediate, output] in &self.layers {
+        for [qkv, attention_out, intermediate, output] in &self.packed {
+            self.activations.apply_op1_no_bwd(qkv)?;
+            self.attention()?;
+            self.activations.apply_op1_no_bwd(attention_out)?;
+            self.activations.apply_op1_no_bwd(intermediate)?;
+            self.inner_activations.apply_op1_no_bwd(output)?;
+        }
+        Ok(())
+    }
+
+    /// The same products through candle's general matmul.
+    pub fn run_general(&self) -> Result<()> {
+        for [qkv, attention_out, intermediate, output] in &self.transposed {
             self.activations.matmul(qkv)?;
-            // Kᵀ as a strided view, as the forward pass uses it.
-            self.queries.matmul(&self.keys.t()?)?;
-            self.probabilities.matmul(&self.values)?;
+            self.attention()?;
             self.activations.matmul(attention_out)?;
             self.activations.matmul(intermediate)?;
             self.inner_activations.matmul(output)?;
         }
+        Ok(())
+    }
+
+    fn attention(&self) -> Result<()> {
+        // Kᵀ as a strided view, as the forward pass uses it.
+        self.queries.matmul(&self.keys.t()?)?;
+        self.probabilities.matmul(&self.values)?;
         Ok(())
     }
 }

@@ -4,8 +4,10 @@
 //! prefix), so any BERT `config.json` + `model.safetensors` loads. What differs from the stock
 //! candle-transformers forward, and why (see DESIGN.md, "Performance notes"):
 //! - Q, K and V are one fused matmul: one pass over the activations instead of three.
-//! - Linear weights are stored pre-transposed (`[in, out]`), so the matmul does not re-pack them on
-//!   every call.
+//! - On the CPU, linear weights are packed once at load time into the panels of [`PackedLinear`],
+//!   whose product streams each weight once per call; a general GEMM re-packs the weight on every
+//!   call, which at routing sizes costs more than the arithmetic. Elsewhere they are stored
+//!   pre-transposed (`[in, out]`) for candle's matmul.
 //! - Attention uses `softmax_last_dim`, and the additive mask is skipped when nothing is padded.
 //! - The query is scaled before `Q·Kᵀ` (`n·d` multiplies instead of `n·n`).
 //! - The exact (erf) GELU uses a branch-free rational approximation of erf that the compiler
@@ -14,6 +16,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
+
+use crate::packed::PackedLinear;
 
 /// The activation of the feed-forward layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -80,11 +84,12 @@ impl BertConfig {
     }
 }
 
-/// A linear layer whose weight is kept transposed (`[in, out]`), so the matmul reads it as is.
+/// A linear layer stored for the device it runs on: on the CPU in f32, packed once into
+/// [`PackedLinear`]'s panels; elsewhere transposed (`[in, out]`) so candle's matmul reads it as is.
 #[derive(Debug, Clone)]
-struct DenseT {
-    weight_t: Tensor,
-    bias: Tensor,
+enum DenseT {
+    Packed(PackedLinear),
+    Transposed { weight_t: Tensor, bias: Tensor },
 }
 
 impl DenseT {
@@ -106,18 +111,34 @@ impl DenseT {
     }
 
     fn from_weight(weight: &Tensor, bias: Tensor) -> candle_core::Result<Self> {
-        Ok(Self { weight_t: weight.t()?.contiguous()?, bias })
+        if weight.device().is_cpu() && weight.dtype() == DType::F32 {
+            let (outputs, inputs) = weight.dims2()?;
+            let packed = PackedLinear::new(
+                &weight.flatten_all()?.to_vec1::<f32>()?,
+                &bias.to_vec1::<f32>()?,
+                inputs,
+                outputs,
+            )
+            .map_err(candle_core::Error::Msg)?;
+            return Ok(Self::Packed(packed));
+        }
+        Ok(Self::Transposed { weight_t: weight.t()?.contiguous()?, bias })
     }
 }
 
 impl Module for DenseT {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let (batch, seq, in_dim) = xs.dims3()?;
-        let out_dim = self.weight_t.dim(1)?;
-        xs.reshape((batch * seq, in_dim))?
-            .matmul(&self.weight_t)?
-            .broadcast_add(&self.bias)?
-            .reshape((batch, seq, out_dim))
+        match self {
+            Self::Packed(packed) => xs.contiguous()?.apply_op1_no_bwd(packed),
+            Self::Transposed { weight_t, bias } => {
+                let (batch, seq, in_dim) = xs.dims3()?;
+                let out_dim = weight_t.dim(1)?;
+                xs.reshape((batch * seq, in_dim))?
+                    .matmul(weight_t)?
+                    .broadcast_add(bias)?
+                    .reshape((batch, seq, out_dim))
+            }
+        }
     }
 }
 

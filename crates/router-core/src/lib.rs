@@ -44,6 +44,7 @@ mod encoder;
 mod error;
 mod cpu_head;
 mod head;
+mod packed;
 pub mod hub;
 mod router;
 mod tokenize;
@@ -53,6 +54,7 @@ pub use encoder::{save_static_table, BertEncoder, Encoder, StaticEncoder, STATIC
 pub use error::{CoreError, Result};
 pub use cpu_head::CpuHead;
 pub use head::Head;
+pub use packed::PackedLinear;
 pub use router::{bert_dir_from_hub, default_device, Router, DEFAULT_REVISION};
 pub use tokenize::PromptTokenizer;
 
