@@ -3,6 +3,7 @@
 //! candle-transformers BERT forward on the same weights, the BERT tier's own matmuls), all measured
 //! in the same run so that their ratios hold on any machine.
 
+mod server;
 mod workload;
 
 use std::hint::black_box;
@@ -50,12 +51,27 @@ pub struct BenchArgs {
     /// prompts, cycling through the prompt set.
     #[arg(long, default_value_t = 200)]
     iterations: usize,
+    /// Measure the server instead: its latency over calling a local backend directly, under an
+    /// open-loop load of `--rate` requests per second for `--seconds`.
+    #[arg(long)]
+    server: bool,
+    /// Requests per second of the server measurement (to the router, and as many to the backend).
+    #[arg(long, default_value_t = 200.0, requires = "server")]
+    rate: f64,
+    /// Seconds of the server measurement (after one second of warm-up).
+    #[arg(long, default_value_t = 10.0, requires = "server")]
+    seconds: f64,
 }
 
 /// Latencies of one measurement, in microseconds, sorted.
 struct Samples(Vec<f64>);
 
 impl Samples {
+    fn sorted(mut times: Vec<f64>) -> Self {
+        times.sort_by(f64::total_cmp);
+        Samples(times)
+    }
+
     /// The nearest-rank percentile (`quantile` in [0, 1]).
     fn percentile(&self, quantile: f64) -> f64 {
         let rank = (quantile * self.0.len() as f64).ceil() as usize;
@@ -110,13 +126,7 @@ fn measure_interleaved(
         }
         bar.inc(runs.len() as u64);
     }
-    Ok(samples
-        .into_iter()
-        .map(|mut times| {
-            times.sort_by(f64::total_cmp);
-            Samples(times)
-        })
-        .collect())
+    Ok(samples.into_iter().map(Samples::sorted).collect())
 }
 
 /// Keeps the optimiser from discarding a measured result.
@@ -160,6 +170,9 @@ fn workload_prompts(args: &BenchArgs) -> Result<(String, Vec<String>)> {
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.iterations == 0 {
         bail!("--iterations must be at least 1");
+    }
+    if args.server {
+        return run_server(&args);
     }
     let iterations = args.iterations;
     let (static_tier, bert_tier) = load_tiers(args.model.as_deref())?;
@@ -303,6 +316,42 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } else {
         print_report(&report);
     }
+    Ok(())
+}
+
+/// `--server`: the server's overhead over the backend, for the bundle of `--model`.
+fn run_server(args: &BenchArgs) -> Result<()> {
+    let router = load_router(args.model.as_deref())?;
+    let catalog = model_router::load_catalog(&router, None)?;
+    let (source, prompts) = workload_prompts(args)?;
+    let bundle_dir = router.dir().to_path_buf();
+    drop(router);
+    let load = server::ServerLoad { rate: args.rate, seconds: args.seconds };
+    let report = server::run(&bundle_dir, &catalog, &prompts, &load)?;
+    let report = json!({"threads": candle_core::utils::get_num_threads(), "workload": source, "server": report});
+    if args.json {
+        println!("{report}");
+        return Ok(());
+    }
+    let number = |value: &Value| value.as_f64().unwrap_or(f64::NAN);
+    let server = &report["server"];
+    println!(
+        "model-router bench --server: {} requests/s for {} s to each of the backend and the router ({} prompts: {source})",
+        server["rate_per_s"], server["seconds"], prompts.len()
+    );
+    println!("  {:<10} {:>9} {:>7} {:>10} {:>10} {:>10} {:>10}", "path", "requests", "errors", "p50 µs", "p90 µs", "p99 µs", "max µs");
+    for (name, row) in [("direct", &server["direct"]), ("routed", &server["routed"])] {
+        println!(
+            "  {name:<10} {:>9} {:>7} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
+            row["requests"].as_u64().unwrap_or(0),
+            row["errors"].as_u64().unwrap_or(0), number(&row["p50_us"]), number(&row["p90_us"]), number(&row["p99_us"]), number(&row["max_us"]),
+        );
+    }
+    println!(
+        "  router overhead: p50 {:.0} µs, p99 {:.0} µs",
+        number(&server["overhead_p50_us"]),
+        number(&server["overhead_p99_us"])
+    );
     Ok(())
 }
 

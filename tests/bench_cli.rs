@@ -58,6 +58,27 @@ fn bench_json_reports_every_tier_and_baseline() {
 }
 
 #[test]
+fn bench_server_reports_direct_and_routed_latency() {
+    let report = ok(&["bench", "--server", "--rate", "40", "--seconds", "1", "--json"]).json();
+    for path in ["direct", "routed"] {
+        assert_eq!(report["server"][path]["requests"], 40, "{report}");
+        assert_eq!(report["server"][path]["errors"], 0, "{report}");
+        let p50 = positive(&report, &format!("/server/{path}/p50_us"));
+        let p99 = positive(&report, &format!("/server/{path}/p99_us"));
+        assert!(p99 >= p50, "{path}: p99 {p99} below p50 {p50}");
+    }
+    for key in ["/server/overhead_p50_us", "/server/overhead_p99_us"] {
+        assert!(report.pointer(key).and_then(Value::as_f64).is_some_and(f64::is_finite), "{key}: {report}");
+    }
+}
+
+#[test]
+fn bench_server_rejects_a_zero_rate() {
+    let run = common::fails(&["bench", "--server", "--rate", "0"]);
+    common::assert_mentions(&run.stderr, &["--rate"]);
+}
+
+#[test]
 fn bench_rejects_zero_iterations() {
     let run = common::fails(&["bench", "--iterations", "0"]);
     common::assert_mentions(&run.stderr, &["--iterations"]);
