@@ -1,6 +1,7 @@
 //! The `model-router` command line.
 
 mod bench;
+mod store_cli;
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -47,11 +48,14 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve the OpenAI-compatible router endpoint (`serve --config FILE`).
     Serve(ServeArgs),
+    /// Stored completions: `store export` writes a fine-tuning JSONL from a server's database.
+    #[command(subcommand)]
+    Store(store_cli::StoreCommand),
 }
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Server config (TOML): [server], [router], [dispatch], [[models]], [[deployments]].
+    /// Server config (TOML): [server], [router], [dispatch], [store], [[models]], [[deployments]].
     #[arg(long)]
     config: PathBuf,
 }
@@ -231,6 +235,7 @@ fn main() {
         Command::Eval(args) => eval_command(args),
         Command::Distill(args) => distill(args),
         Command::Bench(args) => bench::run(args),
+        Command::Store(command) => store_cli::run(command),
         Command::Serve(args) => router_server::ServerConfig::load(&args.config)
             .and_then(router_server::run_blocking)
             .map_err(anyhow::Error::from),

@@ -6,19 +6,22 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
+use futures_util::StreamExt;
 use router_dispatch::{DispatchError, DispatchRequest, Dispatched, Dispatcher};
 use router_policy::{estimated_cost, Decision, Policy, PolicyDefaults, PolicyError, RouteRequest};
+use router_store::{owner_of_key, Store, ANONYMOUS_OWNER};
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 use crate::chat::{self, Conversation, Overrides};
+use crate::stored::{self, Outcome, StoreJob};
 use crate::{ApiError, Metrics, ScoreError, Scorer, ServerConfig, ServerError};
 
 /// Everything the handlers share.
@@ -28,6 +31,7 @@ pub struct AppState {
     scorer: Scorer,
     dispatcher: Dispatcher,
     metrics: Metrics,
+    store: Option<Arc<Store>>,
     bundle_name: String,
     bundle_version: String,
 }
@@ -88,6 +92,12 @@ impl AppState {
             .map_err(|e| bad("router", e.to_string()))?;
         let dispatcher = Dispatcher::new(config.deployments.clone(), config.dispatch.clone())
             .map_err(|e| bad("deployments", e.to_string()))?;
+        let store = match &config.store {
+            Some(s) => Some(Arc::new(
+                Store::open(&s.path, s.options).map_err(|e| bad("store.path", e.to_string()))?,
+            )),
+            None => None,
+        };
         let scorer = Scorer::spawn(router, config.max_batch, config.batch_tokens, config.queue)?;
         Ok(AppState {
             config,
@@ -95,6 +105,7 @@ impl AppState {
             scorer,
             dispatcher,
             metrics: Metrics::default(),
+            store,
             bundle_name,
             bundle_version,
         })
@@ -119,12 +130,27 @@ impl AppState {
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
+
+    /// The completions store (`[store]`), when configured.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
 }
 
 /// The axum application over a shared state.
 pub fn build_app(state: Arc<AppState>) -> axum::Router {
     let api = axum::Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
+        .route(
+            "/v1/chat/completions",
+            post(chat_completions).get(stored::list),
+        )
+        .route(
+            "/v1/chat/completions/{id}",
+            get(stored::get_one)
+                .post(stored::update)
+                .delete(stored::delete),
+        )
+        .route("/v1/chat/completions/{id}/messages", get(stored::messages))
         .route(
             "/openai/deployments/{deployment}/chat/completions",
             post(azure_chat_completions),
@@ -254,8 +280,16 @@ fn key_matches(keys: &[String], given: &[u8]) -> bool {
     ok.into()
 }
 
-async fn auth(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+/// Who is calling: the owner identity of the API key ([`owner_of_key`]), or
+/// [`ANONYMOUS_OWNER`] on a server without keys. Set by the auth middleware.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller(pub(crate) String);
+
+async fn auth(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     if state.config.api_keys.is_empty() {
+        request
+            .extensions_mut()
+            .insert(Caller(ANONYMOUS_OWNER.to_string()));
         return next.run(request).await;
     }
     let headers = request.headers();
@@ -274,7 +308,11 @@ async fn auth(State(state): State<Arc<AppState>>, request: Request, next: Next) 
                 .map(str::trim)
         });
     match given {
-        Some(key) if key_matches(&state.config.api_keys, key.as_bytes()) => next.run(request).await,
+        Some(key) if key_matches(&state.config.api_keys, key.as_bytes()) => {
+            let caller = Caller(owner_of_key(key));
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
         Some(_) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
@@ -330,7 +368,9 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
-fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn parse_body(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Map<String, Value>, ApiError> {
     let bytes = body.map_err(|rejection| {
         let status = rejection.status();
         let mut e = ApiError::new(status, "invalid_request_error", rejection.body_text());
@@ -423,23 +463,26 @@ struct Ctx {
 
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle_chat(state, headers, body, None).await
+    handle_chat(state, caller, headers, body, None).await
 }
 
 async fn azure_chat_completions(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(deployment): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle_chat(state, headers, body, Some(deployment)).await
+    handle_chat(state, caller, headers, body, Some(deployment)).await
 }
 
 async fn handle_chat(
     state: Arc<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     deployment: Option<String>,
@@ -449,7 +492,7 @@ async fn handle_chat(
         mode: "none".into(),
         spillover: false,
     };
-    let response = match chat_inner(&state, &headers, body, deployment, &mut ctx).await {
+    let response = match chat_inner(&state, caller, &headers, body, deployment, &mut ctx).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -496,12 +539,14 @@ async fn decide(
 }
 
 async fn chat_inner(
-    state: &AppState,
+    state: &Arc<AppState>,
+    caller: Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     deployment: Option<String>,
     ctx: &mut Ctx,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     let mut body = parse_body(body)?;
     let requested = match deployment {
         Some(d) => d,
@@ -517,6 +562,7 @@ async fn chat_inner(
         },
     };
     let overrides = chat::overrides(&mut body, headers)?;
+    let store_metadata = stored::take_store_fields(&mut body, state.store.is_some())?;
     let conv = chat::analyse(&body, state.config.recent_turns)?;
     let explain = wants_explain(headers);
     let spillover = header_str(headers, "x-ms-spillover-deployment");
@@ -527,6 +573,13 @@ async fn chat_inner(
             )));
         }
     }
+    let mut job = store_metadata.map(|metadata| StoreJob {
+        owner: caller.0,
+        metadata,
+        request: body.clone(),
+        decision: None,
+        started,
+    });
     let body = Value::Object(body);
 
     if requested == state.config.router_name {
@@ -553,6 +606,10 @@ async fn chat_inner(
                 Ok(d) => {
                     let cost = decision.estimated_cost;
                     let model = decision.model.clone();
+                    let job = job.take().map(|mut j| {
+                        j.decision = serde_json::to_value(&decision).ok();
+                        j
+                    });
                     return respond(
                         state,
                         d,
@@ -560,6 +617,7 @@ async fn chat_inner(
                         explain.then_some(&decision),
                         conv.stream,
                         cost,
+                        job,
                         ctx,
                     )
                     .await;
@@ -610,7 +668,7 @@ async fn chat_inner(
             })
             .await
             .map_err(dispatch_error)?;
-        respond(state, d, &requested, None, conv.stream, cost, ctx).await
+        respond(state, d, &requested, None, conv.stream, cost, job, ctx).await
     } else {
         let mut e = ApiError::new(
             StatusCode::NOT_FOUND,
@@ -656,13 +714,15 @@ fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn respond(
-    state: &AppState,
+    state: &Arc<AppState>,
     d: Dispatched,
     model: &str,
     decision: Option<&Decision>,
     stream: bool,
     cost: f64,
+    mut job: Option<StoreJob>,
     ctx: &mut Ctx,
 ) -> Result<Response, ApiError> {
     ctx.spillover = d.spillover_from.is_some();
@@ -693,7 +753,21 @@ async fn respond(
     let body =
         if stream && status.is_success() {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            Body::from_stream(d.response.bytes_stream())
+            match job.take() {
+                None => Body::from_stream(d.response.bytes_stream()),
+                Some(job) => {
+                    // Stored at the end of the stream, before the held `data: [DONE]`.
+                    set_header(&mut headers, "x-router-store", "pending");
+                    Body::from_stream(stored::tap(
+                        state.clone(),
+                        d.response.bytes_stream().boxed(),
+                        job,
+                        model.to_string(),
+                        d.deployment.clone(),
+                        cost,
+                    ))
+                }
+            }
         } else {
             let bytes =
                 match tokio::time::timeout(state.dispatcher.options().timeout, d.response.bytes())
@@ -723,13 +797,34 @@ async fn respond(
             match serde_json::from_slice::<Value>(&bytes) {
                 Ok(Value::Object(mut object)) if status.is_success() => {
                     object.insert("model".into(), Value::String(model.to_string()));
+                    if let Some(job) = job.take() {
+                        // Committed before the answer goes out.
+                        let response = Value::Object(object.clone());
+                        let outcome =
+                            stored::persist(state, job, response, model, &d.deployment, cost).await;
+                        if let Outcome::Stored(inserted) = &outcome {
+                            object.insert("id".into(), Value::String(inserted.id.clone()));
+                        }
+                        set_header(&mut headers, "x-router-store", &outcome.header_value());
+                    }
                     headers.insert(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("application/json"),
                     );
                     Body::from(serde_json::to_vec(&object).unwrap_or_else(|_| bytes.to_vec()))
                 }
-                _ => Body::from(bytes),
+                _ => {
+                    if job.take().is_some() {
+                        let why = if status.is_success() {
+                            "the backend's answer is not a JSON object".to_string()
+                        } else {
+                            format!("the backend answered {}", status.as_u16())
+                        };
+                        let outcome = stored::skipped(state, why);
+                        set_header(&mut headers, "x-router-store", &outcome.header_value());
+                    }
+                    Body::from(bytes)
+                }
             }
         };
     let mut response = Response::new(body);

@@ -1,4 +1,5 @@
-//! The server's TOML config: `[server]`, `[router]`, `[dispatch]`, `[[models]]`, `[[deployments]]`.
+//! The server's TOML config: `[server]`, `[router]`, `[dispatch]`, `[store]`, `[[models]]`,
+//! `[[deployments]]`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -6,6 +7,7 @@ use std::time::Duration;
 
 use router_dispatch::{ApiKey, Deployment, DeploymentKind, DispatchOptions};
 use router_policy::{Catalog, Mode};
+use router_store::{OnFull, StoreOptions, Synchronous, DEFAULT_MAX_BYTES};
 use serde::Deserialize;
 
 use crate::ServerError;
@@ -51,6 +53,18 @@ pub struct ServerConfig {
     pub deployments: Vec<Deployment>,
     /// `[dispatch]`.
     pub dispatch: DispatchOptions,
+    /// `[store]`: where and how `"store": true` requests are kept; `None` = not stored.
+    pub store: Option<StoreConfig>,
+}
+
+/// The `[store]` section: stored completions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// `store.path`: the SQLite file (relative paths resolve against the config's directory).
+    pub path: PathBuf,
+    /// `store.max_bytes` (default 1 GiB), `store.on_full` (`refuse`, the default, or
+    /// `evict_oldest`) and `store.synchronous` (`full`, the default, or `normal`).
+    pub options: StoreOptions,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +75,7 @@ struct RawConfig {
     router: RawRouter,
     #[serde(default)]
     dispatch: RawDispatch,
+    store: Option<RawStore>,
     #[serde(default)]
     #[allow(dead_code)]
     models: Vec<toml::Table>,
@@ -101,6 +116,15 @@ struct RawDispatch {
     max_backoff_ms: Option<u64>,
     default_cooldown_ms: Option<u64>,
     max_cooldown_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: String,
+    max_bytes: Option<u64>,
+    on_full: Option<String>,
+    synchronous: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -348,6 +372,37 @@ impl ServerConfig {
             }
         }
 
+        let store = match raw.store {
+            None => None,
+            Some(s) => {
+                if s.path.trim().is_empty() {
+                    return Err(bad("store.path", "is empty".into()));
+                }
+                let max_bytes = s.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+                if max_bytes == 0 {
+                    return Err(bad("store.max_bytes", "must be at least 1".into()));
+                }
+                let on_full = match &s.on_full {
+                    Some(v) => v.parse::<OnFull>().map_err(|e| bad("store.on_full", e))?,
+                    None => OnFull::Refuse,
+                };
+                let synchronous = match &s.synchronous {
+                    Some(v) => v
+                        .parse::<Synchronous>()
+                        .map_err(|e| bad("store.synchronous", e))?,
+                    None => Synchronous::Full,
+                };
+                Some(StoreConfig {
+                    path: base_dir.join(&s.path),
+                    options: StoreOptions {
+                        max_bytes,
+                        on_full,
+                        synchronous,
+                    },
+                })
+            }
+        };
+
         Ok(ServerConfig {
             file: file.to_string(),
             listen,
@@ -365,6 +420,7 @@ impl ServerConfig {
             catalog,
             deployments,
             dispatch,
+            store,
         })
     }
 }
@@ -453,6 +509,42 @@ model = "m"
             e.contains("deployments[0].api_key_env") && e.contains("NOPE"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn store_section() {
+        let c = parse(&format!("{BASE}\n[store]\npath = \"data/s.db\"\n")).unwrap();
+        let s = c.store.expect("a store");
+        assert_eq!(s.path, Path::new("/x/data/s.db"));
+        assert_eq!(s.options, StoreOptions::default());
+        let c = parse(&format!(
+            "{BASE}\n[store]\npath = \"/abs.db\"\nmax_bytes = 1000\non_full = \"evict_oldest\"\nsynchronous = \"normal\"\n"
+        ))
+        .unwrap();
+        let s = c.store.expect("a store");
+        assert_eq!(s.path, Path::new("/abs.db"));
+        assert_eq!(
+            s.options,
+            StoreOptions {
+                max_bytes: 1000,
+                on_full: OnFull::EvictOldest,
+                synchronous: Synchronous::Normal
+            }
+        );
+        assert!(parse(BASE).unwrap().store.is_none());
+        for (extra, key) in [
+            ("path = \"\"", "store.path"),
+            ("path = \"a\"\nmax_bytes = 0", "store.max_bytes"),
+            ("path = \"a\"\non_full = \"drop\"", "store.on_full"),
+            ("path = \"a\"\nsynchronous = \"off\"", "store.synchronous"),
+            ("path = \"a\"\nmax_size = 1", "max_size"),
+            ("max_bytes = 1", "path"),
+        ] {
+            let e = parse(&format!("{BASE}\n[store]\n{extra}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("test.toml") && e.contains(key), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -11,7 +11,12 @@
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `POST /v1/chat/completions` | routed or bypassed chat completion, JSON or `stream: true` SSE |
+//! | `POST /v1/chat/completions` | routed or bypassed chat completion, JSON or `stream: true` SSE; `store: true` keeps it |
+//! | `GET /v1/chat/completions` | the caller's stored completions; query `model`, `metadata[KEY]=VALUE` (repeatable), `after`, `limit` (1–100, default 20), `order` (`asc`, default, or `desc`) |
+//! | `GET /v1/chat/completions/{id}` | one stored completion: the response with `metadata` and a `router` object (model, deployment, decision, usage, estimated cost, latency) |
+//! | `GET /v1/chat/completions/{id}/messages` | its request messages (ids `{id}-{index}`); query `after`, `limit`, `order` |
+//! | `POST /v1/chat/completions/{id}` | `{"metadata": {...}}` replaces its metadata; returns the updated completion |
+//! | `DELETE /v1/chat/completions/{id}` | deletes it: `{"object": "chat.completion.deleted", "id", "deleted": true}` |
 //! | `POST /openai/deployments/{deployment}/chat/completions` | the same, Azure-style; `{deployment}` is the router's name or a model |
 //! | `POST /v1/route` | the decision only (JSON), nothing sent upstream |
 //! | `GET /v1/models` | the router's name and the deployed catalog models |
@@ -22,7 +27,40 @@
 //! override the routing (a body field `router: {mode, band, subset}` wins over them);
 //! `x-router-explain: true` returns the decision as compact JSON in the response header
 //! `x-router-decision`; `x-ms-spillover-deployment` names the spillover deployment. Response
-//! headers: `x-router-model`, `x-router-deployment`, `x-ms-spillover-from-deployment`.
+//! headers: `x-router-model`, `x-router-deployment`, `x-ms-spillover-from-deployment`,
+//! `x-router-store`.
+//!
+//! # Stored completions
+//!
+//! With a `[store]` section (`path`, `max_bytes`, `on_full`, `synchronous`; see
+//! [`StoreConfig`] and the `router-store` crate), a chat request with `"store": true` and
+//! optional `"metadata"` (OpenAI's limits: 16 keys, keys ≤ 64 characters, values ≤ 512) is
+//! kept with its response, the decision (`null` when the request named a model), the model and
+//! deployment that answered, the usage, the cost (the catalog's prices × the reported usage,
+//! else the decision's estimate) and the latency (request to answer, ms).
+//!
+//! - **Acknowledged means stored.** A JSON answer is sent only after the record is committed;
+//!   the response header `x-router-store` then says `stored <id>` (the body's `id` is the
+//!   stored id). A stream is forwarded chunk by chunk, assembled as it passes (content,
+//!   refusal, tool calls, usage when `stream_options.include_usage`), and stored when the
+//!   backend ends it: the `data: [DONE]` line is held back until the commit, followed by an SSE
+//!   comment `: x-router-store: <outcome>` (clients ignore comments). The stream's header says
+//!   `x-router-store: pending`. A stream that breaks off, or whose client goes away, is not
+//!   stored.
+//! - **A full or failing store never fails the request**: the answer is sent with
+//!   `x-router-store: refused: <reason>` (the store is full and `on_full = "refuse"`) or
+//!   `failed: <reason>`, and `model_router_store_total{result}` counts stored, refused, failed
+//!   and skipped (an upstream error status: nothing to store). Invalid metadata, a non-boolean
+//!   `store`, or `store: true` on a server without `[store]` is a 400 before anything is sent
+//!   upstream.
+//! - **`store` and `metadata` are not forwarded.** The router is the store the client asked
+//!   for: if `store: true` went through, OpenAI (and Azure OpenAI) would keep a second copy
+//!   of the conversation on their side, and strict OpenAI-compatible backends reject fields
+//!   they do not know (Mistral's API answers 422 `extra_forbidden`).
+//! - **Records belong to the API key that stored them** (a SHA-256 of it is stored, never the
+//!   key); another key gets 404 for them, and lists only its own. Without proxy keys every
+//!   record belongs to one anonymous owner.
+//! - Store calls run on tokio's blocking pool (`spawn_blocking`), never on the async workers.
 //!
 //! # Design
 //!
@@ -40,11 +78,13 @@ mod chat;
 mod config;
 mod error;
 mod metrics;
+mod stored;
 mod worker;
 
 pub use app::{build_app, run, run_blocking, start, AppState, RunningServer};
 pub use chat::{analyse, overrides, Conversation, Overrides};
-pub use config::{ServerConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_ROUTER_NAME};
+pub use config::{ServerConfig, StoreConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_ROUTER_NAME};
 pub use error::{ApiError, ServerError};
 pub use metrics::Metrics;
+pub use router_store;
 pub use worker::{ScoreError, Scorer};

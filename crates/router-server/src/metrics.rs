@@ -65,6 +65,8 @@ struct Inner {
     routing: Histogram,
     upstream: BTreeMap<String, Histogram>,
     reroutes: u64,
+    store: BTreeMap<&'static str, u64>,
+    evicted: u64,
 }
 
 /// The server's metrics.
@@ -82,6 +84,8 @@ impl Default for Metrics {
                 routing: Histogram::new(ROUTING_BUCKETS),
                 upstream: BTreeMap::new(),
                 reroutes: 0,
+                store: BTreeMap::new(),
+                evicted: 0,
             }),
         }
     }
@@ -136,6 +140,18 @@ impl Metrics {
         self.lock().reroutes += 1;
     }
 
+    /// Counts one `"store": true` request by result: `stored`, `refused` (the store is full),
+    /// `failed` (a storage error) or `skipped` (no answer to store: an upstream error status or
+    /// a broken stream).
+    pub fn store(&self, result: &'static str) {
+        *self.lock().store.entry(result).or_insert(0) += 1;
+    }
+
+    /// Counts records evicted to make room (`on_full = "evict_oldest"`).
+    pub fn store_evicted(&self, n: u64) {
+        self.lock().evicted += n;
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let inner = self.lock();
@@ -164,6 +180,16 @@ impl Metrics {
         out.push_str("# HELP model_router_reroutes_total Decisions re-run because the chosen model was saturated.\n");
         out.push_str("# TYPE model_router_reroutes_total counter\n");
         let _ = writeln!(out, "model_router_reroutes_total {}", inner.reroutes);
+        out.push_str("# HELP model_router_store_total Requests with store: true by result (stored, refused, failed, skipped).\n");
+        out.push_str("# TYPE model_router_store_total counter\n");
+        for (result, n) in &inner.store {
+            let _ = writeln!(out, "model_router_store_total{{result=\"{result}\"}} {n}");
+        }
+        out.push_str(
+            "# HELP model_router_store_evicted_total Stored completions evicted to make room.\n",
+        );
+        out.push_str("# TYPE model_router_store_evicted_total counter\n");
+        let _ = writeln!(out, "model_router_store_evicted_total {}", inner.evicted);
         out.push_str("# HELP model_router_routing_seconds Time to decide (scoring and policy).\n");
         out.push_str("# TYPE model_router_routing_seconds histogram\n");
         inner
@@ -196,7 +222,20 @@ mod tests {
         m.routing(Duration::from_millis(2));
         m.upstream("d", Duration::from_millis(70));
         m.cost("a", 0.5);
+        m.store("refused");
+        m.store("stored");
+        m.store("stored");
+        m.store_evicted(3);
         let t = m.render();
+        assert!(
+            t.contains("model_router_store_total{result=\"stored\"} 2"),
+            "{t}"
+        );
+        assert!(
+            t.contains("model_router_store_total{result=\"refused\"} 1"),
+            "{t}"
+        );
+        assert!(t.contains("model_router_store_evicted_total 3"), "{t}");
         assert!(t.contains("model_router_requests_total{model=\"a\\\"b\",mode=\"balanced\",status=\"200\",spillover=\"false\"} 2"), "{t}");
         assert!(
             t.contains("model_router_routing_seconds_bucket{le=\"0.0025\"} 1"),

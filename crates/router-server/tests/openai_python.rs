@@ -148,3 +148,97 @@ async fn official_openai_python_client() {
     assert_eq!(result["content"], "hello");
     assert_eq!(result["stream"], "one two three");
 }
+
+const STORED_SCRIPT: &str = r#"
+import json, sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="proxy-key", max_retries=0, timeout=20)
+ids = []
+for i in range(3):
+    r = client.chat.completions.create(model="model-router", store=True, metadata={"task": "t", "i": str(i)},
+        messages=[{"role": "user", "content": f"Q{i}"}])
+    ids.append(r.id)
+s = client.chat.completions.create(model="model-router", stream=True, store=True, metadata={"task": "s"},
+    messages=[{"role": "user", "content": "Count to three."}])
+text = "".join(c.choices[0].delta.content or "" for c in s if c.choices)
+listed = [c.id for c in client.chat.completions.list(metadata={"task": "t"}, limit=2)]
+one = client.chat.completions.retrieve(ids[0])
+msgs = [(m.id, m.content) for m in client.chat.completions.messages.list(ids[1])]
+updated = client.chat.completions.update(ids[2], metadata={"task": "u"})
+deleted = client.chat.completions.delete(ids[0])
+left = [c.id for c in client.chat.completions.list(order="desc")]
+streamed = list(client.chat.completions.list(metadata={"task": "s"}))
+print(json.dumps({"ids": ids, "listed": listed, "one_id": one.id, "one": one.choices[0].message.content,
+    "one_metadata": getattr(one, "metadata", None), "msgs": msgs, "updated": getattr(updated, "metadata", None),
+    "deleted": [deleted.id, deleted.deleted], "left": left, "stream": text,
+    "streamed": [c.choices[0].message.content for c in streamed]}))
+"#;
+
+/// The OpenAI SDK's stored-completions calls (`list` with auto-pagination, `retrieve`,
+/// `messages.list`, `update`, `delete`) against the server's `[store]`. The mock backend reuses
+/// one id for every answer, so the store gives each record a fresh one and the client sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_python_client_stored_completions() {
+    let python = match tokio::task::spawn_blocking(venv_python).await.unwrap() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED official_openai_python_client_stored_completions: {why}");
+            return;
+        }
+    };
+    let (mock, mock_task) = mock_backend().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\napi_keys_env = \"KEYS\"\n[router]\nbundle = \"{}\"\n\
+         [[models]]\nname = \"gpt-4-1106-preview\"\ninput_price = 1.0\noutput_price = 1.0\ncontext_window = 32000\ndeployments = [\"d\"]\n\
+         [[deployments]]\nname = \"d\"\nkind = \"openai\"\nbase_url = \"http://{mock}/v1\"\nmodel = \"up\"\n\
+         [store]\npath = \"stored.db\"\n",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/routerbench")
+            .display()
+    );
+    let config = router_server::ServerConfig::from_toml_str(&text, "py.toml", dir.path(), |v| {
+        (v == "KEYS").then(|| "proxy-key".into())
+    })
+    .unwrap();
+    let server = router_server::start(config).await.unwrap();
+    let base = format!("http://{}/v1", server.local_addr());
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || {
+            Command::new(python)
+                .args(["-c", STORED_SCRIPT, &base])
+                .output()
+        }),
+    )
+    .await
+    .expect("python finished in time")
+    .unwrap()
+    .expect("python runs");
+    server.shutdown(Duration::from_secs(2)).await;
+    mock_task.abort();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON from the script");
+    let ids: Vec<String> = serde_json::from_value(r["ids"].clone()).unwrap();
+    assert_eq!(ids[0], "x", "the first answer keeps the backend's id");
+    assert!(
+        ids[1] != "x" && ids[2] != "x" && ids[1] != ids[2],
+        "{ids:?}"
+    );
+    assert_eq!(r["listed"], json!(ids), "auto-pagination over pages of 2");
+    assert_eq!(r["one_id"], ids[0]);
+    assert_eq!(r["one"], "hello");
+    assert_eq!(r["one_metadata"], json!({"task": "t", "i": "0"}));
+    assert_eq!(r["msgs"], json!([[format!("{}-0", ids[1]), "Q1"]]));
+    assert_eq!(r["updated"], json!({"task": "u"}));
+    assert_eq!(r["deleted"], json!([ids[0], true]));
+    assert_eq!(r["stream"], "one two three");
+    assert_eq!(r["streamed"], json!(["one two three"]));
+    let left: Vec<String> = serde_json::from_value(r["left"].clone()).unwrap();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert_eq!(left[1..], [ids[2].clone(), ids[1].clone()], "newest first");
+}

@@ -1,0 +1,867 @@
+//! Stored completions in the server: the `store` and `metadata` request fields, persisting an
+//! answer (a JSON body, or one assembled from a stream), and the stored-completions API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::Json;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
+use router_policy::estimated_cost;
+use router_store::{
+    openai_list, Completion, Inserted, ListQuery, MessageQuery, Metadata, NewCompletion, Order,
+    Store, StoreError, Usage,
+};
+use serde_json::{json, Map, Value};
+
+use crate::app::{parse_body, AppState, Caller};
+use crate::ApiError;
+
+/// What a `"store": true` request asked for, carried until its answer is complete.
+pub(crate) struct StoreJob {
+    pub owner: String,
+    pub metadata: Metadata,
+    /// The request body as forwarded (without `store`, `metadata` and `router`).
+    pub request: Map<String, Value>,
+    /// The routing decision (JSON); `None` for a request that named its model.
+    pub decision: Option<Value>,
+    pub started: Instant,
+}
+
+/// What became of a `"store": true` request.
+pub(crate) enum Outcome {
+    Stored(Inserted),
+    Refused(String),
+    Failed(String),
+    Skipped(String),
+}
+
+impl Outcome {
+    /// The `x-router-store` value: `stored`, `refused: ...`, `failed: ...`, `skipped: ...`
+    /// (visible ASCII only).
+    pub fn header_value(&self) -> String {
+        let text = match self {
+            Outcome::Stored(i) => format!("stored {}", i.id),
+            Outcome::Refused(why) => format!("refused: {why}"),
+            Outcome::Failed(why) => format!("failed: {why}"),
+            Outcome::Skipped(why) => format!("skipped: {why}"),
+        };
+        text.chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect()
+    }
+
+    fn metric(&self) -> &'static str {
+        match self {
+            Outcome::Stored(_) => "stored",
+            Outcome::Refused(_) => "refused",
+            Outcome::Failed(_) => "failed",
+            Outcome::Skipped(_) => "skipped",
+        }
+    }
+}
+
+/// Takes `store` and `metadata` out of the body (they are the router's: never forwarded).
+/// Invalid metadata, a non-boolean `store`, or `store: true` without a configured store is a
+/// 400. Returns the metadata when the request is to be stored.
+pub(crate) fn take_store_fields(
+    body: &mut Map<String, Value>,
+    configured: bool,
+) -> Result<Option<Metadata>, ApiError> {
+    let store = match body.remove("store") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`store` must be a boolean",
+                Some("store"),
+            ))
+        }
+    };
+    let metadata = match body.remove("metadata") {
+        None => Metadata::default(),
+        Some(value) => Metadata::from_json(&value).map_err(|e| {
+            ApiError::invalid(e.to_string(), Some("metadata")).code("invalid_metadata")
+        })?,
+    };
+    if store && !configured {
+        return Err(ApiError::invalid(
+            "`store: true` but this server stores no completions: its config has no [store] section",
+            Some("store"),
+        )
+        .code("store_not_configured"));
+    }
+    Ok(store.then_some(metadata))
+}
+
+/// Stores an answer (committed before it returns) and counts the outcome.
+pub(crate) async fn persist(
+    state: &AppState,
+    job: StoreJob,
+    response: Value,
+    model: &str,
+    deployment: &str,
+    fallback_cost: f64,
+) -> Outcome {
+    let Some(store) = state.store().cloned() else {
+        return Outcome::Failed("no store configured".into());
+    };
+    let usage = Usage::from_response(&response);
+    // The catalog's prices × the tokens the backend reported; else the decision's estimate.
+    let cost = usage
+        .and_then(|u| {
+            state
+                .policy()
+                .catalog()
+                .get(model)
+                .map(|spec| estimated_cost(spec, u.prompt_tokens, u.completion_tokens))
+        })
+        .unwrap_or(fallback_cost);
+    let record = NewCompletion {
+        id: response
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        owner: job.owner,
+        // When the answer was complete (OpenAI's `created`); lists sort by it.
+        created_at_ms: router_store::now_ms(),
+        request: job.request,
+        response,
+        metadata: job.metadata,
+        decision: job.decision,
+        model: model.to_string(),
+        deployment: deployment.to_string(),
+        usage,
+        cost_usd: cost,
+        latency_ms: u64::try_from(job.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    let outcome = match tokio::task::spawn_blocking(move || store.insert(record)).await {
+        Ok(Ok(inserted)) => {
+            if inserted.evicted > 0 {
+                state.metrics().store_evicted(inserted.evicted);
+            }
+            Outcome::Stored(inserted)
+        }
+        Ok(Err(e)) if e.is_full() => Outcome::Refused(e.to_string()),
+        Ok(Err(e)) => Outcome::Failed(e.to_string()),
+        Err(e) => Outcome::Failed(format!("the store task failed: {e}")),
+    };
+    state.metrics().store(outcome.metric());
+    outcome
+}
+
+/// Counts a `"store": true` request that had nothing to store.
+pub(crate) fn skipped(state: &AppState, why: String) -> Outcome {
+    state.metrics().store("skipped");
+    Outcome::Skipped(why)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+#[derive(Default)]
+struct ToolCall {
+    id: Option<String>,
+    kind: Option<String>,
+    name: String,
+    arguments: String,
+}
+
+#[derive(Default)]
+struct Choice {
+    role: Option<String>,
+    content: Option<String>,
+    refusal: Option<String>,
+    tool_calls: BTreeMap<u64, ToolCall>,
+    finish_reason: Option<Value>,
+}
+
+/// Reads an OpenAI chat-completions SSE stream as it passes: assembles the final message and
+/// holds back the `data: [DONE]` line (and whatever follows it) until the record is stored.
+#[derive(Default)]
+pub(crate) struct SseAssembler {
+    line: Vec<u8>,
+    data: String,
+    holding: bool,
+    held: Vec<u8>,
+    chunks: usize,
+    id: Option<String>,
+    created: Option<Value>,
+    system_fingerprint: Option<Value>,
+    choices: BTreeMap<u64, Choice>,
+    usage: Option<Value>,
+    error: Option<String>,
+}
+
+fn push_str(slot: &mut Option<String>, text: Option<&str>) {
+    if let Some(text) = text {
+        slot.get_or_insert_with(String::new).push_str(text);
+    }
+}
+
+impl SseAssembler {
+    /// Reads `chunk` and returns the part to forward now: all of it, except from the start of
+    /// a `data: [DONE]` line on (held until [`SseAssembler::finish`]).
+    pub fn feed(&mut self, chunk: Bytes) -> Bytes {
+        if self.holding {
+            self.held.extend_from_slice(&chunk);
+            return Bytes::new();
+        }
+        let mut line_start = 0;
+        for (i, &b) in chunk.iter().enumerate() {
+            if b == b'\n' {
+                let mut line = std::mem::take(&mut self.line);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                if self.on_line(&line) {
+                    self.holding = true;
+                    self.held.extend_from_slice(&chunk[line_start..]);
+                    return chunk.slice(..line_start);
+                }
+                line_start = i + 1;
+            } else {
+                self.line.push(b);
+            }
+        }
+        chunk
+    }
+
+    /// The end of the stream: reads what is left and returns the held bytes.
+    pub fn finish(&mut self) -> Bytes {
+        if !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            self.on_line(&line);
+        }
+        self.dispatch();
+        Bytes::from(std::mem::take(&mut self.held))
+    }
+
+    /// One line; true for `data: [DONE]`.
+    fn on_line(&mut self, line: &[u8]) -> bool {
+        if line.is_empty() {
+            self.dispatch();
+            return false;
+        }
+        let Ok(text) = std::str::from_utf8(line) else {
+            return false;
+        };
+        if let Some(rest) = text.strip_prefix("data:") {
+            let rest = rest.strip_prefix(' ').unwrap_or(rest);
+            if rest.trim() == "[DONE]" {
+                self.dispatch();
+                return true;
+            }
+            if !self.data.is_empty() {
+                self.data.push('\n');
+            }
+            self.data.push_str(rest);
+        }
+        false
+    }
+
+    fn dispatch(&mut self) {
+        if self.data.is_empty() {
+            return;
+        }
+        let data = std::mem::take(&mut self.data);
+        if let Ok(value) = serde_json::from_str::<Value>(&data) {
+            self.absorb(&value);
+        }
+    }
+
+    fn absorb(&mut self, chunk: &Value) {
+        if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+            self.error = Some(error.to_string());
+            return;
+        }
+        self.chunks += 1;
+        if self.id.is_none() {
+            self.id = chunk.get("id").and_then(Value::as_str).map(str::to_string);
+        }
+        if self.created.is_none() {
+            self.created = chunk.get("created").cloned();
+        }
+        if self.system_fingerprint.is_none() {
+            self.system_fingerprint = chunk
+                .get("system_fingerprint")
+                .filter(|v| !v.is_null())
+                .cloned();
+        }
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(usage.clone());
+        }
+        for choice in chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let acc = self.choices.entry(index).or_default();
+            if let Some(delta) = choice.get("delta") {
+                if let Some(role) = delta.get("role").and_then(Value::as_str) {
+                    acc.role = Some(role.to_string());
+                }
+                push_str(
+                    &mut acc.content,
+                    delta.get("content").and_then(Value::as_str),
+                );
+                push_str(
+                    &mut acc.refusal,
+                    delta.get("refusal").and_then(Value::as_str),
+                );
+                for call in delta
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let i = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    let t = acc.tool_calls.entry(i).or_default();
+                    if let Some(id) = call.get("id").and_then(Value::as_str) {
+                        t.id = Some(id.to_string());
+                    }
+                    if let Some(kind) = call.get("type").and_then(Value::as_str) {
+                        t.kind = Some(kind.to_string());
+                    }
+                    if let Some(f) = call.get("function") {
+                        t.name
+                            .push_str(f.get("name").and_then(Value::as_str).unwrap_or(""));
+                        t.arguments
+                            .push_str(f.get("arguments").and_then(Value::as_str).unwrap_or(""));
+                    }
+                }
+            }
+            if let Some(reason) = choice.get("finish_reason").filter(|r| !r.is_null()) {
+                acc.finish_reason = Some(reason.clone());
+            }
+        }
+    }
+
+    /// The assembled `chat.completion`, or why there is none.
+    pub fn assemble(&self, model: &str) -> Result<Value, String> {
+        if let Some(error) = &self.error {
+            return Err(format!("the stream carried an error: {error}"));
+        }
+        if self.chunks == 0 {
+            return Err("the stream had no chunks".into());
+        }
+        let choices: Vec<Value> = self
+            .choices
+            .iter()
+            .map(|(index, c)| {
+                let mut message = Map::new();
+                message.insert(
+                    "role".into(),
+                    Value::String(c.role.clone().unwrap_or_else(|| "assistant".into())),
+                );
+                message.insert(
+                    "content".into(),
+                    c.content.clone().map_or(Value::Null, Value::String),
+                );
+                if let Some(refusal) = &c.refusal {
+                    message.insert("refusal".into(), Value::String(refusal.clone()));
+                }
+                if !c.tool_calls.is_empty() {
+                    let calls: Vec<Value> = c
+                        .tool_calls
+                        .values()
+                        .map(|t| {
+                            json!({"id": t.id, "type": t.kind.clone().unwrap_or_else(|| "function".into()),
+                                "function": {"name": t.name, "arguments": t.arguments}})
+                        })
+                        .collect();
+                    message.insert("tool_calls".into(), Value::Array(calls));
+                }
+                json!({"index": index, "message": message,
+                    "finish_reason": c.finish_reason.clone().unwrap_or(Value::Null)})
+            })
+            .collect();
+        let mut object = json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created.clone().unwrap_or(Value::Null),
+            "model": model,
+            "choices": choices,
+            "usage": self.usage.clone().unwrap_or(Value::Null),
+        });
+        if let (Some(fp), Value::Object(o)) = (&self.system_fingerprint, &mut object) {
+            o.insert("system_fingerprint".into(), fp.clone());
+        }
+        Ok(object)
+    }
+}
+
+struct Tap {
+    state: Arc<AppState>,
+    upstream: BoxStream<'static, Result<Bytes, reqwest::Error>>,
+    sse: SseAssembler,
+    job: StoreJob,
+    model: String,
+    deployment: String,
+    cost: f64,
+}
+
+/// Forwards a stream chunk by chunk while assembling it; at its end stores the record, then
+/// sends the held `data: [DONE]` and an SSE comment `: x-router-store: <outcome>`. A stream
+/// that breaks off, or a client that goes away, stores nothing.
+pub(crate) fn tap(
+    state: Arc<AppState>,
+    upstream: BoxStream<'static, Result<Bytes, reqwest::Error>>,
+    job: StoreJob,
+    model: String,
+    deployment: String,
+    cost: f64,
+) -> impl Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static {
+    let tap = Tap {
+        state,
+        upstream,
+        sse: SseAssembler::default(),
+        job,
+        model,
+        deployment,
+        cost,
+    };
+    futures_util::stream::unfold(Some(tap), |tap| async move {
+        let mut tap = tap?;
+        loop {
+            match tap.upstream.next().await {
+                Some(Ok(chunk)) => {
+                    let now = tap.sse.feed(chunk);
+                    if !now.is_empty() {
+                        return Some((Ok(now), Some(tap)));
+                    }
+                }
+                Some(Err(e)) => {
+                    skipped(&tap.state, "the stream broke off".into());
+                    return Some((Err(e), None));
+                }
+                None => {
+                    let held = tap.sse.finish();
+                    let outcome = match tap.sse.assemble(&tap.model) {
+                        Ok(response) => {
+                            persist(
+                                &tap.state,
+                                tap.job,
+                                response,
+                                &tap.model,
+                                &tap.deployment,
+                                tap.cost,
+                            )
+                            .await
+                        }
+                        Err(why) => skipped(&tap.state, why),
+                    };
+                    let mut out = held.to_vec();
+                    out.extend_from_slice(
+                        format!(": x-router-store: {}\n\n", outcome.header_value()).as_bytes(),
+                    );
+                    return Some((Ok(Bytes::from(out)), None));
+                }
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stored-completions API
+
+/// Maps a store error to the API error.
+pub(crate) fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::InvalidQuery { param, .. } => ApiError::invalid(e.to_string(), Some(param)),
+        StoreError::Metadata(_) => {
+            ApiError::invalid(e.to_string(), Some("metadata")).code("invalid_metadata")
+        }
+        StoreError::Full { .. } | StoreError::TooLarge { .. } => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "server_error",
+            e.to_string(),
+        )
+        .code("store_full"),
+        other => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            other.to_string(),
+        )
+        .code("store_error"),
+    }
+}
+
+fn not_configured() -> ApiError {
+    ApiError::invalid(
+        "stored completions are off: this server's config has no [store] section",
+        None,
+    )
+    .code("store_not_configured")
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("No stored chat completion found with id `{id}`."),
+    )
+    .code("not_found")
+}
+
+/// Runs `f` on the store off the async runtime.
+async fn blocking<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = state.store().cloned().ok_or_else(not_configured)?;
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                format!("the store task failed: {e}"),
+            )
+        })?
+        .map_err(store_error)
+}
+
+#[derive(Default)]
+struct Query {
+    model: Option<String>,
+    metadata: Vec<(String, String)>,
+    after: Option<String>,
+    limit: Option<usize>,
+    order: Order,
+}
+
+/// Reads `after`, `limit`, `order`, and with `filters` also `model` and `metadata[KEY]=VALUE`.
+fn parse_query(raw: Option<&str>, filters: bool) -> Result<Query, ApiError> {
+    let mut q = Query::default();
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "after" => q.after = Some(value.into_owned()),
+            "limit" => {
+                q.limit = Some(value.parse::<usize>().map_err(|_| {
+                    ApiError::invalid(
+                        format!("`limit` must be an integer between 1 and 100, got `{value}`"),
+                        Some("limit"),
+                    )
+                })?)
+            }
+            "order" => q.order = value.parse().map_err(store_error)?,
+            "model" if filters => q.model = Some(value.into_owned()),
+            k if filters && k.starts_with("metadata[") && k.ends_with(']') && k.len() > 10 => {
+                let name = &k["metadata[".len()..k.len() - 1];
+                if q.metadata.iter().any(|(n, _)| n == name) {
+                    return Err(ApiError::invalid(
+                        format!("`metadata[{name}]` is given twice"),
+                        Some("metadata"),
+                    ));
+                }
+                q.metadata.push((name.to_string(), value.into_owned()));
+            }
+            other => {
+                let expected = if filters {
+                    "model, metadata[KEY], after, limit, order"
+                } else {
+                    "after, limit, order"
+                };
+                return Err(ApiError::invalid(
+                    format!("unknown query parameter `{other}` (expected {expected})"),
+                    Some(other),
+                ));
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// `GET /v1/chat/completions`: the caller's stored completions.
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = parse_query(raw.as_deref(), true)?;
+    let query = ListQuery {
+        owner: Some(caller.0),
+        model: q.model,
+        metadata: q.metadata,
+        after: q.after,
+        limit: q.limit,
+        order: q.order,
+    };
+    let page = blocking(&state, move |s| s.list(&query)).await?;
+    let data = page.data.iter().map(Completion::to_openai).collect();
+    Ok(Json(openai_list(data, page.has_more)))
+}
+
+/// `GET /v1/chat/completions/{id}`.
+pub(crate) async fn get_one(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = id.clone();
+    let found = blocking(&state, move |s| s.get(Some(&caller.0), &key)).await?;
+    found
+        .map(|c| Json(c.to_openai()))
+        .ok_or_else(|| not_found(&id))
+}
+
+/// `GET /v1/chat/completions/{id}/messages`: the request messages, paged.
+pub(crate) async fn messages(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = parse_query(raw.as_deref(), false)?;
+    let query = MessageQuery {
+        after: q.after,
+        limit: q.limit,
+        order: q.order,
+    };
+    let key = id.clone();
+    let page = blocking(&state, move |s| s.messages(Some(&caller.0), &key, &query)).await?;
+    let page = page.ok_or_else(|| not_found(&id))?;
+    Ok(Json(openai_list(page.data, page.has_more)))
+}
+
+/// `POST /v1/chat/completions/{id}` with `{"metadata": {...}}`: replaces the metadata.
+pub(crate) async fn update(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = parse_body(body)?;
+    if let Some(other) = body.keys().find(|k| k.as_str() != "metadata") {
+        return Err(ApiError::invalid(
+            format!("unknown parameter `{other}`: only `metadata` can be modified"),
+            Some(other),
+        ));
+    }
+    let Some(value) = body.get("metadata") else {
+        return Err(ApiError::invalid(
+            "missing required parameter: `metadata`",
+            Some("metadata"),
+        ));
+    };
+    let metadata = Metadata::from_json(value)
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("metadata")).code("invalid_metadata"))?;
+    let key = id.clone();
+    let updated = blocking(&state, move |s| {
+        s.update_metadata(Some(&caller.0), &key, &metadata)
+    })
+    .await?;
+    updated
+        .map(|c| Json(c.to_openai()))
+        .ok_or_else(|| not_found(&id))
+}
+
+/// `DELETE /v1/chat/completions/{id}`.
+pub(crate) async fn delete(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = id.clone();
+    if blocking(&state, move |s| s.delete(Some(&caller.0), &key)).await? {
+        Ok(Json(
+            json!({"object": "chat.completion.deleted", "id": id, "deleted": true}),
+        ))
+    } else {
+        Err(not_found(&id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed_all(sse: &mut SseAssembler, chunks: &[&str]) -> String {
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(&sse.feed(Bytes::from(c.to_string())));
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn assembles_content_tools_and_usage_and_holds_done() {
+        let mut sse = SseAssembler::default();
+        let c = |delta: &str, extra: &str| {
+            format!(
+                r#"data: {{"id":"c9","created":7,"model":"up","choices":[{{"index":0,"delta":{delta},"finish_reason":{extra}}}]}}"#
+            )
+        };
+        let chunks = [
+            format!("{}\n\n", c(r#"{"role":"assistant","content":"Hel"}"#, "null")),
+            format!("{}\n", c(r#"{"content":"lo"}"#, "null")),
+            "\n".to_string(),
+            format!("{}\n\n", c(r#"{"tool_calls":[{"index":0,"id":"t1","type":"function","function":{"name":"f","arguments":"{\"a\""}}]}"#, "null")),
+            format!("{}\n\n", c(r#"{"tool_calls":[{"index":0,"function":{"arguments":":1}"}}]}"#, r#""tool_calls""#)),
+            r#"data: {"id":"c9","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#.to_string() + "\n\ndata: [DO",
+            "NE]\n\n".to_string(),
+        ];
+        let refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
+        let forwarded = feed_all(&mut sse, &refs);
+        // Everything went through except the end of the [DONE] line, which completes it.
+        assert!(forwarded.ends_with("\n\ndata: [DO"), "{forwarded:?}");
+        assert!(forwarded.contains("prompt_tokens"));
+        let held = sse.finish();
+        assert_eq!(&held[..], b"NE]\n\n");
+        // A [DONE] line that arrives whole is held whole.
+        let mut whole = SseAssembler::default();
+        let out = feed_all(
+            &mut whole,
+            &[&format!(
+                "{}\n\ndata: [DONE]\n\n",
+                c(r#"{"content":"x"}"#, "null")
+            )],
+        );
+        assert!(out.ends_with("}\n\n") && !out.contains("DONE"), "{out:?}");
+        assert_eq!(&whole.finish()[..], b"data: [DONE]\n\n");
+        let v = sse.assemble("chosen").unwrap();
+        assert_eq!(v["id"], "c9");
+        assert_eq!(v["model"], "chosen");
+        assert_eq!(v["created"], 7);
+        assert_eq!(v["choices"][0]["message"]["content"], "Hello");
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(v["usage"]["total_tokens"], 5);
+    }
+
+    #[test]
+    fn done_split_mid_line_holds_the_rest() {
+        let mut sse = SseAssembler::default();
+        let out = feed_all(
+            &mut sse,
+            &["data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: [DONE]", "\n\n"],
+        );
+        // The [DONE] line was complete only with the second chunk, so the whole line is held
+        // from its start in the first chunk... which was already forwarded up to "data: [DONE]".
+        assert!(out.ends_with("data: [DONE]"), "{out:?}");
+        assert_eq!(&sse.finish()[..], b"\n\n");
+        assert!(sse.assemble("m").is_ok());
+    }
+
+    #[test]
+    fn errors_and_empty_streams_are_not_stored() {
+        let mut sse = SseAssembler::default();
+        feed_all(&mut sse, &["data: {\"error\":{\"message\":\"boom\"}}\n\n"]);
+        sse.finish();
+        assert!(sse.assemble("m").unwrap_err().contains("boom"));
+        let mut sse = SseAssembler::default();
+        sse.finish();
+        assert!(sse.assemble("m").is_err());
+    }
+
+    #[test]
+    fn store_fields_are_taken_out() {
+        let mut body = json!({"model": "m", "store": true, "metadata": {"a": "b"}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let m = take_store_fields(&mut body, true).unwrap().unwrap();
+        assert_eq!(m.get("a"), Some("b"));
+        assert!(!body.contains_key("store") && !body.contains_key("metadata"));
+        let mut body = json!({"store": true}).as_object().cloned().unwrap();
+        let e = take_store_fields(&mut body, false).unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.code),
+            (400, Some("store_not_configured"))
+        );
+        let mut body = json!({"metadata": {"a": 1}}).as_object().cloned().unwrap();
+        assert_eq!(
+            take_store_fields(&mut body, true)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("metadata")
+        );
+        let mut body = json!({"store": "yes"}).as_object().cloned().unwrap();
+        assert_eq!(
+            take_store_fields(&mut body, true)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("store")
+        );
+        let mut body = json!({"metadata": {"a": "b"}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        assert!(take_store_fields(&mut body, false).unwrap().is_none());
+        assert!(
+            body.is_empty(),
+            "metadata is not forwarded without store either"
+        );
+    }
+
+    #[test]
+    fn query_parsing() {
+        let q = parse_query(
+            Some("model=m&metadata%5Btask%5D=a%20b&metadata[u]=1&after=x&limit=5&order=desc"),
+            true,
+        )
+        .unwrap();
+        assert_eq!(q.model.as_deref(), Some("m"));
+        assert_eq!(
+            q.metadata,
+            vec![
+                ("task".to_string(), "a b".to_string()),
+                ("u".into(), "1".into())
+            ]
+        );
+        assert_eq!(
+            (q.after.as_deref(), q.limit, q.order),
+            (Some("x"), Some(5), Order::Desc)
+        );
+        assert_eq!(
+            parse_query(Some("metadata[a]=1&metadata[a]=2"), true)
+                .err()
+                .and_then(|e| e.param),
+            Some("metadata".into())
+        );
+        assert_eq!(
+            parse_query(Some("limit=ten"), true)
+                .err()
+                .and_then(|e| e.param),
+            Some("limit".into())
+        );
+        assert_eq!(
+            parse_query(Some("order=up"), true)
+                .err()
+                .and_then(|e| e.param),
+            Some("order".into())
+        );
+        assert_eq!(
+            parse_query(Some("model=m"), false)
+                .err()
+                .and_then(|e| e.param),
+            Some("model".into())
+        );
+        assert_eq!(
+            parse_query(Some("colour=red"), true)
+                .err()
+                .and_then(|e| e.param),
+            Some("colour".into())
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! The store's error type.
+
+use std::path::PathBuf;
+
+use crate::MetadataError;
+
+/// What can go wrong storing or querying completions.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file cannot be opened, created or used.
+    #[error("{path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The database's directory cannot be created.
+    #[error("{path}: cannot create the directory: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The database cannot be put in WAL mode (e.g. it lies on a network file system).
+    #[error("{path}: cannot use write-ahead logging (journal_mode is `{mode}`)")]
+    NotWal {
+        /// The database file.
+        path: PathBuf,
+        /// The journal mode SQLite kept.
+        mode: String,
+    },
+    /// The database was written by a newer version of this crate.
+    #[error("{path}: schema version {found}, this build reads up to {supported}")]
+    Schema {
+        /// The database file.
+        path: PathBuf,
+        /// The file's `user_version`.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
+    /// An SQLite error during a query or a write.
+    #[error("store database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored JSON column cannot be read back.
+    #[error("stored completion `{id}`: column `{column}` is not valid JSON: {reason}")]
+    Corrupt {
+        /// The record.
+        id: String,
+        /// The column.
+        column: &'static str,
+        /// The parser's message.
+        reason: String,
+    },
+    /// Invalid metadata.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    /// Storing the record would take the store over `max_bytes` and `on_full` is `refuse`.
+    #[error("store full: {used} of {max} bytes used and the record needs {needed} (on_full = \"refuse\")")]
+    Full {
+        /// Bytes the record needs.
+        needed: u64,
+        /// Bytes in use.
+        used: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// The record alone is larger than `max_bytes`: no eviction can make room for it.
+    #[error("the record needs {needed} bytes, more than the whole store (max_bytes = {max})")]
+    TooLarge {
+        /// Bytes the record needs.
+        needed: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// A query parameter is invalid (a limit out of range, an unknown `after` cursor, ...).
+    #[error("`{param}`: {reason}")]
+    InvalidQuery {
+        /// The parameter, e.g. `limit` or `after`.
+        param: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// An option is invalid (e.g. `max_bytes = 0`).
+    #[error("`{option}`: {reason}")]
+    InvalidOption {
+        /// The option.
+        option: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The record to store is malformed (e.g. the request has no `messages` array).
+    #[error("cannot store: {0}")]
+    InvalidRecord(String),
+    /// Writing an export failed.
+    #[error("writing the export: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+impl StoreError {
+    /// Whether this is the store refusing for lack of room ([`StoreError::Full`] or
+    /// [`StoreError::TooLarge`]) rather than a failure.
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Full { .. } | StoreError::TooLarge { .. })
+    }
+}

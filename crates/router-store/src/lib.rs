@@ -1,0 +1,109 @@
+//! Stored chat completions: an embedded SQLite store with OpenAI's stored-completions queries
+//! and the chat fine-tuning export.
+//!
+//! A server stores a chat request that says `"store": true` together with its response, the
+//! routing decision, the model and deployment that answered, the usage, the estimated cost and
+//! the latency. Clients list, read, re-tag and delete their records through an API that mirrors
+//! OpenAI's stored completions; an operator exports the records matching a filter as the chat
+//! fine-tuning JSONL (`{"messages": [...]}`), the dataset for distilling a cheaper model.
+//!
+//! This crate is synchronous and runtime-free (rusqlite over a bundled SQLite, no async
+//! runtime): an async server calls it from `spawn_blocking`.
+//!
+//! ```
+//! use router_store::{ExportFilter, ListQuery, Metadata, NewCompletion, Store, StoreOptions};
+//! use serde_json::json;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path().join("completions.db"), StoreOptions::default())?;
+//!
+//! let request = json!({"model": "model-router", "messages": [{"role": "user", "content": "2+2?"}]});
+//! let response = json!({"id": "chatcmpl-1", "object": "chat.completion", "model": "small",
+//!     "choices": [{"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}],
+//!     "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}});
+//! let mut record = NewCompletion::new("anonymous", request.as_object().cloned().unwrap_or_default(), response);
+//! record.metadata = Metadata::from_json(&json!({"task": "math", "grade": "1"}))?;
+//! let stored = store.insert(record)?; // committed when it returns
+//! assert_eq!(stored.id, "chatcmpl-1");
+//!
+//! let page = store.list(&ListQuery {
+//!     owner: Some("anonymous".into()),
+//!     metadata: vec![("task".into(), "math".into())],
+//!     ..ListQuery::default()
+//! })?;
+//! assert_eq!(page.data.len(), 1);
+//! assert_eq!(page.data[0].usage.map(|u| u.total_tokens), Some(10));
+//!
+//! let mut jsonl = Vec::new();
+//! let summary = store.export(&ExportFilter { min_grade: Some(0.5), ..ExportFilter::default() }, &mut jsonl)?;
+//! assert_eq!(summary.written, 1);
+//! assert_eq!(
+//!     String::from_utf8(jsonl)?,
+//!     "{\"messages\":[{\"content\":\"2+2?\",\"role\":\"user\"},{\"content\":\"4\",\"role\":\"assistant\"}]}\n"
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Design
+//!
+//! - **Durability.** The database runs in WAL mode and every insert is one `IMMEDIATE`
+//!   transaction that is committed before [`Store::insert`] returns, so a server that answers
+//!   only after `insert` returned never acknowledges a record it could lose. The default
+//!   [`Synchronous::Full`] fsyncs the WAL on every commit: an acknowledged record survives a
+//!   process kill *and* a power loss or OS crash. [`Synchronous::Normal`] skips that fsync
+//!   (faster on slow disks): a record still survives a killed process, since the commit is in
+//!   the WAL file in the OS page cache, but a power loss may drop the last commits.
+//! - **Size cap.** `max_bytes` bounds the bytes of the stored data, counted per record as the
+//!   UTF-8 length of its text columns (id, owner, model, deployment, messages, request,
+//!   response, decision JSON, metadata keys and values) plus [`RECORD_OVERHEAD_BYTES`]. Each
+//!   record keeps its count and a one-row table keeps the total, both updated in the
+//!   transaction that changes the records, so the check is O(1) and exact for that measure.
+//!   SQLite's page count would also be cheap, but it does not shrink when records are deleted
+//!   (free pages are reused, not returned) and so cannot tell whether evicting made room. The
+//!   file is larger than the counted bytes by its indexes and page slack (typically 10–50 %)
+//!   and the WAL (checkpointed at about 4 MiB). When a record does not fit, [`OnFull::Refuse`]
+//!   (the default) fails the insert with [`StoreError::Full`] and [`OnFull::EvictOldest`]
+//!   deletes the oldest records, of any owner, in the same transaction; a record larger than
+//!   the whole cap is [`StoreError::TooLarge`] either way.
+//! - **Owners.** A record belongs to the API key that stored it, kept as [`owner_of_key`] (a
+//!   SHA-256, never the key); a server without keys stores under [`ANONYMOUS_OWNER`]. Queries
+//!   take an optional owner: a server always passes the caller's, the export of an operator
+//!   none (every owner).
+//! - **Ids.** A record is stored under its response's id (`chatcmpl-...`); when the response
+//!   has none, or the id is already taken (backends that reuse ids), under a fresh
+//!   `chatcmpl-` + 24 hex digits, and the stored response's `id` is set to it.
+//! - **Order and pages.** Lists sort by creation time (milliseconds), then insertion order;
+//!   `after` is the last id of the previous page; `limit` is 1 to [`MAX_LIMIT`], default
+//!   [`DEFAULT_LIMIT`]; `order` `asc` (default, as OpenAI) or `desc`.
+//! - **Messages.** As OpenAI's `GET /v1/chat/completions/{id}/messages`, [`Store::messages`]
+//!   returns the *request* messages (the answer is the completion's `choices`), each with an id
+//!   `{completion id}-{index}`, paged like a list.
+//! - **Metadata** follows OpenAI's limits ([`Metadata`]): at most 16 keys, keys of at most 64
+//!   characters, values of at most 512. Filters match every given pair exactly.
+//! - **Export and grades.** A record's grade is its metadata value `grade` parsed as a number
+//!   in [0, 1] ([`Metadata::grade`]). [`Store::export`] writes, oldest first, one
+//!   `{"messages": [...request messages..., {"role": "assistant", "content": ...}]}` line per
+//!   matching record and counts what it skipped: no grade, grade below the minimum, no answer.
+//! - **Schema.** Tables `completions` (one row per record, JSON in text columns), `metadata`
+//!   (one row per key, indexed by key and value for the filters, deleted with its record) and
+//!   `stats` (the byte total); `PRAGMA user_version` is the schema version.
+//! - **Concurrency.** One connection behind a mutex: SQLite serialises writers anyway, and a
+//!   query takes milliseconds. Other processes (the `store export` command) may open the same
+//!   file at the same time; WAL lets them read while the server writes.
+#![deny(missing_docs)]
+
+mod error;
+mod metadata;
+mod store;
+
+pub use error::StoreError;
+pub use metadata::{
+    Metadata, MetadataError, GRADE_KEY, MAX_METADATA_KEYS, MAX_METADATA_KEY_CHARS,
+    MAX_METADATA_VALUE_CHARS,
+};
+pub use store::{
+    now_ms, openai_list, owner_of_key, Completion, ExportFilter, ExportSummary, Inserted,
+    ListQuery, MessageQuery, NewCompletion, OnFull, Order, Page, Store, StoreOptions, StoreStats,
+    Synchronous, Usage, ANONYMOUS_OWNER, DEFAULT_LIMIT, DEFAULT_MAX_BYTES, MAX_LIMIT,
+    RECORD_OVERHEAD_BYTES,
+};
