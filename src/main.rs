@@ -1,6 +1,7 @@
 //! The `model-router` command line.
 
 mod bench;
+mod grading;
 mod store_cli;
 
 use std::io::{BufRead, Read, Write};
@@ -51,6 +52,11 @@ enum Command {
     /// Stored completions: `store export` writes a fine-tuning JSONL from a server's database.
     #[command(subcommand)]
     Store(store_cli::StoreCommand),
+    /// Grade outputs against references (OpenAI's string_check and text_similarity graders).
+    Grade(grading::GradeArgs),
+    /// Add an underlying model to a bundle from graded samples.
+    #[command(subcommand)]
+    Candidate(grading::CandidateCommand),
 }
 
 #[derive(Args)]
@@ -236,6 +242,8 @@ fn main() {
         Command::Distill(args) => distill(args),
         Command::Bench(args) => bench::run(args),
         Command::Store(command) => store_cli::run(command),
+        Command::Grade(args) => grading::grade(args),
+        Command::Candidate(grading::CandidateCommand::Add(args)) => grading::candidate_add(args),
         Command::Serve(args) => router_server::ServerConfig::load(&args.config)
             .and_then(router_server::run_blocking)
             .map_err(anyhow::Error::from),

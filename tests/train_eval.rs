@@ -9,11 +9,10 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::collections::BTreeSet;
+use std::path::Path;
 
-use common::{arg, assert_mentions, data_file, ensure_minilm, fails, ok, Run};
+use common::{arg, assert_mentions, data_file, fails, import_slice, ok, prepare, routerbench_slice, write_jsonl, Run};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -22,70 +21,6 @@ const STRONG: &str = "gpt-4-1106-preview";
 const WEAK: &str = "mistralai/mistral-7b-chat";
 /// Small and quick: a 32-unit head, at most 30 epochs.
 const SMALL: [&str; 6] = ["--encoder", "static", "--hidden", "32", "--epochs", "30"];
-
-/// Imports `files` with `data import --format <format>` and keeps the first `per_task` records of
-/// each task, in file order (canonical JSON lines).
-fn import_slice(format: &str, files: &[PathBuf], per_task: usize) -> Vec<String> {
-    let dir = TempDir::new().unwrap();
-    let out = dir.path().join("all.jsonl");
-    let mut args = vec!["data".to_owned(), "import".into(), "--format".into(), format.into(), "--out".into(), arg(&out)];
-    args.extend(files.iter().map(|f| arg(f)));
-    ok(&args);
-    let text = std::fs::read_to_string(&out).expect("the imported JSONL");
-    let mut kept: BTreeMap<String, usize> = BTreeMap::new();
-    let lines: Vec<String> = text
-        .lines()
-        .filter(|line| {
-            let record: Value = serde_json::from_str(line).expect("a canonical JSON line");
-            let count = kept.entry(record["task"].as_str().expect("a task").to_owned()).or_default();
-            *count += 1;
-            *count <= per_task
-        })
-        .map(str::to_owned)
-        .collect();
-    assert!(kept.len() > 1, "the slice spans several tasks: {kept:?}");
-    lines
-}
-
-/// 50 records from each of RouterBench's three tasks (150 in all), imported once per process.
-fn routerbench_slice() -> &'static [String] {
-    static SLICE: OnceLock<Vec<String>> = OnceLock::new();
-    SLICE.get_or_init(|| {
-        let files = ["arc_challenge_train.csv", "mbpp_train.csv", "winograde_train.csv"]
-            .map(|f| data_file(&format!("routerbench/{f}")));
-        let slice = import_slice("routerbench", &files, 50);
-        assert_eq!(slice.len(), 150);
-        slice
-    })
-}
-
-/// Makes sure all-MiniLM-L6-v2 is in the hub cache and the static table derived from it is in the
-/// shared cache, deriving it once (a tiny training run) while other tests wait.
-fn prepare() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        ensure_minilm();
-        // A few made-up records (no data file needed): this run is only for the table.
-        let dir = TempDir::new().unwrap();
-        let lines: Vec<String> = (0..12)
-            .map(|i| {
-                serde_json::json!({
-                    "prompt": format!("made-up prompt number {i}"), "task": "warm",
-                    "scores": { "a": (i % 2) as f64, "b": 1.0 }, "costs": { "a": 1e-5, "b": 1e-3 },
-                })
-                .to_string()
-            })
-            .collect();
-        let data = write_jsonl(dir.path(), "warm.jsonl", &lines);
-        ok(&["train", "--data", &arg(&data), "--hidden", "8", "--epochs", "1", "--out", &arg(&dir.path().join("warm"))]);
-    });
-}
-
-fn write_jsonl(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path
-}
 
 /// `train` with the small settings, `--data data --out out` and `extra`; returns the run.
 fn train(data: &Path, out: &Path, extra: &[&str]) -> Run {

@@ -2,12 +2,14 @@
 //! all-MiniLM-L6-v2 in the hub cache, and the routing data beside the checkout.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use serde_json::Value;
+use tempfile::TempDir;
 
 /// The repository root (the root package's manifest directory).
 pub fn repo_root() -> PathBuf {
@@ -151,3 +153,67 @@ pub const ROUTERBENCH_MODELS: [&str; 11] = [
     "mistralai/mixtral-8x7b-chat",
     "zero-one-ai/Yi-34B-Chat",
 ];
+
+/// Imports `files` with `data import --format <format>` and keeps the first `per_task` records of
+/// each task, in file order (canonical JSON lines).
+pub fn import_slice(format: &str, files: &[PathBuf], per_task: usize) -> Vec<String> {
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("all.jsonl");
+    let mut args = vec!["data".to_owned(), "import".into(), "--format".into(), format.into(), "--out".into(), arg(&out)];
+    args.extend(files.iter().map(|f| arg(f)));
+    ok(&args);
+    let text = std::fs::read_to_string(&out).expect("the imported JSONL");
+    let mut kept: BTreeMap<String, usize> = BTreeMap::new();
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|line| {
+            let record: Value = serde_json::from_str(line).expect("a canonical JSON line");
+            let count = kept.entry(record["task"].as_str().expect("a task").to_owned()).or_default();
+            *count += 1;
+            *count <= per_task
+        })
+        .map(str::to_owned)
+        .collect();
+    assert!(kept.len() > 1, "the slice spans several tasks: {kept:?}");
+    lines
+}
+
+/// 50 records from each of RouterBench's three tasks (150 in all), imported once per process.
+pub fn routerbench_slice() -> &'static [String] {
+    static SLICE: OnceLock<Vec<String>> = OnceLock::new();
+    SLICE.get_or_init(|| {
+        let files = ["arc_challenge_train.csv", "mbpp_train.csv", "winograde_train.csv"]
+            .map(|f| data_file(&format!("routerbench/{f}")));
+        let slice = import_slice("routerbench", &files, 50);
+        assert_eq!(slice.len(), 150);
+        slice
+    })
+}
+
+/// Makes sure all-MiniLM-L6-v2 is in the hub cache and the static table derived from it is in the
+/// shared cache, deriving it once (a tiny training run) while other tests wait.
+pub fn prepare() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        ensure_minilm();
+        // A few made-up records (no data file needed): this run is only for the table.
+        let dir = TempDir::new().unwrap();
+        let lines: Vec<String> = (0..12)
+            .map(|i| {
+                serde_json::json!({
+                    "prompt": format!("made-up prompt number {i}"), "task": "warm",
+                    "scores": { "a": (i % 2) as f64, "b": 1.0 }, "costs": { "a": 1e-5, "b": 1e-3 },
+                })
+                .to_string()
+            })
+            .collect();
+        let data = write_jsonl(dir.path(), "warm.jsonl", &lines);
+        ok(&["train", "--data", &arg(&data), "--hidden", "8", "--epochs", "1", "--out", &arg(&dir.path().join("warm"))]);
+    });
+}
+
+pub fn write_jsonl(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}

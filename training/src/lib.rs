@@ -7,6 +7,10 @@
 //!   oracle, the band router, AIQ, APGR / CPT, cost at parity.
 //! - [`baselines`]: kNN over prompt embeddings, uniformly random routing.
 //! - [`eval`]: the evaluation report (JSON and table) and its cost–quality plot.
+//! - [`grade`]: graders that score an output against a reference (OpenAI's `string_check` and
+//!   `text_similarity`), one at a time or over a JSON-lines file.
+//! - [`candidate`]: adding an underlying model to a trained bundle from graded samples, by
+//!   fitting one more output row on the frozen head.
 //!
 //! Design decisions, briefly:
 //! - Importers never stop at a bad row: they skip it and count it by reason, so a report can say
@@ -20,10 +24,12 @@
 #![deny(missing_docs)]
 
 pub mod baselines;
+pub mod candidate;
 pub mod data;
 pub mod embed;
 pub mod error;
 pub mod eval;
+pub mod grade;
 pub mod metrics;
 pub mod train;
 

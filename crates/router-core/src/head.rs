@@ -30,22 +30,29 @@ impl Head {
         Ok(Self { layers })
     }
 
+    /// The output logits `[batch, outputs]` (training fits these with a sigmoid cross-entropy).
+    pub fn forward_logits(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self.layers.last() {
+            Some(output) => output.forward(&self.forward_hidden(xs)?),
+            None => Ok(xs.clone()),
+        }
+    }
+
+    /// The activations that feed the output layer, `[batch, width]`: the last hidden layer after
+    /// its ReLU, or the input itself for a linear head. The output logits are these times the
+    /// output layer's weight rows plus its bias, one row per underlying model, which is what lets
+    /// a model be added to a trained head by fitting one more row on frozen features.
+    pub fn forward_hidden(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let mut xs = xs.clone();
+        for layer in self.layers.iter().take(self.layers.len().saturating_sub(1)) {
+            xs = layer.forward(&xs)?.relu()?;
+        }
+        Ok(xs)
+    }
+
     /// The linear layers, the output layer last.
     pub fn layers(&self) -> &[Linear] {
         &self.layers
-    }
-
-    /// The output logits `[batch, outputs]` (training fits these with a sigmoid cross-entropy).
-    pub fn forward_logits(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let last = self.layers.len().saturating_sub(1);
-        let mut xs = xs.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs)?;
-            if i < last {
-                xs = xs.relu()?;
-            }
-        }
-        Ok(xs)
     }
 }
 

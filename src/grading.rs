@@ -1,0 +1,218 @@
+//! `model-router grade` and `model-router candidate add`: grading outputs against references, and
+//! adding an underlying model to a bundle from the graded samples.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use model_router::load_router;
+use router_policy::{Capabilities, Capability, ModelSpec};
+use router_training::candidate::{self, AddOptions, FitOptions};
+use router_training::embed;
+use router_training::grade::{self, describe_skips, GradeFields, Grader, SimilarityMetric, StringCheckOperation};
+
+use super::print_line;
+
+#[derive(Args)]
+pub struct GradeArgs {
+    /// JSON lines: objects with the candidate `output` and the `reference` (other fields, such as
+    /// `prompt`, are passed through to --out).
+    #[arg(long)]
+    input: PathBuf,
+    /// `string_check` (with --operation) or `text_similarity` (with --metric).
+    #[arg(long)]
+    grader: String,
+    /// string_check: eq, ne, like (output contains reference) or ilike (ignoring case).
+    #[arg(long)]
+    operation: Option<String>,
+    /// text_similarity: fuzzy_match, bleu, rouge_l or cosine (cosine needs --model).
+    #[arg(long)]
+    metric: Option<String>,
+    /// Bundle whose encoder embeds both texts for the cosine metric (directory or hub id).
+    #[arg(long)]
+    model: Option<String>,
+    /// Pass threshold: a row passes when its score is at least this (string_check: 1 by default).
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Write every graded row here, with `score` (and `passed`) added.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The field holding the candidate output.
+    #[arg(long, default_value = "output")]
+    output_field: String,
+    /// The field holding the reference.
+    #[arg(long, default_value = "reference")]
+    reference_field: String,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum CandidateCommand {
+    /// Add an underlying model to a bundle from graded samples, without retraining: writes a new
+    /// bundle version with one more head column.
+    Add(CandidateAddArgs),
+}
+
+#[derive(Args)]
+pub struct CandidateAddArgs {
+    /// The bundle to extend (a directory or hub id); it is not modified.
+    #[arg(long)]
+    model: String,
+    /// The new model's name (its column and catalog entry).
+    #[arg(long)]
+    name: String,
+    /// JSON lines with a `prompt` and the new model's `score` in [0, 1] (`grade --out` writes them).
+    #[arg(long)]
+    samples: PathBuf,
+    /// Output directory of the new bundle version.
+    #[arg(long)]
+    out: PathBuf,
+    /// USD per 1M input tokens (for the bundle's catalog.toml).
+    #[arg(long)]
+    input_price: Option<f64>,
+    /// USD per 1M output tokens.
+    #[arg(long)]
+    output_price: Option<f64>,
+    /// Context window in tokens.
+    #[arg(long)]
+    context_window: Option<u64>,
+    /// Output tokens assumed per answer when ranking by cost.
+    #[arg(long)]
+    expected_output_tokens: Option<u32>,
+    /// Capabilities: tools, vision, json_schema, reasoning (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    capabilities: Vec<String>,
+    /// Deployments that serve the model (comma-separated; used by `serve`).
+    #[arg(long, value_delimiter = ',')]
+    deployments: Vec<String>,
+    /// The new version (default: today's date, or the old version with `.N` counted up).
+    #[arg(long)]
+    version: Option<String>,
+    /// Seed of the cross-validation folds.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Print the fit as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn grade(args: GradeArgs) -> Result<()> {
+    let grader = match args.grader.as_str() {
+        "string_check" => {
+            if args.metric.is_some() {
+                bail!("--metric is for text_similarity; string_check takes --operation");
+            }
+            let operation: StringCheckOperation =
+                args.operation.as_deref().context("string_check needs --operation eq|ne|like|ilike")?.parse()?;
+            Grader::string_check(operation)
+        }
+        "text_similarity" => {
+            if args.operation.is_some() {
+                bail!("--operation is for string_check; text_similarity takes --metric");
+            }
+            let metric: SimilarityMetric =
+                args.metric.as_deref().context("text_similarity needs --metric fuzzy_match|bleu|rouge_l|cosine")?.parse()?;
+            match metric {
+                SimilarityMetric::Cosine => {
+                    let model = args.model.as_deref().context("the cosine metric needs --model (a bundle whose encoder embeds the texts)")?;
+                    Grader::cosine(load_router(Some(model))?.encoder().clone())
+                }
+                _ => Grader::text_similarity(metric)?,
+            }
+        }
+        other => bail!("--grader takes string_check or text_similarity, got {other:?}"),
+    };
+    let grader = match args.threshold {
+        Some(threshold) => grader.with_pass_threshold(threshold)?,
+        None => grader,
+    };
+    let fields = GradeFields { output: args.output_field, reference: args.reference_field };
+    let bar = embed::progress_bar(0, "grading");
+    let summary = grade::grade_jsonl(&grader, &args.input, &fields, args.out.as_deref(), &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        print_line(serde_json::to_string(&summary)?)?;
+    } else {
+        print_line(&summary)?;
+    }
+    if let Some(out) = &args.out {
+        eprintln!("wrote {} graded row(s) to {}", summary.graded, out.display());
+    }
+    Ok(())
+}
+
+fn capabilities(names: &[String]) -> Result<Capabilities> {
+    names.iter().filter(|n| !n.trim().is_empty()).try_fold(Capabilities::default(), |set, name| {
+        let capability = Capability::ALL
+            .into_iter()
+            .find(|c| c.as_str() == name.trim())
+            .with_context(|| format!("unknown capability {name:?}; expected tools, vision, json_schema or reasoning"))?;
+        Ok(set.with(capability))
+    })
+}
+
+pub fn candidate_add(args: CandidateAddArgs) -> Result<()> {
+    let router = load_router(Some(&args.model))?;
+    let bundle = router.dir().to_path_buf();
+    let has_catalog = bundle.join(model_router::CATALOG_FILE).is_file();
+    let entry = match (args.input_price, args.output_price, args.context_window) {
+        (Some(input), Some(output), Some(window)) => {
+            let mut spec = ModelSpec::new(args.name.clone(), input, output, window)
+                .capabilities(capabilities(&args.capabilities)?)
+                .deployments(args.deployments.iter().filter(|d| !d.trim().is_empty()).cloned());
+            if let Some(tokens) = args.expected_output_tokens {
+                spec = spec.expected_output_tokens(tokens);
+            }
+            Some(spec)
+        }
+        (None, None, None) if !has_catalog => None,
+        _ if !has_catalog => bail!("{} has no catalog.toml: leave out the prices", bundle.display()),
+        _ => bail!(
+            "the bundle's catalog.toml needs an entry for {:?}: give --input-price, --output-price and --context-window",
+            args.name
+        ),
+    };
+    let (samples, skipped) = candidate::read_samples(&args.samples)?;
+    if let Some(skips) = describe_skips(&skipped, 10) {
+        eprintln!("{}: {skips}", args.samples.display());
+    }
+    if samples.is_empty() {
+        bail!("{}: no usable samples (each line needs a string \"prompt\" and a \"score\" in [0, 1])", args.samples.display());
+    }
+    let mut options = AddOptions::new(args.name.clone());
+    options.catalog_entry = entry;
+    options.version = args.version;
+    options.fit = FitOptions { seed: args.seed, ..FitOptions::default() };
+    options.samples_source = args.samples.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let outcome = candidate::add_candidate(&bundle, &samples, &options, &args.out)?;
+    let fit = &outcome.fit;
+    if args.json {
+        let report = serde_json::json!({
+            "model": args.name, "version": outcome.version, "previous_version": outcome.previous_version,
+            "out": args.out, "skipped": skipped, "fit": fit,
+        });
+        print_line(serde_json::to_string(&report)?)?;
+    } else {
+        let cv = match (fit.cv_log_loss, fit.cv_log_loss_prior, fit.cv_log_loss_constant) {
+            (Some(a), Some(b), Some(c)) => format!("cross-validated log loss {a:.4} (prior alone {b:.4}, constant {c:.4})"),
+            _ => "too few samples to cross-validate: the strongest regularisation".to_string(),
+        };
+        print_line(format!(
+            "added {} from {} samples (mean score {:.4}): λ = {:.3e} by {}; {cv}\nbundle version {} (was {}) written to {}",
+            args.name,
+            fit.samples,
+            fit.mean_score,
+            fit.lambda,
+            fit.lambda_rule,
+            outcome.version,
+            outcome.previous_version,
+            args.out.display()
+        ))?;
+    }
+    Ok(())
+}
