@@ -135,10 +135,11 @@ impl Router {
         if let Some(bad) = embeddings.iter().find(|e| e.len() != dim) {
             return Err(CoreError::Invalid(format!("an embedding has {} values, the head takes {dim}", bad.len())));
         }
-        if let Some(cpu_head) = &self.cpu_head {
-            return Ok(embeddings.iter().map(|embedding| cpu_head.forward(embedding)).collect());
-        }
         let flat: Vec<f32> = embeddings.iter().flatten().copied().collect();
+        if let Some(cpu_head) = &self.cpu_head {
+            let scores = cpu_head.forward(&flat);
+            return Ok(scores.chunks_exact(self.config.models.len().max(1)).map(<[f32]>::to_vec).collect());
+        }
         let input = Tensor::from_vec(flat, (embeddings.len(), dim), &self.device)?;
         Ok(self.head.forward(&input)?.to_dtype(DType::F32)?.to_vec2()?)
     }
