@@ -272,7 +272,6 @@ use common::ROUTERBENCH_MODELS as MODELS;
 /// The RouterBench CSV layout: an unnamed index, sample_id, prompt, eval_name, a score column per
 /// model, `<model>|model_response`, `<model>|total_cost`, oracle_model_to_route_to (the header of
 /// ../shared/data/routerbench/*_train.csv, checked by `routerbench_header_matches_the_data`).
-
 fn routerbench_header() -> Vec<String> {
     let mut header: Vec<String> = ["", "sample_id", "prompt", "eval_name"].map(String::from).to_vec();
     header.extend(MODELS.iter().map(|m| m.to_string()));

@@ -32,7 +32,7 @@ const WARM_UP_SECONDS: f64 = 1.0;
 
 /// Runs the measurement for the bundle in `bundle_dir` (its catalog prices the models).
 pub fn run(bundle_dir: &Path, catalog: &Catalog, prompts: &[String], load: &ServerLoad) -> Result<Value> {
-    if !(load.rate > 0.0 && load.rate.is_finite()) || !(load.seconds > 0.0 && load.seconds.is_finite()) {
+    if !(load.rate > 0.0 && load.rate.is_finite() && load.seconds > 0.0 && load.seconds.is_finite()) {
         return Err(anyhow!("--rate and --seconds must be positive"));
     }
     if prompts.is_empty() {

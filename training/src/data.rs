@@ -1046,7 +1046,7 @@ mod tests {
                 "b": {"input_price": 1.0, "output_price": 2.0},
                 "unused": {"input_price": 9, "output_price": 9}}"#,
         );
-        let dataset = load(Format::Llmrouter, &[data.clone()], Some(&prices)).unwrap();
+        let dataset = load(Format::Llmrouter, std::slice::from_ref(&data), Some(&prices)).unwrap();
         let record = &dataset.records[0];
         assert_eq!(record.task, "math");
         // 9 characters -> 3 tokens; 256 output tokens.

@@ -152,7 +152,7 @@ impl StaticEncoder {
 
     /// Builds an encoder from a table held in memory (`rows × dim`, row-major).
     pub fn from_table(table: Vec<f32>, dim: usize, tokenizer: PromptTokenizer) -> Result<Self> {
-        if dim == 0 || table.len() % dim != 0 || table.len() / dim < tokenizer.vocab_size() {
+        if dim == 0 || !table.len().is_multiple_of(dim) || table.len() / dim < tokenizer.vocab_size() {
             return Err(CoreError::Invalid(format!(
                 "a static table of {} values does not fit dimension {dim} and {} tokens",
                 table.len(),
