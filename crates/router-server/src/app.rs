@@ -807,6 +807,17 @@ async fn respond(
                         }
                         set_header(&mut headers, "x-router-store", &outcome.header_value());
                     }
+                    // Asked to explain: the decision also rides in the body, for clients that
+                    // cannot read response headers (after storing: the record keeps the backend's
+                    // answer and the decision separately).
+                    if let Some(decision) = decision {
+                        // Through text, so that f32 predictions keep their shortest form, as in
+                        // the header (to_value would widen 0.8431423 to 0.8431422710418701).
+                        let text = serde_json::to_string(decision).unwrap_or_default();
+                        if let Ok(explanation) = serde_json::from_str::<Value>(&text) {
+                            object.insert("router".into(), explanation);
+                        }
+                    }
                     headers.insert(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("application/json"),

@@ -26,7 +26,7 @@
 //! Request headers: `x-router-mode`, `x-router-band`, `x-router-subset` (comma-separated)
 //! override the routing (a body field `router: {mode, band, subset}` wins over them);
 //! `x-router-explain: true` returns the decision as compact JSON in the response header
-//! `x-router-decision`; `x-ms-spillover-deployment` names the spillover deployment. Response
+//! `x-router-decision` (and, in a JSON response, in the body's `router` field); `x-ms-spillover-deployment` names the spillover deployment. Response
 //! headers: `x-router-model`, `x-router-deployment`, `x-ms-spillover-from-deployment`,
 //! `x-router-store`.
 //!

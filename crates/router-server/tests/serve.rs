@@ -444,6 +444,8 @@ async fn routes_and_explains() {
         "{model}"
     );
     assert_eq!(decision["model"], model);
+    // The same explanation in the body's `router` field.
+    assert_eq!(body["router"], decision, "{body}");
     assert_eq!(routed, model);
     assert_eq!(decision["mode"], "balanced");
     // Models without deployments are never chosen.
@@ -482,6 +484,7 @@ async fn routes_and_explains() {
         .await;
     assert_eq!(r.status(), 200);
     assert!(header(&r, "x-router-decision").is_none());
+    assert!(json_of(r).await.get("router").is_none());
     env.stop().await;
 }
 
