@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 use crate::chat::{self, Conversation, Overrides};
+use crate::sse;
 use crate::stored::{self, Outcome, StoreJob};
 use crate::{ApiError, Metrics, ScoreError, Scorer, ServerConfig, ServerError};
 
@@ -753,14 +754,15 @@ async fn respond(
     let body =
         if stream && status.is_success() {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            let events = sse::with_model(d.response.bytes_stream().boxed(), model.to_string());
             match job.take() {
-                None => Body::from_stream(d.response.bytes_stream()),
+                None => Body::from_stream(events),
                 Some(job) => {
                     // Stored at the end of the stream, before the held `data: [DONE]`.
                     set_header(&mut headers, "x-router-store", "pending");
                     Body::from_stream(stored::tap(
                         state.clone(),
-                        d.response.bytes_stream().boxed(),
+                        events,
                         job,
                         model.to_string(),
                         d.deployment.clone(),

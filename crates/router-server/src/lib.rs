@@ -5,7 +5,7 @@
 //! quality on the conversation, `router-policy` picks a model, and `router-dispatch` sends the
 //! request to one of that model's deployments. A request that names a catalog model *bypasses*
 //! routing and goes to that model's deployments. Either way the response's `model` is the
-//! model that answered.
+//! model that answered, in a JSON body and in every streamed event.
 //!
 //! # Endpoints
 //!
@@ -78,6 +78,7 @@ mod chat;
 mod config;
 mod error;
 mod metrics;
+mod sse;
 mod stored;
 mod worker;
 

@@ -710,6 +710,14 @@ async fn streams_without_buffering() {
     body["stream"] = json!(true);
     let (text, model) = read_stream(&env, body, tx).await;
     assert_eq!(model.as_deref(), Some(MIXTRAL));
+    // Every event names the model that answered, as a JSON response does.
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(events.len(), 3, "{text}");
+    assert!(events.iter().all(|e| e["model"] == MIXTRAL), "{text}");
     let one = text.find("\"one\"").expect("one");
     let two = text.find("\"two\"").expect("two");
     let three = text.find("\"three\"").expect("three");
