@@ -161,7 +161,7 @@ async fn start_backend() -> Result<SocketAddr> {
 /// The server config: the bundle, its catalog's models, all dispatched to the backend.
 fn config_text(bundle_dir: &Path, catalog: &Catalog, backend: SocketAddr) -> String {
     let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[router]\nbundle = {}\n\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\n[router]\nbundle = {}\n\n",
         toml_string(&bundle_dir.display().to_string())
     );
     for model in &catalog.models {

@@ -488,10 +488,15 @@ async fn handle_chat(
     body: Result<Bytes, BytesRejection>,
     deployment: Option<String>,
 ) -> Response {
+    let start = Instant::now();
     let mut ctx = Ctx {
         model: "none".into(),
         mode: "none".into(),
         spillover: false,
+    };
+    let path = match &deployment {
+        Some(name) => format!("/openai/deployments/{name}/chat/completions"),
+        None => "/v1/chat/completions".to_string(),
     };
     let response = match chat_inner(&state, caller, &headers, body, deployment, &mut ctx).await {
         Ok(r) => r,
@@ -503,7 +508,40 @@ async fn handle_chat(
         response.status().as_u16(),
         ctx.spillover,
     );
+    if state.config.access_log {
+        eprintln!("{}", access_line(&path, &response, &ctx, start.elapsed()));
+    }
     response
+}
+
+/// One logfmt line per chat request: when, what, the answer's status, the model and deployment
+/// that answered, the mode, spillover, the time to the response head and the store outcome.
+/// Written before the response goes out, so every answered request has its line.
+fn access_line(path: &str, response: &Response, ctx: &Ctx, elapsed: Duration) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    };
+    let store = header("x-router-store");
+    format!(
+        "access ts={}.{:03} path={path} status={} model={:?} mode={} deployment={:?} spillover={} ms={:.3} store={}",
+        now.as_secs(),
+        now.subsec_millis(),
+        response.status().as_u16(),
+        ctx.model,
+        ctx.mode,
+        header("x-router-deployment"),
+        ctx.spillover,
+        elapsed.as_secs_f64() * 1e3,
+        store.split_whitespace().next().unwrap_or("-").trim_end_matches(':'),
+    )
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

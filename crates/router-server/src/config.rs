@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub batch_tokens: usize,
     /// `server.queue`: most prompts waiting for the scorer before requests get 503.
     pub queue: usize,
+    /// `server.access_log`: one line per chat request on stderr (default on).
+    pub access_log: bool,
     /// `router.bundle`, resolved against the config file's directory.
     pub bundle: PathBuf,
     /// `router.name`: the model name that asks for routing (default `model-router`).
@@ -92,6 +94,7 @@ struct RawServer {
     max_batch: Option<usize>,
     batch_tokens: Option<usize>,
     queue: Option<usize>,
+    access_log: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -411,6 +414,7 @@ impl ServerConfig {
             max_batch,
             batch_tokens,
             queue,
+            access_log: raw.server.access_log.unwrap_or(true),
             bundle,
             router_name,
             mode,
@@ -458,6 +462,9 @@ model = "m"
         assert_eq!(c.bundle, Path::new("/x/b"));
         assert_eq!(c.deployments.len(), 1);
         assert!(c.api_keys.is_empty());
+        assert!(c.access_log, "on by default");
+        let quiet = parse(&format!("[server]\naccess_log = false\n{BASE}")).unwrap();
+        assert!(!quiet.access_log);
     }
 
     #[test]
