@@ -189,24 +189,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     // Static trio, long static trio, BERT quartet, static workload, BERT workload pair, batch pair.
     let bar = progress_bar(iterations * (3 + 3 + 4 + 1 + 2) + (iterations / 10).max(1) * 2, "benchmarking");
-    let mut static_samples = measure_interleaved(
-        iterations,
-        &bar,
-        &mut [
-            &mut || consume(static_tier.route(&static_prompt)?),
-            &mut || consume(tokenizer.encode(&static_prompt)?),
-            &mut || consume(tokenizer.encode_with_tokenizers(&static_prompt)?),
-        ],
-    )?;
-    let mut static_long_samples = measure_interleaved(
-        iterations,
-        &bar,
-        &mut [
-            &mut || consume(static_tier.route(&static_long_prompt)?),
-            &mut || consume(tokenizer.encode(&static_long_prompt)?),
-            &mut || consume(tokenizer.encode_with_tokenizers(&static_long_prompt)?),
-        ],
-    )?;
+    // The static tier next to the two tokenizers, on one prompt.
+    let measure_static = |prompt: &str| {
+        measure_interleaved(
+            iterations,
+            &bar,
+            &mut [
+                &mut || consume(static_tier.route(prompt)?),
+                &mut || consume(tokenizer.encode(prompt)?),
+                &mut || consume(tokenizer.encode_with_tokenizers(prompt)?),
+            ],
+        )
+    };
+    let mut static_samples = measure_static(&static_prompt)?;
+    let mut static_long_samples = measure_static(&static_long_prompt)?;
     let mut bert_samples = measure_interleaved(
         iterations,
         &bar,

@@ -49,14 +49,18 @@ impl CpuHead {
     /// Predicted qualities in [0, 1] for `rows` embeddings of [`CpuHead::inputs`] values each,
     /// concatenated: `[rows, outputs]`, row-major.
     pub fn forward(&self, embeddings: &[f32]) -> Vec<f32> {
-        let last = self.layers.len().saturating_sub(1);
-        let mut activations = embeddings.to_vec();
-        for (i, layer) in self.layers.iter().enumerate() {
-            activations = layer.apply(&activations);
-            if i < last {
-                activations.iter_mut().for_each(|v| *v = v.max(0.0));
+        let mut activations = match self.layers.split_first() {
+            None => embeddings.to_vec(),
+            Some((first, rest)) => {
+                let mut activations = first.apply(embeddings);
+                for layer in rest {
+                    // ReLU on the hidden layer that feeds this one.
+                    activations.iter_mut().for_each(|v| *v = v.max(0.0));
+                    activations = layer.apply(&activations);
+                }
+                activations
             }
-        }
+        };
         activations.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
         activations
     }
