@@ -43,6 +43,8 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate a bundle on a dataset.
     Eval(EvalArgs),
+    /// Cross-validate training on a dataset: one head per fold, every prompt evaluated out of fold.
+    Cv(CvArgs),
     /// Derive a static token table from a BERT encoder (Model2Vec-style).
     Distill(DistillArgs),
     /// Measure routing latency and throughput against the tokenizer, stock BERT and raw matmuls.
@@ -151,13 +153,66 @@ struct ImportArgs {
     inputs: Vec<PathBuf>,
 }
 
+/// How a head is trained: shared by `train` and `cv`.
+#[derive(Args)]
+struct HeadArgs {
+    /// `static[:DIM]` (a table derived from all-MiniLM-L6-v2) or `bert[:DIR|HUB_ID[@REV]]`.
+    #[arg(long, default_value = "static")]
+    encoder: String,
+    /// Catalog whose prices rank the report's choices (`train` also ships it with the bundle).
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Seed of the splits, the initialisation and the batch order.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Share of the training side held out for early stopping.
+    #[arg(long, default_value_t = 0.15)]
+    early_stop_fraction: f64,
+    /// Hidden layer widths of the head (comma-separated; `""` for a linear head).
+    #[arg(long, value_parser = parse_hidden, default_value = "256")]
+    hidden: Hidden,
+    /// Maximum epochs.
+    #[arg(long, default_value_t = 200)]
+    epochs: usize,
+    /// Tokens kept per prompt (the end of longer prompts is kept).
+    #[arg(long, default_value_t = 256)]
+    max_seq_length: usize,
+}
+
+/// Hidden layer widths (a named type: clap treats a bare `Vec` as a repeated argument).
+#[derive(Clone)]
+struct Hidden(Vec<usize>);
+
+fn parse_hidden(text: &str) -> Result<Hidden, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Hidden(Vec::new()));
+    }
+    text.split(',').map(|w| w.trim().parse::<usize>().map_err(|e| format!("{w:?}: {e}"))).collect::<Result<_, _>>().map(Hidden)
+}
+
+impl HeadArgs {
+    fn options(self, data: &DataArgs) -> Result<TrainOptions> {
+        Ok(TrainOptions {
+            encoder: parse_encoder(&self.encoder)?,
+            hidden: self.hidden.0,
+            max_seq_length: self.max_seq_length,
+            seed: self.seed,
+            early_stop_fraction: self.early_stop_fraction,
+            max_epochs: self.epochs,
+            data: data.data.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect(),
+            catalog: self.catalog,
+            ..TrainOptions::default()
+        })
+    }
+}
+
 #[derive(Args)]
 struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// `static[:DIM]` (a table derived from all-MiniLM-L6-v2) or `bert[:DIR|HUB_ID[@REV]]`.
-    #[arg(long, default_value = "static")]
-    encoder: String,
+    #[command(flatten)]
+    head: HeadArgs,
     /// Output bundle directory.
     #[arg(long)]
     out: PathBuf,
@@ -167,27 +222,29 @@ struct TrainArgs {
     /// Bundle version (a date).
     #[arg(long, default_value = "2026-11-23")]
     version: String,
-    /// Catalog to ship with the bundle; its prices rank the validation report's choices.
-    #[arg(long)]
-    catalog: Option<PathBuf>,
-    /// Seed of the split, the initialisation and the batch order.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Share held out for validation and early stopping.
+    /// Share held out for validation (never seen by training; 0 trains on everything).
     #[arg(long, default_value_t = 0.15)]
     val_fraction: f64,
-    /// Hidden layer widths of the head (comma-separated; empty for a linear head).
-    #[arg(long, value_delimiter = ',', default_value = "256")]
-    hidden: Vec<usize>,
-    /// Maximum epochs.
-    #[arg(long, default_value_t = 200)]
-    epochs: usize,
-    /// Tokens kept per prompt (the end of longer prompts is kept).
-    #[arg(long, default_value_t = 256)]
-    max_seq_length: usize,
     /// Print the validation report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct CvArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    head: HeadArgs,
+    /// Number of folds.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Print exactly one JSON object (the shape `eval --json` prints).
+    #[arg(long)]
+    json: bool,
+    /// Write the cost–quality plot (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -239,6 +296,7 @@ fn main() {
         Command::Data(DataCommand::Import(args)) => import(args),
         Command::Train(args) => train_command(args),
         Command::Eval(args) => eval_command(args),
+        Command::Cv(args) => cv_command(args),
         Command::Distill(args) => distill(args),
         Command::Bench(args) => bench::run(args),
         Command::Store(command) => store_cli::run(command),
@@ -481,22 +539,10 @@ fn train_command(args: TrainArgs) -> Result<()> {
         .clone()
         .or_else(|| args.out.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "router".into());
-    let options = TrainOptions {
-        name,
-        version: args.version,
-        encoder: parse_encoder(&args.encoder)?,
-        hidden: args.hidden,
-        max_seq_length: args.max_seq_length,
-        seed: args.seed,
-        val_fraction: args.val_fraction,
-        max_epochs: args.epochs,
-        data: args.data.data.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect(),
-        catalog: args.catalog,
-        ..TrainOptions::default()
-    };
+    let options = TrainOptions { name, version: args.version, val_fraction: args.val_fraction, ..args.head.options(&args.data)? };
     let outcome = train::train(dataset.records, &models, &options, &args.out)?;
     eprintln!(
-        "trained {} epochs (best validation loss {:.4}); bundle written to {}",
+        "trained {} epochs (best early-stopping loss {:.4}); bundle written to {}",
         outcome.epochs,
         outcome.best_loss,
         args.out.display()
@@ -562,6 +608,24 @@ fn eval_command(args: EvalArgs) -> Result<()> {
 
 /// The kNN baseline on the evaluated data itself, 5-fold: each prompt is predicted from the other
 /// folds, so the baseline never sees a prompt's own scores.
+fn cv_command(args: CvArgs) -> Result<()> {
+    let (dataset, models) = load_data(&args.data)?;
+    let skipped = dataset.skipped;
+    let options = args.head.options(&args.data)?;
+    let mut outcome = train::cross_validate(&dataset.records, &models, &options, args.folds)?;
+    outcome.evaluation.report.skipped = skipped;
+    eprintln!("{} folds; epochs per fold: {:?}", args.folds, outcome.epochs);
+    if let Some(plot) = &args.plot {
+        eval::plot_svg(&outcome.evaluation, plot)?;
+    }
+    if args.json {
+        print_line(serde_json::to_string(&outcome.evaluation.report)?)?;
+    } else {
+        print_line(&outcome.evaluation.report)?;
+    }
+    Ok(())
+}
+
 fn cross_validated_knn(embeddings: &[Vec<f32>], scores: &[Vec<f64>]) -> TrainingResult<Vec<Vec<f32>>> {
     const FOLDS: usize = 5;
     let mut predictions = vec![Vec::new(); embeddings.len()];

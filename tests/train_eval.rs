@@ -146,7 +146,7 @@ fn train_eval_route_end_to_end_on_a_routerbench_slice() {
     assert_eq!(details["validation"], train_report, "router.json records the validation report");
 
     let card = std::fs::read_to_string(bundle.join("README.md")).unwrap();
-    assert_mentions(&card, &["## Validation (15 % held out, seed 42)", &format!("{val_n} test prompts"), "best single (", "router, quality mode", "AIQ: router", "validation.svg", "slice.jsonl"]);
+    assert_mentions(&card, &["## Validation (15 % held out, seed 42; early stopping on 15 % of the rest)", &format!("{val_n} test prompts"), "best single (", "router, quality mode", "AIQ: router", "validation.svg", "slice.jsonl"]);
 
     // eval --split val re-makes the validation split: the same prompts, so the same report, but
     // for the kNN baseline (cross-validated on the evaluated data, not fitted on the training side).
@@ -309,4 +309,75 @@ fn llmrouter_slice_trains_and_evaluates_with_prices() {
     let report = eval_json(&bundle, &data, &["--split", "val", "--prices", &arg(&prices)]);
     assert_report_shape(&report, &models, val_n);
     ok(&["route", "--model", &arg(&bundle), "Name the capital of Peru."]);
+}
+
+/// The validation split is never seen by training: flipping every validation score leaves the
+/// trained head byte-identical (early stopping uses a share of the training side), while the
+/// validation report changes.
+#[test]
+fn training_never_sees_the_validation_split() {
+    prepare();
+    let dir = TempDir::new().unwrap();
+    let slice = routerbench_slice();
+    let records: Vec<Value> = slice.iter().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let tasks: Vec<&str> = records.iter().map(|r| r["task"].as_str().unwrap()).collect();
+    let in_validation = router_training::data::validation_mask(tasks.iter().copied(), 0.15, 42).unwrap();
+    assert_eq!(in_validation.iter().filter(|&&v| v).count(), 24, "8 of each task's 50");
+    let flipped: Vec<String> = records
+        .iter()
+        .zip(&in_validation)
+        .map(|(record, &validation)| {
+            let mut record = record.clone();
+            if validation {
+                for score in record["scores"].as_object_mut().unwrap().values_mut() {
+                    *score = Value::from(1.0 - score.as_f64().unwrap());
+                }
+            }
+            record.to_string()
+        })
+        .collect();
+    let original = write_jsonl(dir.path(), "original.jsonl", slice);
+    let flipped = write_jsonl(dir.path(), "flipped.jsonl", &flipped);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    train(&original, &a, &["--catalog", CATALOG, "--name", "same"]);
+    train(&flipped, &b, &["--catalog", CATALOG, "--name", "same"]);
+    let read = |bundle: &Path, file: &str| std::fs::read(bundle.join(file)).unwrap();
+    assert!(read(&a, "head.safetensors") == read(&b, "head.safetensors"), "the head does not depend on validation scores");
+    let details = |bundle: &Path| read_json(&bundle.join("router.json"))["training"]["details"].clone();
+    let (details_a, details_b) = (details(&a), details(&b));
+    assert_eq!(details_a["epochs"], details_b["epochs"]);
+    assert_eq!(details_a["train_prompts"], 126);
+    assert_eq!(details_a["early_stop_prompts"], 18, "15 % of each task's 42 training prompts");
+    assert_ne!(details_a["validation"], details_b["validation"], "the validation report reads the flipped scores");
+}
+
+/// `cv`: every prompt evaluated once, out of fold, in `eval --json`'s shape; deterministic for a
+/// seed; the plot is written.
+#[test]
+fn cross_validation_reports_every_prompt_out_of_fold() {
+    prepare();
+    let dir = TempDir::new().unwrap();
+    let data = write_jsonl(dir.path(), "slice.jsonl", routerbench_slice());
+    let plot = dir.path().join("cv.svg");
+    let cv = |seed: &str, plot: Option<&Path>| {
+        let mut args: Vec<String> = vec!["cv".into(), "--json".into(), "--folds".into(), "3".into(), "--data".into(), arg(&data)];
+        args.extend(SMALL.iter().map(|s| s.to_string()));
+        args.extend(["--catalog".into(), CATALOG.into(), "--seed".into(), seed.into()]);
+        if let Some(plot) = plot {
+            args.extend(["--plot".into(), arg(plot)]);
+        }
+        let run = ok(&args);
+        assert_eq!(run.stdout.lines().count(), 1, "cv --json prints exactly one line: {:?}", run.stdout);
+        assert_mentions(&run.stderr, &["3 folds"]);
+        run.json()
+    };
+    let report = cv("42", Some(&plot));
+    let models: Vec<String> = report["models"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_owned()).collect();
+    let models: Vec<&str> = models.iter().map(String::as_str).collect();
+    assert_eq!(models.len(), 11);
+    assert_report_shape(&report, &models, 150);
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"), "the plot is an SVG");
+    assert_eq!(cv("42", None), report, "the same seed gives the same report");
+    assert_ne!(cv("7", None)["aiq"], report["aiq"], "another seed deals other folds");
+    fails(&["cv", "--folds", "1", "--data", &arg(&data)]);
 }

@@ -401,35 +401,53 @@ pub fn rename_models(mut dataset: Dataset, renames: &[(String, String)]) -> Resu
     Ok(dataset)
 }
 
-/// Splits `records` into (train, validation), stratified by task, deterministically for `seed`.
-///
-/// For each task in name order, the indices of its records are shuffled with one ChaCha8 RNG seeded
-/// with `seed` (`rand_chacha`, whose output is value-stable, with rand's Fisher–Yates shuffle,
-/// value-stable within rand 0.9), and the first `round(count × val_fraction)` go to validation. Both
-/// halves keep the input order. `val_fraction` must be in [0, 1].
-pub fn split(
-    records: Vec<Record>,
-    val_fraction: f64,
-    seed: u64,
-) -> Result<(Vec<Record>, Vec<Record>)> {
+/// Each task's record indices (tasks in name order), shuffled with one ChaCha8 RNG seeded with
+/// `seed` (`rand_chacha`, whose output is value-stable, with rand's Fisher–Yates shuffle,
+/// value-stable within rand 0.9). The split and the folds both start from it.
+fn shuffled_by_task<'a>(tasks: impl Iterator<Item = &'a str>, seed: u64) -> Vec<Vec<usize>> {
+    let mut indices_by_task: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, task) in tasks.enumerate() {
+        indices_by_task.entry(task).or_default().push(index);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    indices_by_task
+        .into_values()
+        .map(|mut indices| {
+            indices.shuffle(&mut rng);
+            indices
+        })
+        .collect()
+}
+
+/// Which of `tasks` (one per record) go to validation in the stratified split of [`split`].
+pub fn validation_mask<'a>(tasks: impl Iterator<Item = &'a str>, val_fraction: f64, seed: u64) -> Result<Vec<bool>> {
     if !(0.0..=1.0).contains(&val_fraction) {
         return Err(TrainingError::Invalid(format!(
             "validation fraction {val_fraction} is not in [0, 1]"
         )));
     }
-    let mut indices_by_task: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (index, record) in records.iter().enumerate() {
-        indices_by_task.entry(&record.task).or_default().push(index);
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut in_validation = vec![false; records.len()];
-    for indices in indices_by_task.values_mut() {
-        indices.shuffle(&mut rng);
+    let shuffled = shuffled_by_task(tasks, seed);
+    let mut in_validation = vec![false; shuffled.iter().map(Vec::len).sum()];
+    for indices in &shuffled {
         let count = (indices.len() as f64 * val_fraction).round() as usize;
         for &index in &indices[..count] {
             in_validation[index] = true;
         }
     }
+    Ok(in_validation)
+}
+
+/// Splits `records` into (train, validation), stratified by task, deterministically for `seed`.
+///
+/// Each task's records are shuffled (see [`validation_mask`]) and the first
+/// `round(count × val_fraction)` go to validation. Both halves keep the input order.
+/// `val_fraction` must be in [0, 1].
+pub fn split(
+    records: Vec<Record>,
+    val_fraction: f64,
+    seed: u64,
+) -> Result<(Vec<Record>, Vec<Record>)> {
+    let in_validation = validation_mask(records.iter().map(|r| r.task.as_str()), val_fraction, seed)?;
     let (validation, train): (Vec<_>, Vec<_>) = records
         .into_iter()
         .zip(in_validation)
@@ -438,6 +456,23 @@ pub fn split(
         train.into_iter().map(|(record, _)| record).collect(),
         validation.into_iter().map(|(record, _)| record).collect(),
     ))
+}
+
+/// The fold (in `0..folds`) of each of `tasks` (one per record) for k-fold cross-validation,
+/// stratified by task and deterministic for `seed`: each task's records are shuffled as for
+/// [`split`] and dealt round-robin, so fold sizes differ by at most one per task.
+pub fn folds<'a>(tasks: impl Iterator<Item = &'a str>, folds: usize, seed: u64) -> Result<Vec<usize>> {
+    if folds < 2 {
+        return Err(TrainingError::Invalid(format!("cross-validation needs at least 2 folds, got {folds}")));
+    }
+    let shuffled = shuffled_by_task(tasks, seed);
+    let mut fold = vec![0; shuffled.iter().map(Vec::len).sum()];
+    for indices in &shuffled {
+        for (position, &index) in indices.iter().enumerate() {
+            fold[index] = position % folds;
+        }
+    }
+    Ok(fold)
 }
 
 /// Estimates, from `prices`, every cost that a record lacks for one of its scored models.
@@ -1227,6 +1262,21 @@ mod tests {
         let (_, other_validation) = split(records.clone(), 0.15, 8).unwrap();
         assert_ne!(other_validation, validation);
         assert!(split(records, 1.5, 7).is_err());
+    }
+
+    #[test]
+    fn folds_are_stratified_balanced_and_deterministic() {
+        let tasks: Vec<&str> = (0..23).map(|i| if i < 13 { "big" } else { "small" }).collect();
+        let fold = folds(tasks.iter().copied(), 5, 7).unwrap();
+        // 13 "big" records deal 3,3,3,2,2 and 10 "small" ones 2 each.
+        for k in 0..5 {
+            let in_fold = |task: &str| (0..23).filter(|&i| fold[i] == k && tasks[i] == task).count();
+            assert_eq!(in_fold("big"), if k < 3 { 3 } else { 2 }, "fold {k}");
+            assert_eq!(in_fold("small"), 2, "fold {k}");
+        }
+        assert_eq!(folds(tasks.iter().copied(), 5, 7).unwrap(), fold);
+        assert_ne!(folds(tasks.iter().copied(), 5, 8).unwrap(), fold);
+        assert!(folds(tasks.iter().copied(), 1, 7).is_err());
     }
 
     /// Needs `shared/data/routerbench/{arc_challenge,mbpp,winograde}_train.csv`.

@@ -2,9 +2,11 @@
 //!
 //! The head is fitted with AdamW to the observed scores in [0, 1] with a sigmoid cross-entropy
 //! (scores are probabilities of success, and pass rates such as RouterDC's are soft labels), with
-//! early stopping on the validation split: the weights of the best validation epoch are kept.
-//! Everything random (initial weights, the split, the batch order) derives from one seed, so a
-//! run is reproducible bit for bit on the same machine.
+//! early stopping on a share of the training side: the weights of the best epoch there are kept.
+//! The validation split is never seen by training, so its report is an honest held-out estimate.
+//! Everything random (initial weights, the splits, the batch order) derives from one seed, so a
+//! run is reproducible bit for bit on the same machine. [`cross_validate`] trains one head per
+//! fold and evaluates the out-of-fold predictions of every prompt.
 
 use std::path::{Path, PathBuf};
 
@@ -55,8 +57,10 @@ pub struct TrainOptions {
     pub truncation: Truncation,
     /// The seed of everything random.
     pub seed: u64,
-    /// Share of the data held out for validation and early stopping.
+    /// Share of the data held out for validation (never seen by training).
     pub val_fraction: f64,
+    /// Share of the training side held out for early stopping.
+    pub early_stop_fraction: f64,
     /// Upper bound on epochs.
     pub max_epochs: usize,
     /// Epochs without a better validation loss before stopping.
@@ -86,6 +90,7 @@ impl Default for TrainOptions {
             truncation: Truncation::Left,
             seed: 42,
             val_fraction: 0.15,
+            early_stop_fraction: 0.15,
             max_epochs: 200,
             patience: 20,
             batch_size: 64,
@@ -107,7 +112,7 @@ pub struct TrainOutcome {
     pub validation: Option<Evaluation>,
     /// Epochs run before early stopping.
     pub epochs: usize,
-    /// The best validation loss (the training loss when there is no validation split).
+    /// The best early-stopping loss (the training loss when there is no early-stopping split).
     pub best_loss: f64,
 }
 
@@ -123,18 +128,7 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
         return Err(TrainingError::Invalid("the training split is empty".into()));
     }
     let (encoder, encoder_config, teacher_dir) = build_encoder(options)?;
-    let config = RouterConfig {
-        format_version: router_core::FORMAT_VERSION,
-        name: options.name.clone(),
-        version: options.version.clone(),
-        models: models.to_vec(),
-        encoder: encoder_config,
-        pooling: Pooling::Mean,
-        max_seq_length: options.max_seq_length,
-        truncation: options.truncation,
-        head: HeadConfig { hidden: options.hidden.clone() },
-        training: None,
-    };
+    let config = router_config(options, models, encoder_config);
     let fingerprint = embed::encoder_fingerprint(&config, &encoder);
     let embed_records = |records: &[Record]| {
         let prompts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
@@ -143,9 +137,9 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
     let train_x = embed_records(&train_records)?;
     let val_x = embed_records(&val_records)?;
     let train_y = score_rows(&train_records, models)?;
-    let val_y = score_rows(&val_records, models)?;
+    let train_tasks: Vec<&str> = train_records.iter().map(|r| r.task.as_str()).collect();
 
-    let fit = fit_head(&train_x, &train_y, &val_x, &val_y, encoder.dim(), models.len(), options)?;
+    let fit = fit_early_stopped(&train_tasks, &train_x, &train_y, models.len(), options, "training")?;
 
     let validation = if val_records.is_empty() {
         None
@@ -170,8 +164,10 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
             "val_fraction": options.val_fraction,
             "train_prompts": train_records.len(),
             "val_prompts": val_records.len(),
+            "early_stop_fraction": options.early_stop_fraction,
+            "early_stop_prompts": fit.early_stop_prompts,
             "epochs": fit.epochs,
-            "best_val_loss": fit.best_loss,
+            "best_early_stop_loss": fit.best_loss,
             "learning_rate": options.learning_rate,
             "weight_decay": options.weight_decay,
             "batch_size": options.batch_size,
@@ -187,6 +183,79 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
 pub fn read_catalog(path: &Path) -> Result<Catalog> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainingError::Io { path: path.to_path_buf(), source: e })?;
     Catalog::from_toml_str(&text).map_err(|e| TrainingError::Format { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// An evaluation of out-of-fold predictions: every prompt scored by a head that never saw it.
+#[derive(Debug)]
+pub struct CrossValidation {
+    /// The report over all prompts (modes, AIQ, baselines), each prompt predicted by the head of
+    /// the fold it was held out in; the kNN baseline is out-of-fold in the same folds.
+    pub evaluation: Evaluation,
+    /// Epochs each fold's head ran before early stopping.
+    pub epochs: Vec<usize>,
+}
+
+/// K-fold cross-validation of training with `options` on `records`: folds stratified by task
+/// (see [`crate::data::folds`]); each fold's head is trained, with early stopping on a share of
+/// its training side, on the other folds and predicts the held-out one. Every prompt is evaluated
+/// once, so the estimate uses all the data and varies less than one validation split.
+/// `options.val_fraction` is not used.
+pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOptions, folds: usize) -> Result<CrossValidation> {
+    let tasks: Vec<&str> = records.iter().map(|r| r.task.as_str()).collect();
+    let fold_of = crate::data::folds(tasks.iter().copied(), folds, options.seed)?;
+    if records.len() < folds {
+        return Err(TrainingError::Invalid(format!("{} records cannot make {folds} folds", records.len())));
+    }
+    let catalog = options.catalog.as_deref().map(read_catalog).transpose()?;
+    let test = test_matrix(records, models, catalog.as_ref())?;
+    let (encoder, encoder_config, _) = build_encoder(options)?;
+    let fingerprint = embed::encoder_fingerprint(&router_config(options, models, encoder_config), &encoder);
+    let prompts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
+    let x = embed::embed_cached(&encoder, fingerprint, &prompts, &options.cache_dir)?;
+    let y = score_rows(records, models)?;
+
+    let mut predictions = vec![Vec::new(); records.len()];
+    let mut knn = vec![Vec::new(); records.len()];
+    let mut epochs = Vec::with_capacity(folds);
+    for fold in 0..folds {
+        let (held, kept): (Vec<usize>, Vec<usize>) = (0..records.len()).partition(|&i| fold_of[i] == fold);
+        let rows = |index: &[usize]| -> Vec<Vec<f32>> { index.iter().map(|&i| x[i].clone()).collect() };
+        let (kept_x, held_x) = (rows(&kept), rows(&held));
+        let kept_y: Vec<Vec<f64>> = kept.iter().map(|&i| y[i].clone()).collect();
+        let kept_tasks: Vec<&str> = kept.iter().map(|&i| tasks[i]).collect();
+        let label = format!("fold {}/{folds}", fold + 1);
+        let fit = fit_early_stopped(&kept_tasks, &kept_x, &kept_y, models.len(), options, &label)?;
+        epochs.push(fit.epochs);
+        for (&i, row) in held.iter().zip(predict(&fit.head, &held_x)?) {
+            predictions[i] = row;
+        }
+        for (&i, row) in held.iter().zip(baselines::knn(&kept_x, &kept_y, &held_x, baselines::DEFAULT_K)?) {
+            knn[i] = row;
+        }
+    }
+    let evaluation = eval::evaluate(&EvalInput {
+        test: &test,
+        skipped: 0,
+        predictions: &predictions,
+        knn_predictions: &knn,
+        seed: options.seed,
+    })?;
+    Ok(CrossValidation { evaluation, epochs })
+}
+
+fn router_config(options: &TrainOptions, models: &[String], encoder: EncoderConfig) -> RouterConfig {
+    RouterConfig {
+        format_version: router_core::FORMAT_VERSION,
+        name: options.name.clone(),
+        version: options.version.clone(),
+        models: models.to_vec(),
+        encoder,
+        pooling: Pooling::Mean,
+        max_seq_length: options.max_seq_length,
+        truncation: options.truncation,
+        head: HeadConfig { hidden: options.hidden.clone() },
+        training: None,
+    }
 }
 
 /// A test matrix for `records`: actual costs from the data (else estimated from the catalog), and
@@ -263,6 +332,34 @@ struct FittedHead {
     varmap: VarMap,
     epochs: usize,
     best_loss: f64,
+    early_stop_prompts: usize,
+}
+
+/// Fits a head on the rows `x`, `y` (of `tasks`), early-stopping on a task-stratified share
+/// (`options.early_stop_fraction`) of them that the optimiser never steps on.
+fn fit_early_stopped(
+    tasks: &[&str],
+    x: &[Vec<f32>],
+    y: &[Vec<f64>],
+    outputs: usize,
+    options: &TrainOptions,
+    label: &str,
+) -> Result<FittedHead> {
+    let held = crate::data::validation_mask(tasks.iter().copied(), options.early_stop_fraction, options.seed)?;
+    let side = |stop: bool| {
+        let index: Vec<usize> = (0..x.len()).filter(|&i| held[i] == stop).collect();
+        let xs: Vec<Vec<f32>> = index.iter().map(|&i| x[i].clone()).collect();
+        let ys: Vec<Vec<f64>> = index.iter().map(|&i| y[i].clone()).collect();
+        (xs, ys)
+    };
+    let (fit_x, fit_y) = side(false);
+    let (stop_x, stop_y) = side(true);
+    if fit_x.is_empty() {
+        return Err(TrainingError::Invalid("nothing is left to train on after the early-stopping split".into()));
+    }
+    let mut fitted = fit_head(&fit_x, &fit_y, &stop_x, &stop_y, outputs, options, label)?;
+    fitted.early_stop_prompts = stop_x.len();
+    Ok(fitted)
 }
 
 fn to_tensor(rows: &[Vec<f32>], width: usize) -> Result<Tensor> {
@@ -278,12 +375,13 @@ fn targets(rows: &[Vec<f64>], width: usize) -> Result<Tensor> {
 fn fit_head(
     train_x: &[Vec<f32>],
     train_y: &[Vec<f64>],
-    val_x: &[Vec<f32>],
-    val_y: &[Vec<f64>],
-    dim: usize,
+    stop_x: &[Vec<f32>],
+    stop_y: &[Vec<f64>],
     outputs: usize,
     options: &TrainOptions,
+    label: &str,
 ) -> Result<FittedHead> {
+    let dim = train_x.first().map_or(0, Vec::len);
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let head = Head::load(vb, &HeadConfig { hidden: options.hidden.clone() }, dim, outputs)?;
@@ -293,15 +391,15 @@ fn fit_head(
         vars.iter().map(|(_, v)| v.clone()).collect(),
         ParamsAdamW { lr: options.learning_rate, weight_decay: options.weight_decay, ..Default::default() },
     )?;
-    let val_x_t = (!val_x.is_empty()).then(|| to_tensor(val_x, dim)).transpose()?;
-    let val_y_t = (!val_y.is_empty()).then(|| targets(val_y, outputs)).transpose()?;
+    let stop_x_t = (!stop_x.is_empty()).then(|| to_tensor(stop_x, dim)).transpose()?;
+    let stop_y_t = (!stop_y.is_empty()).then(|| targets(stop_y, outputs)).transpose()?;
     let all_x = to_tensor(train_x, dim)?;
     let all_y = targets(train_y, outputs)?;
     let mut order: Vec<u32> = (0..train_x.len() as u32).collect();
     let mut best: Option<(f64, Vec<Tensor>)> = None;
     let mut since_best = 0;
     let mut epochs = 0;
-    let bar = embed::progress_bar(options.max_epochs, "training");
+    let bar = embed::progress_bar(options.max_epochs, label);
     for _ in 0..options.max_epochs {
         epochs += 1;
         order.shuffle(&mut rng);
@@ -312,7 +410,7 @@ fn fit_head(
             let batch_loss = loss::binary_cross_entropy_with_logit(&head.forward_logits(&x)?, &y)?;
             optimizer.backward_step(&batch_loss)?;
         }
-        let epoch_loss = match (&val_x_t, &val_y_t) {
+        let epoch_loss = match (&stop_x_t, &stop_y_t) {
             (Some(x), Some(y)) => loss::binary_cross_entropy_with_logit(&head.forward_logits(x)?, y)?,
             _ => loss::binary_cross_entropy_with_logit(&head.forward_logits(&all_x)?, &all_y)?,
         }
@@ -338,7 +436,7 @@ fn fit_head(
         }
         None => f64::NAN,
     };
-    Ok(FittedHead { head, varmap, epochs, best_loss })
+    Ok(FittedHead { head, varmap, epochs, best_loss, early_stop_prompts: 0 })
 }
 
 /// Sets every variable, in name order, from `rng`: uniform in ±1/√fan_in, PyTorch's default for
@@ -443,11 +541,17 @@ fn model_card(config: &RouterConfig, options: &TrainOptions, validation: Option<
         ),
     };
     let table = validation
-        .map(|v| format!("## Validation ({:.0} % held out, seed {})\n\n```text\n{}\n```\n\n![cost-quality curve](validation.svg)\n", options.val_fraction * 100.0, options.seed, v.report))
+        .map(|v| format!(
+            "## Validation ({:.0} % held out, seed {}; early stopping on {:.0} % of the rest)\n\n```text\n{}\n```\n\n![cost-quality curve](validation.svg)\n",
+            options.val_fraction * 100.0,
+            options.seed,
+            options.early_stop_fraction * 100.0,
+            v.report
+        ))
         .unwrap_or_else(|| "No validation split was held out.\n".into());
     format!(
         "# {name} ({version})\n\nA model-router bundle: it predicts, for a prompt, the quality each of {n} models would reach.\n\n\
-         - Models (head columns): {models}\n- Encoder: {encoder}\n- Head: MLP, hidden layers {hidden:?}, one sigmoid per model\n\
+         - Models (head columns): {models}\n- Encoder: {encoder}\n- Head: {head}, one sigmoid per model\n\
          - Prompts: the last {max} tokens are kept (truncation {truncation:?})\n- Trained on: {data}\n- Seed: {seed}\n\n{table}\n\
          ## Licence lineage\n\nThe encoder derives from sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0). The head is trained on the \
          data listed above; see each dataset's own licence (RouterBench via RouterDC: code MIT, dataset card states no licence; \
@@ -456,7 +560,7 @@ fn model_card(config: &RouterConfig, options: &TrainOptions, validation: Option<
         version = config.version,
         n = config.models.len(),
         models = config.models.join(", "),
-        hidden = config.head.hidden,
+        head = if config.head.hidden.is_empty() { "linear".to_string() } else { format!("MLP, hidden layers {:?}", config.head.hidden) },
         max = config.max_seq_length,
         truncation = config.truncation,
         data = options.data.join(", "),
