@@ -34,7 +34,7 @@
 //! **Costs** are USD per prompt. They come from the data where it has them; where a record has no
 //! cost for a model and a price list is given (`--prices`, the LLMRouter `default_llm.json` format:
 //! model -> `{"input_price", "output_price", ...}` in USD per 1M tokens), the cost is estimated by
-//! [`estimate_cost`]: [`estimate_tokens`] of the prompt × input price + [`EXPECTED_OUTPUT_TOKENS`] ×
+//! [`estimate_cost`]: the policy's token estimate of the prompt × input price + [`EXPECTED_OUTPUT_TOKENS`] ×
 //! output price.
 //!
 //! ```
@@ -73,12 +73,6 @@ use crate::error::{Result, TrainingError};
 /// A row read into a record, or why it was skipped.
 type RowResult<T> = std::result::Result<T, SkipReason>;
 
-/// Characters per token in the token estimate: tokens = ceil(characters / 4).
-///
-/// Four characters per token is the usual rule of thumb for English text with GPT-style BPE
-/// tokenizers; the price files give no token counts, so an estimate is all there is.
-pub const CHARS_PER_TOKEN: usize = 4;
-
 /// Output tokens assumed for every answer when a cost is estimated from prices.
 ///
 /// The data have no output lengths. 256 tokens is a short answer with some reasoning; what matters
@@ -95,27 +89,18 @@ pub struct Price {
     pub output_price: f64,
 }
 
-/// Estimated tokens of `text`: ceil(Unicode characters / [`CHARS_PER_TOKEN`]).
-///
-/// ```
-/// assert_eq!(router_training::data::estimate_tokens(""), 0);
-/// assert_eq!(router_training::data::estimate_tokens("abcde"), 2);
-/// ```
-pub fn estimate_tokens(text: &str) -> u64 {
-    text.chars().count().div_ceil(CHARS_PER_TOKEN) as u64
-}
-
-/// Estimated USD cost of sending `prompt` to a model with `price`: [`estimate_tokens`] × input
-/// price + [`EXPECTED_OUTPUT_TOKENS`] × output price (prices per 1M tokens).
+/// Estimated USD cost of sending `prompt` to a model with `price`: input tokens estimated as the
+/// live policy estimates them ([`router_policy::estimate_tokens`]) × input price +
+/// [`EXPECTED_OUTPUT_TOKENS`] × output price (prices per 1M tokens).
 ///
 /// ```
 /// use router_training::data::{estimate_cost, Price};
 /// let price = Price { input_price: 1.0, output_price: 2.0 };
-/// // 2 input tokens at 1 USD/M + 256 output tokens at 2 USD/M.
-/// assert!((estimate_cost("abcdefgh", &price) - (2.0 + 512.0) / 1e6).abs() < 1e-15);
+/// // "abcdefgh": 8 characters / 3 -> 3 input tokens at 1 USD/M, + 256 output tokens at 2 USD/M.
+/// assert!((estimate_cost("abcdefgh", &price) - (3.0 + 512.0) / 1e6).abs() < 1e-15);
 /// ```
 pub fn estimate_cost(prompt: &str, price: &Price) -> f64 {
-    (estimate_tokens(prompt) as f64 * price.input_price
+    (router_policy::estimate_tokens(prompt) as f64 * price.input_price
         + EXPECTED_OUTPUT_TOKENS as f64 * price.output_price)
         / 1e6
 }

@@ -777,8 +777,9 @@ mod tests {
         ]);
         let test = Matrix::from_records(&records, &models, Some(&prices)).unwrap();
         assert_eq!(test.scores(), [vec![0.0, 1.0], vec![0.0, 1.0]]);
-        assert_eq!(test.costs(), [vec![0.25, 0.5], vec![4e-6, 2e-6]]);
-        assert_eq!(test.routing_costs(), [vec![2e-6, 1e-6], vec![4e-6, 2e-6]]);
+        // The policy's token estimate: "abcd" is 2 tokens, "abcdefgh" 3 (characters / 3, rounded up).
+        assert_eq!(test.costs(), [vec![0.25, 0.5], vec![6e-6, 3e-6]]);
+        assert_eq!(test.routing_costs(), [vec![4e-6, 2e-6], vec![6e-6, 3e-6]]);
         let without_b = BTreeMap::from([("a".to_string(), prices["a"])]);
         assert!(matches!(
             Matrix::from_records(&records, &models, Some(&without_b)),
