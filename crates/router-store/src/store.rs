@@ -59,6 +59,32 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// `as_str` and `FromStr` for a settings enum, from one table of variants and their names (the
+/// names the server's config file uses).
+macro_rules! named_variants {
+    ($type:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $type {
+            #[doc = concat!("The setting's name: ", $("`", $name, "` "),+)]
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($type::$variant => $name),+
+                }
+            }
+        }
+
+        impl FromStr for $type {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok($type::$variant),)+
+                    other => Err(format!("`{other}` is not one of {}", [$(concat!("`", $name, "`")),+].join(", "))),
+                }
+            }
+        }
+    };
+}
+
 /// What a full store does with a new record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnFull {
@@ -69,27 +95,7 @@ pub enum OnFull {
     EvictOldest,
 }
 
-impl OnFull {
-    /// `refuse` or `evict_oldest`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnFull::Refuse => "refuse",
-            OnFull::EvictOldest => "evict_oldest",
-        }
-    }
-}
-
-impl FromStr for OnFull {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "refuse" => Ok(OnFull::Refuse),
-            "evict_oldest" => Ok(OnFull::EvictOldest),
-            other => Err(format!("`{other}` is not `refuse` or `evict_oldest`")),
-        }
-    }
-}
+named_variants!(OnFull { Refuse => "refuse", EvictOldest => "evict_oldest" });
 
 /// SQLite's `synchronous` setting in WAL mode: when a commit reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,27 +110,7 @@ pub enum Synchronous {
     Normal,
 }
 
-impl Synchronous {
-    /// `full` or `normal`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Synchronous::Full => "full",
-            Synchronous::Normal => "normal",
-        }
-    }
-}
-
-impl FromStr for Synchronous {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "full" => Ok(Synchronous::Full),
-            "normal" => Ok(Synchronous::Normal),
-            other => Err(format!("`{other}` is not `full` or `normal`")),
-        }
-    }
-}
+named_variants!(Synchronous { Full => "full", Normal => "normal" });
 
 /// How a store is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1164,5 +1150,23 @@ impl Store {
             max_bytes: self.options.max_bytes,
             file_bytes: to_u64(pages.saturating_mul(page_size)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_names_round_trip_and_unknown_names_list_the_known_ones() {
+        for on_full in [OnFull::Refuse, OnFull::EvictOldest] {
+            assert_eq!(on_full.as_str().parse::<OnFull>(), Ok(on_full));
+        }
+        for synchronous in [Synchronous::Full, Synchronous::Normal] {
+            assert_eq!(synchronous.as_str().parse::<Synchronous>(), Ok(synchronous));
+        }
+        assert_eq!(OnFull::EvictOldest.as_str(), "evict_oldest");
+        assert_eq!("drop".parse::<OnFull>(), Err("`drop` is not one of `refuse`, `evict_oldest`".to_string()));
+        assert_eq!("FULL".parse::<Synchronous>(), Err("`FULL` is not one of `full`, `normal`".to_string()));
     }
 }
