@@ -3,7 +3,6 @@
 //! environment under the cargo target directory (reused by later runs). Without `python3`, or
 //! when the install fails (no network), the test says so on stderr and passes without running.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -11,7 +10,10 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::response::IntoResponse;
 use axum::routing::post;
+use common::{bundle, Backend, Server};
 use serde_json::{json, Value};
+
+mod common;
 
 fn venv_python() -> Result<PathBuf, String> {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
@@ -51,7 +53,19 @@ fn venv_python() -> Result<PathBuf, String> {
     Ok(python)
 }
 
-async fn mock_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// The virtual environment's python, or `None` (said on stderr, naming `test`) when it cannot be
+/// had: the test then passes without running.
+async fn python_or_skip(test: &str) -> Option<PathBuf> {
+    match tokio::task::spawn_blocking(venv_python).await.unwrap() {
+        Ok(p) => Some(p),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            None
+        }
+    }
+}
+
+async fn mock_backend() -> Backend {
     async fn answer(body: Bytes) -> axum::response::Response {
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let model = body["model"].as_str().unwrap_or("?").to_string();
@@ -70,15 +84,38 @@ async fn mock_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
         .into_response()
     }
-    let app = axum::Router::new().route("/v1/chat/completions", post(answer));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    (
-        addr,
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+    Backend::serve(axum::Router::new().route("/v1/chat/completions", post(answer))).await
+}
+
+/// The server for `text`, with relative paths against `dir` and the scripts' proxy key.
+async fn start_server(text: &str, dir: &Path) -> Server {
+    Server::start(text, "py.toml", dir, |v| {
+        (v == "KEYS").then(|| "proxy-key".into())
+    })
+    .await
+}
+
+/// Runs `script` with the server's `/v1` URL as its argument (for at most 60 s), stops the
+/// server, and returns the JSON the script printed.
+async fn run_script(python: PathBuf, script: &'static str, server: Server) -> Value {
+    let base = server.url("/v1");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || {
+            Command::new(python).args(["-c", script, &base]).output()
         }),
     )
+    .await
+    .expect("python finished in time")
+    .unwrap()
+    .expect("python runs");
+    server.stop().await;
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the script")
 }
 
 const SCRIPT: &str = r#"
@@ -95,19 +132,15 @@ print(json.dumps({"model": r.model, "content": r.choices[0].message.content, "st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_openai_python_client() {
-    let python = match tokio::task::spawn_blocking(venv_python).await.unwrap() {
-        Ok(p) => p,
-        Err(why) => {
-            eprintln!("SKIPPED official_openai_python_client: {why}");
-            return;
-        }
+    let Some(python) = python_or_skip("official_openai_python_client").await else {
+        return;
     };
-    let (mock, mock_task) = mock_backend().await;
+    let backend = mock_backend().await;
+    let mock = backend.addr;
     let models = ["gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat"];
-    let mut text =
-        format!(
+    let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\napi_keys_env = \"KEYS\"\n[router]\nbundle = \"{}\"\n",
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/routerbench").display()
+        bundle().display()
     );
     for (i, m) in models.iter().enumerate() {
         text.push_str(&format!(
@@ -116,31 +149,8 @@ async fn official_openai_python_client() {
             p = 10.0 / (i as f64 + 1.0)
         ));
     }
-    let config =
-        router_server::ServerConfig::from_toml_str(&text, "py.toml", Path::new("."), |v| {
-            (v == "KEYS").then(|| "proxy-key".into())
-        })
-        .unwrap();
-    let server = router_server::start(config).await.unwrap();
-    let base = format!("http://{}/v1", server.local_addr());
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || {
-            Command::new(python).args(["-c", SCRIPT, &base]).output()
-        }),
-    )
-    .await
-    .expect("python finished in time")
-    .unwrap()
-    .expect("python runs");
-    server.shutdown(Duration::from_secs(2)).await;
-    mock_task.abort();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let result: Value = serde_json::from_slice(&out.stdout).expect("JSON from the script");
+    let server = start_server(&text, Path::new(".")).await;
+    let result = run_script(python, SCRIPT, server).await;
     assert!(
         models.contains(&result["model"].as_str().unwrap()),
         "{result}"
@@ -179,50 +189,22 @@ print(json.dumps({"ids": ids, "listed": listed, "one_id": one.id, "one": one.cho
 /// one id for every answer, so the store gives each record a fresh one and the client sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_openai_python_client_stored_completions() {
-    let python = match tokio::task::spawn_blocking(venv_python).await.unwrap() {
-        Ok(p) => p,
-        Err(why) => {
-            eprintln!("SKIPPED official_openai_python_client_stored_completions: {why}");
-            return;
-        }
+    let Some(python) = python_or_skip("official_openai_python_client_stored_completions").await
+    else {
+        return;
     };
-    let (mock, mock_task) = mock_backend().await;
+    let backend = mock_backend().await;
+    let mock = backend.addr;
     let dir = tempfile::TempDir::new().unwrap();
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\napi_keys_env = \"KEYS\"\n[router]\nbundle = \"{}\"\n\
          [[models]]\nname = \"gpt-4-1106-preview\"\ninput_price = 1.0\noutput_price = 1.0\ncontext_window = 32000\ndeployments = [\"d\"]\n\
          [[deployments]]\nname = \"d\"\nkind = \"openai\"\nbase_url = \"http://{mock}/v1\"\nmodel = \"up\"\n\
          [store]\npath = \"stored.db\"\n",
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../models/routerbench")
-            .display()
+        bundle().display()
     );
-    let config = router_server::ServerConfig::from_toml_str(&text, "py.toml", dir.path(), |v| {
-        (v == "KEYS").then(|| "proxy-key".into())
-    })
-    .unwrap();
-    let server = router_server::start(config).await.unwrap();
-    let base = format!("http://{}/v1", server.local_addr());
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || {
-            Command::new(python)
-                .args(["-c", STORED_SCRIPT, &base])
-                .output()
-        }),
-    )
-    .await
-    .expect("python finished in time")
-    .unwrap()
-    .expect("python runs");
-    server.shutdown(Duration::from_secs(2)).await;
-    mock_task.abort();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON from the script");
+    let server = start_server(&text, dir.path()).await;
+    let r = run_script(python, STORED_SCRIPT, server).await;
     let ids: Vec<String> = serde_json::from_value(r["ids"].clone()).unwrap();
     assert_eq!(ids[0], "x", "the first answer keeps the backend's id");
     assert!(

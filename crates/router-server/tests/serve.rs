@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,10 +14,14 @@ use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use futures_util::StreamExt;
-use router_server::{RunningServer, ServerConfig};
+use common::{
+    assert_has_metric, bundle, collect_stream, header, json_of, send, text_of, Backend, Server,
+};
+use router_server::ServerConfig;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
+
+mod common;
 
 const GPT4: &str = "gpt-4-1106-preview";
 const GPT35: &str = "gpt-3.5-turbo-1106";
@@ -52,9 +56,8 @@ struct Seen {
 }
 
 struct Mock {
-    addr: SocketAddr,
+    backend: Backend,
     state: Arc<MockState>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl Mock {
@@ -67,12 +70,10 @@ impl Mock {
                 post(mock_azure),
             )
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Mock { addr, state, task }
+        Mock {
+            backend: Backend::serve(app).await,
+            state,
+        }
     }
 
     fn set(&self, deployment: &str, b: Behaviour) {
@@ -103,11 +104,13 @@ impl Mock {
             .cloned()
             .collect()
     }
-}
 
-impl Drop for Mock {
-    fn drop(&mut self) {
-        self.task.abort();
+    /// Requests to each model's first deployment (not to the spillover ones, gpt4-paygo and alt).
+    fn primary_hits(&self) -> usize {
+        ["gpt4-ptu", "gpt35", "claude", "mixtral"]
+            .iter()
+            .map(|d| self.hits(d))
+            .sum()
     }
 }
 
@@ -224,10 +227,6 @@ async fn mock(
     .into_response()
 }
 
-fn bundle() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/routerbench")
-}
-
 fn config_text(mock: SocketAddr, server_extra: &str) -> String {
     let base = |dep: &str| format!("http://{mock}/d/{dep}/v1");
     format!(
@@ -342,56 +341,66 @@ fn env(name: &str) -> Option<String> {
 
 struct Env {
     mock: Mock,
-    server: Option<RunningServer>,
-    base: String,
-    http: reqwest::Client,
+    server: Server,
 }
 
 impl Env {
     async fn start(server_extra: &str) -> Env {
         let mock = Mock::start().await;
-        let text = config_text(mock.addr, server_extra);
-        let config = ServerConfig::from_toml_str(&text, "test.toml", Path::new("."), env)
-            .expect("valid config");
-        let server = router_server::start(config).await.expect("server starts");
-        let base = format!("http://{}", server.local_addr());
-        let http = reqwest::Client::builder().timeout(LIMIT).build().unwrap();
-        Env {
-            mock,
-            server: Some(server),
-            base,
-            http,
-        }
+        let text = config_text(mock.backend.addr, server_extra);
+        let server = Server::start(&text, "test.toml", Path::new("."), env).await;
+        Env { mock, server }
     }
 
     async fn post(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
-        let mut r = self.http.post(format!("{}{path}", self.base)).json(&body);
+        let mut r = self.server.request(reqwest::Method::POST, path).json(&body);
         for (k, v) in headers {
             r = r.header(*k, *v);
         }
-        r.send().await.expect("request completes")
+        send(r).await
     }
 
-    async fn stop(mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown(Duration::from_secs(2)).await;
-        }
+    async fn completions(&self, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
+        self.post("/v1/chat/completions", body, headers).await
     }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        send(self.server.get(path)).await
+    }
+
+    async fn metrics(&self) -> String {
+        text_of(self.server.get("/metrics")).await
+    }
+
+    async fn stop(self) {
+        self.server.stop().await;
+    }
+}
+
+/// A config whose deployments point at a port nothing answers on: for tests that never send.
+fn config_text_without_mock() -> String {
+    config_text("127.0.0.1:9".parse().unwrap(), "")
+}
+
+/// The config from `text` as the file serve.toml, or the error's message.
+fn parse_config(text: &str) -> Result<ServerConfig, String> {
+    ServerConfig::from_toml_str(text, "serve.toml", Path::new("."), env).map_err(|e| e.to_string())
 }
 
 fn chat(model: &str, prompt: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
 }
 
-fn header(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+/// A chat request to `model-router` with the body's `router` overrides.
+fn chat_with_router_field(prompt: &str, router: Value) -> Value {
+    let mut body = chat("model-router", prompt);
+    body["router"] = router;
+    body
 }
 
-async fn json_of(r: reqwest::Response) -> Value {
-    r.json::<Value>().await.expect("JSON body")
+/// The `x-router-decision` header (sent on `x-router-explain`), parsed.
+fn decision_of(r: &reqwest::Response) -> Value {
+    serde_json::from_str(&header(r, "x-router-decision").expect("decision header")).unwrap()
 }
 
 fn assert_openai_error(body: &Value) {
@@ -411,6 +420,14 @@ fn assert_openai_error(body: &Value) {
     );
 }
 
+/// Checks that `r` has `status` and an OpenAI-style error body, and returns the body.
+async fn expect_openai_error(r: reqwest::Response, status: u16) -> Value {
+    assert_eq!(r.status(), status);
+    let body = json_of(r).await;
+    assert_openai_error(&body);
+    body
+}
+
 fn deployment_of(model: &str) -> &'static str {
     match model {
         GPT35 => "gpt35",
@@ -423,19 +440,15 @@ fn deployment_of(model: &str) -> &'static str {
 #[tokio::test]
 async fn routes_and_explains() {
     let env = Env::start("").await;
+    let prompt = "Write a Python function that reverses a linked list.";
     let r = env
-        .post(
-            "/v1/chat/completions",
-            chat(
-                "model-router",
-                "Write a Python function that reverses a linked list.",
-            ),
+        .completions(
+            chat("model-router", prompt),
             &[("x-router-explain", "true")],
         )
         .await;
     assert_eq!(r.status(), 200);
-    let decision: Value =
-        serde_json::from_str(&header(&r, "x-router-decision").expect("decision header")).unwrap();
+    let decision = decision_of(&r);
     let routed = header(&r, "x-router-model").unwrap();
     let body = json_of(r).await;
     let model = body["model"].as_str().unwrap().to_string();
@@ -453,35 +466,18 @@ async fn routes_and_explains() {
         decision["excluded"]["claude-v2"]["reason"],
         "no_catalog_entry"
     );
-    let total: usize = ["gpt4-ptu", "gpt35", "claude", "mixtral"]
-        .iter()
-        .map(|d| env.mock.hits(d))
-        .sum();
-    assert_eq!(total, 1);
+    assert_eq!(env.mock.primary_hits(), 1);
 
     // The decision-only endpoint agrees and sends nothing upstream.
     let r = env
-        .post(
-            "/v1/route",
-            chat(
-                "model-router",
-                "Write a Python function that reverses a linked list.",
-            ),
-            &[],
-        )
+        .post("/v1/route", chat("model-router", prompt), &[])
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(json_of(r).await["model"], model);
-    let total: usize = ["gpt4-ptu", "gpt35", "claude", "mixtral"]
-        .iter()
-        .map(|d| env.mock.hits(d))
-        .sum();
-    assert_eq!(total, 1);
+    assert_eq!(env.mock.primary_hits(), 1);
 
     // Without the explain header there is no decision header.
-    let r = env
-        .post("/v1/chat/completions", chat("model-router", "Hi"), &[])
-        .await;
+    let r = env.completions(chat("model-router", "Hi"), &[]).await;
     assert_eq!(r.status(), 200);
     assert!(header(&r, "x-router-decision").is_none());
     assert!(json_of(r).await.get("router").is_none());
@@ -503,10 +499,7 @@ async fn routes_on_the_conversation_and_capabilities() {
     // Images need vision, which no model here has: a 400 that says why.
     let body = json!({"model": "model-router", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]});
-    let r = env.post("/v1/chat/completions", body, &[]).await;
-    assert_eq!(r.status(), 400);
-    let b = json_of(r).await;
-    assert_openai_error(&b);
+    let b = expect_openai_error(env.completions(body, &[]).await, 400).await;
     assert_eq!(b["error"]["code"], "no_eligible_model");
     env.stop().await;
 }
@@ -515,11 +508,7 @@ async fn routes_on_the_conversation_and_capabilities() {
 async fn bypass_and_azure_paths() {
     let env = Env::start("").await;
     let r = env
-        .post(
-            "/v1/chat/completions",
-            chat(MIXTRAL, "Hello"),
-            &[("x-router-explain", "true")],
-        )
+        .completions(chat(MIXTRAL, "Hello"), &[("x-router-explain", "true")])
         .await;
     assert_eq!(r.status(), 200);
     assert!(header(&r, "x-router-decision").is_none());
@@ -529,9 +518,7 @@ async fn bypass_and_azure_paths() {
     assert_eq!(env.mock.hits("mixtral"), 1);
 
     // openai kind: Bearer key, upstream model name replaced.
-    let r = env
-        .post("/v1/chat/completions", chat(CLAUDE, "Hello"), &[])
-        .await;
+    let r = env.completions(chat(CLAUDE, "Hello"), &[]).await;
     assert_eq!(r.status(), 200);
     let seen = env.mock.seen("claude");
     assert_eq!(
@@ -571,22 +558,12 @@ async fn bypass_and_azure_paths() {
     assert!(header(&r, "x-router-model").is_some());
 
     // Unknown model: 404 model_not_found.
-    let r = env
-        .post("/v1/chat/completions", chat("gpt-5", "Hi"), &[])
-        .await;
-    assert_eq!(r.status(), 404);
-    let b = json_of(r).await;
-    assert_openai_error(&b);
+    let r = env.completions(chat("gpt-5", "Hi"), &[]).await;
+    let b = expect_openai_error(r, 404).await;
     assert_eq!(b["error"]["code"], "model_not_found");
 
     // /v1/models lists the router and the deployed models.
-    let r = env
-        .http
-        .get(format!("{}/v1/models", env.base))
-        .send()
-        .await
-        .unwrap();
-    let ids: Vec<String> = json_of(r).await["data"]
+    let ids: Vec<String> = json_of(env.get("/v1/models").await).await["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -605,25 +582,16 @@ async fn bypass_and_azure_paths() {
 async fn overrides_by_body_and_headers() {
     let env = Env::start("").await;
     let prompt = "Explain the proof that there are infinitely many primes.";
-    let mut body = chat("model-router", prompt);
-    body["router"] = json!({"subset": [CLAUDE], "mode": "quality"});
-    let r = env
-        .post(
-            "/v1/chat/completions",
-            body,
-            &[("x-router-explain", "true")],
-        )
-        .await;
+    let body = chat_with_router_field(prompt, json!({"subset": [CLAUDE], "mode": "quality"}));
+    let r = env.completions(body, &[("x-router-explain", "true")]).await;
     assert_eq!(r.status(), 200);
-    let d: Value = serde_json::from_str(&header(&r, "x-router-decision").unwrap()).unwrap();
-    assert_eq!(d["mode"], "quality");
+    assert_eq!(decision_of(&r)["mode"], "quality");
     assert_eq!(json_of(r).await["model"], CLAUDE);
     // The `router` field is not forwarded upstream.
     assert!(env.mock.seen("claude")[0].body.get("router").is_none());
 
     let r = env
-        .post(
-            "/v1/chat/completions",
+        .completions(
             chat("model-router", prompt),
             &[
                 ("x-router-subset", MIXTRAL),
@@ -633,13 +601,11 @@ async fn overrides_by_body_and_headers() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let d: Value = serde_json::from_str(&header(&r, "x-router-decision").unwrap()).unwrap();
-    assert_eq!(d["mode"], "cost");
+    assert_eq!(decision_of(&r)["mode"], "cost");
     assert_eq!(json_of(r).await["model"], MIXTRAL);
 
     // A custom band in the body; the body's mode wins over the header's.
-    let mut body = chat("model-router", prompt);
-    body["router"] = json!({"band": 1.0, "mode": "quality"});
+    let body = chat_with_router_field(prompt, json!({"band": 1.0, "mode": "quality"}));
     let r = env
         .post("/v1/route", body, &[("x-router-mode", "cost")])
         .await;
@@ -650,65 +616,49 @@ async fn overrides_by_body_and_headers() {
     assert_eq!(d["model"], MIXTRAL);
 
     // Bad overrides are 400s with the parameter named.
-    let mut body = chat("model-router", prompt);
-    body["router"] = json!({"mode": "cheap"});
-    let r = env.post("/v1/chat/completions", body, &[]).await;
-    assert_eq!(r.status(), 400);
-    let b = json_of(r).await;
-    assert_openai_error(&b);
+    let body = chat_with_router_field(prompt, json!({"mode": "cheap"}));
+    let b = expect_openai_error(env.completions(body, &[]).await, 400).await;
     assert_eq!(b["error"]["param"], "router.mode");
     let r = env
-        .post(
-            "/v1/chat/completions",
+        .completions(
             chat("model-router", prompt),
             &[("x-router-subset", "not-a-model")],
         )
         .await;
-    assert_eq!(r.status(), 400);
-    assert_openai_error(&json_of(r).await);
+    expect_openai_error(r, 400).await;
     env.stop().await;
 }
 
-async fn read_stream(
-    env: &Env,
-    body: Value,
-    gate: oneshot::Sender<()>,
-) -> (String, Option<String>) {
-    let r = env.post("/v1/chat/completions", body, &[]).await;
+/// Streams a chat request to `model` through the server and returns the text and the
+/// `x-router-model` header. The backend holds chunk two until we have seen chunk one: this only
+/// completes if the server passes chunks through unbuffered.
+async fn stream_chat(env: &Env, model: &str, prompt: &str) -> (String, Option<String>) {
+    let (gate, held) = oneshot::channel();
+    *env.mock.state.gate.lock().unwrap() = Some(held);
+    let mut body = chat(model, prompt);
+    body["stream"] = json!(true);
+    let r = env.completions(body, &[]).await;
     assert_eq!(r.status(), 200);
     assert!(header(&r, "content-type")
         .unwrap()
         .starts_with("text/event-stream"));
-    let model = header(&r, "x-router-model");
-    let mut stream = r.bytes_stream();
-    let mut text = String::new();
+    let routed = header(&r, "x-router-model");
     let mut gate = Some(gate);
-    let read = async {
-        while let Some(chunk) = stream.next().await {
-            text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
-            // The backend holds chunk two until we have seen chunk one: this only completes if
-            // the server passes chunks through unbuffered.
-            if text.contains("\"one\"") {
-                if let Some(g) = gate.take() {
-                    let _ = g.send(());
-                }
+    let text = collect_stream(r, |text| {
+        if text.contains("\"one\"") {
+            if let Some(g) = gate.take() {
+                let _ = g.send(());
             }
         }
-    };
-    tokio::time::timeout(Duration::from_secs(20), read)
-        .await
-        .expect("stream finished in time");
-    (text, model)
+    })
+    .await;
+    (text, routed)
 }
 
 #[tokio::test]
 async fn streams_without_buffering() {
     let env = Env::start("").await;
-    let (tx, rx) = oneshot::channel();
-    *env.mock.state.gate.lock().unwrap() = Some(rx);
-    let mut body = chat(MIXTRAL, "Count to three.");
-    body["stream"] = json!(true);
-    let (text, model) = read_stream(&env, body, tx).await;
+    let (text, model) = stream_chat(&env, MIXTRAL, "Count to three.").await;
     assert_eq!(model.as_deref(), Some(MIXTRAL));
     // Every event names the model that answered, as a JSON response does.
     let events: Vec<Value> = text
@@ -725,11 +675,7 @@ async fn streams_without_buffering() {
     assert!(one < two && two < three && three < done, "{text}");
 
     // Routed streaming too.
-    let (tx, rx) = oneshot::channel();
-    *env.mock.state.gate.lock().unwrap() = Some(rx);
-    let mut body = chat("model-router", "Count to three.");
-    body["stream"] = json!(true);
-    let (text, model) = read_stream(&env, body, tx).await;
+    let (text, model) = stream_chat(&env, "model-router", "Count to three.").await;
     assert!(model.is_some());
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     env.stop().await;
@@ -739,9 +685,7 @@ async fn streams_without_buffering() {
 async fn spillover_by_config_and_cooldown() {
     let env = Env::start("").await;
     env.mock.set("gpt4-ptu", Behaviour::TooMany(30));
-    let r = env
-        .post("/v1/chat/completions", chat(GPT4, "Hi"), &[])
-        .await;
+    let r = env.completions(chat(GPT4, "Hi"), &[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         header(&r, "x-ms-spillover-from-deployment").as_deref(),
@@ -757,9 +701,7 @@ async fn spillover_by_config_and_cooldown() {
         (1, 1)
     );
     // Cooling down: the second request skips the provisioned deployment.
-    let r = env
-        .post("/v1/chat/completions", chat(GPT4, "Hi again"), &[])
-        .await;
+    let r = env.completions(chat(GPT4, "Hi again"), &[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         header(&r, "x-ms-spillover-from-deployment").as_deref(),
@@ -769,34 +711,15 @@ async fn spillover_by_config_and_cooldown() {
         (env.mock.hits("gpt4-ptu"), env.mock.hits("gpt4-paygo")),
         (1, 2)
     );
-    assert!(
-        env.server
-            .as_ref()
-            .unwrap()
-            .state()
-            .dispatcher()
-            .cooldown_left("gpt4-ptu")
-            .unwrap()
-            > Duration::from_secs(20)
+    let dispatcher = env.server.running.state().dispatcher();
+    assert!(dispatcher.cooldown_left("gpt4-ptu").unwrap() > Duration::from_secs(20));
+    let metrics = env.metrics().await;
+    assert_has_metric(&metrics, &format!("model_router_requests_total{{model=\"{GPT4}\",mode=\"bypass\",status=\"200\",spillover=\"true\"}} 2"));
+    assert_has_metric(
+        &metrics,
+        "model_router_upstream_seconds_count{deployment=\"gpt4-paygo\"} 2",
     );
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains(&format!("model_router_requests_total{{model=\"{GPT4}\",mode=\"bypass\",status=\"200\",spillover=\"true\"}} 2")), "{metrics}");
-    assert!(
-        metrics.contains("model_router_upstream_seconds_count{deployment=\"gpt4-paygo\"} 2"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("model_router_estimated_cost_usd_total"),
-        "{metrics}"
-    );
+    assert_has_metric(&metrics, "model_router_estimated_cost_usd_total");
     env.stop().await;
 }
 
@@ -805,11 +728,7 @@ async fn spillover_by_header() {
     let env = Env::start("").await;
     env.mock.set("gpt4-ptu", Behaviour::TooMany(5));
     let r = env
-        .post(
-            "/v1/chat/completions",
-            chat(GPT4, "Hi"),
-            &[("x-ms-spillover-deployment", "alt")],
-        )
+        .completions(chat(GPT4, "Hi"), &[("x-ms-spillover-deployment", "alt")])
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
@@ -829,14 +748,9 @@ async fn spillover_by_header() {
     assert_eq!(env.mock.seen("alt")[0].body["model"], "alt-upstream");
     // An unknown spillover deployment is the caller's error.
     let r = env
-        .post(
-            "/v1/chat/completions",
-            chat(GPT4, "Hi"),
-            &[("x-ms-spillover-deployment", "nope")],
-        )
+        .completions(chat(GPT4, "Hi"), &[("x-ms-spillover-deployment", "nope")])
         .await;
-    assert_eq!(r.status(), 400);
-    assert_openai_error(&json_of(r).await);
+    expect_openai_error(r, 400).await;
     env.stop().await;
 }
 
@@ -844,46 +758,40 @@ async fn spillover_by_header() {
 async fn reroutes_when_saturated() {
     let env = Env::start("").await;
     let prompt = "Summarise the plot of Hamlet in two sentences.";
-    let mut body = chat("model-router", prompt);
-    body["router"] = json!({"subset": [CLAUDE, MIXTRAL], "mode": "quality"});
+    let body = chat_with_router_field(
+        prompt,
+        json!({"subset": [CLAUDE, MIXTRAL], "mode": "quality"}),
+    );
     let first = json_of(env.post("/v1/route", body.clone(), &[]).await).await["model"]
         .as_str()
         .unwrap()
         .to_string();
     let other = if first == CLAUDE { MIXTRAL } else { CLAUDE };
     env.mock.set(deployment_of(&first), Behaviour::TooMany(30));
+    let hits = || {
+        (
+            env.mock.hits(deployment_of(&first)),
+            env.mock.hits(deployment_of(other)),
+        )
+    };
 
     let r = env
-        .post(
-            "/v1/chat/completions",
-            body.clone(),
-            &[("x-router-explain", "true")],
-        )
+        .completions(body.clone(), &[("x-router-explain", "true")])
         .await;
     assert_eq!(r.status(), 200);
-    let d: Value = serde_json::from_str(&header(&r, "x-router-decision").unwrap()).unwrap();
-    assert_eq!(d["excluded"][first.as_str()]["reason"], "saturated");
-    assert_eq!(json_of(r).await["model"], other);
     assert_eq!(
-        (
-            env.mock.hits(deployment_of(&first)),
-            env.mock.hits(deployment_of(other))
-        ),
-        (1, 1)
+        decision_of(&r)["excluded"][first.as_str()]["reason"],
+        "saturated"
     );
+    assert_eq!(json_of(r).await["model"], other);
+    assert_eq!(hits(), (1, 1));
     // The saturated model is cooling down: no doomed round trip the second time.
-    let r = env.post("/v1/chat/completions", body.clone(), &[]).await;
+    let r = env.completions(body.clone(), &[]).await;
     assert_eq!(json_of(r).await["model"], other);
-    assert_eq!(
-        (
-            env.mock.hits(deployment_of(&first)),
-            env.mock.hits(deployment_of(other))
-        ),
-        (1, 2)
-    );
+    assert_eq!(hits(), (1, 2));
     // Both saturated: 429 with Retry-After and an OpenAI-style body.
     env.mock.set(deployment_of(other), Behaviour::TooMany(7));
-    let r = env.post("/v1/chat/completions", body, &[]).await;
+    let r = env.completions(body, &[]).await;
     assert_eq!(r.status(), 429);
     let wait: u64 = header(&r, "retry-after")
         .expect("retry-after")
@@ -891,19 +799,8 @@ async fn reroutes_when_saturated() {
         .unwrap();
     assert!((1..=30).contains(&wait), "{wait}");
     assert_openai_error(&json_of(r).await);
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("model_router_reroutes_total 4"),
-        "{metrics}"
-    );
+    let metrics = env.metrics().await;
+    assert_has_metric(&metrics, "model_router_reroutes_total 4");
     env.stop().await;
 }
 
@@ -911,24 +808,18 @@ async fn reroutes_when_saturated() {
 async fn retries_5xx_and_times_out_hanging_backends() {
     let env = Env::start("").await;
     env.mock.set("mixtral", Behaviour::FailFirst(2));
-    let r = env
-        .post("/v1/chat/completions", chat(MIXTRAL, "Hi"), &[])
-        .await;
+    let r = env.completions(chat(MIXTRAL, "Hi"), &[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(env.mock.hits("mixtral"), 3);
 
     env.mock.set("mixtral", Behaviour::FailFirst(100));
-    let r = env
-        .post("/v1/chat/completions", chat(MIXTRAL, "Hi"), &[])
-        .await;
+    let r = env.completions(chat(MIXTRAL, "Hi"), &[]).await;
     assert_eq!(r.status(), 500);
     assert_eq!(env.mock.hits("mixtral"), 6);
 
     env.mock.set("claude", Behaviour::Hang);
     let started = std::time::Instant::now();
-    let r = env
-        .post("/v1/chat/completions", chat(CLAUDE, "Hi"), &[])
-        .await;
+    let r = env.completions(chat(CLAUDE, "Hi"), &[]).await;
     assert_eq!(r.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(20));
     let b = json_of(r).await;
@@ -941,28 +832,18 @@ async fn retries_5xx_and_times_out_hanging_backends() {
 
 #[tokio::test]
 async fn auth_with_proxy_keys() {
+    /// The status of a chat request carrying `key_header`.
+    async fn status_with(env: &Env, key_header: (&str, &str)) -> reqwest::StatusCode {
+        env.completions(chat(MIXTRAL, "Hi"), &[key_header])
+            .await
+            .status()
+    }
     let env = Env::start("api_keys_env = \"PROXY_KEYS\"").await;
-    let r = env
-        .post("/v1/chat/completions", chat(MIXTRAL, "Hi"), &[])
-        .await;
-    assert_eq!(r.status(), 401);
-    assert_openai_error(&json_of(r).await);
-    let r = env
-        .post(
-            "/v1/chat/completions",
-            chat(MIXTRAL, "Hi"),
-            &[("authorization", "Bearer wrong")],
-        )
-        .await;
-    assert_eq!(r.status(), 401);
-    let r = env
-        .post(
-            "/v1/chat/completions",
-            chat(MIXTRAL, "Hi"),
-            &[("authorization", "Bearer proxy-key-2")],
-        )
-        .await;
-    assert_eq!(r.status(), 200);
+    expect_openai_error(env.completions(chat(MIXTRAL, "Hi"), &[]).await, 401).await;
+    let wrong = status_with(&env, ("authorization", "Bearer wrong")).await;
+    assert_eq!(wrong, 401);
+    let right = status_with(&env, ("authorization", "Bearer proxy-key-2")).await;
+    assert_eq!(right, 200);
     let r = env
         .post(
             "/v1/route",
@@ -972,20 +853,8 @@ async fn auth_with_proxy_keys() {
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(env.mock.hits("mixtral"), 1);
-    let r = env
-        .http
-        .get(format!("{}/health", env.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(env.get("/health").await.status(), 200);
+    assert_eq!(env.get("/metrics").await.status(), 401);
     env.stop().await;
 }
 
@@ -993,8 +862,8 @@ async fn auth_with_proxy_keys() {
 async fn malformed_requests_are_openai_style_4xx() {
     let env = Env::start("max_body_bytes = 4096").await;
     let raw = |body: &'static str| {
-        env.http
-            .post(format!("{}/v1/chat/completions", env.base))
+        env.server
+            .request(reqwest::Method::POST, "/v1/chat/completions")
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -1035,56 +904,37 @@ async fn malformed_requests_are_openai_style_4xx() {
         assert_eq!(b["error"]["param"], param, "{body}: {b}");
     }
     let big = json!({"model": "model-router", "messages": [{"role": "user", "content": "x".repeat(10_000)}]});
-    let r = env.post("/v1/chat/completions", big, &[]).await;
-    assert_eq!(r.status(), 413);
-    assert_openai_error(&json_of(r).await);
-    let r = env
-        .http
-        .get(format!("{}/v2/nothing", env.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    assert_openai_error(&json_of(r).await);
-    let total: usize = ["gpt4-ptu", "gpt35", "claude", "mixtral"]
-        .iter()
-        .map(|d| env.mock.hits(d))
-        .sum();
-    assert_eq!(total, 0);
+    expect_openai_error(env.completions(big, &[]).await, 413).await;
+    expect_openai_error(env.get("/v2/nothing").await, 404).await;
+    assert_eq!(env.mock.primary_hits(), 0);
     env.stop().await;
 }
 
 #[test]
 fn refuses_public_listen_without_keys_and_names_file_key_reason() {
-    let text = config_text("127.0.0.1:9".parse().unwrap(), "").replace("127.0.0.1:0", "0.0.0.0:0");
-    let e = ServerConfig::from_toml_str(&text, "serve.toml", Path::new("."), env)
-        .unwrap_err()
-        .to_string();
+    let text = config_text_without_mock().replace("127.0.0.1:0", "0.0.0.0:0");
+    let e = parse_config(&text).unwrap_err();
     assert!(
         e.contains("serve.toml") && e.contains("server.api_keys_env") && e.contains("refusing"),
         "{e}"
     );
-    let text = config_text("127.0.0.1:9".parse().unwrap(), "")
-        .replace("kind = \"azure\"", "kind = \"gcp\"");
-    let e = ServerConfig::from_toml_str(&text, "serve.toml", Path::new("."), env)
-        .unwrap_err()
-        .to_string();
+    let text = config_text_without_mock().replace("kind = \"azure\"", "kind = \"gcp\"");
+    let e = parse_config(&text).unwrap_err();
     assert!(e.contains("serve.toml") && e.contains("gcp"), "{e}");
 }
 
 #[tokio::test]
 async fn bad_bundle_fails_at_start() {
-    let text = config_text("127.0.0.1:9".parse().unwrap(), "")
-        .replace(&bundle().display().to_string(), "/nonexistent/bundle");
-    let config = ServerConfig::from_toml_str(&text, "serve.toml", Path::new("."), env);
+    let text =
+        config_text_without_mock().replace(&bundle().display().to_string(), "/nonexistent/bundle");
     // The catalog is in the config, so parsing succeeds; loading the bundle fails.
-    let e = match config {
+    let e = match parse_config(&text) {
         Ok(c) => router_server::start(c)
             .await
             .err()
             .expect("start fails")
             .to_string(),
-        Err(e) => e.to_string(),
+        Err(e) => e,
     };
     assert!(
         e.contains("serve.toml") && e.contains("router.bundle"),

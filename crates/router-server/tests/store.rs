@@ -3,21 +3,22 @@
 //! Store → list/filter → get → messages → update → delete → export; the cap through the server;
 //! API keys scoping the records. Every wait is bounded; servers stop at the end of each test.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use futures_util::StreamExt;
-use router_server::{RunningServer, ServerConfig};
+use common::{
+    assert_has_metric, bundle, collect_stream, header, json_of, send, text_of, Backend, Server,
+};
 use router_store::{ExportFilter, Store, StoreOptions};
 use serde_json::{json, Value};
 use tempfile::TempDir;
+
+mod common;
 
 const GPT4: &str = "gpt-4-1106-preview";
 const GPT35: &str = "gpt-3.5-turbo-1106";
@@ -28,6 +29,22 @@ const KEY_B: &str = "key-b";
 struct Mock {
     hits: AtomicUsize,
     seen: Mutex<Vec<Value>>,
+}
+
+impl Mock {
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// The router takes `store` and `metadata` out of the first request it forwarded.
+    #[track_caller]
+    fn assert_store_fields_not_forwarded(&self) {
+        let seen = self.seen.lock().unwrap()[0].clone();
+        assert!(
+            seen.get("store").is_none() && seen.get("metadata").is_none(),
+            "{seen}"
+        );
+    }
 }
 
 /// An OpenAI-compatible backend: a JSON answer with a fresh id and usage, or a stream of
@@ -84,16 +101,11 @@ async fn backend(State(mock): State<Arc<Mock>>, body: Bytes) -> Response {
 
 struct Env {
     mock: Arc<Mock>,
-    mock_task: tokio::task::JoinHandle<()>,
-    server: Option<RunningServer>,
-    base: String,
-    http: reqwest::Client,
+    // Serves `mock` until the Env is dropped.
+    _backend: Backend,
+    server: Server,
     db: PathBuf,
     _dir: TempDir,
-}
-
-fn bundle() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/routerbench")
 }
 
 impl Env {
@@ -103,11 +115,8 @@ impl Env {
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(backend))
             .with_state(mock.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let mock_task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let backend = Backend::serve(app).await;
+        let addr = backend.addr;
         let dir = TempDir::new().unwrap();
         let db = dir.path().join("completions.db");
         let store_section = match store {
@@ -160,22 +169,14 @@ model = "up-35"
             bundle = bundle().display(),
         );
         // Relative store paths resolve against the config's directory.
-        let config = ServerConfig::from_toml_str(&text, "store-test.toml", dir.path(), |v| {
+        let server = Server::start(&text, "store-test.toml", dir.path(), |v| {
             (v == "PROXY_KEYS").then(|| format!("{KEY_A},{KEY_B}"))
         })
-        .expect("valid config");
-        let server = router_server::start(config).await.expect("server starts");
-        let base = format!("http://{}", server.local_addr());
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
+        .await;
         Env {
             mock,
-            mock_task,
-            server: Some(server),
-            base,
-            http,
+            _backend: backend,
+            server,
             db,
             _dir: dir,
         }
@@ -188,14 +189,11 @@ model = "up-35"
         key: &str,
         body: Option<Value>,
     ) -> reqwest::Response {
-        let mut r = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(key);
+        let mut r = self.server.request(method, path).bearer_auth(key);
         if let Some(body) = body {
             r = r.json(&body);
         }
-        r.send().await.expect("request completes")
+        send(r).await
     }
 
     async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
@@ -213,20 +211,70 @@ model = "up-35"
         (r.status().as_u16(), r.json().await.expect("JSON"))
     }
 
-    async fn stop(mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown(Duration::from_secs(2)).await;
-        }
-        self.mock_task.abort();
+    /// The ids of a list (of completions or messages) that `key` gets at `path`.
+    async fn listed_ids(&self, key: &str, path: &str) -> Vec<String> {
+        ids(&self.get(key, path).await.1)
+    }
+
+    /// Updates a stored completion (a POST to its path).
+    async fn update(&self, key: &str, path: &str, body: Value) -> reqwest::Response {
+        self.send(reqwest::Method::POST, path, key, Some(body))
+            .await
+    }
+
+    async fn delete(&self, key: &str, path: &str) -> reqwest::Response {
+        self.send(reqwest::Method::DELETE, path, key, None).await
+    }
+
+    async fn metrics(&self) -> String {
+        text_of(self.server.get("/metrics").bearer_auth(KEY_A)).await
+    }
+
+    /// A second connection to the SQLite file the server is using.
+    fn open_store(&self) -> Store {
+        Store::open(&self.db, StoreOptions::default()).expect("open the server's store")
+    }
+
+    async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
 fn store_header(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("x-router-store")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
+    header(r, "x-router-store").unwrap_or_default()
+}
+
+#[track_caller]
+fn assert_stored(r: &reqwest::Response) {
+    assert!(
+        store_header(r).starts_with("stored "),
+        "{}",
+        store_header(r)
+    );
+}
+
+async fn id_of(r: reqwest::Response) -> String {
+    json_of(r).await["id"].as_str().unwrap().to_string()
+}
+
+/// Checks that `r` has `status` and returns its (error) body.
+async fn error_of(r: reqwest::Response, status: u16) -> Value {
+    assert_eq!(r.status(), status);
+    json_of(r).await
+}
+
+fn message_of(e: &Value) -> &str {
+    e["error"]["message"].as_str().unwrap()
+}
+
+/// Checks that `r` is a 400 whose error names `param` and `code` and says `said`.
+async fn assert_rejected(r: reqwest::Response, param: &str, code: &str, said: &str) {
+    let e = error_of(r, 400).await;
+    assert_eq!(
+        (e["error"]["param"].as_str(), e["error"]["code"].as_str()),
+        (Some(param), Some(code))
+    );
+    assert!(message_of(&e).contains(said), "{e}");
 }
 
 fn ids(list: &Value) -> Vec<String> {
@@ -252,14 +300,9 @@ async fn store_list_get_messages_update_delete_export() {
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(store_header(&r), "stored chatcmpl-up-1");
-    let first: Value = r.json().await.unwrap();
-    assert_eq!(first["id"], "chatcmpl-up-1");
+    assert_eq!(json_of(r).await["id"], "chatcmpl-up-1");
     // `store` and `metadata` are the router's: not forwarded.
-    let seen = env.mock.seen.lock().unwrap()[0].clone();
-    assert!(
-        seen.get("store").is_none() && seen.get("metadata").is_none(),
-        "{seen}"
-    );
+    env.mock.assert_store_fields_not_forwarded();
 
     // 2. A routed request, stored with its decision.
     let r = env
@@ -270,13 +313,8 @@ async fn store_list_get_messages_update_delete_export() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    assert!(
-        store_header(&r).starts_with("stored "),
-        "{}",
-        store_header(&r)
-    );
-    let routed: Value = r.json().await.unwrap();
-    let routed_id = routed["id"].as_str().unwrap().to_string();
+    assert_stored(&r);
+    let routed_id = id_of(r).await;
 
     // 3. A streamed request: stored at the end of the stream, before [DONE] reaches the client.
     let r = env
@@ -286,15 +324,7 @@ async fn store_list_get_messages_update_delete_export() {
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(store_header(&r), "pending");
-    let mut stream = r.bytes_stream();
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(chunk) = stream.next().await {
-            text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
-        }
-    })
-    .await
-    .expect("stream ends in time");
+    let text = collect_stream(r, |_| {}).await;
     assert!(
         text.contains("\"Hel\"") && text.contains("\"lo\""),
         "{text}"
@@ -342,28 +372,28 @@ async fn store_list_get_messages_update_delete_export() {
         (ids(&rest), &rest["has_more"]),
         (vec!["chatcmpl-up-3".to_string()], &json!(false))
     );
-    let (_, desc) = env
-        .get(KEY_A, "/v1/chat/completions?order=desc&limit=1")
+    let desc = env
+        .listed_ids(KEY_A, "/v1/chat/completions?order=desc&limit=1")
         .await;
-    assert_eq!(ids(&desc), ["chatcmpl-up-3"]);
-    let (_, math) = env
-        .get(KEY_A, "/v1/chat/completions?metadata[task]=math")
+    assert_eq!(desc, ["chatcmpl-up-3"]);
+    let math = env
+        .listed_ids(KEY_A, "/v1/chat/completions?metadata[task]=math")
         .await;
-    assert_eq!(ids(&math), ["chatcmpl-up-1", "chatcmpl-up-3"]);
-    let (_, math35) = env
-        .get(
+    assert_eq!(math, ["chatcmpl-up-1", "chatcmpl-up-3"]);
+    let math35 = env
+        .listed_ids(
             KEY_A,
             &format!("/v1/chat/completions?metadata%5Btask%5D=math&model={GPT35}"),
         )
         .await;
-    assert_eq!(ids(&math35), ["chatcmpl-up-1"]);
-    let (_, both) = env
-        .get(
+    assert_eq!(math35, ["chatcmpl-up-1"]);
+    let both = env
+        .listed_ids(
             KEY_A,
             "/v1/chat/completions?metadata[task]=math&metadata[grade]=0.4",
         )
         .await;
-    assert_eq!(ids(&both), ["chatcmpl-up-3"]);
+    assert_eq!(both, ["chatcmpl-up-3"]);
     let (status, bad) = env.get(KEY_A, "/v1/chat/completions?limit=500").await;
     assert_eq!(
         (status, bad["error"]["param"].as_str()),
@@ -410,78 +440,48 @@ async fn store_list_get_messages_update_delete_export() {
     assert_eq!(streamed["router"]["deployment"], "d4");
 
     // Messages: the request messages, paged.
-    let (status, msgs) = env
-        .get(KEY_A, "/v1/chat/completions/chatcmpl-up-3/messages")
-        .await;
+    let messages = "/v1/chat/completions/chatcmpl-up-3/messages";
+    let (status, msgs) = env.get(KEY_A, messages).await;
     assert_eq!(status, 200, "{msgs}");
     assert_eq!(msgs["object"], "list");
     assert_eq!(ids(&msgs), ["chatcmpl-up-3-0", "chatcmpl-up-3-1"]);
     assert_eq!(msgs["data"][1]["content"], "Say hello");
     assert_eq!(msgs["data"][1]["role"], "user");
     let (_, page) = env
-        .get(
-            KEY_A,
-            "/v1/chat/completions/chatcmpl-up-3/messages?limit=1&order=desc",
-        )
+        .get(KEY_A, &format!("{messages}?limit=1&order=desc"))
         .await;
     assert_eq!(
         (ids(&page), &page["has_more"]),
         (vec!["chatcmpl-up-3-1".to_string()], &json!(true))
     );
-    let (_, page) = env
-        .get(
-            KEY_A,
-            "/v1/chat/completions/chatcmpl-up-3/messages?after=chatcmpl-up-3-0",
-        )
+    let page = env
+        .listed_ids(KEY_A, &format!("{messages}?after=chatcmpl-up-3-0"))
         .await;
-    assert_eq!(ids(&page), ["chatcmpl-up-3-1"]);
+    assert_eq!(page, ["chatcmpl-up-3-1"]);
 
     // Update: replaces the metadata; invalid metadata is a 400 that changes nothing.
+    let first_path = "/v1/chat/completions/chatcmpl-up-1";
+    let metadata = json!({"task": "math", "grade": "1"});
     let r = env
-        .send(
-            reqwest::Method::POST,
-            "/v1/chat/completions/chatcmpl-up-1",
-            KEY_A,
-            Some(json!({"metadata": {"task": "math", "grade": "1"}})),
-        )
+        .update(KEY_A, first_path, json!({ "metadata": metadata }))
         .await;
     assert_eq!(r.status(), 200);
-    let updated: Value = r.json().await.unwrap();
-    assert_eq!(updated["metadata"], json!({"task": "math", "grade": "1"}));
+    assert_eq!(json_of(r).await["metadata"], metadata);
     let too_many: serde_json::Map<String, Value> =
         (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
     let r = env
-        .send(
-            reqwest::Method::POST,
-            "/v1/chat/completions/chatcmpl-up-1",
-            KEY_A,
-            Some(json!({"metadata": too_many})),
-        )
+        .update(KEY_A, first_path, json!({ "metadata": too_many }))
         .await;
-    assert_eq!(r.status(), 400);
-    let e: Value = r.json().await.unwrap();
+    let e = error_of(r, 400).await;
     assert_eq!(e["error"]["param"], "metadata");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("at most 16"),
-        "{e}"
-    );
-    let r = env
-        .send(
-            reqwest::Method::POST,
-            "/v1/chat/completions/chatcmpl-up-1",
-            KEY_A,
-            Some(json!({"model": "x"})),
-        )
-        .await;
+    assert!(message_of(&e).contains("at most 16"), "{e}");
+    let r = env.update(KEY_A, first_path, json!({"model": "x"})).await;
     assert_eq!(r.status(), 400);
-    let (_, one) = env.get(KEY_A, "/v1/chat/completions/chatcmpl-up-1").await;
+    let (_, one) = env.get(KEY_A, first_path).await;
     assert_eq!(one["metadata"]["grade"], "1");
 
     // Invalid metadata on a chat request: 400 before anything goes upstream.
-    let hits = env.mock.hits.load(Ordering::SeqCst);
+    let hits = env.mock.hits();
     let r = env
         .chat(
             KEY_A,
@@ -489,70 +489,32 @@ async fn store_list_get_messages_update_delete_export() {
             "messages": [{"role": "user", "content": "x"}]}),
         )
         .await;
-    assert_eq!(r.status(), 400);
-    let e: Value = r.json().await.unwrap();
-    assert_eq!(
-        (e["error"]["param"].as_str(), e["error"]["code"].as_str()),
-        (Some("metadata"), Some("invalid_metadata"))
-    );
-    assert!(
-        e["error"]["message"].as_str().unwrap().contains("513"),
-        "{e}"
-    );
-    assert_eq!(env.mock.hits.load(Ordering::SeqCst), hits);
+    assert_rejected(r, "metadata", "invalid_metadata", "513").await;
+    assert_eq!(env.mock.hits(), hits);
 
     // Delete.
-    let r = env
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/v1/chat/completions/{routed_id}"),
-            KEY_A,
-            None,
-        )
-        .await;
+    let routed_path = format!("/v1/chat/completions/{routed_id}");
+    let r = env.delete(KEY_A, &routed_path).await;
     assert_eq!(r.status(), 200);
-    let deleted: Value = r.json().await.unwrap();
     assert_eq!(
-        deleted,
+        json_of(r).await,
         json!({"object": "chat.completion.deleted", "id": routed_id, "deleted": true})
     );
-    let (status, e) = env
-        .get(KEY_A, &format!("/v1/chat/completions/{routed_id}"))
-        .await;
+    let (status, e) = env.get(KEY_A, &routed_path).await;
     assert_eq!(
         (status, e["error"]["code"].as_str()),
         (404, Some("not_found"))
     );
-    let r = env
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/v1/chat/completions/{routed_id}"),
-            KEY_A,
-            None,
-        )
-        .await;
-    assert_eq!(r.status(), 404);
+    assert_eq!(env.delete(KEY_A, &routed_path).await.status(), 404);
 
     // Metrics count the outcomes.
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("model_router_store_total{result=\"stored\"} 3"),
-        "{metrics}"
-    );
+    let metrics = env.metrics().await;
+    assert_has_metric(&metrics, "model_router_store_total{result=\"stored\"} 3");
 
     // Export through the library, from a second connection to the file the server is using.
-    let store = Store::open(&env.db, StoreOptions::default()).expect("open the server's store");
     let mut out = Vec::new();
-    let summary = store
+    let summary = env
+        .open_store()
         .export(
             &ExportFilter {
                 metadata: vec![("task".into(), "math".into())],
@@ -581,10 +543,7 @@ async fn records_are_visible_only_to_the_key_that_stored_them() {
         .chat(KEY_A, json!({"model": GPT35, "store": true, "messages": [{"role": "user", "content": "mine"}]}))
         .await;
     assert_eq!(r.status(), 200);
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = id_of(r).await;
     let path = format!("/v1/chat/completions/{id}");
 
     let (status, list) = env.get(KEY_B, "/v1/chat/completions").await;
@@ -594,16 +553,10 @@ async fn records_are_visible_only_to_the_key_that_stored_them() {
         assert_eq!(status, 404, "{p}: {e}");
     }
     let r = env
-        .send(
-            reqwest::Method::POST,
-            &path,
-            KEY_B,
-            Some(json!({"metadata": {"stolen": "yes"}})),
-        )
+        .update(KEY_B, &path, json!({"metadata": {"stolen": "yes"}}))
         .await;
     assert_eq!(r.status(), 404);
-    let r = env.send(reqwest::Method::DELETE, &path, KEY_B, None).await;
-    assert_eq!(r.status(), 404);
+    assert_eq!(env.delete(KEY_B, &path).await.status(), 404);
     let (status, e) = env
         .get(KEY_B, &format!("/v1/chat/completions?after={id}"))
         .await;
@@ -611,18 +564,11 @@ async fn records_are_visible_only_to_the_key_that_stored_them() {
     // B's attempts changed nothing; A sees its record; no key at all is a 401.
     let (status, one) = env.get(KEY_A, &path).await;
     assert_eq!((status, &one["metadata"]), (200, &json!({})));
-    let (_, list) = env.get(KEY_A, "/v1/chat/completions").await;
-    assert_eq!(ids(&list), vec![id.clone()]);
-    let r = env
-        .http
-        .get(format!("{}{path}", env.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    let list = env.listed_ids(KEY_A, "/v1/chat/completions").await;
+    assert_eq!(list, vec![id.clone()]);
+    assert_eq!(send(env.server.get(&path)).await.status(), 401);
     // The owner column holds a hash, never the key.
-    let store = Store::open(&env.db, StoreOptions::default()).unwrap();
-    let record = store.get(None, &id).unwrap().unwrap();
+    let record = env.open_store().get(None, &id).unwrap().unwrap();
     assert_eq!(record.owner, router_store::owner_of_key(KEY_A));
     assert!(!record.owner.contains(KEY_A));
     env.stop().await;
@@ -644,7 +590,7 @@ async fn a_full_store_refuses_but_the_request_succeeds() {
             "the chat request succeeds whatever the store says"
         );
         let header = store_header(&r);
-        let body: Value = r.json().await.unwrap();
+        let body = json_of(r).await;
         assert!(body["choices"][0]["message"]["content"].is_string());
         if header.starts_with("stored ") {
             assert!(
@@ -659,29 +605,17 @@ async fn a_full_store_refuses_but_the_request_succeeds() {
     }
     assert!(!stored.is_empty(), "the first records fit");
     assert!(refused.is_some(), "3000 bytes do not hold ten records");
-    let (_, list) = env.get(KEY_A, "/v1/chat/completions?limit=100").await;
-    assert_eq!(ids(&list), stored);
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .bearer_auth(KEY_A)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let list = env
+        .listed_ids(KEY_A, "/v1/chat/completions?limit=100")
+        .await;
+    assert_eq!(list, stored);
+    let metrics = env.metrics().await;
     let n = 10 - stored.len();
-    assert!(
-        metrics.contains(&format!(
-            "model_router_store_total{{result=\"refused\"}} {n}"
-        )),
-        "{metrics}"
+    assert_has_metric(
+        &metrics,
+        &format!("model_router_store_total{{result=\"refused\"}} {n}"),
     );
-    let stats = Store::open(&env.db, StoreOptions::default())
-        .unwrap()
-        .stats()
-        .unwrap();
+    let stats = env.open_store().stats().unwrap();
     assert!(stats.used_bytes <= 3000, "{stats:?}");
     env.stop().await;
 }
@@ -695,20 +629,12 @@ async fn evicting_store_keeps_the_newest() {
             .chat(KEY_A, json!({"model": GPT35, "store": true,
                 "messages": [{"role": "user", "content": format!("request {i} {}", "padding ".repeat(40))}]}))
             .await;
-        assert!(
-            store_header(&r).starts_with("stored "),
-            "{}",
-            store_header(&r)
-        );
-        all.push(
-            r.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        assert_stored(&r);
+        all.push(id_of(r).await);
     }
-    let (_, list) = env.get(KEY_A, "/v1/chat/completions?limit=100").await;
-    let kept = ids(&list);
+    let kept = env
+        .listed_ids(KEY_A, "/v1/chat/completions?limit=100")
+        .await;
     assert!(!kept.is_empty() && kept.len() < all.len(), "{kept:?}");
     assert_eq!(kept, all[all.len() - kept.len()..], "the newest are kept");
     env.stop().await;
@@ -723,27 +649,14 @@ async fn without_a_store_section_store_is_a_400() {
             json!({"model": GPT35, "store": true, "messages": [{"role": "user", "content": "x"}]}),
         )
         .await;
-    assert_eq!(r.status(), 400);
-    let e: Value = r.json().await.unwrap();
-    assert_eq!(
-        (e["error"]["param"].as_str(), e["error"]["code"].as_str()),
-        (Some("store"), Some("store_not_configured"))
-    );
-    assert!(
-        e["error"]["message"].as_str().unwrap().contains("[store]"),
-        "{e}"
-    );
-    assert_eq!(env.mock.hits.load(Ordering::SeqCst), 0);
+    assert_rejected(r, "store", "store_not_configured", "[store]").await;
+    assert_eq!(env.mock.hits(), 0);
     // `store: false` and metadata alone are fine (and not forwarded).
     let r = env
         .chat(KEY_A, json!({"model": GPT35, "store": false, "metadata": {"a": "b"}, "messages": [{"role": "user", "content": "x"}]}))
         .await;
     assert_eq!(r.status(), 200);
-    let seen = env.mock.seen.lock().unwrap()[0].clone();
-    assert!(
-        seen.get("store").is_none() && seen.get("metadata").is_none(),
-        "{seen}"
-    );
+    env.mock.assert_store_fields_not_forwarded();
     let (status, e) = env.get(KEY_A, "/v1/chat/completions").await;
     assert_eq!(
         (status, e["error"]["code"].as_str()),
