@@ -245,6 +245,10 @@ struct CvArgs {
     /// Write the cost–quality plot (SVG).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Write every prompt's out-of-fold predictions as JSON lines: the canonical record plus
+    /// `fold` and `predicted` (model → predicted quality).
+    #[arg(long)]
+    predictions: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -618,12 +622,30 @@ fn cv_command(args: CvArgs) -> Result<()> {
     if let Some(plot) = &args.plot {
         eval::plot_svg(&outcome.evaluation, plot)?;
     }
+    if let Some(path) = &args.predictions {
+        write_predictions(path, &dataset.records, &models, &outcome)?;
+    }
     if args.json {
         print_line(serde_json::to_string(&outcome.evaluation.report)?)?;
     } else {
         print_line(&outcome.evaluation.report)?;
     }
     Ok(())
+}
+
+fn write_predictions(path: &Path, records: &[data::Record], models: &[String], outcome: &train::CrossValidation) -> Result<()> {
+    let file = std::fs::File::create(path).with_context(|| path.display().to_string())?;
+    let mut out = std::io::BufWriter::new(file);
+    for ((record, fold), predicted) in records.iter().zip(&outcome.folds).zip(&outcome.predictions) {
+        let predicted: serde_json::Map<String, serde_json::Value> =
+            models.iter().zip(predicted).map(|(model, p)| (model.clone(), serde_json::json!(p))).collect();
+        let line = serde_json::json!({
+            "prompt": record.prompt, "task": record.task, "scores": record.scores, "costs": record.costs,
+            "fold": fold, "predicted": predicted,
+        });
+        writeln!(out, "{line}").with_context(|| path.display().to_string())?;
+    }
+    out.flush().with_context(|| path.display().to_string())
 }
 
 fn cross_validated_knn(embeddings: &[Vec<f32>], scores: &[Vec<f64>]) -> TrainingResult<Vec<Vec<f32>>> {

@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{arg, assert_mentions, data_file, fails, import_slice, ok, prepare, routerbench_slice, write_jsonl, Run};
+use common::{arg, assert_mentions, data_file, default_bundle, fails, import_slice, ok, prepare, routerbench_slice, write_jsonl, Run};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -377,6 +377,30 @@ fn cross_validation_reports_every_prompt_out_of_fold() {
     assert_eq!(models.len(), 11);
     assert_report_shape(&report, &models, 150);
     assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"), "the plot is an SVG");
+
+    // --predictions: one line per prompt with its fold and out-of-fold predictions, which are what
+    // the report was computed from: quality mode takes each prompt's best predicted model.
+    let predictions = dir.path().join("oof.jsonl");
+    let mut args: Vec<String> = vec!["cv".into(), "--folds".into(), "3".into(), "--data".into(), arg(&data), "--predictions".into(), arg(&predictions)];
+    args.extend(SMALL.iter().map(|s| s.to_string()));
+    args.extend(["--catalog".into(), CATALOG.into()]);
+    ok(&args);
+    let lines: Vec<Value> = std::fs::read_to_string(&predictions).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 150);
+    let mut per_fold = [0; 3];
+    let mut quality_mode = 0.0;
+    for line in &lines {
+        per_fold[line["fold"].as_u64().unwrap() as usize] += 1;
+        let predicted = line["predicted"].as_object().unwrap();
+        assert_eq!(predicted.len(), 11);
+        assert!(predicted.values().all(|p| (0.0..=1.0).contains(&p.as_f64().unwrap())));
+        let best = predicted.iter().max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap())).unwrap().0;
+        quality_mode += line["scores"][best].as_f64().unwrap() / 150.0;
+    }
+    assert_eq!(per_fold, [51, 51, 48], "each task's 50 prompts are dealt 17, 17, 16");
+    assert!((quality_mode - number(&report["modes"]["quality"]["quality"], "quality mode")).abs() < 1e-9);
+    let reimported = ok(&["eval", "--json", "--model", &arg(&default_bundle()), "--data", &arg(&predictions), "--format", "jsonl"]).json();
+    assert_eq!(reimported["n"], 150, "the file is a canonical dataset too");
     assert_eq!(cv("42", None), report, "the same seed gives the same report");
     assert_ne!(cv("7", None)["aiq"], report["aiq"], "another seed deals other folds");
     fails(&["cv", "--folds", "1", "--data", &arg(&data)]);

@@ -193,6 +193,10 @@ pub struct CrossValidation {
     pub evaluation: Evaluation,
     /// Epochs each fold's head ran before early stopping.
     pub epochs: Vec<usize>,
+    /// The fold each record was held out in.
+    pub folds: Vec<usize>,
+    /// Each record's out-of-fold predicted quality per model (in the order of `models`).
+    pub predictions: Vec<Vec<f32>>,
 }
 
 /// K-fold cross-validation of training with `options` on `records`: folds stratified by task
@@ -240,7 +244,7 @@ pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOpti
         knn_predictions: &knn,
         seed: options.seed,
     })?;
-    Ok(CrossValidation { evaluation, epochs })
+    Ok(CrossValidation { evaluation, epochs, folds: fold_of, predictions })
 }
 
 fn router_config(options: &TrainOptions, models: &[String], encoder: EncoderConfig) -> RouterConfig {
