@@ -397,7 +397,7 @@ fn cross_validation_reports_every_prompt_out_of_fold() {
         let best = predicted.iter().max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap())).unwrap().0;
         quality_mode += line["scores"][best].as_f64().unwrap() / 150.0;
     }
-    assert_eq!(per_fold, [51, 51, 48], "each task's 50 prompts are dealt 17, 17, 16");
+    assert_eq!(per_fold, [50, 50, 50], "150 prompts dealt round-robin, task after task");
     assert!((quality_mode - number(&report["modes"]["quality"]["quality"], "quality mode")).abs() < 1e-9);
     let reimported = ok(&["eval", "--json", "--model", &arg(&default_bundle()), "--data", &arg(&predictions), "--format", "jsonl"]).json();
     assert_eq!(reimported["n"], 150, "the file is a canonical dataset too");

@@ -445,17 +445,16 @@ pub fn split(
 
 /// The fold (in `0..folds`) of each of `tasks` (one per record) for k-fold cross-validation,
 /// stratified by task and deterministic for `seed`: each task's records are shuffled as for
-/// [`split`] and dealt round-robin, so fold sizes differ by at most one per task.
+/// [`split`], and the tasks' lists, one after another, are dealt round-robin. Fold sizes differ by
+/// at most one, overall and within each task, so no fold is empty when there are `folds` records.
 pub fn folds<'a>(tasks: impl Iterator<Item = &'a str>, folds: usize, seed: u64) -> Result<Vec<usize>> {
     if folds < 2 {
         return Err(TrainingError::Invalid(format!("cross-validation needs at least 2 folds, got {folds}")));
     }
     let shuffled = shuffled_by_task(tasks, seed);
     let mut fold = vec![0; shuffled.iter().map(Vec::len).sum()];
-    for indices in &shuffled {
-        for (position, &index) in indices.iter().enumerate() {
-            fold[index] = position % folds;
-        }
+    for (position, &index) in shuffled.iter().flatten().enumerate() {
+        fold[index] = position % folds;
     }
     Ok(fold)
 }
@@ -1260,6 +1259,8 @@ mod tests {
             assert_eq!(in_fold("small"), 2, "fold {k}");
         }
         assert_eq!(folds(tasks.iter().copied(), 5, 7).unwrap(), fold);
+        // One record in each of three tasks still fills three folds.
+        assert_eq!(folds(["a", "b", "c"].into_iter(), 3, 7).unwrap(), [0, 1, 2]);
         assert_ne!(folds(tasks.iter().copied(), 5, 8).unwrap(), fold);
         assert!(folds(tasks.iter().copied(), 1, 7).is_err());
     }
