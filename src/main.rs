@@ -610,8 +610,6 @@ fn eval_command(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The kNN baseline on the evaluated data itself, 5-fold: each prompt is predicted from the other
-/// folds, so the baseline never sees a prompt's own scores.
 fn cv_command(args: CvArgs) -> Result<()> {
     let (dataset, models) = load_data(&args.data)?;
     let skipped = dataset.skipped;
@@ -633,6 +631,7 @@ fn cv_command(args: CvArgs) -> Result<()> {
     Ok(())
 }
 
+/// `cv --predictions`: each record with its fold and out-of-fold predictions, one JSON line each.
 fn write_predictions(path: &Path, records: &[data::Record], models: &[String], outcome: &train::CrossValidation) -> Result<()> {
     let file = std::fs::File::create(path).with_context(|| path.display().to_string())?;
     let mut out = std::io::BufWriter::new(file);
@@ -648,6 +647,8 @@ fn write_predictions(path: &Path, records: &[data::Record], models: &[String], o
     out.flush().with_context(|| path.display().to_string())
 }
 
+/// The kNN baseline on the evaluated data itself, 5-fold: each prompt is predicted from the other
+/// folds, so the baseline never sees a prompt's own scores.
 fn cross_validated_knn(embeddings: &[Vec<f32>], scores: &[Vec<f64>]) -> TrainingResult<Vec<Vec<f32>>> {
     const FOLDS: usize = 5;
     let mut predictions = vec![Vec::new(); embeddings.len()];

@@ -404,4 +404,6 @@ fn cross_validation_reports_every_prompt_out_of_fold() {
     assert_eq!(cv("42", None), report, "the same seed gives the same report");
     assert_ne!(cv("7", None)["aiq"], report["aiq"], "another seed deals other folds");
     fails(&["cv", "--folds", "1", "--data", &arg(&data)]);
+    let run = fails(&["cv", "--early-stop-fraction", "1.5", "--data", &arg(&data)]);
+    assert_mentions(&run.stderr, &["held-out fraction 1.5 is not in [0, 1]"]);
 }

@@ -405,16 +405,15 @@ fn shuffled_by_task<'a>(tasks: impl Iterator<Item = &'a str>, seed: u64) -> Vec<
 }
 
 /// Which of `tasks` (one per record) go to validation in the stratified split of [`split`].
-pub fn validation_mask<'a>(tasks: impl Iterator<Item = &'a str>, val_fraction: f64, seed: u64) -> Result<Vec<bool>> {
-    if !(0.0..=1.0).contains(&val_fraction) {
-        return Err(TrainingError::Invalid(format!(
-            "validation fraction {val_fraction} is not in [0, 1]"
-        )));
+/// The early-stopping split inside the training side is made the same way.
+pub fn validation_mask<'a>(tasks: impl Iterator<Item = &'a str>, fraction: f64, seed: u64) -> Result<Vec<bool>> {
+    if !(0.0..=1.0).contains(&fraction) {
+        return Err(TrainingError::Invalid(format!("the held-out fraction {fraction} is not in [0, 1]")));
     }
     let shuffled = shuffled_by_task(tasks, seed);
     let mut in_validation = vec![false; shuffled.iter().map(Vec::len).sum()];
     for indices in &shuffled {
-        let count = (indices.len() as f64 * val_fraction).round() as usize;
+        let count = (indices.len() as f64 * fraction).round() as usize;
         for &index in &indices[..count] {
             in_validation[index] = true;
         }
