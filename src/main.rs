@@ -651,20 +651,8 @@ fn write_predictions(path: &Path, records: &[data::Record], models: &[String], o
 /// folds, so the baseline never sees a prompt's own scores.
 fn cross_validated_knn(embeddings: &[Vec<f32>], scores: &[Vec<f64>]) -> TrainingResult<Vec<Vec<f32>>> {
     const FOLDS: usize = 5;
-    let mut predictions = vec![Vec::new(); embeddings.len()];
-    for fold in 0..FOLDS.min(embeddings.len()) {
-        let (held, kept): (Vec<usize>, Vec<usize>) = (0..embeddings.len()).partition(|i| i % FOLDS == fold);
-        if kept.is_empty() {
-            continue;
-        }
-        let train_x: Vec<Vec<f32>> = kept.iter().map(|&i| embeddings[i].clone()).collect();
-        let train_y: Vec<Vec<f64>> = kept.iter().map(|&i| scores[i].clone()).collect();
-        let test_x: Vec<Vec<f32>> = held.iter().map(|&i| embeddings[i].clone()).collect();
-        for (&i, row) in held.iter().zip(baselines::knn(&train_x, &train_y, &test_x, baselines::DEFAULT_K)?) {
-            predictions[i] = row;
-        }
-    }
-    Ok(predictions)
+    let fold_of: Vec<usize> = (0..embeddings.len()).map(|i| i % FOLDS).collect();
+    baselines::knn_out_of_fold(embeddings, scores, &fold_of, FOLDS)
 }
 
 fn distill(args: DistillArgs) -> Result<()> {

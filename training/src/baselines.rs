@@ -22,6 +22,40 @@ use crate::metrics::{self, Matrix, Point};
 /// The default number of neighbours of [`knn`].
 pub const DEFAULT_K: usize = 10;
 
+/// Out-of-fold [`knn`] predictions with [`DEFAULT_K`]: each prompt is predicted from the prompts
+/// of the other folds (`fold_of[i]` is prompt `i`'s fold, in `0..folds`), so the baseline never
+/// sees a prompt's own scores. A fold with no other prompts to learn from keeps empty rows.
+///
+/// ```
+/// use router_training::baselines::knn_out_of_fold;
+/// let embeddings = [vec![1.0, 0.0], vec![1.0, 0.1], vec![0.0, 1.0]];
+/// let scores = [vec![1.0], vec![0.0], vec![0.5]];
+/// let predictions = knn_out_of_fold(&embeddings, &scores, &[0, 1, 1], 2).unwrap();
+/// // Prompt 0 learns from prompts 1 and 2 only; prompts 1 and 2 from prompt 0 only.
+/// assert_eq!(predictions, [vec![0.25], vec![1.0], vec![1.0]]);
+/// ```
+pub fn knn_out_of_fold(
+    embeddings: &[Vec<f32>],
+    scores: &[Vec<f64>],
+    fold_of: &[usize],
+    folds: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let mut predictions = vec![Vec::new(); embeddings.len()];
+    for fold in 0..folds {
+        let (held, kept): (Vec<usize>, Vec<usize>) = (0..embeddings.len()).partition(|&i| fold_of[i] == fold);
+        if held.is_empty() || kept.is_empty() {
+            continue;
+        }
+        let train_x: Vec<Vec<f32>> = kept.iter().map(|&i| embeddings[i].clone()).collect();
+        let train_y: Vec<Vec<f64>> = kept.iter().map(|&i| scores[i].clone()).collect();
+        let test_x: Vec<Vec<f32>> = held.iter().map(|&i| embeddings[i].clone()).collect();
+        for (&i, row) in held.iter().zip(knn(&train_x, &train_y, &test_x, DEFAULT_K)?) {
+            predictions[i] = row;
+        }
+    }
+    Ok(predictions)
+}
+
 /// kNN predictions for every test prompt: the mean train scores (one column per model, in the
 /// order of `train_scores`) of its `k` nearest train prompts by cosine similarity.
 ///

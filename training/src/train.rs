@@ -216,10 +216,9 @@ pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOpti
     let fingerprint = embed::encoder_fingerprint(&router_config(options, models, encoder_config), &encoder);
     let prompts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
     let x = embed::embed_cached(&encoder, fingerprint, &prompts, &options.cache_dir)?;
-    let y = score_rows(records, models)?;
+    let y = test.scores();
 
     let mut predictions = vec![Vec::new(); records.len()];
-    let mut knn = vec![Vec::new(); records.len()];
     let mut epochs = Vec::with_capacity(folds);
     for fold in 0..folds {
         let (held, kept): (Vec<usize>, Vec<usize>) = (0..records.len()).partition(|&i| fold_of[i] == fold);
@@ -233,10 +232,8 @@ pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOpti
         for (&i, row) in held.iter().zip(predict(&fit.head, &held_x)?) {
             predictions[i] = row;
         }
-        for (&i, row) in held.iter().zip(baselines::knn(&kept_x, &kept_y, &held_x, baselines::DEFAULT_K)?) {
-            knn[i] = row;
-        }
     }
+    let knn = baselines::knn_out_of_fold(&x, y, &fold_of, folds)?;
     let evaluation = eval::evaluate(&EvalInput {
         test: &test,
         skipped: 0,
