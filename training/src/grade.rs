@@ -45,6 +45,51 @@ use serde_json::{Map, Value};
 
 use crate::error::{Result, TrainingError};
 
+/// `name`, `Display` and `FromStr` for a grader setting, from one table of variants and the names
+/// OpenAI and the command line use; an unknown name is an error listing the known ones.
+macro_rules! named_variants {
+    ($type:ident, $what:literal { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $type {
+            /// The name used on the command line and by OpenAI.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($type::$variant => $name),+
+                }
+            }
+        }
+
+        impl fmt::Display for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl FromStr for $type {
+            type Err = TrainingError;
+
+            fn from_str(name: &str) -> Result<Self> {
+                match name {
+                    $($name => Ok($type::$variant),)+
+                    _ => Err(TrainingError::Invalid(format!(
+                        "unknown {} {name:?}; expected {}",
+                        $what,
+                        one_of(&[$($name),+])
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+/// "a, b or c".
+fn one_of(names: &[&str]) -> String {
+    match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
 /// Rows graded per batch by [`grade_jsonl`] (the cosine grader embeds a batch at once).
 const BATCH: usize = 256;
 
@@ -62,37 +107,7 @@ pub enum StringCheckOperation {
     Ilike,
 }
 
-impl StringCheckOperation {
-    /// The name used on the command line and by OpenAI.
-    pub fn name(self) -> &'static str {
-        match self {
-            StringCheckOperation::Eq => "eq",
-            StringCheckOperation::Ne => "ne",
-            StringCheckOperation::Like => "like",
-            StringCheckOperation::Ilike => "ilike",
-        }
-    }
-}
-
-impl fmt::Display for StringCheckOperation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for StringCheckOperation {
-    type Err = TrainingError;
-
-    fn from_str(name: &str) -> Result<Self> {
-        match name {
-            "eq" => Ok(StringCheckOperation::Eq),
-            "ne" => Ok(StringCheckOperation::Ne),
-            "like" => Ok(StringCheckOperation::Like),
-            "ilike" => Ok(StringCheckOperation::Ilike),
-            _ => Err(TrainingError::Invalid(format!("unknown string_check operation {name:?}; expected eq, ne, like or ilike"))),
-        }
-    }
-}
+named_variants!(StringCheckOperation, "string_check operation" { Eq => "eq", Ne => "ne", Like => "like", Ilike => "ilike" });
 
 /// The evaluation metric of a `text_similarity` grader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -108,39 +123,12 @@ pub enum SimilarityMetric {
     Cosine,
 }
 
-impl SimilarityMetric {
-    /// The name used on the command line and by OpenAI.
-    pub fn name(self) -> &'static str {
-        match self {
-            SimilarityMetric::FuzzyMatch => "fuzzy_match",
-            SimilarityMetric::Bleu => "bleu",
-            SimilarityMetric::RougeL => "rouge_l",
-            SimilarityMetric::Cosine => "cosine",
-        }
-    }
-}
-
-impl fmt::Display for SimilarityMetric {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for SimilarityMetric {
-    type Err = TrainingError;
-
-    fn from_str(name: &str) -> Result<Self> {
-        match name {
-            "fuzzy_match" => Ok(SimilarityMetric::FuzzyMatch),
-            "bleu" => Ok(SimilarityMetric::Bleu),
-            "rouge_l" => Ok(SimilarityMetric::RougeL),
-            "cosine" => Ok(SimilarityMetric::Cosine),
-            _ => Err(TrainingError::Invalid(format!(
-                "unknown text_similarity metric {name:?}; expected fuzzy_match, bleu, rouge_l or cosine"
-            ))),
-        }
-    }
-}
+named_variants!(SimilarityMetric, "text_similarity metric" {
+    FuzzyMatch => "fuzzy_match",
+    Bleu => "bleu",
+    RougeL => "rouge_l",
+    Cosine => "cosine",
+});
 
 /// `string_check`: 1.0 or 0.0.
 ///
@@ -659,6 +647,23 @@ pub fn grade_jsonl(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setting_names_round_trip_and_unknown_names_list_the_known_ones() {
+        for operation in [StringCheckOperation::Eq, StringCheckOperation::Ne, StringCheckOperation::Like, StringCheckOperation::Ilike] {
+            assert_eq!(operation.to_string().parse::<StringCheckOperation>().ok(), Some(operation));
+        }
+        for metric in [SimilarityMetric::FuzzyMatch, SimilarityMetric::Bleu, SimilarityMetric::RougeL, SimilarityMetric::Cosine] {
+            assert_eq!(metric.to_string().parse::<SimilarityMetric>().ok(), Some(metric));
+        }
+        assert_eq!(SimilarityMetric::RougeL.name(), "rouge_l");
+        let message = |e: TrainingError| e.to_string();
+        assert!(message("EQ".parse::<StringCheckOperation>().unwrap_err())
+            .ends_with("unknown string_check operation \"EQ\"; expected eq, ne, like or ilike"));
+        assert!(message("rouge".parse::<SimilarityMetric>().unwrap_err())
+            .ends_with("unknown text_similarity metric \"rouge\"; expected fuzzy_match, bleu, rouge_l or cosine"));
+        assert_eq!(one_of(&["a"]), "a");
+    }
 
     fn close(a: f64, b: f64) {
         assert!((a - b).abs() < 1e-12, "{a} != {b}");
