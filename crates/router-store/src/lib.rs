@@ -78,6 +78,14 @@
 //! - **Messages.** As OpenAI's `GET /v1/chat/completions/{id}/messages`, [`Store::messages`]
 //!   returns the *request* messages (the answer is the completion's `choices`), each with an id
 //!   `{completion id}-{index}`, paged like a list.
+//! - **Shadows.** A server with `[shadow]` sends some requests, after the client has its answer,
+//!   to other models too, and stores each of their answers as a record whose
+//!   [`Completion::shadow_of`] is the id of the original exchange. The original is stored as
+//!   well: under the client's owner when the client asked (`store: true`), else under
+//!   [`ROUTER_OWNER`], which no API key maps to. [`Store::list`] leaves shadow answers out
+//!   unless [`ListQuery::include_shadows`]; [`Store::shadows_of`] reads one record's shadows,
+//!   whoever owns them; deleting a record deletes its shadows (they hold the same prompt);
+//!   eviction does not (an evicted original leaves its shadows with a dangling `shadow_of`).
 //! - **Metadata** follows OpenAI's limits ([`Metadata`]): at most 16 keys, keys of at most 64
 //!   characters, values of at most 512. Filters match every given pair exactly.
 //! - **Export and grades.** A record's grade is its metadata value `grade` parsed as a number
@@ -105,5 +113,5 @@ pub use store::{
     now_ms, openai_list, owner_of_key, Completion, ExportFilter, ExportSummary, Inserted,
     ListQuery, MessageQuery, NewCompletion, OnFull, Order, Page, Store, StoreOptions, StoreStats,
     Synchronous, Usage, ANONYMOUS_OWNER, DEFAULT_LIMIT, DEFAULT_MAX_BYTES, MAX_LIMIT,
-    RECORD_OVERHEAD_BYTES,
+    RECORD_OVERHEAD_BYTES, ROUTER_OWNER,
 };

@@ -25,13 +25,17 @@ pub const MAX_LIMIT: usize = 100;
 pub const ANONYMOUS_OWNER: &str = "anonymous";
 /// Bytes every record counts for beyond its text columns (numbers, row and index overhead).
 pub const RECORD_OVERHEAD_BYTES: u64 = 64;
+/// The owner of the records a server keeps for itself, not for a client: the answers of shadow
+/// models and the exchanges they shadow when the client did not ask to store them. No API key
+/// maps to it ([`owner_of_key`] starts with `sha256:`), so no client reads or deletes them.
+pub const ROUTER_OWNER: &str = "model-router";
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const COLUMNS: &str = "c.id, c.owner, c.created_at, c.model, c.deployment, c.messages, c.request, \
      c.response, c.decision, c.prompt_tokens, c.completion_tokens, c.total_tokens, c.cost_usd, \
      c.latency_ms, c.bytes, \
-     (SELECT json_group_object(m.key, m.value) FROM metadata m WHERE m.seq = c.seq)";
+     (SELECT json_group_object(m.key, m.value) FROM metadata m WHERE m.seq = c.seq), c.shadow_of";
 
 /// The owner identity of an API key: `sha256:` and the key's SHA-256 in hex. The raw key is
 /// never stored.
@@ -193,6 +197,9 @@ pub struct NewCompletion {
     pub cost_usd: f64,
     /// Time to answer, in milliseconds.
     pub latency_ms: u64,
+    /// The id of the stored completion this one shadows: the same request, sent by the server
+    /// to another model after the client had its answer. `None` for a client's exchange.
+    pub shadow_of: Option<String>,
 }
 
 impl NewCompletion {
@@ -215,6 +222,7 @@ impl NewCompletion {
             deployment: String::new(),
             cost_usd: 0.0,
             latency_ms: 0,
+            shadow_of: None,
         }
     }
 }
@@ -261,6 +269,8 @@ pub struct Completion {
     pub latency_ms: u64,
     /// The bytes it counts for in the cap.
     pub bytes: u64,
+    /// The id of the completion this one shadows (see [`NewCompletion::shadow_of`]).
+    pub shadow_of: Option<String>,
 }
 
 impl Completion {
@@ -394,6 +404,10 @@ pub struct ListQuery {
     pub limit: Option<usize>,
     /// The order.
     pub order: Order,
+    /// Whether shadow answers (records with a [`Completion::shadow_of`]) are listed too; by
+    /// default they are not, so a list means what it meant before shadows existed. Read a
+    /// record's shadows with [`Store::shadows_of`].
+    pub include_shadows: bool,
 }
 
 /// Which messages [`Store::messages`] returns.
@@ -540,6 +554,7 @@ struct RawRow {
     latency_ms: i64,
     bytes: i64,
     metadata: Option<String>,
+    shadow_of: Option<String>,
 }
 
 impl RawRow {
@@ -561,6 +576,7 @@ impl RawRow {
             latency_ms: row.get(13)?,
             bytes: row.get(14)?,
             metadata: row.get(15)?,
+            shadow_of: row.get(16)?,
         })
     }
 
@@ -616,6 +632,7 @@ impl RawRow {
             cost_usd: self.cost_usd,
             latency_ms: to_u64(self.latency_ms),
             bytes: to_u64(self.bytes),
+            shadow_of: self.shadow_of,
         })
     }
 }
@@ -731,7 +748,7 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
-        if version < SCHEMA_VERSION {
+        if version < 1 {
             conn.execute_batch(
                 "BEGIN IMMEDIATE;
                  CREATE TABLE IF NOT EXISTS completions (
@@ -767,6 +784,17 @@ impl Store {
                  );
                  INSERT OR IGNORE INTO stats (id, bytes) VALUES (1, 0);
                  PRAGMA user_version = 1;
+                 COMMIT;",
+            )
+            .map_err(open_err)?;
+        }
+        if version < 2 {
+            // Version 2: shadow answers point at the completion they shadow.
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 ALTER TABLE completions ADD COLUMN shadow_of TEXT;
+                 CREATE INDEX IF NOT EXISTS completions_shadow_of ON completions (shadow_of);
+                 PRAGMA user_version = 2;
                  COMMIT;",
             )
             .map_err(open_err)?;
@@ -856,6 +884,7 @@ impl Store {
             usage,
             cost_usd,
             latency_ms,
+            shadow_of,
         } = new;
         let messages = match request.remove("messages") {
             Some(Value::Array(messages)) => messages,
@@ -878,7 +907,8 @@ impl Store {
                 + deployment.len()
                 + messages.len()
                 + request.len()
-                + decision.as_ref().map_or(0, String::len)) as u64
+                + decision.as_ref().map_or(0, String::len)
+                + shadow_of.as_ref().map_or(0, String::len)) as u64
             + metadata.byte_len();
         let cost = if cost_usd.is_finite() { cost_usd } else { 0.0 };
 
@@ -899,8 +929,8 @@ impl Store {
         tx.execute(
             "INSERT INTO completions (id, owner, created_at, model, deployment, messages, request,
                  response, decision, prompt_tokens, completion_tokens, total_tokens, cost_usd,
-                 latency_ms, bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 latency_ms, bytes, shadow_of)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 id,
                 owner,
@@ -917,6 +947,7 @@ impl Store {
                 cost,
                 sql_u64(latency_ms),
                 sql_u64(bytes),
+                shadow_of,
             ],
         )?;
         let seq = tx.last_insert_rowid();
@@ -944,6 +975,9 @@ impl Store {
             query.model.as_deref(),
             &query.metadata,
         );
+        if !query.include_shadows {
+            sql.push_str(" AND c.shadow_of IS NULL");
+        }
         let (cmp, dir) = match query.order {
             Order::Asc => (">", "ASC"),
             Order::Desc => ("<", "DESC"),
@@ -1060,7 +1094,8 @@ impl Store {
         Ok(updated)
     }
 
-    /// Deletes record `id` (of `owner`, when given); whether it existed.
+    /// Deletes record `id` (of `owner`, when given) and its shadow answers (whoever owns
+    /// them: they hold the same prompt); whether the record existed.
     pub fn delete(&self, owner: Option<&str>, id: &str) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1074,10 +1109,32 @@ impl Store {
         let Some((seq, bytes)) = row else {
             return Ok(false);
         };
+        let shadow_bytes: i64 = tx.query_row(
+            "SELECT coalesce(sum(bytes), 0) FROM completions WHERE shadow_of = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        tx.execute("DELETE FROM completions WHERE shadow_of = ?1", [id])?;
         tx.execute("DELETE FROM completions WHERE seq = ?1", [seq])?;
-        add_used(&tx, -bytes)?;
+        add_used(&tx, -(bytes + shadow_bytes))?;
         tx.commit()?;
         Ok(true)
+    }
+
+    /// The shadow answers of record `id` (records whose [`Completion::shadow_of`] is `id`), of
+    /// any owner, oldest first: other models' answers to the same request.
+    pub fn shadows_of(&self, id: &str) -> Result<Vec<Completion>, StoreError> {
+        let conn = self.lock();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM completions c WHERE c.shadow_of = ?1 ORDER BY c.created_at, c.seq"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let raws = stmt
+            .query_map([id], RawRow::read)?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(stmt);
+        drop(conn);
+        raws.into_iter().map(RawRow::into_completion).collect()
     }
 
     /// Writes the chat fine-tuning line ([`Completion::fine_tuning_line`]) of every record
