@@ -1,7 +1,7 @@
 //! `model-router grade` and `model-router candidate add`: grading outputs against references, and
 //! adding an underlying model to a bundle from the graded samples.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -9,17 +9,22 @@ use model_router::load_router;
 use router_policy::{Capabilities, Capability, ModelSpec};
 use router_training::candidate::{self, AddOptions, FitOptions};
 use router_training::embed;
-use router_training::grade::{self, describe_skips, GradeFields, Grader, SimilarityMetric, StringCheckOperation};
+use router_training::grade::{self, describe_skips, ChatModel, GradeContext, GraderSpec, SimilarityMetric, StringCheckOperation};
+use serde_json::{json, Value};
+
+use crate::judge::DispatchJudge;
 
 use super::print_line;
 
 #[derive(Args)]
 pub struct GradeArgs {
-    /// JSON lines: objects with the candidate `output` and the `reference` (other fields, such as
-    /// `prompt`, are passed through to --out).
+    /// JSON lines: objects with the candidate `output` (the grader's `{{sample.output_text}}`);
+    /// the whole object is the grader's `{{item}}`, and every field is passed through to --out.
     #[arg(long)]
     input: PathBuf,
-    /// `string_check` (with --operation) or `text_similarity` (with --metric).
+    /// A grader in OpenAI's JSON shape: a file (`grader.json`) or the JSON itself; or the short
+    /// forms `string_check` (with --operation) and `text_similarity` (with --metric), which
+    /// compare the output with the `reference` field.
     #[arg(long)]
     grader: String,
     /// string_check: eq, ne, like (output contains reference) or ilike (ignoring case).
@@ -31,16 +36,24 @@ pub struct GradeArgs {
     /// Bundle whose encoder embeds both texts for the cosine metric (directory or hub id).
     #[arg(long)]
     model: Option<String>,
-    /// Pass threshold: a row passes when its score is at least this (string_check: 1 by default).
+    /// Pass threshold of the short forms: a row passes when its score is at least this
+    /// (string_check: 1 by default). A JSON grader carries its own `pass_threshold`.
     #[arg(long)]
     threshold: Option<f64>,
+    /// The server config (`model-router.toml`) whose deployments and catalog serve the judge
+    /// models of `score_model` and `label_model` graders.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Rows graded at once by model graders (requests to the judge in flight).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
     /// Write every graded row here, with `score` (and `passed`) added.
     #[arg(long)]
     out: Option<PathBuf>,
     /// The field holding the candidate output.
     #[arg(long, default_value = "output")]
     output_field: String,
-    /// The field holding the reference.
+    /// The field holding the reference (short forms only; a JSON grader names its fields).
     #[arg(long, default_value = "reference")]
     reference_field: String,
     /// Print the summary as one JSON object.
@@ -98,47 +111,100 @@ pub struct CandidateAddArgs {
     json: bool,
 }
 
-pub fn grade(args: GradeArgs) -> Result<()> {
-    let grader = match args.grader.as_str() {
+/// The grader of the short forms (`string_check --operation`, `text_similarity --metric`) as the
+/// JSON grader they stand for.
+fn short_form(args: &GradeArgs) -> Result<Value> {
+    let fields = json!({"input": "{{sample.output_text}}", "reference": format!("{{{{item.{}}}}}", args.reference_field)});
+    let mut grader = match args.grader.as_str() {
         "string_check" => {
             if args.metric.is_some() {
                 bail!("--metric is for text_similarity; string_check takes --operation");
             }
             let operation: StringCheckOperation =
                 args.operation.as_deref().context("string_check needs --operation eq|ne|like|ilike")?.parse()?;
-            Grader::string_check(operation)
+            json!({"type": "string_check", "name": "string_check", "operation": operation.name()})
         }
-        "text_similarity" => {
+        _ => {
             if args.operation.is_some() {
                 bail!("--operation is for string_check; text_similarity takes --metric");
             }
             let metric: SimilarityMetric =
                 args.metric.as_deref().context("text_similarity needs --metric fuzzy_match|bleu|rouge_l|cosine")?.parse()?;
-            match metric {
-                SimilarityMetric::Cosine => {
-                    let model = args.model.as_deref().context("the cosine metric needs --model (a bundle whose encoder embeds the texts)")?;
-                    Grader::cosine(load_router(Some(model))?.encoder().clone())
-                }
-                _ => Grader::text_similarity(metric)?,
-            }
+            json!({"type": "text_similarity", "name": "text_similarity", "evaluation_metric": metric.name()})
         }
-        other => bail!("--grader takes string_check or text_similarity, got {other:?}"),
     };
-    let grader = match args.threshold {
-        Some(threshold) => grader.with_pass_threshold(threshold)?,
-        None => grader,
+    if let (Some(object), Some(more)) = (grader.as_object_mut(), fields.as_object()) {
+        object.extend(more.clone());
+    }
+    match args.threshold {
+        Some(t) if !(0.0..=1.0).contains(&t) => bail!("the pass threshold {t} is not in [0, 1]"),
+        Some(t) if args.grader == "string_check" && t != 1.0 => bail!("string_check passes at 1; a threshold of {t} is not meaningful"),
+        Some(t) if args.grader == "text_similarity" => grader["pass_threshold"] = json!(t),
+        _ => {}
+    }
+    Ok(grader)
+}
+
+/// The grader `--grader` names: a short form, inline JSON or a JSON file.
+fn grader_spec(args: &GradeArgs) -> Result<GraderSpec> {
+    if matches!(args.grader.as_str(), "string_check" | "text_similarity") {
+        return Ok(GraderSpec::from_json(&short_form(args)?)?);
+    }
+    if args.operation.is_some() || args.metric.is_some() || args.threshold.is_some() {
+        bail!("--operation, --metric and --threshold go with --grader string_check or text_similarity; a JSON grader carries its own fields");
+    }
+    if args.grader.trim_start().starts_with('{') {
+        let value: Value = serde_json::from_str(&args.grader).context("--grader: the inline grader is not JSON")?;
+        return Ok(GraderSpec::from_json(&value)?);
+    }
+    let path = Path::new(&args.grader);
+    if !path.is_file() {
+        bail!("--grader takes string_check, text_similarity, a grader JSON file or inline JSON; {:?} is none of them", args.grader);
+    }
+    Ok(GraderSpec::load(path)?)
+}
+
+pub fn grade(args: GradeArgs) -> Result<()> {
+    let spec = grader_spec(&args)?;
+    let encoder = match (spec.needs_encoder(), args.model.as_deref()) {
+        (true, Some(model)) => Some(load_router(Some(model))?.encoder().clone()),
+        (true, None) => bail!("the cosine metric needs --model (a bundle whose encoder embeds the texts)"),
+        (false, _) => None,
     };
-    let fields = GradeFields { output: args.output_field, reference: args.reference_field };
+    if spec.runs_python() && !grade::python::network_isolated() {
+        eprintln!("note: `unshare -rn` is not available here: the python grader runs without a network namespace");
+    }
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    // The judge's requests run on this runtime; graders block on them from rayon's threads.
+    let runtime = tokio::runtime::Runtime::new().context("starting the judge's runtime")?;
+    let judge = match (spec.needs_judge(), args.config.as_deref()) {
+        (true, Some(config)) => Some(DispatchJudge::from_config(config, runtime.handle().clone())?),
+        (true, None) => bail!("the grader {:?} asks a judge model: give --config model-router.toml (its deployments and catalog)", spec.name()),
+        (false, _) => None,
+    };
+    let context = GradeContext { judge: judge.as_ref().map(|j| j as &dyn ChatModel), encoder: encoder.as_ref() };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.concurrency).build()?;
     let bar = embed::progress_bar(0, "grading");
-    let summary = grade::grade_jsonl(&grader, &args.input, &fields, args.out.as_deref(), &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
+    let summary = pool.install(|| {
+        grade::grade_jsonl(&spec, &context, &args.input, &args.output_field, args.out.as_deref(), &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })
     })?;
     bar.finish_and_clear();
     if args.json {
         print_line(serde_json::to_string(&summary)?)?;
     } else {
         print_line(&summary)?;
+    }
+    if summary.graded == 0 {
+        let why = match (summary.skipped.len(), summary.failed.len()) {
+            (0, 0) => "it has no rows".to_owned(),
+            (skipped, failed) => format!("{skipped} row(s) skipped, {failed} failed to grade"),
+        };
+        bail!("no row of {} was graded: {why}", args.input.display());
     }
     if let Some(out) = &args.out {
         eprintln!("wrote {} graded row(s) to {}", summary.graded, out.display());

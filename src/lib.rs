@@ -1,18 +1,18 @@
 //! # model-router
 //!
 //! The facade of the model-router workspace: one dependency that brings the router core (prompt →
-//! predicted quality per model), the policy (predictions → an explained choice) and the training
-//! and evaluation tools, plus [`load_router`], which resolves a `--model` argument the way the
-//! command line does.
+//! predicted quality per model), the policy (predictions → an explained choice), [`Routing`]
+//! (both in one call, from [`router_embed`]) and the training and evaluation tools, plus
+//! [`load_router`], which resolves a `--model` argument the way the command line does.
+//!
+//! A service that only routes depends on `router-embed` instead: it brings no server, store or
+//! training code.
 //!
 //! ```
-//! use model_router::{load_router, load_catalog, router_policy::{Policy, PolicyDefaults, RouteRequest, Mode, estimate_tokens}};
+//! use model_router::{default_model_dir, RouteInput, Routing};
 //!
-//! let router = load_router(None)?; // the shipped default bundle
-//! let catalog = load_catalog(&router, None)?;
-//! let policy = Policy::new(catalog, router.models().to_vec(), PolicyDefaults::new(Mode::Balanced))?;
-//! let prompt = "What is the capital of Australia?";
-//! let decision = policy.decide(&router.score(prompt)?, &RouteRequest::new(estimate_tokens(prompt)))?;
+//! let routing = Routing::load(default_model_dir().to_string_lossy())?; // the shipped default bundle
+//! let decision = routing.route(&RouteInput::prompt("What is the capital of Australia?"))?;
 //! assert!(decision.eligible.contains_key(&decision.model));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -21,14 +21,12 @@
 use std::path::{Path, PathBuf};
 
 pub use router_core;
+pub use router_embed;
+pub use router_embed::{load_catalog, CatalogError, RouteInput, Routing, CATALOG_FILE};
 pub use router_policy;
 pub use router_training;
 
 use router_core::{CoreError, Router};
-use router_policy::{Catalog, PolicyError};
-
-/// The name of the catalog file a bundle ships with.
-pub const CATALOG_FILE: &str = "catalog.toml";
 
 /// The shipped default bundle: `$MODEL_ROUTER_MODEL` if set, else `models/routerbench` of this
 /// source tree.
@@ -39,45 +37,10 @@ pub fn default_model_dir() -> PathBuf {
 }
 
 /// Loads a router from `--model`: a bundle directory, or else a hub repo id (`ID` or `ID@REVISION`)
-/// loaded through the hub cache; `None` is the default bundle.
+/// loaded through the hub cache ([`router_embed::load_router`]); `None` is the default bundle.
 pub fn load_router(model: Option<&str>) -> Result<Router, CoreError> {
     match model {
         None => Router::load(default_model_dir()),
-        Some(arg) if Path::new(arg).exists() => Router::load(arg),
-        Some(arg) => {
-            let (repo, revision) = match arg.split_once('@') {
-                Some((repo, revision)) => (repo, Some(revision)),
-                None => (arg, None),
-            };
-            Router::from_hub(repo, revision)
-        }
+        Some(arg) => router_embed::load_router(arg),
     }
-}
-
-/// Errors reading a catalog.
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not a valid catalog.
-    #[error("{path}: {source}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: PolicyError,
-    },
-}
-
-/// Reads `path`, or else the catalog shipped in the router's bundle directory.
-pub fn load_catalog(router: &Router, path: Option<&Path>) -> Result<Catalog, CatalogError> {
-    let path = path.map(Path::to_path_buf).unwrap_or_else(|| router.dir().join(CATALOG_FILE));
-    let text = std::fs::read_to_string(&path).map_err(|source| CatalogError::Io { path: path.clone(), source })?;
-    Catalog::from_toml_str(&text).map_err(|source| CatalogError::Invalid { path, source })
 }

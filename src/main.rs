@@ -2,6 +2,8 @@
 
 mod bench;
 mod grading;
+mod judge;
+mod label;
 mod store_cli;
 
 use std::io::{BufRead, Read, Write};

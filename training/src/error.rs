@@ -88,6 +88,15 @@ pub enum TrainingError {
         /// What failed.
         message: String,
     },
+    /// A grader spec that cannot be used (unknown type, bad or missing field, bad formula).
+    #[error("grader: {0}")]
+    Grader(String),
+
+    /// Grading one answer failed (a template field missing, the judge's reply unparsable or the
+    /// judge failing, the python code raising or timing out, a formula error): never a 0 score.
+    #[error("{0}")]
+    Grading(String),
+
     /// The encoder or the bundle failed (router-core).
     #[error(transparent)]
     Core(#[from] router_core::CoreError),

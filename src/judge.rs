@@ -1,0 +1,71 @@
+//! The judge of model graders (`score_model`, `label_model`): a catalog model asked through
+//! `router-dispatch`, with the server config's deployments, retries, timeouts, spillover and
+//! cooldowns.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use router_dispatch::{DispatchRequest, Dispatcher};
+use router_policy::Catalog;
+use router_training::grade::ChatModel;
+use serde_json::{Map, Value};
+
+/// Asks catalog models for chat completions through a [`Dispatcher`]; blocking, for graders
+/// running on threads outside the tokio runtime whose `handle` it holds.
+pub struct DispatchJudge {
+    dispatcher: Arc<Dispatcher>,
+    catalog: Catalog,
+    handle: tokio::runtime::Handle,
+}
+
+impl DispatchJudge {
+    /// A judge over `dispatcher` for the models of `catalog`, whose requests run on `handle`.
+    pub fn new(dispatcher: Arc<Dispatcher>, catalog: Catalog, handle: tokio::runtime::Handle) -> Self {
+        DispatchJudge { dispatcher, catalog, handle }
+    }
+
+    /// A judge from a server config file (`model-router.toml`): its `[[deployments]]`,
+    /// `[dispatch]` and `[[models]]` catalog.
+    pub fn from_config(path: &Path, handle: tokio::runtime::Handle) -> Result<Self> {
+        let config = router_server::ServerConfig::load(path).with_context(|| format!("reading the judge's config {}", path.display()))?;
+        let dispatcher = Dispatcher::new(config.deployments, config.dispatch)
+            .with_context(|| format!("{}: the deployments", path.display()))?;
+        Ok(DispatchJudge::new(Arc::new(dispatcher), config.catalog, handle))
+    }
+
+    async fn ask(&self, deployments: &[String], body: &Value) -> std::result::Result<String, String> {
+        let request = DispatchRequest { deployments, body, spillover: None };
+        let dispatched = self.dispatcher.dispatch(request).await.map_err(|e| e.to_string())?;
+        let status = dispatched.response.status();
+        let text = dispatched.response.text().await.map_err(|e| format!("reading the answer of {}: {e}", dispatched.deployment))?;
+        if !status.is_success() {
+            let start: String = text.chars().take(300).collect();
+            return Err(format!("{} answered {status}: {start}", dispatched.deployment));
+        }
+        let answer: Value = serde_json::from_str(&text).map_err(|e| format!("{} answered with something not JSON: {e}", dispatched.deployment))?;
+        match answer.pointer("/choices/0/message/content") {
+            Some(Value::String(content)) => Ok(content.clone()),
+            _ => Err(format!("{}'s answer has no choices[0].message.content string", dispatched.deployment)),
+        }
+    }
+}
+
+impl ChatModel for DispatchJudge {
+    fn complete(&self, model: &str, messages: &[Value], sampling_params: &Map<String, Value>) -> std::result::Result<String, String> {
+        let spec = self.catalog.get(model).ok_or_else(|| format!("the model {model:?} is not in the config's catalog"))?;
+        if spec.deployments.is_empty() {
+            return Err(format!("the model {model:?} has no deployments in the config"));
+        }
+        let mut body = Map::new();
+        for (key, value) in sampling_params {
+            // The grader's own fields win: sampling parameters cannot redirect or stream the call.
+            if !matches!(key.as_str(), "model" | "messages" | "stream") {
+                body.insert(key.clone(), value.clone());
+            }
+        }
+        body.insert("model".into(), Value::String(model.to_owned()));
+        body.insert("messages".into(), Value::Array(messages.to_vec()));
+        self.handle.block_on(self.ask(&spec.deployments, &Value::Object(body)))
+    }
+}
