@@ -3,7 +3,6 @@
 mod bench;
 mod grading;
 mod judge;
-mod label;
 mod store_cli;
 
 use std::io::{BufRead, Read, Write};
