@@ -1,7 +1,7 @@
 //! The HTTP application: state, routes, handlers, start and shutdown.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -14,101 +14,68 @@ use axum::routing::{get, post};
 use axum::Json;
 use futures_util::StreamExt;
 use router_dispatch::{DispatchError, DispatchRequest, Dispatched, Dispatcher};
-use router_policy::{estimated_cost, Decision, Policy, PolicyDefaults, PolicyError, RouteRequest};
+use router_policy::{estimated_cost, Decision, PolicyError, RouteRequest};
 use router_store::{owner_of_key, Store, ANONYMOUS_OWNER};
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 use crate::chat::{self, Conversation, Overrides};
+use crate::shadow::{self, ShadowJob, Shadows};
 use crate::sse;
 use crate::stored::{self, Outcome, StoreJob};
-use crate::{ApiError, Metrics, ScoreError, Scorer, ServerConfig, ServerError};
+use crate::{ApiError, Metrics, Routing, ScoreError, ServerConfig, ServerError};
 
 /// Everything the handlers share.
 pub struct AppState {
     config: ServerConfig,
-    policy: Policy,
-    scorer: Scorer,
+    /// The router in use; a request clones the `Arc` and keeps it to its end.
+    routing: RwLock<Arc<Routing>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
     dispatcher: Dispatcher,
     metrics: Metrics,
     store: Option<Arc<Store>>,
-    bundle_name: String,
-    bundle_version: String,
+    shadows: Option<Shadows>,
+}
+
+/// What a reload swapped: `name@version` of the bundle before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The bundle that served before.
+    pub old: String,
+    /// The bundle that serves now.
+    pub new: String,
 }
 
 impl AppState {
-    /// Loads the bundle, builds the policy, starts the scorer thread and the dispatcher.
-    /// Blocking (it reads the bundle).
+    /// Builds the dispatcher, loads and probes the bundle ([`Routing::load`]), starts its
+    /// scorer thread, opens the store. Blocking (it reads the bundle). Shadow workers start
+    /// with [`start`].
     pub fn new(config: ServerConfig) -> Result<Self, ServerError> {
-        let file = config.file.clone();
         let bad = |key: &str, reason: String| ServerError::Config {
-            file: file.clone(),
+            file: config.file.clone(),
             key: key.into(),
             reason,
         };
-        let router =
-            router_core::Router::load(&config.bundle).map_err(|source| ServerError::Bundle {
-                file: file.clone(),
-                source,
-            })?;
-        let columns = router.models().to_vec();
-        let bundle_name = router.config().name.clone();
-        let bundle_version = router.config().version.clone();
-        // The catalog against the bundle.
-        Policy::new(
-            config.catalog.clone(),
-            columns.clone(),
-            PolicyDefaults::new(config.mode),
-        )
-        .map_err(|e| bad("models", e.to_string()))?;
-        if let Some(subset) = &config.subset {
-            if let Some(unknown) = subset.iter().find(|m| !columns.contains(m)) {
-                return Err(bad(
-                    "router.subset",
-                    format!("`{unknown}` is not a model of the bundle"),
-                ));
-            }
-        }
-        // Only models with deployments can be chosen.
-        let deployed: Vec<String> = config
-            .catalog
-            .models
-            .iter()
-            .filter(|m| !m.deployments.is_empty())
-            .filter(|m| config.subset.as_ref().is_none_or(|s| s.contains(&m.name)))
-            .map(|m| m.name.clone())
-            .collect();
-        if deployed.is_empty() {
-            return Err(bad(
-                "router.subset",
-                "no model of the subset has deployments".into(),
-            ));
-        }
-        let mut defaults = PolicyDefaults::new(config.mode).subset(deployed);
-        if let Some(band) = config.band {
-            defaults = defaults.band(band);
-        }
-        let policy = Policy::new(config.catalog.clone(), columns, defaults)
-            .map_err(|e| bad("router", e.to_string()))?;
         let dispatcher = Dispatcher::new(config.deployments.clone(), config.dispatch.clone())
             .map_err(|e| bad("deployments", e.to_string()))?;
+        let routing = Routing::load(&config, &dispatcher)?;
         let store = match &config.store {
             Some(s) => Some(Arc::new(
                 Store::open(&s.path, s.options).map_err(|e| bad("store.path", e.to_string()))?,
             )),
             None => None,
         };
-        let scorer = Scorer::spawn(router, config.max_batch, config.batch_tokens, config.queue)?;
+        let shadows = config.shadow.clone().map(Shadows::new);
         Ok(AppState {
             config,
-            policy,
-            scorer,
+            routing: RwLock::new(Arc::new(routing)),
+            reloading: tokio::sync::Mutex::new(()),
             dispatcher,
             metrics: Metrics::default(),
             store,
-            bundle_name,
-            bundle_version,
+            shadows,
         })
     }
 
@@ -117,9 +84,60 @@ impl AppState {
         &self.config
     }
 
-    /// The policy.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// The router in use now (a request keeps the one it started with).
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Loads the configured bundle again and, when it loads, matches the catalog and
+    /// deployments and passes the probe ([`Routing::load`]), makes it the router in use;
+    /// requests in flight finish on the old one. With a config from [`ServerConfig::load`],
+    /// the file is read again (with the process environment) for `[router]` and the catalog
+    /// (the bundle's `catalog.toml` when it has no `[[models]]`); the server's other sections
+    /// stay as they started. A refused bundle leaves the old one serving.
+    pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ServerError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let state = self.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let config = match &state.config.source {
+                Some(path) => ServerConfig::load(path)?,
+                None => state.config.clone(),
+            };
+            Routing::load(&config, &state.dispatcher)
+        })
+        .await
+        .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))
+        .and_then(|loaded| loaded);
+        let new = match loaded {
+            Ok(routing) => Arc::new(routing),
+            Err(e) => {
+                self.metrics.reload("refused");
+                eprintln!("model-router: reload refused, the old bundle keeps serving: {e}");
+                return Err(e);
+            }
+        };
+        let old = std::mem::replace(
+            &mut *self.routing.write().unwrap_or_else(|p| p.into_inner()),
+            new.clone(),
+        );
+        self.metrics.reload("ok");
+        let reloaded = Reloaded {
+            old: old.label(),
+            new: new.label(),
+        };
+        eprintln!(
+            "model-router: reloaded {} -> {}",
+            reloaded.old, reloaded.new
+        );
+        Ok(reloaded)
+    }
+
+    /// The `[shadow]` queue, when configured.
+    pub(crate) fn shadows(&self) -> Option<&Shadows> {
+        self.shadows.as_ref()
     }
 
     /// The dispatcher.
@@ -162,6 +180,7 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     axum::Router::new()
         .route("/health", get(health))
+        .route("/admin/reload", post(admin_reload))
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -205,6 +224,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .await
         .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))??;
     let state = Arc::new(state);
+    if let Some(shadows) = state.shadows() {
+        shadows.start_workers(Arc::downgrade(&state));
+    }
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let app = build_app(state.clone());
@@ -224,15 +246,23 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     })
 }
 
-/// Serves until Ctrl-C.
+/// Serves until Ctrl-C or SIGTERM; SIGHUP reloads the bundle ([`AppState::reload`]).
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     let server = start(config).await?;
     let state = server.state().clone();
+    #[cfg(unix)]
+    let reloader = reload_on_sighup(state.clone())?;
+    let routing = state.routing();
     eprintln!(
         "model-router: serving bundle {} ({}) with {} models on http://{}{}",
-        state.bundle_name,
-        state.bundle_version,
-        state.policy.defaults().subset.as_ref().map_or(0, Vec::len),
+        routing.name(),
+        routing.version(),
+        routing
+            .policy()
+            .defaults()
+            .subset
+            .as_ref()
+            .map_or(0, Vec::len),
         server.local_addr(),
         if state.config.api_keys.is_empty() {
             " (no auth: loopback only)"
@@ -240,10 +270,26 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
             ""
         }
     );
+    drop(routing);
     shutdown_signal().await?;
+    #[cfg(unix)]
+    reloader.abort();
     eprintln!("model-router: shutting down");
     server.shutdown(Duration::from_secs(10)).await;
     Ok(())
+}
+
+/// Reloads the bundle of `state` on every SIGHUP, until the task is aborted; a refused
+/// bundle is logged and the old one keeps serving.
+#[cfg(unix)]
+pub fn reload_on_sighup(state: Arc<AppState>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            // The outcome is logged by reload.
+            let _ = state.reload().await;
+        }
+    }))
 }
 
 /// Ctrl-C, or SIGTERM on Unix.
@@ -293,8 +339,19 @@ async fn auth(State(state): State<Arc<AppState>>, mut request: Request, next: Ne
             .insert(Caller(ANONYMOUS_OWNER.to_string()));
         return next.run(request).await;
     }
-    let headers = request.headers();
-    let given = headers
+    match presented_key(request.headers()) {
+        Some(key) if key_matches(&state.config.api_keys, key.as_bytes()) => {
+            let caller = Caller(owner_of_key(key));
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        given => unauthorised(given.is_some()).into_response(),
+    }
+}
+
+/// The key in `Authorization: Bearer KEY` or `api-key: KEY`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -307,26 +364,43 @@ async fn auth(State(state): State<Arc<AppState>>, mut request: Request, next: Ne
                 .get("api-key")
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
-        });
-    match given {
-        Some(key) if key_matches(&state.config.api_keys, key.as_bytes()) => {
-            let caller = Caller(owner_of_key(key));
-            request.extensions_mut().insert(caller);
-            next.run(request).await
-        }
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "Incorrect API key provided.",
-        )
+        })
+}
+
+fn unauthorised(key_given: bool) -> ApiError {
+    let message = if key_given {
+        "Incorrect API key provided."
+    } else {
+        "Missing API key: send `Authorization: Bearer KEY` or `api-key: KEY`."
+    };
+    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
         .code("invalid_api_key")
+}
+
+/// `POST /admin/reload`: [`AppState::reload`], authorised by `server.admin_key_env`'s key
+/// (not a proxy key). Without an admin key the endpoint does not exist (404). Answers
+/// `{"status": "reloaded", "old", "new"}`, or 422 `bundle_refused` with the reason.
+async fn admin_reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let Some(admin_key) = &state.config.admin_key else {
+        return not_found().await.into_response();
+    };
+    match presented_key(&headers) {
+        Some(key) if key_matches(std::slice::from_ref(admin_key), key.as_bytes()) => {}
+        given => return unauthorised(given.is_some()).into_response(),
+    }
+    match state.reload().await {
+        Ok(reloaded) => Json(json!({
+            "status": "reloaded",
+            "old": reloaded.old,
+            "new": reloaded.new,
+        }))
         .into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        Err(e) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request_error",
-            "Missing API key: send `Authorization: Bearer KEY` or `api-key: KEY`.",
+            format!("the bundle was refused and the old one keeps serving: {e}"),
         )
-        .code("invalid_api_key")
+        .code("bundle_refused")
         .into_response(),
     }
 }
@@ -335,7 +409,8 @@ async fn auth(State(state): State<Arc<AppState>>, mut request: Request, next: Ne
 // Handlers
 
 async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"status": "ok", "bundle": state.bundle_name, "version": state.bundle_version}))
+    let routing = state.routing();
+    Json(json!({"status": "ok", "bundle": routing.name(), "version": routing.version()}))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -356,10 +431,12 @@ async fn not_found() -> ApiError {
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let mut data = vec![
-        json!({"id": state.config.router_name, "object": "model", "created": 0, "owned_by": "model-router"}),
-    ];
-    if let Some(subset) = &state.policy.defaults().subset {
+    let routing = state.routing();
+    let mut data = vec![json!({
+        "id": state.config.router_name, "object": "model", "created": 0, "owned_by": "model-router",
+        "bundle": routing.name(), "version": routing.version(),
+    })];
+    if let Some(subset) = &routing.policy().defaults().subset {
         for name in subset {
             data.push(
                 json!({"id": name, "object": "model", "created": 0, "owned_by": "model-router"}),
@@ -559,18 +636,19 @@ fn wants_explain(headers: &HeaderMap) -> bool {
 
 async fn decide(
     state: &AppState,
+    routing: &Routing,
     conv: &Conversation,
     o: &Overrides,
 ) -> Result<(Vec<f32>, RouteRequest, Decision), ApiError> {
     let start = Instant::now();
-    let scores = state
-        .scorer
+    let scores = routing
+        .scorer()
         .score(conv.routing_text.clone())
         .await
         .map_err(score_error)?;
     let request = route_request(conv, o);
-    let decision = state
-        .policy
+    let decision = routing
+        .policy()
         .decide(&scores, &request)
         .map_err(policy_error)?;
     state.metrics.routing(start.elapsed());
@@ -600,8 +678,9 @@ async fn chat_inner(
             }
         },
     };
+    let routing = state.routing();
     let overrides = chat::overrides(&mut body, headers)?;
-    let store_metadata = stored::take_store_fields(&mut body, state.store.is_some())?;
+    let (asked, metadata) = stored::take_store_fields(&mut body, state.store.is_some())?;
     let conv = chat::analyse(&body, state.config.recent_turns)?;
     let explain = wants_explain(headers);
     let spillover = header_str(headers, "x-ms-spillover-deployment");
@@ -612,23 +691,29 @@ async fn chat_inner(
             )));
         }
     }
-    let mut job = store_metadata.map(|metadata| StoreJob {
+    let routed = requested == state.config.router_name;
+    // Only routed requests are shadowed: a pinned model is the client's choice, not the router's.
+    let shadowed = routed && state.shadows().is_some_and(Shadows::sample);
+    let mut job = (asked || shadowed).then(|| StoreJob {
         owner: caller.0,
         metadata,
         request: body.clone(),
         decision: None,
         started,
+        asked,
+        shadow: shadowed.then_some(conv.prompt_tokens),
     });
     let body = Value::Object(body);
 
-    if requested == state.config.router_name {
-        let (scores, mut request, mut decision) = decide(state, &conv, &overrides).await?;
+    if routed {
+        let (scores, mut request, mut decision) =
+            decide(state, &routing, &conv, &overrides).await?;
         let mut retry_after: Option<Duration> = None;
         loop {
             ctx.model = decision.model.clone();
             ctx.mode = decision.mode.as_str().to_string();
-            let deployments = state
-                .policy
+            let deployments = routing
+                .policy()
                 .catalog()
                 .get(&decision.model)
                 .map(|m| m.deployments.clone())
@@ -668,7 +753,7 @@ async fn chat_inner(
                     };
                     request.exclude.push(decision.model.clone());
                     state.metrics.reroute();
-                    match state.policy.decide(&scores, &request) {
+                    match routing.policy().decide(&scores, &request) {
                         Ok(next) => decision = next,
                         Err(PolicyError::NoEligibleModel { .. }) => {
                             ctx.model = "none".into();
@@ -683,7 +768,7 @@ async fn chat_inner(
                 Err(e) => return Err(dispatch_error(e)),
             }
         }
-    } else if let Some(spec) = state.policy.catalog().get(&requested) {
+    } else if let Some(spec) = routing.policy().catalog().get(&requested) {
         ctx.model = requested.clone();
         ctx.mode = "bypass".into();
         if spec.deployments.is_empty() {
@@ -789,99 +874,145 @@ async fn respond(
         set_header(&mut headers, "x-router-decision", &ascii_json(decision));
     }
     let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let body =
-        if stream && status.is_success() {
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            let events = sse::with_model(d.response.bytes_stream().boxed(), model.to_string());
-            match job.take() {
-                None => Body::from_stream(events),
-                Some(job) => {
+    let body = if stream && status.is_success() {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let events = sse::with_model(d.response.bytes_stream().boxed(), model.to_string());
+        match job.take() {
+            None => Body::from_stream(events),
+            Some(job) => {
+                if job.asked {
                     // Stored at the end of the stream, before the held `data: [DONE]`.
                     set_header(&mut headers, "x-router-store", "pending");
-                    Body::from_stream(stored::tap(
-                        state.clone(),
-                        events,
-                        job,
-                        model.to_string(),
-                        d.deployment.clone(),
-                        cost,
-                    ))
                 }
+                Body::from_stream(stored::tap(
+                    state.clone(),
+                    events,
+                    job,
+                    model.to_string(),
+                    d.deployment.clone(),
+                    cost,
+                ))
             }
-        } else {
-            let bytes =
-                match tokio::time::timeout(state.dispatcher.options().timeout, d.response.bytes())
-                    .await
-                {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(_)) => {
-                        return Err(ApiError::new(
-                            StatusCode::BAD_GATEWAY,
-                            "server_error",
-                            format!("deployment `{}` broke off its response", d.deployment),
-                        )
-                        .code("upstream_error"))
-                    }
-                    Err(_) => {
-                        return Err(ApiError::new(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "server_error",
-                            format!(
-                                "deployment `{}` did not finish its response in time",
-                                d.deployment
-                            ),
-                        )
-                        .code("upstream_timeout"))
-                    }
-                };
-            match serde_json::from_slice::<Value>(&bytes) {
-                Ok(Value::Object(mut object)) if status.is_success() => {
-                    object.insert("model".into(), Value::String(model.to_string()));
-                    if let Some(job) = job.take() {
-                        // Committed before the answer goes out.
-                        let response = Value::Object(object.clone());
-                        let outcome =
-                            stored::persist(state, job, response, model, &d.deployment, cost).await;
-                        if let Outcome::Stored(inserted) = &outcome {
-                            object.insert("id".into(), Value::String(inserted.id.clone()));
-                        }
-                        set_header(&mut headers, "x-router-store", &outcome.header_value());
-                    }
-                    // Asked to explain: the decision also rides in the body, for clients that
-                    // cannot read response headers (after storing: the record keeps the backend's
-                    // answer and the decision separately).
-                    if let Some(decision) = decision {
-                        // Through text, so that f32 predictions keep their shortest form, as in
-                        // the header (to_value would widen 0.8431423 to 0.8431422710418701).
-                        let text = serde_json::to_string(decision).unwrap_or_default();
-                        if let Ok(explanation) = serde_json::from_str::<Value>(&text) {
-                            object.insert("router".into(), explanation);
-                        }
-                    }
-                    headers.insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                    Body::from(serde_json::to_vec(&object).unwrap_or_else(|_| bytes.to_vec()))
-                }
-                _ => {
-                    if job.take().is_some() {
-                        let why = if status.is_success() {
-                            "the backend's answer is not a JSON object".to_string()
-                        } else {
-                            format!("the backend answered {}", status.as_u16())
-                        };
-                        let outcome = stored::skipped(state, why);
-                        set_header(&mut headers, "x-router-store", &outcome.header_value());
-                    }
-                    Body::from(bytes)
-                }
-            }
+        }
+    } else {
+        let deployment = d.deployment.clone();
+        let bytes = read_answer(state, d).await?;
+        let answer = Answer {
+            model,
+            deployment: &deployment,
+            decision,
+            cost,
         };
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(object)) if status.is_success() => {
+                json_answer(state, object, &answer, job, &mut headers).await
+            }
+            _ => {
+                if job.take().is_some_and(|job| job.asked) {
+                    let why = if status.is_success() {
+                        "the backend's answer is not a JSON object".to_string()
+                    } else {
+                        format!("the backend answered {}", status.as_u16())
+                    };
+                    let outcome = stored::skipped(state, why);
+                    set_header(&mut headers, "x-router-store", &outcome.header_value());
+                }
+                Body::from(bytes)
+            }
+        }
+    };
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     Ok(response)
+}
+
+/// The whole body of a non-streamed answer, within the dispatch timeout.
+async fn read_answer(state: &AppState, d: Dispatched) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(state.dispatcher.options().timeout, d.response.bytes()).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            format!("deployment `{}` broke off its response", d.deployment),
+        )
+        .code("upstream_error")),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            format!(
+                "deployment `{}` did not finish its response in time",
+                d.deployment
+            ),
+        )
+        .code("upstream_timeout")),
+    }
+}
+
+/// Who answered a request, and what the router decided and estimated.
+struct Answer<'a> {
+    model: &'a str,
+    deployment: &'a str,
+    decision: Option<&'a Decision>,
+    cost: f64,
+}
+
+/// A successful JSON answer: the model's catalog name in it, stored first when asked
+/// (`x-router-store`), the decision in its `router` field when asked, and a shadow queued
+/// once the body has gone out.
+async fn json_answer(
+    state: &Arc<AppState>,
+    mut object: Map<String, Value>,
+    answer: &Answer<'_>,
+    job: Option<StoreJob>,
+    headers: &mut HeaderMap,
+) -> Body {
+    object.insert("model".into(), Value::String(answer.model.to_string()));
+    let mut shadow: Option<ShadowJob> = None;
+    if let Some(job) = job {
+        // Committed before the answer goes out.
+        let response = Value::Object(object.clone());
+        let (outcome, shadow_job) = stored::finish(
+            state,
+            job,
+            response,
+            answer.model,
+            answer.deployment,
+            answer.cost,
+        )
+        .await;
+        if let Some(outcome) = outcome {
+            if let Outcome::Stored(inserted) = &outcome {
+                object.insert("id".into(), Value::String(inserted.id.clone()));
+            }
+            set_header(headers, "x-router-store", &outcome.header_value());
+        }
+        shadow = shadow_job;
+    }
+    // Asked to explain: the decision also rides in the body, for clients that cannot read
+    // response headers (after storing: the record keeps the backend's answer and the decision
+    // separately).
+    if let Some(decision) = answer.decision {
+        // Through text, so that f32 predictions keep their shortest form, as in the header
+        // (to_value would widen 0.8431423 to 0.8431422710418701).
+        let text = serde_json::to_string(decision).unwrap_or_default();
+        if let Ok(explanation) = serde_json::from_str::<Value>(&text) {
+            object.insert("router".into(), explanation);
+        }
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let bytes = Bytes::from(serde_json::to_vec(&object).unwrap_or_default());
+    match shadow {
+        None => Body::from(bytes),
+        Some(job) => Body::from_stream(shadow::then_shadow(
+            futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]),
+            state.clone(),
+            Some(job),
+        )),
+    }
 }
 
 async fn route(
@@ -892,7 +1023,7 @@ async fn route(
     let mut body = parse_body(body)?;
     let overrides = chat::overrides(&mut body, &headers)?;
     let conv = chat::analyse(&body, state.config.recent_turns)?;
-    let (_, _, decision) = decide(&state, &conv, &overrides).await?;
+    let (_, _, decision) = decide(&state, &state.routing(), &conv, &overrides).await?;
     Ok(Json(decision))
 }
 

@@ -1,5 +1,5 @@
-//! The server's TOML config: `[server]`, `[router]`, `[dispatch]`, `[store]`, `[[models]]`,
-//! `[[deployments]]`.
+//! The server's TOML config: `[server]`, `[router]`, `[dispatch]`, `[store]`, `[shadow]`,
+//! `[[models]]`, `[[deployments]]`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,10 +23,16 @@ pub const DEFAULT_ROUTER_NAME: &str = "model-router";
 pub struct ServerConfig {
     /// The file it came from (for messages).
     pub file: String,
+    /// The file [`ServerConfig::load`] read, which a reload reads again; `None` for a config
+    /// parsed from text (a reload then loads the same bundle path with the same catalog).
+    pub source: Option<PathBuf>,
     /// `server.listen`.
     pub listen: SocketAddr,
     /// Proxy keys (from the variable named by `server.api_keys_env`); empty = no auth.
     pub api_keys: Vec<String>,
+    /// The key of `POST /admin/reload` (from the variable named by `server.admin_key_env`);
+    /// `None`: that endpoint does not exist (404).
+    pub admin_key: Option<String>,
     /// `server.max_body_bytes`.
     pub max_body_bytes: usize,
     /// `server.max_batch`: most prompts scored in one batch.
@@ -57,6 +63,28 @@ pub struct ServerConfig {
     pub dispatch: DispatchOptions,
     /// `[store]`: where and how `"store": true` requests are kept; `None` = not stored.
     pub store: Option<StoreConfig>,
+    /// `[shadow]`: which routed requests also go to other models, after the client's answer.
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// The `[shadow]` section: shadow traffic. A sampled share of routed requests is sent again,
+/// after the client has its answer, to each listed model other than the one that answered;
+/// every answer is stored linked to the original exchange (see `router_store::ROUTER_OWNER`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    /// `shadow.rate`: the share of routed requests shadowed, in [0, 1].
+    pub rate: f64,
+    /// `shadow.models`: catalog models with deployments.
+    pub models: Vec<String>,
+    /// `shadow.max_cost_per_day`: USD (reported usage × catalog prices) per UTC day; once
+    /// spent, shadows are dropped until midnight UTC.
+    pub max_cost_per_day: f64,
+    /// `shadow.queue`: most shadowed requests waiting (default 256); more are dropped.
+    pub queue: usize,
+    /// `shadow.workers`: shadowed requests in flight at once (default 4).
+    pub workers: usize,
+    /// `shadow.seed`: seeds the sampling, for reproducible runs (default: random).
+    pub seed: Option<u64>,
 }
 
 /// The `[store]` section: stored completions.
@@ -78,6 +106,7 @@ struct RawConfig {
     #[serde(default)]
     dispatch: RawDispatch,
     store: Option<RawStore>,
+    shadow: Option<RawShadow>,
     #[serde(default)]
     #[allow(dead_code)]
     models: Vec<toml::Table>,
@@ -90,6 +119,7 @@ struct RawConfig {
 struct RawServer {
     listen: Option<String>,
     api_keys_env: Option<String>,
+    admin_key_env: Option<String>,
     max_body_bytes: Option<usize>,
     max_batch: Option<usize>,
     batch_tokens: Option<usize>,
@@ -132,6 +162,17 @@ struct RawStore {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawShadow {
+    rate: f64,
+    models: Vec<String>,
+    max_cost_per_day: f64,
+    queue: Option<usize>,
+    workers: Option<usize>,
+    seed: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawDeployment {
     name: String,
     kind: DeploymentKind,
@@ -153,9 +194,11 @@ impl ServerConfig {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml_str(&text, &path.display().to_string(), base, |name| {
+        let mut config = Self::from_toml_str(&text, &path.display().to_string(), base, |name| {
             std::env::var(name).ok()
-        })
+        })?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses and validates config `text`. `file` names it in errors, relative paths resolve
@@ -375,6 +418,18 @@ impl ServerConfig {
             }
         }
 
+        let admin_key = match &raw.server.admin_key_env {
+            None => None,
+            Some(var) => match env(var) {
+                Some(value) if !value.trim().is_empty() => Some(value.trim().to_string()),
+                _ => {
+                    return Err(bad(
+                        "server.admin_key_env",
+                        format!("environment variable `{var}` is unset or empty"),
+                    ))
+                }
+            },
+        };
         let store = match raw.store {
             None => None,
             Some(s) => {
@@ -406,10 +461,20 @@ impl ServerConfig {
             }
         };
 
+        let shadow = match raw.shadow {
+            None => None,
+            Some(s) => Some(
+                shadow_config(s, &catalog, store.is_some())
+                    .map_err(|(key, reason)| bad(&format!("shadow.{key}"), reason))?,
+            ),
+        };
+
         Ok(ServerConfig {
             file: file.to_string(),
+            source: None,
             listen,
             api_keys,
+            admin_key,
             max_body_bytes,
             max_batch,
             batch_tokens,
@@ -425,8 +490,65 @@ impl ServerConfig {
             deployments,
             dispatch,
             store,
+            shadow,
         })
     }
+}
+
+/// Validates `[shadow]`; an error is (the key under `shadow.`, why).
+fn shadow_config(
+    raw: RawShadow,
+    catalog: &Catalog,
+    has_store: bool,
+) -> Result<ShadowConfig, (&'static str, String)> {
+    if !has_store {
+        return Err((
+            "models",
+            "shadow answers are stored: [shadow] needs a [store] section".into(),
+        ));
+    }
+    if !(0.0..=1.0).contains(&raw.rate) {
+        return Err((
+            "rate",
+            format!("must be a fraction in [0, 1], got {}", raw.rate),
+        ));
+    }
+    if raw.models.is_empty() {
+        return Err(("models", "is empty: name the models to shadow with".into()));
+    }
+    for (i, name) in raw.models.iter().enumerate() {
+        if raw.models[..i].contains(name) {
+            return Err(("models", format!("`{name}` is listed twice")));
+        }
+        match catalog.get(name) {
+            None => return Err(("models", format!("`{name}` is not a catalog model"))),
+            Some(spec) if spec.deployments.is_empty() => {
+                return Err(("models", format!("`{name}` has no deployments")))
+            }
+            Some(_) => {}
+        }
+    }
+    if !(raw.max_cost_per_day.is_finite() && raw.max_cost_per_day >= 0.0) {
+        return Err((
+            "max_cost_per_day",
+            format!(
+                "must be a non-negative number of USD, got {}",
+                raw.max_cost_per_day
+            ),
+        ));
+    }
+    let at_least_one = |key: &'static str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err((key, "must be at least 1".to_string())),
+        v => Ok(v.unwrap_or(default)),
+    };
+    Ok(ShadowConfig {
+        rate: raw.rate,
+        models: raw.models,
+        max_cost_per_day: raw.max_cost_per_day,
+        queue: at_least_one("queue", raw.queue, 256)?,
+        workers: at_least_one("workers", raw.workers, 4)?,
+        seed: raw.seed,
+    })
 }
 
 #[cfg(test)]
@@ -552,6 +674,77 @@ model = "m"
                 .to_string();
             assert!(e.contains("test.toml") && e.contains(key), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn shadow_section() {
+        let store = "[store]\npath = \"s.db\"\n";
+        let shadow = "[shadow]\nrate = 0.5\nmodels = [\"m\"]\nmax_cost_per_day = 2.0\n";
+        let c = parse(&format!("{BASE}\n{store}{shadow}")).unwrap();
+        let s = c.shadow.expect("a shadow section");
+        assert_eq!(
+            (
+                s.rate,
+                s.models,
+                s.max_cost_per_day,
+                s.queue,
+                s.workers,
+                s.seed
+            ),
+            (0.5, vec!["m".to_string()], 2.0, 256, 4, None)
+        );
+        let base = BASE.replace(
+            "[[deployments]]",
+            "[[models]]\nname = \"idle\"\ninput_price = 1.0\noutput_price = 1.0\ncontext_window = 10\n\n[[deployments]]",
+        );
+        for (text, key) in [
+            (format!("{BASE}\n{shadow}"), "shadow.models"),
+            (
+                format!("{BASE}\n{store}{}", shadow.replace("0.5", "1.5")),
+                "shadow.rate",
+            ),
+            (
+                format!("{BASE}\n{store}{}", shadow.replace("[\"m\"]", "[]")),
+                "shadow.models",
+            ),
+            (
+                format!("{BASE}\n{store}{}", shadow.replace("[\"m\"]", "[\"zz\"]")),
+                "zz",
+            ),
+            (
+                format!("{base}\n{store}{}", shadow.replace("[\"m\"]", "[\"idle\"]")),
+                "no deployments",
+            ),
+            (
+                format!("{BASE}\n{store}{}", shadow.replace("2.0", "-1.0")),
+                "shadow.max_cost_per_day",
+            ),
+            (
+                format!("{BASE}\n{store}{shadow}queue = 0\n"),
+                "shadow.queue",
+            ),
+            (
+                format!("{BASE}\n{store}{}", shadow.replace("rate = 0.5\n", "")),
+                "rate",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn admin_key() {
+        assert_eq!(parse(BASE).unwrap().admin_key, None);
+        let c = parse(&format!("[server]\nadmin_key_env = \"KEYS\"\n{BASE}")).unwrap();
+        assert_eq!(c.admin_key.as_deref(), Some("a, b"));
+        let e = parse(&format!("[server]\nadmin_key_env = \"NOPE\"\n{BASE}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.admin_key_env") && e.contains("NOPE"),
+            "{e}"
+        );
     }
 
     #[test]

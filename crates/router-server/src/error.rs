@@ -43,6 +43,14 @@ pub enum ServerError {
         /// The loader's error (it names the bundle file at fault).
         source: router_core::CoreError,
     },
+    /// The bundle loaded but its predictions on the probe prompts are unusable.
+    #[error("router bundle {}: refused: {reason}", bundle.display())]
+    Probe {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// What the probe found.
+        reason: String,
+    },
     /// The listen address cannot be bound, or serving failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),

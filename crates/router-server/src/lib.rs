@@ -19,8 +19,9 @@
 //! | `DELETE /v1/chat/completions/{id}` | deletes it: `{"object": "chat.completion.deleted", "id", "deleted": true}` |
 //! | `POST /openai/deployments/{deployment}/chat/completions` | the same, Azure-style; `{deployment}` is the router's name or a model |
 //! | `POST /v1/route` | the decision only (JSON), nothing sent upstream |
-//! | `GET /v1/models` | the router's name and the deployed catalog models |
-//! | `GET /health` | liveness, without auth |
+//! | `GET /v1/models` | the router's name (with the bundle name and version in use) and the deployed catalog models |
+//! | `GET /health` | liveness, without auth: `{"status", "bundle", "version"}` of the bundle in use |
+//! | `POST /admin/reload` | loads the configured bundle again (the admin key of `server.admin_key_env`; 404 without one) |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Request headers: `x-router-mode`, `x-router-band`, `x-router-subset` (comma-separated)
@@ -62,6 +63,28 @@
 //!   record belongs to one anonymous owner.
 //! - Store calls run on tokio's blocking pool (`spawn_blocking`), never on the async workers.
 //!
+//! # Shadow traffic
+//!
+//! With a `[shadow]` section ([`ShadowConfig`]; it needs `[store]`), a sampled share of
+//! *routed* requests (addressed to the router, not to a model) is sent again, once the client's
+//! response body has ended, to each `shadow.models` model other than the one that answered:
+//! through the same dispatcher, never streamed, without `store`. The original exchange and each
+//! shadow answer are stored; a shadow's `shadow_of` is the original's id. The original is the
+//! client's record when it said `store: true`, else the router's
+//! ([`router_store::ROUTER_OWNER`]), so a client's list never changes meaning. A full queue, a
+//! spent daily budget or a failed call drops shadows, counted in
+//! `model_router_shadow_dropped_total{reason}`; nothing a shadow does reaches the client or the
+//! router's own request metrics.
+//!
+//! # Reload
+//!
+//! `POST /admin/reload` and SIGHUP ([`AppState::reload`]) load the configured bundle again.
+//! Each request holds the [`Routing`] it started with, so requests in flight finish on the old
+//! bundle, whose scorer thread stops when the last of them is done. A bundle that does not
+//! load, does not match the catalog and deployments, or scores [`PROBE_PROMPTS`] with a number
+//! that is not finite is refused (422 `bundle_refused`, logged) and the old one keeps serving;
+//! the same probe runs at start.
+//!
 //! # Design
 //!
 //! - Inference runs on a dedicated thread ([`Scorer`]) that batches concurrent prompts; the
@@ -78,14 +101,21 @@ mod chat;
 mod config;
 mod error;
 mod metrics;
+mod routing;
+mod shadow;
 mod sse;
 mod stored;
 mod worker;
 
-pub use app::{build_app, run, run_blocking, start, AppState, RunningServer};
+#[cfg(unix)]
+pub use app::reload_on_sighup;
+pub use app::{build_app, run, run_blocking, start, AppState, Reloaded, RunningServer};
 pub use chat::{analyse, overrides, Conversation, Overrides};
-pub use config::{ServerConfig, StoreConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_ROUTER_NAME};
+pub use config::{
+    ServerConfig, ShadowConfig, StoreConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_ROUTER_NAME,
+};
 pub use error::{ApiError, ServerError};
 pub use metrics::Metrics;
 pub use router_store;
+pub use routing::{Routing, PROBE_PROMPTS};
 pub use worker::{ScoreError, Scorer};

@@ -67,6 +67,10 @@ struct Inner {
     reroutes: u64,
     store: BTreeMap<&'static str, u64>,
     evicted: u64,
+    shadow_sent: u64,
+    shadow_dropped: BTreeMap<&'static str, u64>,
+    shadow_cost: f64,
+    reloads: BTreeMap<&'static str, u64>,
 }
 
 /// The server's metrics.
@@ -86,6 +90,10 @@ impl Default for Metrics {
                 reroutes: 0,
                 store: BTreeMap::new(),
                 evicted: 0,
+                shadow_sent: 0,
+                shadow_dropped: BTreeMap::new(),
+                shadow_cost: 0.0,
+                reloads: BTreeMap::new(),
             }),
         }
     }
@@ -152,6 +160,28 @@ impl Metrics {
         self.lock().evicted += n;
     }
 
+    /// A shadow answer received and stored.
+    pub fn shadow_sent(&self) {
+        self.lock().shadow_sent += 1;
+    }
+
+    /// `n` shadow calls dropped: `queue_full`, `budget` or `error`.
+    pub fn shadow_dropped(&self, reason: &'static str, n: u64) {
+        *self.lock().shadow_dropped.entry(reason).or_insert(0) += n;
+    }
+
+    /// The cost of a shadow answer (USD).
+    pub fn shadow_cost(&self, usd: f64) {
+        if usd.is_finite() {
+            self.lock().shadow_cost += usd;
+        }
+    }
+
+    /// A bundle reload: `ok` or `refused`.
+    pub fn reload(&self, result: &'static str) {
+        *self.lock().reloads.entry(result).or_insert(0) += 1;
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let inner = self.lock();
@@ -190,6 +220,30 @@ impl Metrics {
         );
         out.push_str("# TYPE model_router_store_evicted_total counter\n");
         let _ = writeln!(out, "model_router_store_evicted_total {}", inner.evicted);
+        out.push_str("# HELP model_router_shadow_sent_total Shadow answers received and stored.\n");
+        out.push_str("# TYPE model_router_shadow_sent_total counter\n");
+        let _ = writeln!(out, "model_router_shadow_sent_total {}", inner.shadow_sent);
+        out.push_str("# HELP model_router_shadow_dropped_total Shadow calls not made or failed, by reason (queue_full, budget, error).\n");
+        out.push_str("# TYPE model_router_shadow_dropped_total counter\n");
+        for reason in ["queue_full", "budget", "error"] {
+            let n = inner.shadow_dropped.get(reason).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "model_router_shadow_dropped_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP model_router_shadow_cost_usd_total Cost of the shadow answers (reported usage x catalog prices), USD.\n");
+        out.push_str("# TYPE model_router_shadow_cost_usd_total counter\n");
+        let _ = writeln!(
+            out,
+            "model_router_shadow_cost_usd_total {}",
+            inner.shadow_cost
+        );
+        out.push_str("# HELP model_router_reloads_total Bundle reloads by result (ok, refused).\n");
+        out.push_str("# TYPE model_router_reloads_total counter\n");
+        for (result, n) in &inner.reloads {
+            let _ = writeln!(out, "model_router_reloads_total{{result=\"{result}\"}} {n}");
+        }
         out.push_str("# HELP model_router_routing_seconds Time to decide (scoring and policy).\n");
         out.push_str("# TYPE model_router_routing_seconds histogram\n");
         inner

@@ -12,17 +12,19 @@ use axum::http::StatusCode;
 use axum::Json;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
-use router_policy::estimated_cost;
+use router_policy::{estimated_cost, ModelSpec};
 use router_store::{
     openai_list, Completion, Inserted, ListQuery, MessageQuery, Metadata, NewCompletion, Order,
-    Store, StoreError, Usage,
+    Store, StoreError, Usage, ROUTER_OWNER,
 };
 use serde_json::{json, Map, Value};
 
 use crate::app::{parse_body, AppState, Caller};
+use crate::shadow::{Original, ShadowJob};
 use crate::ApiError;
 
-/// What a `"store": true` request asked for, carried until its answer is complete.
+/// What becomes of an exchange once its answer is complete: stored (`"store": true`),
+/// shadowed (`[shadow]` sampled it), or both. Carried until the answer is complete.
 pub(crate) struct StoreJob {
     pub owner: String,
     pub metadata: Metadata,
@@ -31,6 +33,10 @@ pub(crate) struct StoreJob {
     /// The routing decision (JSON); `None` for a request that named its model.
     pub decision: Option<Value>,
     pub started: Instant,
+    /// The client asked to store it (`"store": true`).
+    pub asked: bool,
+    /// Shadowed: the request's estimated prompt tokens.
+    pub shadow: Option<usize>,
 }
 
 /// What became of a `"store": true` request.
@@ -74,11 +80,11 @@ impl Outcome {
 
 /// Takes `store` and `metadata` out of the body (they are the router's: never forwarded).
 /// Invalid metadata, a non-boolean `store`, or `store: true` without a configured store is a
-/// 400. Returns the metadata when the request is to be stored.
+/// 400. Returns whether the request is to be stored, and its metadata.
 pub(crate) fn take_store_fields(
     body: &mut Map<String, Value>,
     configured: bool,
-) -> Result<Option<Metadata>, ApiError> {
+) -> Result<(bool, Metadata), ApiError> {
     let store = match body.remove("store") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => b,
@@ -102,63 +108,114 @@ pub(crate) fn take_store_fields(
         )
         .code("store_not_configured"));
     }
-    Ok(store.then_some(metadata))
+    Ok((store, metadata))
 }
 
-/// Stores an answer (committed before it returns) and counts the outcome.
-pub(crate) async fn persist(
+/// The cost of an answer: the catalog's prices × the tokens the backend reported; else
+/// `fallback` (an estimate).
+pub(crate) fn cost_of(spec: &ModelSpec, usage: Option<Usage>, fallback: f64) -> f64 {
+    usage
+        .map(|u| estimated_cost(spec, u.prompt_tokens, u.completion_tokens))
+        .unwrap_or(fallback)
+}
+
+/// The record of an exchange, by `job.owner`.
+fn new_record(
+    state: &AppState,
+    job: &StoreJob,
+    response: Value,
+    model: &str,
+    deployment: &str,
+    fallback_cost: f64,
+) -> NewCompletion {
+    let usage = Usage::from_response(&response);
+    let cost = match state.routing().policy().catalog().get(model) {
+        Some(spec) => cost_of(spec, usage, fallback_cost),
+        None => fallback_cost,
+    };
+    NewCompletion {
+        id: response
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        owner: job.owner.clone(),
+        // When the answer was complete (OpenAI's `created`); lists sort by it.
+        created_at_ms: router_store::now_ms(),
+        request: job.request.clone(),
+        response,
+        metadata: job.metadata.clone(),
+        decision: job.decision.clone(),
+        model: model.to_string(),
+        deployment: deployment.to_string(),
+        usage,
+        cost_usd: cost,
+        latency_ms: u64::try_from(job.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        shadow_of: None,
+    }
+}
+
+/// Inserts `record` off the async workers (committed before it returns); counts evictions.
+pub(crate) async fn insert(state: &AppState, record: NewCompletion) -> Result<Inserted, Outcome> {
+    let Some(store) = state.store().cloned() else {
+        return Err(Outcome::Failed("no store configured".into()));
+    };
+    match tokio::task::spawn_blocking(move || store.insert(record)).await {
+        Ok(Ok(inserted)) => {
+            if inserted.evicted > 0 {
+                state.metrics().store_evicted(inserted.evicted);
+            }
+            Ok(inserted)
+        }
+        Ok(Err(e)) if e.is_full() => Err(Outcome::Refused(e.to_string())),
+        Ok(Err(e)) => Err(Outcome::Failed(e.to_string())),
+        Err(e) => Err(Outcome::Failed(format!("the store task failed: {e}"))),
+    }
+}
+
+/// The complete answer of `job`'s exchange: stored when the client asked (committed before
+/// it returns, outcome counted), and the shadow job when it is shadowed.
+pub(crate) async fn finish(
     state: &AppState,
     job: StoreJob,
     response: Value,
     model: &str,
     deployment: &str,
     fallback_cost: f64,
-) -> Outcome {
-    let Some(store) = state.store().cloned() else {
-        return Outcome::Failed("no store configured".into());
+) -> (Option<Outcome>, Option<ShadowJob>) {
+    let record = new_record(state, &job, response, model, deployment, fallback_cost);
+    let (outcome, unstored) = match (job.asked, job.shadow.is_some()) {
+        (true, true) => (Some(record.clone()), Some(record)),
+        (true, false) => (Some(record), None),
+        (false, _) => (None, Some(record)),
     };
-    let usage = Usage::from_response(&response);
-    // The catalog's prices × the tokens the backend reported; else the decision's estimate.
-    let cost = usage
-        .and_then(|u| {
-            state
-                .policy()
-                .catalog()
-                .get(model)
-                .map(|spec| estimated_cost(spec, u.prompt_tokens, u.completion_tokens))
-        })
-        .unwrap_or(fallback_cost);
-    let record = NewCompletion {
-        id: response
-            .get("id")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        owner: job.owner,
-        // When the answer was complete (OpenAI's `created`); lists sort by it.
-        created_at_ms: router_store::now_ms(),
-        request: job.request,
-        response,
-        metadata: job.metadata,
-        decision: job.decision,
-        model: model.to_string(),
-        deployment: deployment.to_string(),
-        usage,
-        cost_usd: cost,
-        latency_ms: u64::try_from(job.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    };
-    let outcome = match tokio::task::spawn_blocking(move || store.insert(record)).await {
-        Ok(Ok(inserted)) => {
-            if inserted.evicted > 0 {
-                state.metrics().store_evicted(inserted.evicted);
-            }
-            Outcome::Stored(inserted)
+    let outcome = match outcome {
+        Some(record) => {
+            let outcome = insert(state, record)
+                .await
+                .map_or_else(|e| e, Outcome::Stored);
+            state.metrics().store(outcome.metric());
+            Some(outcome)
         }
-        Ok(Err(e)) if e.is_full() => Outcome::Refused(e.to_string()),
-        Ok(Err(e)) => Outcome::Failed(e.to_string()),
-        Err(e) => Outcome::Failed(format!("the store task failed: {e}")),
+        None => None,
     };
-    state.metrics().store(outcome.metric());
-    outcome
+    let shadow = job.shadow.zip(unstored).map(|(prompt_tokens, record)| {
+        let original = match &outcome {
+            Some(Outcome::Stored(inserted)) => Original::Stored(inserted.id.clone()),
+            // Kept for the shadows only: the router's, not the client's.
+            _ => Original::Unstored(NewCompletion {
+                owner: ROUTER_OWNER.to_string(),
+                ..record
+            }),
+        };
+        ShadowJob {
+            original,
+            request: job.request,
+            metadata: job.metadata,
+            answered_by: model.to_string(),
+            prompt_tokens,
+        }
+    });
+    (outcome, shadow)
 }
 
 /// Counts a `"store": true` request that had nothing to store.
@@ -414,9 +471,17 @@ struct Tap {
     cost: f64,
 }
 
-/// Forwards a stream chunk by chunk while assembling it; at its end stores the record, then
-/// sends the held `data: [DONE]` and an SSE comment `: x-router-store: <outcome>`. A stream
-/// that breaks off, or a client that goes away, stores nothing.
+/// Where a tapped stream is: passing chunks, or sent its last bytes with a shadow to queue.
+enum TapState {
+    Passing(Box<Tap>),
+    Ended(Arc<AppState>, Option<ShadowJob>),
+}
+
+/// Forwards a stream chunk by chunk while assembling it; at its end stores the record (when
+/// the client asked), then sends the held `data: [DONE]` and an SSE comment
+/// `: x-router-store: <outcome>` (only when the client asked: a shadowed stream reaches the
+/// client unchanged), and last, once those bytes are out, queues the shadow. A stream that
+/// breaks off, or a client that goes away, stores and shadows nothing.
 pub(crate) fn tap(
     state: Arc<AppState>,
     upstream: BoxStream<'static, Result<Bytes, reqwest::Error>>,
@@ -434,41 +499,55 @@ pub(crate) fn tap(
         deployment,
         cost,
     };
-    futures_util::stream::unfold(Some(tap), |tap| async move {
-        let mut tap = tap?;
+    futures_util::stream::unfold(Some(TapState::Passing(Box::new(tap))), |tap| async move {
+        let mut tap = match tap? {
+            TapState::Passing(tap) => tap,
+            TapState::Ended(state, shadow) => {
+                if let (Some(shadows), Some(job)) = (state.shadows(), shadow) {
+                    shadows.submit(&state, job);
+                }
+                return None;
+            }
+        };
         loop {
             match tap.upstream.next().await {
                 Some(Ok(chunk)) => {
                     let now = tap.sse.feed(chunk);
                     if !now.is_empty() {
-                        return Some((Ok(now), Some(tap)));
+                        return Some((Ok(now), Some(TapState::Passing(tap))));
                     }
                 }
                 Some(Err(e)) => {
-                    skipped(&tap.state, "the stream broke off".into());
+                    if tap.job.asked {
+                        skipped(&tap.state, "the stream broke off".into());
+                    }
                     return Some((Err(e), None));
                 }
                 None => {
                     let held = tap.sse.finish();
-                    let outcome = match tap.sse.assemble(&tap.model) {
+                    let Tap {
+                        state,
+                        sse,
+                        job,
+                        model,
+                        deployment,
+                        cost,
+                        ..
+                    } = *tap;
+                    let asked = job.asked;
+                    let (outcome, shadow) = match sse.assemble(&model) {
                         Ok(response) => {
-                            persist(
-                                &tap.state,
-                                tap.job,
-                                response,
-                                &tap.model,
-                                &tap.deployment,
-                                tap.cost,
-                            )
-                            .await
+                            finish(&state, job, response, &model, &deployment, cost).await
                         }
-                        Err(why) => skipped(&tap.state, why),
+                        Err(why) => (asked.then(|| skipped(&state, why)), None),
                     };
                     let mut out = held.to_vec();
-                    out.extend_from_slice(
-                        format!(": x-router-store: {}\n\n", outcome.header_value()).as_bytes(),
-                    );
-                    return Some((Ok(Bytes::from(out)), None));
+                    if let Some(outcome) = outcome {
+                        out.extend_from_slice(
+                            format!(": x-router-store: {}\n\n", outcome.header_value()).as_bytes(),
+                        );
+                    }
+                    return Some((Ok(Bytes::from(out)), Some(TapState::Ended(state, shadow))));
                 }
             }
         }
@@ -601,6 +680,8 @@ pub(crate) async fn list(
         after: q.after,
         limit: q.limit,
         order: q.order,
+        // A client's list means what it meant before shadows: shadow answers stay out.
+        include_shadows: false,
     };
     let page = blocking(&state, move |s| s.list(&query)).await?;
     let data = page.data.iter().map(Completion::to_openai).collect();
@@ -778,7 +859,8 @@ mod tests {
             .as_object()
             .cloned()
             .unwrap();
-        let m = take_store_fields(&mut body, true).unwrap().unwrap();
+        let (store, m) = take_store_fields(&mut body, true).unwrap();
+        assert!(store);
         assert_eq!(m.get("a"), Some("b"));
         assert!(!body.contains_key("store") && !body.contains_key("metadata"));
         let mut body = json!({"store": true}).as_object().cloned().unwrap();
@@ -807,7 +889,8 @@ mod tests {
             .as_object()
             .cloned()
             .unwrap();
-        assert!(take_store_fields(&mut body, false).unwrap().is_none());
+        let (store, m) = take_store_fields(&mut body, false).unwrap();
+        assert!(!store && m.get("a") == Some("b"));
         assert!(
             body.is_empty(),
             "metadata is not forwarded without store either"

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use router_store::{
-    owner_of_key, ExportFilter, ListQuery, MessageQuery, Metadata, NewCompletion, OnFull, Order, ROUTER_OWNER,
-    Store, StoreError, StoreOptions, Synchronous, ANONYMOUS_OWNER,
+    owner_of_key, ExportFilter, ListQuery, MessageQuery, Metadata, NewCompletion, OnFull, Order,
+    Store, StoreError, StoreOptions, Synchronous, ANONYMOUS_OWNER, ROUTER_OWNER,
 };
 use serde_json::{json, Map, Value};
 use tempfile::TempDir;
@@ -760,27 +760,44 @@ fn open_errors_are_typed() {
 fn shadows_link_to_their_original_and_stay_out_of_lists() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir, 1 << 20, OnFull::Refuse);
-    store.insert(record("orig", "alice", 1, "small", &[("task", "math")])).unwrap();
+    store
+        .insert(record("orig", "alice", 1, "small", &[("task", "math")]))
+        .unwrap();
     for (i, model) in ["big", "mid"].iter().enumerate() {
-        let mut shadow = record(&format!("sh{i}"), ROUTER_OWNER, 2 + i as i64, model, &[("task", "math")]);
+        let mut shadow = record(
+            &format!("sh{i}"),
+            ROUTER_OWNER,
+            2 + i as i64,
+            model,
+            &[("task", "math")],
+        );
         shadow.shadow_of = Some("orig".into());
         store.insert(shadow).unwrap();
     }
     let listed = |query: ListQuery| ids(&store.list(&query).unwrap());
     assert_eq!(listed(ListQuery::default()), vec!["orig"]);
     assert_eq!(
-        listed(ListQuery { metadata: vec![("task".into(), "math".into())], ..ListQuery::default() }),
+        listed(ListQuery {
+            metadata: vec![("task".into(), "math".into())],
+            ..ListQuery::default()
+        }),
         vec!["orig"]
     );
     assert_eq!(
-        listed(ListQuery { include_shadows: true, ..ListQuery::default() }),
+        listed(ListQuery {
+            include_shadows: true,
+            ..ListQuery::default()
+        }),
         vec!["orig", "sh0", "sh1"]
     );
     // The client who owns the original does not own its shadows.
     assert!(store.get(Some("alice"), "sh0").unwrap().is_none());
     let shadows = store.shadows_of("orig").unwrap();
     assert_eq!(
-        shadows.iter().map(|c| (c.model.as_str(), c.shadow_of.as_deref())).collect::<Vec<_>>(),
+        shadows
+            .iter()
+            .map(|c| (c.model.as_str(), c.shadow_of.as_deref()))
+            .collect::<Vec<_>>(),
         vec![("big", Some("orig")), ("mid", Some("orig"))]
     );
     assert_eq!(store.get(None, "orig").unwrap().unwrap().shadow_of, None);
@@ -798,7 +815,9 @@ fn a_version_1_database_gains_the_shadow_column() {
     let path = dir.path().join("s.db");
     {
         let store = Store::open(&path, StoreOptions::default()).unwrap();
-        store.insert(record("old", "alice", 1, "small", &[])).unwrap();
+        store
+            .insert(record("old", "alice", 1, "small", &[]))
+            .unwrap();
     }
     {
         // Back to the version-1 schema, as a database written before shadows existed.
