@@ -3,6 +3,7 @@
 mod bench;
 mod grading;
 mod judge;
+mod label;
 mod store_cli;
 
 use std::io::{BufRead, Read, Write};
@@ -60,6 +61,9 @@ enum Command {
     /// Add an underlying model to a bundle from graded samples.
     #[command(subcommand)]
     Candidate(grading::CandidateCommand),
+    /// Ask candidate models through the server config's deployments, grade every answer and
+    /// write the training data `train` reads (resumable: `--progress`).
+    Label(label::LabelArgs),
 }
 
 #[derive(Args)]
@@ -307,6 +311,7 @@ fn main() {
         Command::Store(command) => store_cli::run(command),
         Command::Grade(args) => grading::grade(args),
         Command::Candidate(grading::CandidateCommand::Add(args)) => grading::candidate_add(args),
+        Command::Label(args) => label::run(args),
         Command::Serve(args) => router_server::ServerConfig::load(&args.config)
             .and_then(router_server::run_blocking)
             .map_err(anyhow::Error::from),

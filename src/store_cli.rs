@@ -34,7 +34,7 @@ pub struct ExportArgs {
     out: PathBuf,
 }
 
-fn parse_filter(text: &str) -> Result<(String, String)> {
+pub(crate) fn parse_filter(text: &str) -> Result<(String, String)> {
     let Some(pair) = text.strip_prefix("metadata.") else {
         bail!("--filter takes metadata.KEY=VALUE, got {text:?}");
     };

@@ -1,0 +1,444 @@
+//! `model-router label`: prompts × candidate models → graded training data.
+//!
+//! Every candidate is asked through `router-dispatch` with the server config's deployments (the
+//! same retries, timeouts, spillover and cooldowns as live traffic), each answer is graded by an
+//! OpenAI-shaped grader, and the canonical JSON lines `train` reads are written with the real cost
+//! of every answer (reported usage × catalog prices), its output length and latency.
+//!
+//! Crash safety: a (prompt, model) pair counts only once its answer, cost, latency and grade (or
+//! its error) are committed to the progress file (SQLite, WAL, `synchronous = FULL`). A rerun of
+//! the same command skips finished pairs, and the output files are rewritten whole from the
+//! progress file at the end of every run, through a temporary file and a rename.
+
+mod ask;
+mod output;
+mod progress;
+mod prompts;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use router_dispatch::Dispatcher;
+use router_policy::ModelSpec;
+use router_server::ServerConfig;
+use router_training::grade::{ChatModel, GradeContext, GraderSpec};
+use serde_json::Value;
+
+use ask::Sampling;
+use progress::{Answer, PairResult, Progress};
+use prompts::{LabelPrompt, PromptSet};
+
+#[derive(Args)]
+pub struct LabelArgs {
+    /// JSON lines, one prompt each: a string `prompt` or a `messages` array, optional `reference`,
+    /// `task` and any other fields (graders read them as `{{item.FIELD}}`).
+    #[arg(long, required_unless_present = "db", conflicts_with = "db")]
+    prompts: Option<PathBuf>,
+    /// A completions store (`[store] path` of a server): each record's request messages are a
+    /// prompt, and its answer counts as the answer of the model that gave it.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// With --db: keep records whose metadata has KEY=VALUE (repeatable, all must match).
+    #[arg(long = "filter", value_name = "metadata.KEY=VALUE", requires = "db")]
+    filters: Vec<String>,
+    /// The server config whose [[models]] and [[deployments]] say where each candidate is served.
+    #[arg(long)]
+    config: PathBuf,
+    /// The candidate models (catalog names, comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    models: Vec<String>,
+    /// The grader, as JSON in OpenAI's shape (string_check, text_similarity, score_model,
+    /// label_model, python, multi).
+    #[arg(long)]
+    grader: PathBuf,
+    /// Pairs in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Budget in USD of the whole labelling job (all runs on this progress file): no pair is
+    /// started that could pass it. Reaching it is not an error (exit 0, with a warning).
+    #[arg(long)]
+    max_cost: Option<f64>,
+    /// `max_tokens` of every candidate request.
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// `temperature` of every candidate request.
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// The labels: canonical JSON lines (`prompt`, `task`, `scores`, `costs`) plus `output_tokens`
+    /// and `latency_ms` per model.
+    #[arg(long)]
+    out: PathBuf,
+    /// The answers, one JSON line per pair [default: OUT.answers.jsonl].
+    #[arg(long)]
+    answers: Option<PathBuf>,
+    /// The progress file (SQLite) [default: OUT.progress.db].
+    #[arg(long)]
+    progress: Option<PathBuf>,
+    /// Ask again the pairs whose earlier attempt ended in an error (else they stay recorded errors).
+    #[arg(long)]
+    retry_errors: bool,
+}
+
+/// A prompt ready to send: its routing text (the canonical record's `prompt`) and token estimate.
+struct Prepared {
+    prompt: LabelPrompt,
+    text: String,
+    estimated_tokens: usize,
+}
+
+/// One pair to finish: ask the model, or grade an answer that is already there.
+struct Job {
+    prompt: Arc<Prepared>,
+    model: usize,
+    answer: Option<Answer>,
+}
+
+pub fn run(args: LabelArgs) -> Result<()> {
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if let Some(budget) = args.max_cost {
+        if !(budget.is_finite() && budget >= 0.0) {
+            bail!("--max-cost must be a non-negative number of USD, got {budget}");
+        }
+    }
+    let config = ServerConfig::load(&args.config)?;
+    let specs = candidates(&config, &args.models)?;
+    let grader = GraderSpec::load(&args.grader)?;
+    let (prepared, mut skipped, duplicates) = read_prompts(&args, config.recent_turns)?;
+    let answers_path = args.answers.clone().unwrap_or_else(|| beside(&args.out, "answers.jsonl"));
+    let progress_path = args.progress.clone().unwrap_or_else(|| beside(&args.out, "progress.db"));
+    let progress = Progress::open(&progress_path)?;
+    progress.check_settings(&progress_path, &settings(&args, &grader))?;
+    let done = progress.pairs()?;
+    let jobs = plan(&prepared, &specs, &done, args.retry_errors);
+    let spent_before: f64 = done.values().filter_map(|r| r.answer.as_ref()).filter(|a| a.source == progress::AnswerSource::Backend).map(|a| a.cost_usd).sum();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let dispatcher = Arc::new(Dispatcher::new(config.deployments.clone(), config.dispatch.clone())?);
+    let judge: Option<Arc<dyn ChatModel>> = grader.needs_judge().then(|| {
+        Arc::new(crate::judge::DispatchJudge::new(dispatcher.clone(), config.catalog.clone(), runtime.handle().clone())) as Arc<dyn ChatModel>
+    });
+    // The cosine metric embeds with the encoder of the bundle the server routes with.
+    let encoder = match grader.needs_encoder() {
+        true => Some(model_router::load_router(Some(&config.bundle.to_string_lossy()))?.encoder().clone()),
+        false => None,
+    };
+    let total_jobs = jobs.len();
+    let engine = Arc::new(Engine {
+        dispatcher,
+        specs,
+        grader,
+        judge,
+        encoder,
+        progress: Mutex::new(progress),
+        sampling: Sampling { max_tokens: args.max_tokens, temperature: args.temperature },
+        budget: Mutex::new(Budget { limit: args.max_cost, spent: spent_before, reserved: 0.0 }),
+        bar: pair_bar(total_jobs),
+    });
+    let stopped = runtime.block_on(run_jobs(engine.clone(), jobs, args.concurrency))?;
+    engine.bar.finish_and_clear();
+
+    let pairs = lock(&engine.progress).pairs()?;
+    let prompts: Vec<LabelPrompt> = prepared.iter().map(|p| p.prompt.clone()).collect();
+    let texts: Vec<String> = prepared.iter().map(|p| p.text.clone()).collect();
+    let written = output::write_outputs(&prompts, &texts, &args.models, &pairs, &args.out, &answers_path)?;
+    skipped.sort();
+    let report = Report { engine: &engine, prepared: &prepared, pairs: &pairs, skipped: &skipped, duplicates, spent_before, total_jobs, stopped };
+    report.print(&args, &written, &answers_path);
+    if written.lines == 0 {
+        bail!("nothing could be labelled: no prompt has a graded answer from any model (see the errors above)");
+    }
+    Ok(())
+}
+
+/// `OUT` with `.SUFFIX` appended to its file name.
+fn beside(out: &Path, suffix: &str) -> PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".{suffix}"));
+    out.with_file_name(name)
+}
+
+/// The candidates' catalog entries, in the order given; each must have deployments.
+fn candidates(config: &ServerConfig, models: &[String]) -> Result<Vec<ModelSpec>> {
+    let mut specs: Vec<ModelSpec> = Vec::new();
+    for name in models.iter().map(|m| m.trim()).filter(|m| !m.is_empty()) {
+        let spec = config.catalog.get(name).ok_or_else(|| {
+            let known: Vec<&str> = config.catalog.models.iter().map(|m| m.name.as_str()).collect();
+            anyhow!("--models: {name:?} is not a [[models]] entry of {} (known: {})", config.file, known.join(", "))
+        })?;
+        if spec.deployments.is_empty() {
+            bail!("--models: {name:?} has no deployments in {}: nothing to send its requests to", config.file);
+        }
+        if specs.iter().any(|s| s.name == name) {
+            bail!("--models: {name:?} is named twice");
+        }
+        specs.push(spec.clone());
+    }
+    if specs.is_empty() {
+        bail!("--models names no model");
+    }
+    Ok(specs)
+}
+
+/// What the pairs of a progress file depend on: another value makes them incomparable.
+fn settings(args: &LabelArgs, grader: &GraderSpec) -> BTreeMap<&'static str, String> {
+    let show = |v: Option<String>| v.unwrap_or_else(|| "unset".into());
+    BTreeMap::from([
+        ("models", args.models.join(",")),
+        ("grader (SHA-256 of its JSON)", prompts::json_digest(grader.json())),
+        ("max_tokens", show(args.max_tokens.map(|v| v.to_string()))),
+        ("temperature", show(args.temperature.map(|v| v.to_string()))),
+    ])
+}
+
+/// The prompts of the source, with their routing texts; a prompt the server could not route
+/// (analysed as the server analyses a request) joins the skipped lines.
+fn read_prompts(args: &LabelArgs, recent_turns: usize) -> Result<(Vec<Arc<Prepared>>, Vec<(usize, String)>, usize)> {
+    let set: PromptSet = match (&args.prompts, &args.db) {
+        (Some(path), _) => prompts::read_prompt_file(path)?,
+        (None, Some(db)) => {
+            let metadata = args.filters.iter().map(|f| crate::store_cli::parse_filter(f)).collect::<Result<Vec<_>>>()?;
+            prompts::read_store(db, metadata)?
+        }
+        (None, None) => bail!("give --prompts FILE or --db FILE"),
+    };
+    let mut skipped = set.skipped;
+    let mut prepared = Vec::with_capacity(set.prompts.len());
+    for prompt in set.prompts {
+        let mut body = serde_json::Map::new();
+        body.insert("messages".into(), Value::Array(prompt.messages.clone()));
+        match router_server::analyse(&body, recent_turns) {
+            Ok(conversation) => {
+                prepared.push(Arc::new(Prepared { text: conversation.routing_text, estimated_tokens: conversation.prompt_tokens, prompt }))
+            }
+            Err(error) => skipped.push((origin_line(&prompt.origin), format!("{}: {}", prompt.origin, error.message))),
+        }
+    }
+    Ok((prepared, skipped, set.duplicates))
+}
+
+/// The line number in an origin `line N` (0 for store records), to sort the skipped lines by.
+fn origin_line(origin: &str) -> usize {
+    origin.strip_prefix("line ").and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// The pairs still to finish, prompt by prompt: those without a row, and with `--retry-errors`
+/// those whose row is an error (an answer that the grader failed on is graded again, not re-asked).
+fn plan(prepared: &[Arc<Prepared>], specs: &[ModelSpec], done: &HashMap<(String, String), PairResult>, retry_errors: bool) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for prompt in prepared {
+        for (model, spec) in specs.iter().enumerate() {
+            let answer = match done.get(&(prompt.prompt.key.clone(), spec.name.clone())) {
+                Some(result) if result.error.is_none() || !retry_errors => continue,
+                Some(result) => result.answer.clone(),
+                None => prompt.prompt.known.get(&spec.name).map(|known| ask::known_answer(spec, known, prompt.estimated_tokens)),
+            };
+            jobs.push(Job { prompt: prompt.clone(), model, answer });
+        }
+    }
+    jobs
+}
+
+fn pair_bar(len: usize) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) = ProgressStyle::with_template("labelling [{bar:40}] {pos}/{len} pairs, {msg} ({eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message("$0.0000 spent");
+    bar
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The spend: what finished pairs cost and what the pairs in flight are expected to cost.
+struct Budget {
+    limit: Option<f64>,
+    spent: f64,
+    reserved: f64,
+}
+
+impl Budget {
+    /// Reserves `expected` USD for a pair about to start, unless that could pass the limit.
+    fn reserve(&mut self, expected: f64) -> bool {
+        if self.limit.is_some_and(|limit| self.spent + self.reserved + expected > limit) {
+            return false;
+        }
+        self.reserved += expected;
+        true
+    }
+
+    /// A pair finished: its reservation becomes what it really cost.
+    fn settle(&mut self, reserved: f64, cost: f64) {
+        self.reserved = (self.reserved - reserved).max(0.0);
+        self.spent += cost;
+    }
+}
+
+/// What every pair task shares.
+struct Engine {
+    dispatcher: Arc<Dispatcher>,
+    specs: Vec<ModelSpec>,
+    grader: GraderSpec,
+    judge: Option<Arc<dyn ChatModel>>,
+    encoder: Option<router_core::Encoder>,
+    progress: Mutex<Progress>,
+    sampling: Sampling,
+    budget: Mutex<Budget>,
+    bar: ProgressBar,
+}
+
+/// Runs `jobs`, at most `concurrency` at once, until done or until the next one could pass the
+/// budget; returns how many jobs were not started because of the budget. A failure to commit a
+/// pair ends the run (the tasks in flight are aborted; their pairs are simply not done).
+async fn run_jobs(engine: Arc<Engine>, jobs: Vec<Job>, concurrency: usize) -> Result<usize> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    let total = jobs.len();
+    let mut not_started = 0;
+    for (index, job) in jobs.into_iter().enumerate() {
+        let permit = semaphore.clone().acquire_owned().await.context("the pair semaphore closed")?;
+        while let Some(finished) = tasks.try_join_next() {
+            finished.context("a pair task panicked")??;
+        }
+        let expected = match job.answer {
+            Some(_) => 0.0,
+            None => ask::expected_cost(&engine.specs[job.model], job.prompt.estimated_tokens, &engine.sampling),
+        };
+        if !lock(&engine.budget).reserve(expected) {
+            not_started = total - index;
+            break;
+        }
+        let engine = engine.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            engine.finish_pair(job, expected).await
+        });
+    }
+    while let Some(finished) = tasks.join_next().await {
+        finished.context("a pair task panicked")??;
+    }
+    Ok(not_started)
+}
+
+impl Engine {
+    /// Asks (unless the job has its answer), grades on the blocking pool, commits, and only then
+    /// counts the pair.
+    async fn finish_pair(self: Arc<Self>, job: Job, reserved: f64) -> Result<()> {
+        let spec = &self.specs[job.model];
+        let (answer, asked) = match job.answer.clone() {
+            Some(answer) => (Ok(answer), false),
+            None => {
+                let body = self.sampling.body(&spec.name, &job.prompt.prompt.messages);
+                (ask::ask(&self.dispatcher, spec, &body, job.prompt.estimated_tokens).await, true)
+            }
+        };
+        let cost = match (&answer, asked) {
+            (Ok(answer), true) => answer.cost_usd,
+            _ => 0.0,
+        };
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.grade_and_commit(&job, answer)).await.context("a grading task panicked")??;
+        let spent = {
+            let mut budget = lock(&self.budget);
+            budget.settle(reserved, cost);
+            budget.spent
+        };
+        self.bar.set_message(format!("${spent:.4} spent"));
+        self.bar.inc(1);
+        Ok(())
+    }
+
+    fn grade_and_commit(&self, job: &Job, answer: Result<Answer, String>) -> Result<()> {
+        let result = match answer {
+            Err(error) => PairResult { answer: None, score: None, passed: None, error: Some(error) },
+            Ok(answer) => {
+                let context = GradeContext { judge: self.judge.as_deref(), encoder: self.encoder.as_ref() };
+                match self.grader.grade(&answer.text, &job.prompt.prompt.item, &context) {
+                    Ok(graded) => PairResult { answer: Some(answer), score: Some(graded.score), passed: graded.passed, error: None },
+                    Err(error) => PairResult { answer: Some(answer), score: None, passed: None, error: Some(format!("grader: {error}")) },
+                }
+            }
+        };
+        lock(&self.progress).commit(&job.prompt.prompt.key, &self.specs[job.model].name, &result)
+    }
+}
+
+/// The summary on stderr at the end of a run.
+struct Report<'a> {
+    engine: &'a Engine,
+    prepared: &'a [Arc<Prepared>],
+    pairs: &'a HashMap<(String, String), PairResult>,
+    skipped: &'a [(usize, String)],
+    duplicates: usize,
+    spent_before: f64,
+    total_jobs: usize,
+    stopped: usize,
+}
+
+impl Report<'_> {
+    fn print(&self, args: &LabelArgs, written: &output::Written, answers: &Path) {
+        const SHOWN: usize = 20;
+        let spent = lock(&self.engine.budget).spent;
+        let total_pairs = self.prepared.len() * self.engine.specs.len();
+        let finished = self.prepared.iter().flat_map(|p| self.engine.specs.iter().map(move |s| (p, s))).filter(|(p, s)| self.pairs.contains_key(&(p.prompt.key.clone(), s.name.clone()))).count();
+        eprintln!(
+            "labelled {} of {} prompts: {} lines in {} (answers in {}); pairs finished {finished}/{total_pairs}, {} this run",
+            written.lines,
+            self.prepared.len(),
+            written.lines,
+            args.out.display(),
+            answers.display(),
+            self.total_jobs - self.stopped,
+        );
+        eprintln!("spend: ${:.6} this run, ${spent:.6} in all (answers asked by this command, usage × catalog prices)", spent - self.spent_before);
+        if self.duplicates > 0 {
+            eprintln!("{} repeated prompt(s) labelled once", self.duplicates);
+        }
+        if !self.skipped.is_empty() {
+            let shown: Vec<String> = self.skipped.iter().take(SHOWN).map(|(line, why)| if *line > 0 && !why.starts_with("line ") { format!("line {line}: {why}") } else { why.clone() }).collect();
+            let more = self.skipped.len().saturating_sub(SHOWN);
+            eprintln!("skipped {} input line(s) or record(s): {}{}", self.skipped.len(), shown.join("; "), if more > 0 { format!("; and {more} more") } else { String::new() });
+        }
+        self.print_errors(SHOWN, answers);
+        if written.all_failed > 0 {
+            eprintln!("{} prompt(s) not written: every model failed on them", written.all_failed);
+        }
+        if self.stopped > 0 {
+            eprintln!(
+                "warning: stopped at --max-cost ${:.6}: {} pair(s) not started; {} prompt(s) not written yet. Rerun with a higher --max-cost to finish",
+                args.max_cost.unwrap_or(0.0),
+                self.stopped,
+                written.unfinished
+            );
+        }
+    }
+
+    fn print_errors(&self, shown: usize, answers: &Path) {
+        let errors: Vec<String> = self
+            .prepared
+            .iter()
+            .flat_map(|p| self.engine.specs.iter().map(move |s| (p, s)))
+            .filter_map(|(p, s)| {
+                let error = self.pairs.get(&(p.prompt.key.clone(), s.name.clone()))?.error.as_ref()?;
+                Some(format!("  {} × {}: {error}", p.prompt.origin, s.name))
+            })
+            .collect();
+        if errors.is_empty() {
+            return;
+        }
+        eprintln!("{} pair(s) ended in an error (not scored; rerun with --retry-errors to try them again; all in {}):", errors.len(), answers.display());
+        for line in errors.iter().take(shown) {
+            eprintln!("{line}");
+        }
+        if errors.len() > shown {
+            eprintln!("  and {} more", errors.len() - shown);
+        }
+    }
+}

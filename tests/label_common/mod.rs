@@ -1,0 +1,150 @@
+//! Scaffolding of the `label` tests: an OpenAI-compatible mock backend on 127.0.0.1 (axum on its
+//! own tokio runtime) whose answers follow a rule on the model and the prompt, which counts the
+//! requests per (prompt, model); and the server config that points `label` at it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Json;
+use serde_json::{json, Value};
+
+/// What the mock answers to one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A chat completion with `text` and this usage.
+    Answer { text: String, prompt_tokens: u64, completion_tokens: u64 },
+    /// An error status with an OpenAI error body.
+    Status(u16),
+}
+
+/// The rule: (upstream model, the last user message) → reply.
+pub type Rule = Arc<dyn Fn(&str, &str) -> Reply + Send + Sync>;
+
+struct Shared {
+    rule: Rule,
+    delay: Duration,
+    counts: Mutex<HashMap<(String, String), usize>>,
+}
+
+/// The running mock; stopped when dropped.
+pub struct MockBackend {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl MockBackend {
+    /// Serves `rule` on 127.0.0.1:0, each answer after `delay`.
+    pub fn start(rule: Rule, delay: Duration) -> MockBackend {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+        let shared = Arc::new(Shared { rule, delay, counts: Mutex::new(HashMap::new()) });
+        let app = axum::Router::new().route("/v1/chat/completions", post(complete)).with_state(shared.clone());
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind the mock");
+        let addr = listener.local_addr().expect("mock address");
+        runtime.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        MockBackend { addr, shared, runtime: Some(runtime) }
+    }
+
+    /// Requests received for (prompt, model).
+    pub fn count(&self, prompt: &str, model: &str) -> usize {
+        self.shared.counts.lock().unwrap().get(&(prompt.to_string(), model.to_string())).copied().unwrap_or(0)
+    }
+
+    /// Every (prompt, model) with its request count.
+    pub fn counts(&self) -> HashMap<(String, String), usize> {
+        self.shared.counts.lock().unwrap().clone()
+    }
+}
+
+impl Drop for MockBackend {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+async fn complete(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
+    let model = body["model"].as_str().unwrap_or_default().to_string();
+    let prompt = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    *shared.counts.lock().unwrap().entry((prompt.clone(), model.clone())).or_default() += 1;
+    tokio::time::sleep(shared.delay).await;
+    match (shared.rule)(&model, &prompt) {
+        Reply::Answer { text, prompt_tokens, completion_tokens } => Json(json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }))
+        .into_response(),
+        Reply::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, Json(json!({"error": {"message": "mock failure", "type": "server_error"}}))).into_response()
+        }
+    }
+}
+
+/// A candidate in the config: catalog name (also its upstream model name) and prices per 1M tokens.
+pub struct Candidate<'a> {
+    pub name: &'a str,
+    pub input_price: f64,
+    pub output_price: f64,
+}
+
+/// Writes `dir/model-router.toml`: one deployment per candidate on the mock, fast retries (one
+/// retry, 10 ms backoff) so failing pairs fail quickly.
+pub fn write_config(dir: &Path, addr: SocketAddr, candidates: &[Candidate<'_>]) -> PathBuf {
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/routerbench");
+    let mut text = format!(
+        "[router]\nbundle = {:?}\n\n[dispatch]\nmax_retries = 1\nbackoff_ms = 10\nmax_backoff_ms = 20\ntimeout_ms = 20000\n\n",
+        bundle.to_string_lossy()
+    );
+    for c in candidates {
+        text.push_str(&format!(
+            "[[models]]\nname = \"{0}\"\ninput_price = {1:?}\noutput_price = {2:?}\ncontext_window = 100000\nexpected_output_tokens = 20\ndeployments = [\"{0}-dep\"]\n\n",
+            c.name, c.input_price, c.output_price
+        ));
+        text.push_str(&format!(
+            "[[deployments]]\nname = \"{0}-dep\"\nkind = \"openai\"\nbase_url = \"http://{1}/v1\"\nmodel = \"{0}\"\n\n",
+            c.name, addr
+        ));
+    }
+    let path = dir.join("model-router.toml");
+    std::fs::write(&path, text).expect("write the config");
+    path
+}
+
+/// Writes a string_check grader: the output must equal `{{item.reference}}`.
+pub fn write_exact_grader(dir: &Path) -> PathBuf {
+    let path = dir.join("grader.json");
+    let grader = json!({
+        "type": "string_check", "name": "exact", "operation": "eq",
+        "input": "{{sample.output_text}}", "reference": "{{item.reference}}",
+    });
+    std::fs::write(&path, grader.to_string()).expect("write the grader");
+    path
+}
+
+/// Reads JSON lines.
+pub fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
