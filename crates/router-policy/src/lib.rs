@@ -27,7 +27,8 @@
 //!    the deployment's mode.
 //! 3. **Choice**: the cheapest candidate by [`estimated_cost`] of this request; ties go to the
 //!    higher predicted quality, then to the name in byte order. Quality mode is the same rule
-//!    with band 0: the cheapest of the models at exactly `q*`.
+//!    with band 0: the cheapest of the models at exactly `q*`. Steps 2 and 3 are the pure
+//!    function [`choose_in_band`], which offline evaluation calls too.
 //!
 //! Since a wider band only adds candidates, a wider band never costs more: Cost ≤ Balanced ≤
 //! Quality in estimated cost, for the same request.
@@ -104,6 +105,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod band;
 mod catalog;
 mod decision;
 mod error;
@@ -111,6 +113,7 @@ mod mode;
 mod policy;
 mod tokens;
 
+pub use band::{choose_in_band, BandCandidate, BandChoice};
 pub use catalog::{
     estimated_cost, Capabilities, Capability, Catalog, ModelSpec, DEFAULT_EXPECTED_OUTPUT_TOKENS,
 };

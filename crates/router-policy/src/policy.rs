@@ -1,10 +1,10 @@
 //! The policy: filters, band, choice.
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::band::{choose_in_band, in_band, BandCandidate, BandChoice};
 use crate::decision::{Decision, EligibleModel, Exclusion};
 use crate::mode::check_band;
 use crate::{estimated_cost, Capabilities, Catalog, Mode, PolicyError};
@@ -259,38 +259,30 @@ impl Policy {
         }
 
         // q* over the eligible models only: an excluded model's quality must not raise the bar.
-        let Some(q_star) = eligible
-            .values()
-            .map(|e: &EligibleModel| e.predicted_quality)
-            .max_by(f32::total_cmp)
+        let candidates: Vec<BandCandidate<'_>> = eligible
+            .iter()
+            .map(|(name, e)| BandCandidate {
+                name,
+                predicted_quality: e.predicted_quality,
+                estimated_cost: e.estimated_cost,
+            })
+            .collect();
+        let Some(BandChoice {
+            chosen,
+            q_star,
+            threshold,
+        }) = choose_in_band(&candidates, band)
         else {
             return Err(PolicyError::NoEligibleModel { excluded });
         };
-        let threshold = threshold(q_star, band);
-
-        let mut chosen: Option<(&String, &EligibleModel)> = None;
+        let (model, estimated_cost) = (candidates[chosen].name.to_owned(), candidates[chosen].estimated_cost);
+        drop(candidates);
         for e in eligible.values_mut() {
-            e.within_band = f64::from(e.predicted_quality) >= threshold;
+            e.within_band = in_band(e.predicted_quality, threshold);
         }
-        for (name, e) in &eligible {
-            if !e.within_band {
-                continue;
-            }
-            let better = match chosen {
-                None => true,
-                Some((best_name, best)) => cheaper_first((name, e), (best_name, best)).is_lt(),
-            };
-            if better {
-                chosen = Some((name, e));
-            }
-        }
-        // The q* model always satisfies q* >= threshold, so a candidate exists.
-        let Some((model, choice)) = chosen else {
-            return Err(PolicyError::NoEligibleModel { excluded });
-        };
         Ok(Decision {
-            model: model.clone(),
-            estimated_cost: choice.estimated_cost,
+            model,
+            estimated_cost,
             mode,
             band,
             custom_band,
@@ -366,26 +358,6 @@ impl Policy {
             within_band: false,
         })
     }
-}
-
-/// `q* × (1 − band)`, the design's formula. For a negative `q*` (a head is not forced into
-/// [0, 1]) that formula would put the bar above `q*` itself, so there it is `q* × (1 + band)`:
-/// the bar never exceeds `q*`, and the best model is always a candidate.
-fn threshold(q_star: f32, band: f64) -> f64 {
-    let q = f64::from(q_star);
-    if q >= 0.0 {
-        q * (1.0 - band)
-    } else {
-        q * (1.0 + band)
-    }
-}
-
-/// The candidates' order: cheaper first, then higher quality, then name.
-fn cheaper_first(a: (&String, &EligibleModel), b: (&String, &EligibleModel)) -> Ordering {
-    a.1.estimated_cost
-        .total_cmp(&b.1.estimated_cost)
-        .then_with(|| b.1.predicted_quality.total_cmp(&a.1.predicted_quality))
-        .then_with(|| a.0.cmp(b.0))
 }
 
 fn check_known(columns: &[String], name: &str, origin: &'static str) -> Result<(), PolicyError> {
