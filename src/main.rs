@@ -164,7 +164,8 @@ struct HeadArgs {
     /// `static[:DIM]` (a table derived from all-MiniLM-L6-v2) or `bert[:DIR|HUB_ID[@REV]]`.
     #[arg(long, default_value = "static")]
     encoder: String,
-    /// Catalog whose prices rank the report's choices (`train` also ships it with the bundle).
+    /// Catalog whose prices rank the report's choices (`train` also ships it with the bundle);
+    /// without it the data's own costs (or `--prices`) rank them.
     #[arg(long)]
     catalog: Option<PathBuf>,
     /// Seed of the splits, the initialisation and the batch order.
@@ -224,9 +225,9 @@ struct TrainArgs {
     /// Bundle name (default: the output directory's name).
     #[arg(long)]
     name: Option<String>,
-    /// Bundle version (a date).
-    #[arg(long, default_value = "2026-11-23")]
-    version: String,
+    /// Bundle version (a date; today's, in UTC, when absent).
+    #[arg(long)]
+    version: Option<String>,
     /// Share held out for validation (never seen by training; 0 trains on everything).
     #[arg(long, default_value_t = 0.15)]
     val_fraction: f64,
@@ -549,7 +550,15 @@ fn train_command(args: TrainArgs) -> Result<()> {
         .clone()
         .or_else(|| args.out.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "router".into());
-    let options = TrainOptions { name, version: args.version, val_fraction: args.val_fraction, ..args.head.options(&args.data)? };
+    if let Some(note) = ranking_note(&dataset, &args.data, &args.head) {
+        eprintln!("note: {note}; the bundle ships no catalog.toml, so route it with --catalog");
+    }
+    let options = TrainOptions {
+        name,
+        version: args.version.unwrap_or_else(train::today),
+        val_fraction: args.val_fraction,
+        ..args.head.options(&args.data)?
+    };
     let outcome = train::train(dataset.records, &models, &options, &args.out)?;
     eprintln!(
         "trained {} epochs (best early-stopping loss {:.4}); bundle written to {}",
@@ -603,8 +612,17 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         .into_iter()
         .map(|row| columns.iter().map(|&c| row[c]).collect())
         .collect();
-    let knn = cross_validated_knn(&embeddings, test.scores())?;
-    let evaluation = eval::evaluate(&EvalInput { test: &test, skipped, predictions: &predictions, knn_predictions: &knn, seed: args.seed })?;
+    let tasks: Vec<&str> = records.iter().map(|r| r.task.as_str()).collect();
+    let (knn, task_best) = out_of_fold_baselines(&records, &embeddings, &test, &tasks, args.seed)?;
+    let evaluation = eval::evaluate(&EvalInput {
+        test: &test,
+        skipped,
+        predictions: &predictions,
+        knn_predictions: &knn,
+        tasks: &tasks,
+        task_best: &task_best,
+        seed: args.seed,
+    })?;
     if let Some(plot) = &args.plot {
         eval::plot_svg(&evaluation, plot)?;
     }
@@ -619,6 +637,9 @@ fn eval_command(args: EvalArgs) -> Result<()> {
 fn cv_command(args: CvArgs) -> Result<()> {
     let (dataset, models) = load_data(&args.data)?;
     let skipped = dataset.skipped;
+    if let Some(note) = ranking_note(&dataset, &args.data, &args.head) {
+        eprintln!("note: {note}");
+    }
     let options = args.head.options(&args.data)?;
     let mut outcome = train::cross_validate(&dataset.records, &models, &options, args.folds)?;
     outcome.evaluation.report.skipped = skipped;
@@ -653,12 +674,34 @@ fn write_predictions(path: &Path, records: &[data::Record], models: &[String], o
     out.flush().with_context(|| path.display().to_string())
 }
 
-/// The kNN baseline on the evaluated data itself, 5-fold: each prompt is predicted from the other
-/// folds, so the baseline never sees a prompt's own scores.
-fn cross_validated_knn(embeddings: &[Vec<f32>], scores: &[Vec<f64>]) -> TrainingResult<Vec<Vec<f32>>> {
+/// The kNN and per-task-best baselines on the evaluated data itself, 5-fold (folds grouped by
+/// prompt, as `cv`'s): each prompt is predicted from the other folds, so neither baseline sees a
+/// prompt's own scores.
+fn out_of_fold_baselines(
+    records: &[data::Record],
+    embeddings: &[Vec<f32>],
+    test: &router_training::metrics::Matrix,
+    tasks: &[&str],
+    seed: u64,
+) -> TrainingResult<(Vec<Vec<f32>>, Vec<usize>)> {
     const FOLDS: usize = 5;
-    let fold_of: Vec<usize> = (0..embeddings.len()).map(|i| i % FOLDS).collect();
-    baselines::knn_out_of_fold(embeddings, scores, &fold_of, FOLDS)
+    let fold_of = data::folds(data::split_keys(records), FOLDS, seed)?;
+    let knn = baselines::knn_out_of_fold(embeddings, test.scores(), &fold_of, FOLDS)?;
+    let task_best = baselines::task_best_out_of_fold(test, tasks, &fold_of, FOLDS)?;
+    Ok((knn, task_best))
+}
+
+/// What ranks the report's choices when `train` or `cv` has no `--catalog`: said, not silent.
+fn ranking_note(dataset: &Dataset, data: &DataArgs, head: &HeadArgs) -> Option<String> {
+    if head.catalog.is_some() {
+        return None;
+    }
+    let has_costs = dataset.records.iter().any(|r| !r.costs.is_empty());
+    Some(match (&data.prices, has_costs) {
+        (Some(prices), _) => format!("no --catalog: the report ranks choices by the costs estimated from {} (and the data's own, where it has them)", prices.display()),
+        (None, true) => "no --catalog: the report ranks choices by the data's own costs".to_string(),
+        (None, false) => "no --catalog, no --prices and no costs in the data: every model counts as free, so every mode chooses as Quality mode does".to_string(),
+    })
 }
 
 fn distill(args: DistillArgs) -> Result<()> {

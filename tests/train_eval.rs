@@ -80,7 +80,7 @@ fn assert_report_shape(report: &Value, models: &[&str], n: usize) {
         keys(report),
         set(&[
             "n", "skipped", "models", "best_single", "oracle", "modes", "aiq", "single_models_aiq", "cost_at_parity", "apgr",
-            "cpt50", "cpt80", "baselines",
+            "cpt50", "cpt80", "baselines", "tasks",
         ]),
         "{report}"
     );
@@ -102,12 +102,26 @@ fn assert_report_shape(report: &Value, models: &[&str], n: usize) {
     for key in ["cost_at_parity", "apgr", "cpt50", "cpt80"] {
         assert!(report[key].is_null() || report[key].is_number(), "{key}: {}", report[key]);
     }
-    assert_eq!(keys(&report["baselines"]), set(&["knn", "random"]));
+    assert_eq!(keys(&report["baselines"]), set(&["knn", "random", "task_best"]));
+    assert_point(&report["baselines"]["task_best"], "task_best");
     assert_eq!(keys(&report["baselines"]["knn"]), set(&["aiq", "modes"]));
     number(&report["baselines"]["knn"]["aiq"], "knn aiq");
     assert_modes(&report["baselines"]["knn"]["modes"], "knn.modes");
     assert_eq!(keys(&report["baselines"]["random"]), set(&["aiq", "quality", "cost"]));
     number(&report["baselines"]["random"]["aiq"], "random aiq");
+    // One entry per task, in name order, whose prompts add up to the report's.
+    let tasks = report["tasks"].as_array().expect("tasks");
+    let names: Vec<&str> = tasks.iter().map(|t| t["task"].as_str().expect("task")).collect();
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
+    assert_eq!(tasks.iter().map(|t| t["n"].as_u64().unwrap()).sum::<u64>(), n as u64);
+    for task in tasks {
+        let what = task["task"].as_str().unwrap();
+        assert_eq!(keys(task), set(&["task", "n", "best_single", "task_best", "knn", "modes"]), "{what}");
+        assert_point(&task["best_single"], what);
+        assert_point(&task["task_best"], what);
+        assert_modes(&task["knn"], what);
+        assert_modes(&task["modes"], what);
+    }
 }
 
 fn json_point(value: &Value) -> Value {
@@ -155,8 +169,14 @@ fn train_eval_route_end_to_end_on_a_routerbench_slice() {
     assert_report_shape(&report, &common::ROUTERBENCH_MODELS, val_n);
     assert_eq!(report["best_single"]["model"], STRONG, "{report}");
     assert!(report["apgr"].is_null() && report["cpt50"].is_null() && report["cpt80"].is_null(), "APGR needs two models");
+    // The baselines are learned on the evaluated data out of fold by eval, on the training side by train.
     let strip_knn = |mut r: Value| {
         r["baselines"].as_object_mut().unwrap().remove("knn");
+        r["baselines"].as_object_mut().unwrap().remove("task_best");
+        for task in r["tasks"].as_array_mut().unwrap() {
+            task.as_object_mut().unwrap().remove("knn");
+            task.as_object_mut().unwrap().remove("task_best");
+        }
         r
     };
     assert_eq!(strip_knn(report.clone()), strip_knn(train_report.clone()));
@@ -168,7 +188,7 @@ fn train_eval_route_end_to_end_on_a_routerbench_slice() {
     assert_report_shape(&eval_json(&bundle, &data, &["--split", "train"]), &common::ROUTERBENCH_MODELS, train_n);
     assert_report_shape(&eval_json(&bundle, &data, &[]), &common::ROUTERBENCH_MODELS, 150);
     let table = ok(&["eval", "--model", &arg(&bundle), "--data", &arg(&data), "--split", "val"]).stdout;
-    assert_mentions(&table, &[&format!("{val_n} test prompts"), "router, balanced mode", "AIQ: router"]);
+    assert_mentions(&table, &[&format!("{val_n} test prompts"), "router, balanced mode", "AIQ: router", "per-task best (training side)", "quality per task:"]);
     let run = fails(&["eval", "--model", &arg(&bundle), "--data", &arg(&data), "--split", "test"]);
     assert_mentions(&run.stderr, &["--split", "\"test\""]);
 
@@ -270,6 +290,33 @@ fn training_is_deterministic_for_a_seed() {
     assert_eq!(read_json(&other.join("router.json"))["training"]["seed"], 7);
 }
 
+/// Without `--catalog`, data without costs trains (every model counts as free, and `train` says
+/// so), the bundle's version is today's date, and the bundle routes with a catalog given to `route`.
+#[test]
+fn routerdc_slice_trains_without_a_catalog_and_says_how_it_ranks() {
+    prepare();
+    let files = ["gsm8k-train.json", "mmlu_train.json"].map(|f| data_file(&format!("routerdc/{f}")));
+    let dir = TempDir::new().unwrap();
+    let data = write_jsonl(dir.path(), "routerdc.jsonl", &import_slice("routerdc", &files, 30));
+    let bundle = dir.path().join("routerdc");
+    let run = train(&data, &bundle, &[]);
+    assert_mentions(&run.stderr, &["no --catalog", "no costs in the data", "every model counts as free", "route it with --catalog"]);
+    assert!(!bundle.join("catalog.toml").exists());
+    let config = read_json(&bundle.join("router.json"));
+    assert_eq!(config["version"], router_training::train::today());
+    let report = config["training"]["details"]["validation"].clone();
+    assert_eq!(report["modes"]["cost"], report["modes"]["quality"], "free models: every mode is Quality mode");
+    let run = ok(&["route", "--model", &arg(&bundle), "--catalog", "models/routerdc/catalog.toml", "What is 12 times 7?"]);
+    assert!(!run.stdout.is_empty());
+
+    // LLMRouter with --prices and no --catalog ranks by the prices, and says so.
+    let prices = data_file("llmrouter/default_llm.json");
+    let data = write_jsonl(dir.path(), "llmrouter.jsonl", &import_slice("llmrouter", &[data_file("llmrouter/train.json")], 4));
+    let run = train(&data, &dir.path().join("llmrouter"), &["--prices", &arg(&prices), "--version", "2025-01-02"]);
+    assert_mentions(&run.stderr, &["no --catalog", "estimated from", "default_llm.json"]);
+    assert_eq!(read_json(&dir.path().join("llmrouter/router.json"))["version"], "2025-01-02");
+}
+
 /// RouterDC: six task files, no costs (the catalog prices the prompts), pass rates as soft labels.
 #[test]
 fn routerdc_slice_trains_and_evaluates() {
@@ -320,8 +367,8 @@ fn training_never_sees_the_validation_split() {
     let dir = TempDir::new().unwrap();
     let slice = routerbench_slice();
     let records: Vec<Value> = slice.iter().map(|line| serde_json::from_str(line).unwrap()).collect();
-    let tasks: Vec<&str> = records.iter().map(|r| r["task"].as_str().unwrap()).collect();
-    let in_validation = router_training::data::validation_mask(tasks.iter().copied(), 0.15, 42).unwrap();
+    let keys: Vec<(&str, &str)> = records.iter().map(|r| (r["task"].as_str().unwrap(), r["prompt"].as_str().unwrap())).collect();
+    let in_validation = router_training::data::validation_mask(keys.iter().copied(), 0.15, 42).unwrap();
     assert_eq!(in_validation.iter().filter(|&&v| v).count(), 24, "8 of each task's 50");
     let flipped: Vec<String> = records
         .iter()

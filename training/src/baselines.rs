@@ -9,7 +9,13 @@
 //!   points). That point lies inside the single models' hull, so this AIQ equals
 //!   [`crate::metrics::single_models_aiq`]: mixing models at random can reach nothing that mixing
 //!   whole models cannot. It is reported anyway so the table reads the same for every router.
+//! - **per-task best** ([`task_best`]): each prompt goes to the model that is best on its task in
+//!   the *training* data ([`metrics::best_single`] over that task's training prompts); a task the
+//!   training data lacks goes to the best model over all of it. The task is known for every
+//!   benchmark prompt, so a router that cannot beat this rule adds nothing a lookup table would not.
 //! - **always-best** is the best single model, in the report as `best_single`.
+
+use std::collections::BTreeMap;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -141,6 +147,61 @@ fn unit(vector: &[f32]) -> Vec<f32> {
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The per-task-best rule (see the module docs): for each of `test_tasks`, the index of the model
+/// with the best mean score on the `train` prompts of that task (ties by lower mean cost, then by
+/// name, as [`metrics::best_single`]), or on all of `train` for a task it lacks. `train_tasks` has
+/// one task per prompt of `train`.
+///
+/// ```
+/// use router_training::baselines::task_best;
+/// use router_training::metrics::Matrix;
+/// let train = Matrix::new(
+///     vec!["coder".into(), "writer".into()],
+///     vec![vec![1.0, 0.0], vec![1.0, 0.0], vec![0.0, 1.0]],
+///     vec![vec![1.0, 1.0]; 3],
+/// )
+/// .unwrap();
+/// let choices = task_best(&train, &["code", "code", "prose"], &["prose", "code", "unseen"]).unwrap();
+/// assert_eq!(choices, [1, 0, 0]);
+/// ```
+pub fn task_best(train: &Matrix, train_tasks: &[&str], test_tasks: &[&str]) -> Result<Vec<usize>> {
+    if train_tasks.len() != train.len() {
+        return Err(TrainingError::Invalid(format!("{} tasks for {} training prompts", train_tasks.len(), train.len())));
+    }
+    let mut rows_of_task: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (row, task) in train_tasks.iter().enumerate() {
+        rows_of_task.entry(task).or_default().push(row);
+    }
+    let best_of_task = rows_of_task
+        .into_iter()
+        .map(|(task, rows)| Ok((task, metrics::best_single(&train.select(&rows)?).0)))
+        .collect::<Result<BTreeMap<&str, usize>>>()?;
+    let overall = metrics::best_single(train).0;
+    Ok(test_tasks.iter().map(|task| best_of_task.get(task).copied().unwrap_or(overall)).collect())
+}
+
+/// Out-of-fold [`task_best`] choices on `test` itself: each prompt's model is learned from the
+/// prompts of the other folds (`fold_of[i]` in `0..folds`, as for [`knn_out_of_fold`]). A fold with
+/// no other prompts to learn from goes to model 0.
+pub fn task_best_out_of_fold(test: &Matrix, tasks: &[&str], fold_of: &[usize], folds: usize) -> Result<Vec<usize>> {
+    if tasks.len() != test.len() || fold_of.len() != test.len() {
+        return Err(TrainingError::Invalid(format!("{} tasks and {} folds for {} prompts", tasks.len(), fold_of.len(), test.len())));
+    }
+    let mut choices = vec![0; test.len()];
+    for fold in 0..folds {
+        let (held, kept): (Vec<usize>, Vec<usize>) = (0..test.len()).partition(|&i| fold_of[i] == fold);
+        if held.is_empty() || kept.is_empty() {
+            continue;
+        }
+        let kept_tasks: Vec<&str> = kept.iter().map(|&i| tasks[i]).collect();
+        let held_tasks: Vec<&str> = held.iter().map(|&i| tasks[i]).collect();
+        for (&i, choice) in held.iter().zip(task_best(&test.select(&kept)?, &kept_tasks, &held_tasks)?) {
+            choices[i] = choice;
+        }
+    }
+    Ok(choices)
 }
 
 /// What the random baseline reports (see the module docs).

@@ -55,7 +55,7 @@
 //! assert_eq!(dataset.models(), ["big", "small"]);
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -386,52 +386,88 @@ pub fn rename_models(mut dataset: Dataset, renames: &[(String, String)]) -> Resu
     Ok(dataset)
 }
 
-/// Each task's record indices (tasks in name order), shuffled with one ChaCha8 RNG seeded with
-/// `seed` (`rand_chacha`, whose output is value-stable, with rand's Fisher–Yates shuffle,
-/// value-stable within rand 0.9). The split and the folds both start from it.
-fn shuffled_by_task<'a>(tasks: impl Iterator<Item = &'a str>, seed: u64) -> Vec<Vec<usize>> {
-    let mut indices_by_task: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (index, task) in tasks.enumerate() {
-        indices_by_task.entry(task).or_default().push(index);
+/// The text that makes two prompts copies of each other: trimmed, every run of whitespace one
+/// space, lowercased. Every split ([`split`], [`validation_mask`], [`folds`]) keeps all the records
+/// of one normalised prompt on the same side, so no prompt is judged by a head that saw a copy.
+///
+/// ```
+/// use router_training::data::normalized_prompt;
+/// assert_eq!(normalized_prompt("  What is\n2 +  2? "), "what is 2 + 2?");
+/// assert_eq!(normalized_prompt("WHAT IS 2 + 2?"), normalized_prompt("what is 2 + 2?"));
+/// ```
+pub fn normalized_prompt(prompt: &str) -> String {
+    prompt.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+/// The records' groups of copies (same [`normalized_prompt`]), stratified by task: for each task
+/// in name order, the groups whose first record has that task, in order of first appearance,
+/// shuffled with one ChaCha8 RNG seeded with `seed` (`rand_chacha`, whose output is value-stable,
+/// with rand's Fisher–Yates shuffle, value-stable within rand 0.9). Each group lists its record
+/// indices. `keys` are `(task, prompt)` per record. The split and the folds both start from it.
+fn shuffled_groups_by_task<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>, seed: u64) -> Vec<Vec<Vec<usize>>> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
+    for (index, (task, prompt)) in keys.enumerate() {
+        let next = groups.len();
+        let group = *group_of.entry(normalized_prompt(prompt)).or_insert(next);
+        if group == next {
+            groups.push((task, Vec::new()));
+        }
+        groups[group].1.push(index);
+    }
+    let mut groups_by_task: BTreeMap<&str, Vec<Vec<usize>>> = BTreeMap::new();
+    for (task, indices) in groups {
+        groups_by_task.entry(task).or_default().push(indices);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    indices_by_task
+    groups_by_task
         .into_values()
-        .map(|mut indices| {
-            indices.shuffle(&mut rng);
-            indices
+        .map(|mut groups| {
+            groups.shuffle(&mut rng);
+            groups
         })
         .collect()
 }
 
-/// Which of `tasks` (one per record) go to validation in the stratified split of [`split`].
-/// The early-stopping split inside the training side is made the same way.
-pub fn validation_mask<'a>(tasks: impl Iterator<Item = &'a str>, fraction: f64, seed: u64) -> Result<Vec<bool>> {
+/// Which records (given as `(task, prompt)`, one per record) go to validation in the split of
+/// [`split`]: stratified by task, grouped by [`normalized_prompt`]. The early-stopping split inside
+/// the training side is made the same way.
+pub fn validation_mask<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>, fraction: f64, seed: u64) -> Result<Vec<bool>> {
     if !(0.0..=1.0).contains(&fraction) {
         return Err(TrainingError::Invalid(format!("the held-out fraction {fraction} is not in [0, 1]")));
     }
-    let shuffled = shuffled_by_task(tasks, seed);
-    let mut in_validation = vec![false; shuffled.iter().map(Vec::len).sum()];
-    for indices in &shuffled {
-        let count = (indices.len() as f64 * fraction).round() as usize;
-        for &index in &indices[..count] {
-            in_validation[index] = true;
+    let shuffled = shuffled_groups_by_task(keys, seed);
+    let mut in_validation = vec![false; shuffled.iter().flatten().map(Vec::len).sum()];
+    for groups in &shuffled {
+        let count: usize = groups.iter().map(Vec::len).sum();
+        let wanted = (count as f64 * fraction).round() as usize;
+        let mut taken = 0;
+        for group in groups {
+            if taken >= wanted {
+                break;
+            }
+            taken += group.len();
+            for &index in group {
+                in_validation[index] = true;
+            }
         }
     }
     Ok(in_validation)
 }
 
-/// Splits `records` into (train, validation), stratified by task, deterministically for `seed`.
+/// Splits `records` into (train, validation), stratified by task and grouped by
+/// [`normalized_prompt`], deterministically for `seed`.
 ///
-/// Each task's records are shuffled (see [`validation_mask`]) and the first
-/// `round(count × val_fraction)` go to validation. Both halves keep the input order.
-/// `val_fraction` must be in [0, 1].
+/// Each task's groups of copies are shuffled (see [`validation_mask`]) and taken, whole, until
+/// `round(count × val_fraction)` records are in validation (a group of copies may take a task a
+/// little past it; without copies it is exact). Both halves keep the input order. `val_fraction`
+/// must be in [0, 1].
 pub fn split(
     records: Vec<Record>,
     val_fraction: f64,
     seed: u64,
 ) -> Result<(Vec<Record>, Vec<Record>)> {
-    let in_validation = validation_mask(records.iter().map(|r| r.task.as_str()), val_fraction, seed)?;
+    let in_validation = validation_mask(split_keys(&records), val_fraction, seed)?;
     let (validation, train): (Vec<_>, Vec<_>) = records
         .into_iter()
         .zip(in_validation)
@@ -442,18 +478,26 @@ pub fn split(
     ))
 }
 
-/// The fold (in `0..folds`) of each of `tasks` (one per record) for k-fold cross-validation,
-/// stratified by task and deterministic for `seed`: each task's records are shuffled as for
-/// [`split`], and the tasks' lists, one after another, are dealt round-robin. Fold sizes differ by
-/// at most one, overall and within each task, so no fold is empty when there are `folds` records.
-pub fn folds<'a>(tasks: impl Iterator<Item = &'a str>, folds: usize, seed: u64) -> Result<Vec<usize>> {
+/// The `(task, prompt)` of each record: what the splits stratify and group by.
+pub fn split_keys(records: &[Record]) -> impl Iterator<Item = (&str, &str)> {
+    records.iter().map(|r| (r.task.as_str(), r.prompt.as_str()))
+}
+
+/// The fold (in `0..folds`) of each record (given as `(task, prompt)`) for k-fold
+/// cross-validation, stratified by task, grouped by [`normalized_prompt`] and deterministic for
+/// `seed`: each task's groups are shuffled as for [`split`], and the tasks' lists, one after
+/// another, are dealt round-robin, a group at a time. Without copies, fold sizes differ by at most
+/// one, overall and within each task, so no fold is empty when there are `folds` records.
+pub fn folds<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>, folds: usize, seed: u64) -> Result<Vec<usize>> {
     if folds < 2 {
         return Err(TrainingError::Invalid(format!("cross-validation needs at least 2 folds, got {folds}")));
     }
-    let shuffled = shuffled_by_task(tasks, seed);
-    let mut fold = vec![0; shuffled.iter().map(Vec::len).sum()];
-    for (position, &index) in shuffled.iter().flatten().enumerate() {
-        fold[index] = position % folds;
+    let shuffled = shuffled_groups_by_task(keys, seed);
+    let mut fold = vec![0; shuffled.iter().flatten().map(Vec::len).sum()];
+    for (position, group) in shuffled.iter().flatten().enumerate() {
+        for &index in group {
+            fold[index] = position % folds;
+        }
     }
     Ok(fold)
 }
@@ -1250,18 +1294,51 @@ mod tests {
     #[test]
     fn folds_are_stratified_balanced_and_deterministic() {
         let tasks: Vec<&str> = (0..23).map(|i| if i < 13 { "big" } else { "small" }).collect();
-        let fold = folds(tasks.iter().copied(), 5, 7).unwrap();
+        let prompts: Vec<String> = (0..23).map(|i| format!("p{i}")).collect();
+        let keys: Vec<(&str, &str)> = tasks.iter().zip(&prompts).map(|(t, p)| (*t, p.as_str())).collect();
+        let fold = folds(keys.iter().copied(), 5, 7).unwrap();
         // 13 "big" records deal 3,3,3,2,2 and 10 "small" ones 2 each.
         for k in 0..5 {
             let in_fold = |task: &str| (0..23).filter(|&i| fold[i] == k && tasks[i] == task).count();
             assert_eq!(in_fold("big"), if k < 3 { 3 } else { 2 }, "fold {k}");
             assert_eq!(in_fold("small"), 2, "fold {k}");
         }
-        assert_eq!(folds(tasks.iter().copied(), 5, 7).unwrap(), fold);
+        assert_eq!(folds(keys.iter().copied(), 5, 7).unwrap(), fold);
         // One record in each of three tasks still fills three folds.
-        assert_eq!(folds(["a", "b", "c"].into_iter(), 3, 7).unwrap(), [0, 1, 2]);
-        assert_ne!(folds(tasks.iter().copied(), 5, 8).unwrap(), fold);
-        assert!(folds(tasks.iter().copied(), 1, 7).is_err());
+        assert_eq!(folds([("a", "x"), ("b", "y"), ("c", "z")].into_iter(), 3, 7).unwrap(), [0, 1, 2]);
+        assert_ne!(folds(keys.iter().copied(), 5, 8).unwrap(), fold);
+        assert!(folds(keys.iter().copied(), 1, 7).is_err());
+    }
+
+    #[test]
+    fn copies_of_a_prompt_land_on_the_same_side_of_every_split() {
+        let record = |prompt: &str, task: &str| Record {
+            prompt: prompt.into(),
+            task: task.into(),
+            scores: scores(&[("a", 1.0)]),
+            costs: BTreeMap::new(),
+        };
+        let mut records: Vec<Record> = (0..60).map(|i| record(&format!("question {i}"), if i % 3 == 0 { "x" } else { "y" })).collect();
+        // Two copies of "question 7" (case and whitespace differ), one filed under another task.
+        records.push(record("  Question\t7 ", "y"));
+        records.push(record("QUESTION 7", "x"));
+        let copies = [7, 60, 61];
+        let keys: Vec<(&str, &str)> = split_keys(&records).collect();
+        let mut sides_seen = BTreeSet::new();
+        for seed in 0..40 {
+            // The validation split (and, made the same way, the early-stopping split).
+            let mask = validation_mask(keys.iter().copied(), 0.15, seed).unwrap();
+            assert!(copies.iter().all(|&i| mask[i] == mask[7]), "seed {seed}: {:?}", copies.map(|i| mask[i]));
+            sides_seen.insert(mask[7]);
+            let (train, validation) = split(records.clone(), 0.15, seed).unwrap();
+            let in_validation = validation.iter().filter(|r| normalized_prompt(&r.prompt) == "question 7").count();
+            assert!(in_validation == 0 || in_validation == 3, "seed {seed}");
+            assert_eq!(train.len() + validation.len(), records.len());
+            let fold = folds(keys.iter().copied(), 5, seed).unwrap();
+            assert!(copies.iter().all(|&i| fold[i] == fold[7]), "seed {seed}");
+        }
+        // The group does go to either side, depending on the seed.
+        assert_eq!(sides_seen.len(), 2);
     }
 
     /// Needs `shared/data/routerbench/{arc_challenge,mbpp,winograde}_train.csv`.

@@ -11,8 +11,16 @@
 //!  "modes": {"quality": {"quality", "cost"}, "balanced": {..}, "cost": {..}},
 //!  "aiq", "single_models_aiq", "cost_at_parity": f|null,
 //!  "apgr": f|null, "cpt50": f|null, "cpt80": f|null,
-//!  "baselines": {"knn": {"aiq", "modes"}, "random": {"aiq", "quality", "cost"}}}
+//!  "baselines": {"knn": {"aiq", "modes"}, "task_best": {"quality", "cost"},
+//!                "random": {"aiq", "quality", "cost"}},
+//!  "tasks": [{"task", "n", "best_single": {"quality", "cost"}, "task_best": {..},
+//!             "knn": {"quality": {..}, "balanced": {..}, "cost": {..}}, "modes": {..}}, ..]}
 //! ```
+//!
+//! `tasks` has one entry per task of the test set, in name order: each prompt of the task routed by
+//! the overall best single model, by the per-task-best rule ([`crate::baselines::task_best`]), by
+//! kNN and by the router in each mode. A router that loses to the per-task-best rule on a task
+//! would do better there by ignoring the prompt.
 //!
 //! `apgr`, `cpt50` and `cpt80` are null unless the test set has exactly two models with different
 //! mean scores; `cost_at_parity` is null when the router never reaches the best single model.
@@ -21,6 +29,7 @@ use std::fmt;
 use std::path::Path;
 
 use plotters::prelude::*;
+use router_policy::Mode;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +48,11 @@ pub struct EvalInput<'a> {
     pub predictions: &'a [Vec<f32>],
     /// The kNN baseline's predictions ([`crate::baselines::knn`]), same shape.
     pub knn_predictions: &'a [Vec<f32>],
+    /// Each test prompt's task.
+    pub tasks: &'a [&'a str],
+    /// The per-task-best rule's model index for each test prompt, learned on a training side
+    /// ([`crate::baselines::task_best`] or [`crate::baselines::task_best_out_of_fold`]).
+    pub task_best: &'a [usize],
     /// Seed of the random baseline.
     pub seed: u64,
 }
@@ -46,11 +60,11 @@ pub struct EvalInput<'a> {
 /// A router's mean quality and cost in each routing mode.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Modes {
-    /// Quality mode (band [`metrics::QUALITY_BAND`]).
+    /// Quality mode (the policy's band, [`Mode::band`]).
     pub quality: Point,
-    /// Balanced mode (band [`metrics::BALANCED_BAND`]).
+    /// Balanced mode.
     pub balanced: Point,
-    /// Cost mode (band [`metrics::COST_BAND`]).
+    /// Cost mode.
     pub cost: Point,
 }
 
@@ -79,6 +93,8 @@ pub struct RouterBaseline {
 pub struct Baselines {
     /// kNN over prompt embeddings.
     pub knn: RouterBaseline,
+    /// Each prompt to the best model of its task on the training side.
+    pub task_best: Point,
     /// Uniformly random routing.
     pub random: RandomBaseline,
 }
@@ -112,6 +128,25 @@ pub struct EvalReport {
     pub cpt80: Option<f64>,
     /// The baselines.
     pub baselines: Baselines,
+    /// The same routings task by task, tasks in name order.
+    pub tasks: Vec<TaskReport>,
+}
+
+/// The routings of the report on the prompts of one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The task.
+    pub task: String,
+    /// Its test prompts.
+    pub n: usize,
+    /// The overall best single model (the report's `best_single`) on this task.
+    pub best_single: Point,
+    /// The per-task-best rule.
+    pub task_best: Point,
+    /// The kNN baseline per mode.
+    pub knn: Modes,
+    /// The router per mode.
+    pub modes: Modes,
 }
 
 /// The points behind the report, for the plot.
@@ -160,20 +195,26 @@ pub struct Evaluation {
 ///     skipped: 0,
 ///     predictions: &predictions,
 ///     knn_predictions: &predictions,
+///     tasks: &["easy", "hard"],
+///     task_best: &[1, 0],
 ///     seed: 1,
 /// })
 /// .unwrap();
 /// let report = &evaluation.report;
 /// assert_eq!(report.modes.quality, report.oracle);
 /// assert_eq!(report.apgr, Some(0.75));
+/// assert_eq!(report.tasks[0].task, "easy");
+/// assert_eq!(report.tasks[0].task_best.cost, 0.1);
 /// println!("{report}");
 /// ```
 pub fn evaluate(input: &EvalInput) -> Result<Evaluation> {
     let test = input.test;
     let bands = metrics::sweep_bands();
-    let (router, router_sweep) = band_router(test, input.predictions, &bands)?;
-    let (knn, knn_sweep) = band_router(test, input.knn_predictions, &bands)?;
+    let (router, router_sweep, router_choices) = band_router(test, input.predictions, &bands)?;
+    let (knn, knn_sweep, knn_choices) = band_router(test, input.knn_predictions, &bands)?;
     let (best_index, best) = metrics::best_single(test);
+    let task_best = metrics::routing_point(test, input.task_best)?;
+    let tasks = per_task(test, input, best_index, &router_choices, &knn_choices)?;
     let oracle = metrics::oracle(test);
     let pgr = PgrCurve::new(test, input.predictions)?;
     let random = baselines::random(test, input.seed);
@@ -194,7 +235,8 @@ pub fn evaluate(input: &EvalInput) -> Result<Evaluation> {
         apgr: pgr.as_ref().map(PgrCurve::apgr),
         cpt50: pgr.as_ref().and_then(|curve| curve.cpt(0.5)),
         cpt80: pgr.as_ref().and_then(|curve| curve.cpt(0.8)),
-        baselines: Baselines { knn, random },
+        baselines: Baselines { knn, task_best, random },
+        tasks,
     };
     let curves = Curves {
         bands,
@@ -210,34 +252,47 @@ pub fn evaluate(input: &EvalInput) -> Result<Evaluation> {
     Ok(Evaluation { report, curves })
 }
 
-/// Modes, AIQ and sweep of a band router with `predictions`.
-fn band_router(
-    test: &Matrix,
-    predictions: &[Vec<f32>],
-    bands: &[f64],
-) -> Result<(RouterBaseline, Vec<Point>)> {
+/// The choices of each mode, in [`Mode::ALL`] order.
+type ModeChoices = [Vec<usize>; 3];
+
+/// Modes, AIQ, sweep and each mode's choices of a band router with `predictions`.
+fn band_router(test: &Matrix, predictions: &[Vec<f32>], bands: &[f64]) -> Result<(RouterBaseline, Vec<Point>, ModeChoices)> {
     let sweep = metrics::band_sweep(test, predictions, bands)?;
-    let mode_points = metrics::band_sweep(
-        test,
-        predictions,
-        &[
-            metrics::QUALITY_BAND,
-            metrics::BALANCED_BAND,
-            metrics::COST_BAND,
-        ],
-    )?;
-    let modes = Modes {
-        quality: mode_points[0],
-        balanced: mode_points[1],
-        cost: mode_points[2],
-    };
-    Ok((
-        RouterBaseline {
-            aiq: metrics::router_aiq(test, &sweep),
-            modes,
-        },
-        sweep,
-    ))
+    let [quality, balanced, cost] = Mode::ALL.map(|mode| metrics::band_choices(test, predictions, mode.band()));
+    let choices = [quality?, balanced?, cost?];
+    let modes = modes_over(test, &(0..test.len()).collect::<Vec<_>>(), &choices)?;
+    Ok((RouterBaseline { aiq: metrics::router_aiq(test, &sweep), modes }, sweep, choices))
+}
+
+/// Each mode's point over the prompts `rows`.
+fn modes_over(test: &Matrix, rows: &[usize], choices: &ModeChoices) -> Result<Modes> {
+    let point = |choices: &[usize]| metrics::routing_point_over(test, rows, choices);
+    Ok(Modes { quality: point(&choices[0])?, balanced: point(&choices[1])?, cost: point(&choices[2])? })
+}
+
+/// The report's routings task by task.
+fn per_task(test: &Matrix, input: &EvalInput, best_index: usize, router: &ModeChoices, knn: &ModeChoices) -> Result<Vec<TaskReport>> {
+    if input.tasks.len() != test.len() {
+        return Err(TrainingError::Invalid(format!("{} tasks for {} test prompts", input.tasks.len(), test.len())));
+    }
+    let mut rows_of_task: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
+    for (row, task) in input.tasks.iter().enumerate() {
+        rows_of_task.entry(task).or_default().push(row);
+    }
+    let best = vec![best_index; test.len()];
+    rows_of_task
+        .into_iter()
+        .map(|(task, rows)| {
+            Ok(TaskReport {
+                task: task.to_owned(),
+                n: rows.len(),
+                best_single: metrics::routing_point_over(test, &rows, &best)?,
+                task_best: metrics::routing_point_over(test, &rows, input.task_best)?,
+                knn: modes_over(test, &rows, knn)?,
+                modes: modes_over(test, &rows, router)?,
+            })
+        })
+        .collect()
 }
 
 impl fmt::Display for EvalReport {
@@ -250,7 +305,7 @@ impl fmt::Display for EvalReport {
             self.models.len()
         )?;
         let best = format!("best single ({})", self.best_single.model);
-        let rows: [(&str, Point); 9] = [
+        let rows: [(&str, Point); 10] = [
             (
                 &best,
                 Point {
@@ -265,6 +320,7 @@ impl fmt::Display for EvalReport {
             ("kNN, quality mode", self.baselines.knn.modes.quality),
             ("kNN, balanced mode", self.baselines.knn.modes.balanced),
             ("kNN, cost mode", self.baselines.knn.modes.cost),
+            ("per-task best (training side)", self.baselines.task_best),
             (
                 "random",
                 Point {
@@ -305,17 +361,39 @@ impl fmt::Display for EvalReport {
             share.map_or("never".to_owned(), |s| format!("{:.1} %", 100.0 * s))
         };
         match self.apgr {
-            Some(apgr) => write!(
+            Some(apgr) => writeln!(
                 f,
                 "APGR {apgr:.4}, CPT(50 %) {}, CPT(80 %) {}",
                 share(self.cpt50),
                 share(self.cpt80)
-            ),
-            None => write!(
+            )?,
+            None => writeln!(
                 f,
                 "APGR / CPT: n/a (they need exactly two models with different mean scores)"
-            ),
+            )?,
         }
+        self.fmt_tasks(f)
+    }
+}
+
+impl EvalReport {
+    /// The per-task table: qualities only (the costs are in the JSON).
+    fn fmt_tasks(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self.tasks.iter().map(|t| t.task.len()).max().unwrap_or(0).max("task".len());
+        write!(
+            f,
+            "quality per task:\n{:width$}  {:>5}  {:>11}  {:>13}  {:>7}  {:>14}  {:>15}  {:>11}",
+            "task", "n", "best single", "per-task best", "kNN (q)", "router quality", "router balanced", "router cost"
+        )?;
+        for t in &self.tasks {
+            write!(
+                f,
+                "\n{:width$}  {:>5}  {:>11.4}  {:>13.4}  {:>7.4}  {:>14.4}  {:>15.4}  {:>11.4}",
+                t.task, t.n, t.best_single.quality, t.task_best.quality, t.knn.quality.quality, t.modes.quality.quality,
+                t.modes.balanced.quality, t.modes.cost.quality
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -502,6 +580,8 @@ mod tests {
             skipped: 4,
             predictions: &predictions,
             knn_predictions: &knn_predictions,
+            tasks: &["easy", "hard", "hard"],
+            task_best: &[1, 0, 0],
             seed: 1,
         })
         .unwrap()
@@ -536,6 +616,19 @@ mod tests {
         );
         // kNN's sweep adds nothing beyond the single models to the hull.
         assert!((report.baselines.knn.aiq - report.single_models_aiq).abs() < 1e-9);
+        // The per-task-best rule sends "easy" to small (right) and "hard" to big.
+        assert_eq!(report.baselines.task_best.quality, 1.0);
+        assert!((report.baselines.task_best.cost - 0.7).abs() < 1e-12);
+        let easy = &report.tasks[0];
+        assert_eq!((easy.task.as_str(), easy.n), ("easy", 1));
+        assert_eq!(easy.best_single, Point { quality: 1.0, cost: 1.0 });
+        assert_eq!(easy.task_best, Point { quality: 1.0, cost: 0.1 });
+        // The router's cost mode takes small on prompt 0 (easy), big on 1, small on 2 (hard).
+        assert_eq!(easy.modes.cost, Point { quality: 1.0, cost: 0.1 });
+        let hard = &report.tasks[1];
+        assert_eq!((hard.task.as_str(), hard.n), ("hard", 2));
+        assert_eq!(hard.modes.cost, Point { quality: 0.5, cost: 0.55 });
+        assert_eq!(hard.knn.cost, Point { quality: 1.0, cost: 1.0 });
     }
 
     #[test]
@@ -561,14 +654,18 @@ mod tests {
                 "n",
                 "oracle",
                 "single_models_aiq",
-                "skipped"
+                "skipped",
+                "tasks"
             ]
         );
         assert_eq!(keys(&json["best_single"]), ["cost", "model", "quality"]);
         assert_eq!(keys(&json["oracle"]), ["cost", "quality"]);
         assert_eq!(keys(&json["modes"]), ["balanced", "cost", "quality"]);
         assert_eq!(keys(&json["modes"]["balanced"]), ["cost", "quality"]);
-        assert_eq!(keys(&json["baselines"]), ["knn", "random"]);
+        assert_eq!(keys(&json["baselines"]), ["knn", "random", "task_best"]);
+        assert_eq!(keys(&json["baselines"]["task_best"]), ["cost", "quality"]);
+        assert_eq!(keys(&json["tasks"][0]), ["best_single", "knn", "modes", "n", "task", "task_best"]);
+        assert_eq!(keys(&json["tasks"][0]["knn"]), ["balanced", "cost", "quality"]);
         assert_eq!(keys(&json["baselines"]["knn"]), ["aiq", "modes"]);
         assert_eq!(
             keys(&json["baselines"]["random"]),
@@ -595,6 +692,8 @@ mod tests {
             skipped: 0,
             predictions: &predictions,
             knn_predictions: &predictions,
+            tasks: &[""],
+            task_best: &[0],
             seed: 0,
         })
         .unwrap();
@@ -620,6 +719,8 @@ mod tests {
             skipped: 0,
             predictions: &short,
             knn_predictions: &good,
+            tasks: &["", "", ""],
+            task_best: &[0, 0, 0],
             seed: 0,
         };
         assert!(matches!(evaluate(&input), Err(TrainingError::Invalid(_))));
@@ -629,6 +730,10 @@ mod tests {
             ..input
         };
         assert!(evaluate(&input).is_err());
+        let input = EvalInput { knn_predictions: &good, tasks: &[""], ..input };
+        assert!(evaluate(&input).is_err(), "one task per prompt");
+        let input = EvalInput { tasks: &["", "", ""], task_best: &[0, 0, 2], ..input };
+        assert!(evaluate(&input).is_err(), "a model index");
     }
 
     #[test]
@@ -640,8 +745,11 @@ mod tests {
             "router, balanced mode",
             "kNN, cost mode",
             "random",
+            "per-task best (training side)",
             "AIQ",
             "APGR 0.5000",
+            "quality per task:",
+            "hard      2",
         ] {
             assert!(table.contains(row), "{row} missing in\n{table}");
         }

@@ -16,8 +16,9 @@
 //! - Importers never stop at a bad row: they skip it and count it by reason, so a report can say
 //!   what was left out. A missing or wrong *file* is an error that names it.
 //! - Metrics take a [`metrics::Matrix`] of scores and costs in a fixed model order, so one set of
-//!   predictions (router head, kNN, anything) is judged by the same code; the band rule is
-//!   re-implemented here over plain slices so evaluation depends on no serving crate.
+//!   predictions (router head, kNN, anything) is judged by the same code; each choice is made by
+//!   the policy crate's own band rule ([`router_policy::choose_in_band`]), so evaluation measures
+//!   what a deployment does.
 //! - Everything random (the split, the random baseline) is seeded with a value-stable RNG.
 //! - One error enum for the crate, [`TrainingError`].
 

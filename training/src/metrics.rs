@@ -5,11 +5,12 @@
 //! the score `s[i][m]` each model got, the cost `c[i][m]` it actually cost (USD), and the cost the
 //! router *ranks* by (its estimate before sending; the actual cost unless estimates are given).
 //!
-//! **The band router** ([`choose_in_band`]): with `p*` the highest prediction for the prompt, the
-//! eligible models are those with `p >= p* (1 - band)`; the cheapest eligible wins, ties by higher
-//! prediction, then by model name. (For `p* < 0`, which a head trained on [0, 1] should not
-//! predict, the threshold is `p* - band |p*|` so that the best model stays eligible.) Modes:
-//! [`QUALITY_BAND`], [`BALANCED_BAND`], [`COST_BAND`].
+//! **The band router** ([`band_choices`]): each prompt is decided by the policy's own band rule,
+//! [`router_policy::choose_in_band`] (the function `Policy::decide` applies after its filters), with
+//! every model a candidate at the matrix's routing cost: with `p*` the highest prediction, the
+//! models with `p >= p* (1 - band)` are in the band and the cheapest wins, ties by higher
+//! prediction, then by model name. The modes' bands are [`router_policy::Mode::band`]. So what
+//! evaluation measures is what `serve` does, for a request that no filter narrows.
 //!
 //! **AIQ** ([`aiq`]), as RouterBench defines it: the (cost, quality) points of a band sweep (by
 //! default the 101 bands 0, 0.01, …, 1) together with the single models' points; their
@@ -38,15 +39,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use router_policy::BandCandidate;
+
 use crate::data::{estimate_cost, Price, Record};
 use crate::error::{Result, TrainingError};
-
-/// The Quality mode's band: the model with the highest prediction.
-pub const QUALITY_BAND: f64 = 0.0;
-/// The Balanced mode's band: the cheapest model within 2 % of the best prediction.
-pub const BALANCED_BAND: f64 = 0.02;
-/// The Cost mode's band: the cheapest model within 6 % of the best prediction.
-pub const COST_BAND: f64 = 0.06;
 
 /// The bands of the default sweep: 0, 0.01, …, 1 (101 points).
 pub fn sweep_bands() -> Vec<f64> {
@@ -224,6 +220,16 @@ impl Matrix {
         &self.routing_costs
     }
 
+    /// The test set of the prompts `rows` (indices, in that order): scores, costs and routing
+    /// costs. Errors when `rows` is empty or names a prompt the matrix lacks.
+    pub fn select(&self, rows: &[usize]) -> Result<Matrix> {
+        if let Some(&row) = rows.iter().find(|&&row| row >= self.len()) {
+            return Err(TrainingError::Invalid(format!("row {row} of a test set of {} prompts", self.len())));
+        }
+        let pick = |table: &[Vec<f64>]| rows.iter().map(|&row| table[row].clone()).collect();
+        Matrix::new(self.models.clone(), pick(&self.scores), pick(&self.costs))?.with_routing_costs(pick(&self.routing_costs))
+    }
+
     /// Errors unless `predictions` has one finite value per model for every prompt.
     pub fn check_predictions(&self, predictions: &[Vec<f32>]) -> Result<()> {
         check_table(
@@ -282,6 +288,35 @@ pub fn routing_point(test: &Matrix, choices: &[usize]) -> Result<Point> {
         )));
     }
     Ok(point_of(test, choices.iter().copied()))
+}
+
+/// Mean actual score and cost over the prompts `rows` when prompt `i` goes to model `choices[i]`
+/// (`choices` has one entry per prompt of the whole test set).
+///
+/// Errors like [`routing_point`], and when `rows` is empty or names a prompt the matrix lacks.
+///
+/// ```
+/// use router_training::metrics::{routing_point_over, Matrix, Point};
+/// let test = Matrix::new(
+///     vec!["big".into(), "small".into()],
+///     vec![vec![1.0, 1.0], vec![1.0, 0.0]],
+///     vec![vec![1.0, 0.1], vec![1.0, 0.1]],
+/// )
+/// .unwrap();
+/// assert_eq!(routing_point_over(&test, &[1], &[1, 1]).unwrap(), Point { quality: 0.0, cost: 0.1 });
+/// ```
+pub fn routing_point_over(test: &Matrix, rows: &[usize], choices: &[usize]) -> Result<Point> {
+    routing_point(test, choices)?;
+    if rows.is_empty() || rows.iter().any(|&row| row >= test.len()) {
+        return Err(TrainingError::Invalid(format!("{} rows of a test set of {} prompts", rows.len(), test.len())));
+    }
+    let (mut quality, mut cost) = (0.0, 0.0);
+    for &row in rows {
+        quality += test.scores[row][choices[row]];
+        cost += test.costs[row][choices[row]];
+    }
+    let n = rows.len() as f64;
+    Ok(Point { quality: quality / n, cost: cost / n })
 }
 
 fn point_of(test: &Matrix, choices: impl Iterator<Item = usize>) -> Point {
@@ -349,62 +384,6 @@ pub fn oracle(test: &Matrix) -> Point {
     point_of(test, oracle_choices(test).into_iter())
 }
 
-/// The band rule for one prompt: the index of the chosen model (see the module docs).
-///
-/// `predicted`, `costs` and `models` are parallel: one entry per model. Returns `None` when they
-/// are empty or of different lengths.
-///
-/// ```
-/// use router_training::metrics::choose_in_band;
-/// let models = ["a".to_string(), "b".to_string(), "c".to_string()];
-/// let predicted = [0.90, 0.89, 0.80];
-/// let costs = [3.0, 2.0, 1.0];
-/// assert_eq!(choose_in_band(&predicted, &costs, &models, 0.0), Some(0));
-/// assert_eq!(choose_in_band(&predicted, &costs, &models, 0.02), Some(1));
-/// assert_eq!(choose_in_band(&predicted, &costs, &models, 0.2), Some(2));
-/// ```
-pub fn choose_in_band(
-    predicted: &[f32],
-    costs: &[f64],
-    models: &[String],
-    band: f64,
-) -> Option<usize> {
-    let count = predicted.len();
-    if count == 0 || costs.len() != count || models.len() != count {
-        return None;
-    }
-    let best = (1..count).fold(0, |best, model| {
-        if predicted[model] > predicted[best] {
-            model
-        } else {
-            best
-        }
-    });
-    let top = f64::from(predicted[best]);
-    let threshold = top - band * top.abs();
-    let eligible = |model: usize| model == best || f64::from(predicted[model]) >= threshold;
-    let better = |a: usize, b: usize| {
-        costs[a] < costs[b]
-            || (costs[a] == costs[b]
-                && (predicted[a] > predicted[b]
-                    || (predicted[a] == predicted[b] && models[a] < models[b])))
-    };
-    Some(
-        (0..count)
-            .filter(|&model| eligible(model))
-            .fold(
-                best,
-                |chosen, model| {
-                    if better(model, chosen) {
-                        model
-                    } else {
-                        chosen
-                    }
-                },
-            ),
-    )
-}
-
 /// The band router's choice for every prompt, ranking by the matrix's routing costs.
 pub fn band_choices(test: &Matrix, predictions: &[Vec<f32>], band: f64) -> Result<Vec<usize>> {
     test.check_predictions(predictions)?;
@@ -412,11 +391,20 @@ pub fn band_choices(test: &Matrix, predictions: &[Vec<f32>], band: f64) -> Resul
 }
 
 fn band_choices_unchecked(test: &Matrix, predictions: &[Vec<f32>], band: f64) -> Vec<usize> {
+    let mut candidates = Vec::with_capacity(test.models.len());
     predictions
         .iter()
         .zip(&test.routing_costs)
-        // Shapes are checked and never empty, so there is always a choice.
-        .map(|(predicted, costs)| choose_in_band(predicted, costs, &test.models, band).unwrap_or(0))
+        .map(|(predicted, costs)| {
+            candidates.clear();
+            candidates.extend(test.models.iter().zip(predicted).zip(costs).map(|((name, &q), &cost)| BandCandidate {
+                name,
+                predicted_quality: q,
+                estimated_cost: cost,
+            }));
+            // Shapes are checked and predictions finite, so there is always a choice.
+            router_policy::choose_in_band(&candidates, band).map_or(0, |choice| choice.chosen)
+        })
         .collect()
 }
 
@@ -686,6 +674,7 @@ impl PgrCurve {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use router_policy::Mode;
 
     const EPS: f64 = 1e-9;
 
@@ -819,35 +808,32 @@ mod tests {
     }
 
     #[test]
-    fn band_rule_chooses_the_cheapest_in_band_with_deterministic_ties() {
-        let models = names(&["a", "b", "c"]);
-        // Ties on cost go to the higher prediction.
-        assert_eq!(
-            choose_in_band(&[0.9, 0.85, 0.88], &[3.0, 1.0, 1.0], &models, 0.1),
-            Some(2)
-        );
-        // Ties on cost and prediction go to the first name.
-        assert_eq!(
-            choose_in_band(&[0.9, 0.88, 0.88], &[3.0, 1.0, 1.0], &models, 0.1),
-            Some(1)
-        );
-        let reversed = names(&["a", "c", "b"]);
-        assert_eq!(
-            choose_in_band(&[0.9, 0.88, 0.88], &[3.0, 1.0, 1.0], &reversed, 0.1),
-            Some(2)
-        );
-        // Band 0 with two equally best predictions: the cheaper.
-        assert_eq!(
-            choose_in_band(&[0.9, 0.9, 0.1], &[3.0, 2.0, 1.0], &models, 0.0),
-            Some(1)
-        );
-        // Exactly on the band edge is eligible: 0.5 >= 1.0 * (1 - 0.5).
-        assert_eq!(
-            choose_in_band(&[1.0, 0.5], &[2.0, 1.0], &models[..2], 0.5),
-            Some(1)
-        );
-        assert_eq!(choose_in_band(&[1.0, 0.5], &[2.0, 1.0], &models, 0.5), None);
-        assert_eq!(choose_in_band(&[], &[], &[], 0.5), None);
+    fn band_choices_are_the_policy_decisions() {
+        use router_policy::{Catalog, ModelSpec, Policy, PolicyDefaults, RouteRequest};
+        // Costs equal to the catalog's estimate for a request of 1M prompt tokens and no output.
+        let spec = |name: &str, price: f64| ModelSpec::new(name, price, 0.0, 10_000_000).expected_output_tokens(0);
+        let models = names(&["a", "c", "b"]);
+        let policy = Policy::new(
+            Catalog::new(vec![spec("a", 3.0), spec("c", 1.0), spec("b", 1.0)]),
+            models.clone(),
+            PolicyDefaults::default(),
+        )
+        .unwrap();
+        let predictions = vec![vec![0.9, 0.85, 0.88], vec![0.9, 0.88, 0.88], vec![0.9, 0.9, 0.1], vec![1.0, 0.5, 0.2], vec![-0.5, -0.52, -0.6]];
+        let test = Matrix::new(models.clone(), vec![vec![1.0; 3]; 5], vec![vec![3.0, 1.0, 1.0]; 5]).unwrap();
+        for band in [0.0, 0.02, 0.06, 0.1, 0.5, 1.0] {
+            let decided: Vec<usize> = predictions
+                .iter()
+                .map(|row| {
+                    let model = policy.decide(row, &RouteRequest::new(1_000_000).band(band)).unwrap().model;
+                    models.iter().position(|m| *m == model).unwrap()
+                })
+                .collect();
+            assert_eq!(band_choices(&test, &predictions, band).unwrap(), decided, "band {band}");
+        }
+        // Ties on cost go to the higher prediction; then to the first name; on the band's edge is in.
+        assert_eq!(band_choices(&test, &predictions, 0.1).unwrap(), [2, 2, 1, 0, 1]);
+        assert_eq!(band_choices(&test, &predictions, 0.5).unwrap()[3], 1);
     }
 
     #[test]
@@ -855,18 +841,18 @@ mod tests {
         let test = toy();
         let predictions = toy_predictions();
         assert_eq!(
-            band_choices(&test, &predictions, QUALITY_BAND).unwrap(),
+            band_choices(&test, &predictions, Mode::Quality.band()).unwrap(),
             [0, 0, 1]
         );
         assert_eq!(
-            band_choices(&test, &predictions, BALANCED_BAND).unwrap(),
+            band_choices(&test, &predictions, Mode::Balanced.band()).unwrap(),
             [0, 0, 1]
         );
         assert_eq!(
-            band_choices(&test, &predictions, COST_BAND).unwrap(),
+            band_choices(&test, &predictions, Mode::Cost.band()).unwrap(),
             [1, 0, 1]
         );
-        let sweep = band_sweep(&test, &predictions, &[QUALITY_BAND, COST_BAND, 0.5]).unwrap();
+        let sweep = band_sweep(&test, &predictions, &[Mode::Quality.band(), Mode::Cost.band(), 0.5]).unwrap();
         assert_close(sweep[0].quality, 2.0 / 3.0);
         assert_close(sweep[0].cost, 0.7);
         assert_close(sweep[1].quality, 2.0 / 3.0);

@@ -45,7 +45,7 @@ pub enum EncoderChoice {
 pub struct TrainOptions {
     /// Bundle name.
     pub name: String,
-    /// Bundle version (a date).
+    /// Bundle version (a date; by default [`today`]).
     pub version: String,
     /// The encoder tier.
     pub encoder: EncoderChoice,
@@ -83,7 +83,7 @@ impl Default for TrainOptions {
     fn default() -> Self {
         Self {
             name: "router".into(),
-            version: "2026-11-23".into(),
+            version: today(),
             encoder: EncoderChoice::Static { dim: 256, teacher: BertSource::minilm() },
             hidden: vec![256],
             max_seq_length: 256,
@@ -101,6 +101,18 @@ impl Default for TrainOptions {
             cache_dir: embed::cache_dir(),
         }
     }
+}
+
+/// Today's date in UTC as `YYYY-MM-DD`: a trained bundle's default version.
+///
+/// ```
+/// let today = router_training::train::today();
+/// assert_eq!(today.len(), 10);
+/// assert_eq!(today.as_bytes()[4], b'-');
+/// ```
+pub fn today() -> String {
+    let date = time::OffsetDateTime::now_utc().date();
+    format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day())
 }
 
 /// What a training run produced.
@@ -137,9 +149,9 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
     let train_x = embed_records(&train_records)?;
     let val_x = embed_records(&val_records)?;
     let train_y = score_rows(&train_records, models)?;
-    let train_tasks: Vec<&str> = train_records.iter().map(|r| r.task.as_str()).collect();
+    let train_keys: Vec<(&str, &str)> = crate::data::split_keys(&train_records).collect();
 
-    let fit = fit_early_stopped(&train_tasks, &train_x, &train_y, models.len(), options, "training")?;
+    let fit = fit_early_stopped(&train_keys, &train_x, &train_y, models.len(), options, "training")?;
 
     let validation = if val_records.is_empty() {
         None
@@ -147,11 +159,16 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
         let test = test_matrix(&val_records, models, catalog.as_ref())?;
         let predictions = predict(&fit.head, &val_x)?;
         let knn = baselines::knn(&train_x, &train_y, &val_x, baselines::DEFAULT_K)?;
+        let train_tasks: Vec<&str> = train_keys.iter().map(|(task, _)| *task).collect();
+        let val_tasks: Vec<&str> = val_records.iter().map(|r| r.task.as_str()).collect();
+        let task_best = baselines::task_best(&test_matrix(&train_records, models, catalog.as_ref())?, &train_tasks, &val_tasks)?;
         Some(eval::evaluate(&EvalInput {
             test: &test,
             skipped: 0,
             predictions: &predictions,
             knn_predictions: &knn,
+            tasks: &val_tasks,
+            task_best: &task_best,
             seed: options.seed,
         })?)
     };
@@ -188,8 +205,9 @@ pub fn read_catalog(path: &Path) -> Result<Catalog> {
 /// An evaluation of out-of-fold predictions: every prompt scored by a head that never saw it.
 #[derive(Debug)]
 pub struct CrossValidation {
-    /// The report over all prompts (modes, AIQ, baselines), each prompt predicted by the head of
-    /// the fold it was held out in; the kNN baseline is out-of-fold in the same folds.
+    /// The report over all prompts (modes, AIQ, baselines, per task), each prompt predicted by the
+    /// head of the fold it was held out in; the kNN and per-task-best baselines are out-of-fold in
+    /// the same folds.
     pub evaluation: Evaluation,
     /// Epochs each fold's head ran before early stopping.
     pub epochs: Vec<usize>,
@@ -199,16 +217,21 @@ pub struct CrossValidation {
     pub predictions: Vec<Vec<f32>>,
 }
 
-/// K-fold cross-validation of training with `options` on `records`: folds stratified by task
-/// (see [`crate::data::folds`]); each fold's head is trained, with early stopping on a share of
+/// K-fold cross-validation of training with `options` on `records`: folds stratified by task and
+/// grouped by normalised prompt (see [`crate::data::folds`]); each fold's head is trained, with early stopping on a share of
 /// its training side, on the other folds and predicts the held-out one. Every prompt is evaluated
 /// once, so the estimate uses all the data and varies less than one validation split.
 /// `options.val_fraction` is not used.
 pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOptions, folds: usize) -> Result<CrossValidation> {
-    let tasks: Vec<&str> = records.iter().map(|r| r.task.as_str()).collect();
-    let fold_of = crate::data::folds(tasks.iter().copied(), folds, options.seed)?;
-    if records.len() < folds {
-        return Err(TrainingError::Invalid(format!("{} records cannot make {folds} folds", records.len())));
+    let keys: Vec<(&str, &str)> = crate::data::split_keys(records).collect();
+    let fold_of = crate::data::folds(keys.iter().copied(), folds, options.seed)?;
+    if let Some(empty) = (0..folds).find(|fold| !fold_of.contains(fold)) {
+        return Err(TrainingError::Invalid(format!(
+            "{} records ({} distinct prompts) leave fold {} of {folds} empty",
+            records.len(),
+            keys.iter().map(|(_, prompt)| crate::data::normalized_prompt(prompt)).collect::<std::collections::HashSet<_>>().len(),
+            empty + 1
+        )));
     }
     let catalog = options.catalog.as_deref().map(read_catalog).transpose()?;
     let test = test_matrix(records, models, catalog.as_ref())?;
@@ -225,20 +248,24 @@ pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOpti
         let rows = |index: &[usize]| -> Vec<Vec<f32>> { index.iter().map(|&i| x[i].clone()).collect() };
         let (kept_x, held_x) = (rows(&kept), rows(&held));
         let kept_y: Vec<Vec<f64>> = kept.iter().map(|&i| y[i].clone()).collect();
-        let kept_tasks: Vec<&str> = kept.iter().map(|&i| tasks[i]).collect();
+        let kept_keys: Vec<(&str, &str)> = kept.iter().map(|&i| keys[i]).collect();
         let label = format!("fold {}/{folds}", fold + 1);
-        let fit = fit_early_stopped(&kept_tasks, &kept_x, &kept_y, models.len(), options, &label)?;
+        let fit = fit_early_stopped(&kept_keys, &kept_x, &kept_y, models.len(), options, &label)?;
         epochs.push(fit.epochs);
         for (&i, row) in held.iter().zip(predict(&fit.head, &held_x)?) {
             predictions[i] = row;
         }
     }
     let knn = baselines::knn_out_of_fold(&x, y, &fold_of, folds)?;
+    let tasks: Vec<&str> = keys.iter().map(|(task, _)| *task).collect();
+    let task_best = baselines::task_best_out_of_fold(&test, &tasks, &fold_of, folds)?;
     let evaluation = eval::evaluate(&EvalInput {
         test: &test,
         skipped: 0,
         predictions: &predictions,
         knn_predictions: &knn,
+        tasks: &tasks,
+        task_best: &task_best,
         seed: options.seed,
     })?;
     Ok(CrossValidation { evaluation, epochs, folds: fold_of, predictions })
@@ -261,9 +288,14 @@ fn router_config(options: &TrainOptions, models: &[String], encoder: EncoderConf
 
 /// A test matrix for `records`: actual costs from the data (else estimated from the catalog), and
 /// the costs the router ranks by estimated from the catalog the way the live policy estimates them
-/// (else the actual costs).
+/// (else the actual costs). Without a catalog, data with no costs at all (RouterDC's) costs 0 for
+/// every model, so every mode chooses as Quality mode does; data with some costs must have all.
 pub fn test_matrix(records: &[Record], models: &[String], catalog: Option<&Catalog>) -> Result<Matrix> {
+    let free = catalog.is_none() && records.iter().all(|r| r.costs.is_empty());
     let estimate = |record: &Record, model: &String| -> Result<f64> {
+        if free {
+            return Ok(0.0);
+        }
         let spec = catalog.and_then(|c| c.get(model)).ok_or_else(|| TrainingError::MissingPrice {
             model: model.clone(),
             source_name: "the catalog".into(),
@@ -336,17 +368,18 @@ struct FittedHead {
     early_stop_prompts: usize,
 }
 
-/// Fits a head on the rows `x`, `y` (of `tasks`), early-stopping on a task-stratified share
-/// (`options.early_stop_fraction`) of them that the optimiser never steps on.
+/// Fits a head on the rows `x`, `y` (of records with these `(task, prompt)` keys), early-stopping
+/// on a task-stratified, prompt-grouped share (`options.early_stop_fraction`) of them that the
+/// optimiser never steps on.
 fn fit_early_stopped(
-    tasks: &[&str],
+    keys: &[(&str, &str)],
     x: &[Vec<f32>],
     y: &[Vec<f64>],
     outputs: usize,
     options: &TrainOptions,
     label: &str,
 ) -> Result<FittedHead> {
-    let held = crate::data::validation_mask(tasks.iter().copied(), options.early_stop_fraction, options.seed)?;
+    let held = crate::data::validation_mask(keys.iter().copied(), options.early_stop_fraction, options.seed)?;
     let side = |stop: bool| {
         let index: Vec<usize> = (0..x.len()).filter(|&i| held[i] == stop).collect();
         let xs: Vec<Vec<f32>> = index.iter().map(|&i| x[i].clone()).collect();
