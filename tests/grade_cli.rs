@@ -11,7 +11,8 @@ use common::{arg, assert_mentions, default_bundle, fails, ok};
 use serde_json::Value;
 use tempfile::TempDir;
 
-/// Four good rows and three bad ones (lines 3, 5 and 7); a blank line (6) is not a row.
+/// Four good rows, two unreadable ones (lines 3 and 5: no string output, not JSON) and one that
+/// fails to grade (line 7: no reference); a blank line (6) is not a row.
 const PAIRS: &str = concat!(
     "{\"prompt\": \"p1\", \"output\": \"the cat sat on the mat\", \"reference\": \"the cat is on the mat\", \"id\": 1}\n",
     "{\"prompt\": \"p2\", \"output\": \"The capital is Paris.\", \"reference\": \"paris\"}\n",
@@ -67,15 +68,20 @@ fn string_check_operations_grade_and_report_bad_rows_by_line() {
         let out = dir.path().join(format!("{operation}.jsonl"));
         let report = summary(&input, &["--grader", "string_check", "--operation", operation, "--out", &arg(&out)]);
         assert_eq!(report["graded"], 4, "{report}");
-        let lines: Vec<u64> = report["skipped"].as_array().unwrap().iter().map(|s| s["line"].as_u64().unwrap()).collect();
-        assert_eq!(lines, [3, 5, 7], "{report}");
+        let lines = |key: &str| -> Vec<u64> { report[key].as_array().unwrap().iter().map(|s| s["line"].as_u64().unwrap()).collect() };
+        assert_eq!(lines("skipped"), [3, 5], "{report}");
+        assert_eq!(lines("failed"), [7], "{report}");
         let rows = graded_rows(&out);
         close(&scores(&rows), &want);
         let passed = want.iter().filter(|s| **s == 1.0).count();
         assert_eq!(report["passed"], passed, "string_check passes at 1");
         assert!((report["mean_score"].as_f64().unwrap() - passed as f64 / 4.0).abs() < 1e-12);
         assert!((report["pass_rate"].as_f64().unwrap() - passed as f64 / 4.0).abs() < 1e-12);
-        assert_eq!(report["grader"], serde_json::json!({"type": "string_check", "operation": operation}));
+        let grader = serde_json::json!({
+            "type": "string_check", "name": "string_check", "operation": operation,
+            "input": "{{sample.output_text}}", "reference": "{{item.reference}}",
+        });
+        assert_eq!(report["grader"], grader, "the short form stands for this JSON grader");
         // Everything else passes through, so the file feeds `candidate add`.
         let prompts: Vec<&str> = rows.iter().map(|r| r["prompt"].as_str().unwrap()).collect();
         assert_eq!(prompts, ["p1", "p2", "p4", "p8"]);
@@ -88,7 +94,15 @@ fn string_check_operations_grade_and_report_bad_rows_by_line() {
     let table = ok(&["grade", "--input", &arg(&input), "--grader", "string_check", "--operation", "ilike"]).stdout;
     assert_mentions(
         &table,
-        &["graded 4 row(s)", "skipped 3 row(s)", "line 3: field \"output\" is not a string", "line 5: not JSON", "line 7: no field \"reference\"", "mean score 0.5000", "pass rate 0.5000 (2 of 4 at score >= 1)"],
+        &[
+            "graded 4 row(s)",
+            "skipped 2 row(s)",
+            "line 3: field \"output\" is not a string",
+            "line 5: not JSON",
+            "failed to grade 1 row(s): line 7: grader \"string_check\": the row has no field item.reference",
+            "mean score 0.5000",
+            "pass rate 0.5000 (2 of 4 at score >= 1)",
+        ],
     );
 }
 
