@@ -180,7 +180,11 @@ pub fn grade(args: GradeArgs) -> Result<()> {
     // The judge's requests run on this runtime; graders block on them from rayon's threads.
     let runtime = tokio::runtime::Runtime::new().context("starting the judge's runtime")?;
     let judge = match (spec.needs_judge(), args.config.as_deref()) {
-        (true, Some(config)) => Some(DispatchJudge::from_config(config, runtime.handle().clone())?),
+        (true, Some(config)) => {
+            let judge = DispatchJudge::from_config(config, runtime.handle().clone())?;
+            judge.check_models(spec.judge_models()).with_context(|| config.display().to_string())?;
+            Some(judge)
+        }
         (true, None) => bail!("the grader {:?} asks a judge model: give --config model-router.toml (its deployments and catalog)", spec.name()),
         (false, _) => None,
     };

@@ -34,6 +34,23 @@ impl DispatchJudge {
         Ok(DispatchJudge::new(Arc::new(dispatcher), config.catalog, handle))
     }
 
+    /// Checks that the catalog has each of `models` with at least one deployment, so a grading
+    /// run fails before its first request rather than on every row.
+    pub fn check_models<'m>(&self, models: impl IntoIterator<Item = &'m str>) -> Result<()> {
+        for model in models {
+            self.deployments_of(model).map_err(anyhow::Error::msg)?;
+        }
+        Ok(())
+    }
+
+    fn deployments_of(&self, model: &str) -> std::result::Result<&[String], String> {
+        let spec = self.catalog.get(model).ok_or_else(|| format!("the judge model {model:?} is not in the config's catalog"))?;
+        if spec.deployments.is_empty() {
+            return Err(format!("the judge model {model:?} has no deployments in the config"));
+        }
+        Ok(&spec.deployments)
+    }
+
     async fn ask(&self, deployments: &[String], body: &Value) -> std::result::Result<String, String> {
         let request = DispatchRequest { deployments, body, spillover: None };
         let dispatched = self.dispatcher.dispatch(request).await.map_err(|e| e.to_string())?;
@@ -53,10 +70,7 @@ impl DispatchJudge {
 
 impl ChatModel for DispatchJudge {
     fn complete(&self, model: &str, messages: &[Value], sampling_params: &Map<String, Value>) -> std::result::Result<String, String> {
-        let spec = self.catalog.get(model).ok_or_else(|| format!("the model {model:?} is not in the config's catalog"))?;
-        if spec.deployments.is_empty() {
-            return Err(format!("the model {model:?} has no deployments in the config"));
-        }
+        let deployments = self.deployments_of(model)?;
         let mut body = Map::new();
         for (key, value) in sampling_params {
             // The grader's own fields win: sampling parameters cannot redirect or stream the call.
@@ -66,6 +80,6 @@ impl ChatModel for DispatchJudge {
         }
         body.insert("model".into(), Value::String(model.to_owned()));
         body.insert("messages".into(), Value::Array(messages.to_vec()));
-        self.handle.block_on(self.ask(&spec.deployments, &Value::Object(body)))
+        self.handle.block_on(self.ask(deployments, &Value::Object(body)))
     }
 }

@@ -302,10 +302,24 @@ impl GraderSpec {
 
     /// Whether a `score_model` or `label_model` grader is anywhere inside (grading needs a judge).
     pub fn needs_judge(&self) -> bool {
+        !self.judge_models().is_empty()
+    }
+
+    /// The judge models that `score_model` and `label_model` graders inside ask, each once, in
+    /// order: a caller can check them against its catalog before grading.
+    pub fn judge_models(&self) -> Vec<&str> {
+        let mut models = Vec::new();
+        self.collect_judge_models(&mut models);
+        models
+    }
+
+    fn collect_judge_models<'s>(&'s self, models: &mut Vec<&'s str>) {
         match &self.kind {
-            Kind::ScoreModel { .. } | Kind::LabelModel { .. } => true,
-            Kind::Multi { graders, .. } => graders.iter().any(GraderSpec::needs_judge),
-            _ => false,
+            Kind::ScoreModel { judge, .. } | Kind::LabelModel { judge, .. } if !models.contains(&judge.model.as_str()) => {
+                models.push(&judge.model)
+            }
+            Kind::Multi { graders, .. } => graders.iter().for_each(|g| g.collect_judge_models(models)),
+            _ => {}
         }
     }
 
