@@ -61,6 +61,11 @@ pub struct BenchArgs {
     /// Seconds of the server measurement (after one second of warm-up).
     #[arg(long, default_value_t = 10.0, requires = "server")]
     seconds: f64,
+    /// With --server: also measure a router that shadows every request (`[shadow] rate = 1.0`
+    /// to two models on the same backend, answers stored), and report the client's latency
+    /// with shadows on over off.
+    #[arg(long, requires = "server")]
+    shadow: bool,
 }
 
 /// Latencies of one measurement, in microseconds, sorted.
@@ -322,7 +327,7 @@ fn run_server(args: &BenchArgs) -> Result<()> {
     let (source, prompts) = workload_prompts(args)?;
     let bundle_dir = router.dir().to_path_buf();
     drop(router);
-    let load = server::ServerLoad { rate: args.rate, seconds: args.seconds };
+    let load = server::ServerLoad { rate: args.rate, seconds: args.seconds, shadow: args.shadow };
     let report = server::run(&bundle_dir, &catalog, &prompts, &load)?;
     let report = json!({"threads": candle_core::utils::get_num_threads(), "workload": source, "server": report});
     if args.json {
@@ -336,7 +341,10 @@ fn run_server(args: &BenchArgs) -> Result<()> {
         server["rate_per_s"], server["seconds"], prompts.len()
     );
     println!("  {:<10} {:>9} {:>7} {:>10} {:>10} {:>10} {:>10}", "path", "requests", "errors", "p50 µs", "p90 µs", "p99 µs", "max µs");
-    for (name, row) in [("direct", &server["direct"]), ("routed", &server["routed"])] {
+    for (name, row) in [("direct", &server["direct"]), ("routed", &server["routed"]), ("shadowed", &server["shadowed"])] {
+        if row.is_null() {
+            continue;
+        }
         println!(
             "  {name:<10} {:>9} {:>7} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
             row["requests"].as_u64().unwrap_or(0),
@@ -348,6 +356,15 @@ fn run_server(args: &BenchArgs) -> Result<()> {
         number(&server["overhead_p50_us"]),
         number(&server["overhead_p99_us"])
     );
+    if !server["shadowed"].is_null() {
+        println!(
+            "  client latency with shadows on / off: p50 {:.3}, p99 {:.3} ({:.0} shadows sent, {:.0} dropped on a full queue)",
+            number(&server["shadow_latency_ratio_p50"]),
+            number(&server["shadow_latency_ratio_p99"]),
+            number(&server["shadows_sent"]),
+            number(&server["shadows_dropped_queue_full"])
+        );
+    }
     Ok(())
 }
 

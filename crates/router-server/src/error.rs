@@ -44,7 +44,7 @@ pub enum ServerError {
         source: router_core::CoreError,
     },
     /// The bundle loaded but its predictions on the probe prompts are unusable.
-    #[error("router bundle {}: refused: {reason}", bundle.display())]
+    #[error("router bundle `{}`: refused: {reason}", bundle.display())]
     Probe {
         /// The bundle directory.
         bundle: PathBuf,
