@@ -10,10 +10,13 @@ use router_training::grade::{ChatModel, GradeContext, Graded, GraderSpec};
 use router_training::TrainingError;
 use serde_json::{json, Map, Value};
 
+/// One request to the judge: the model, the messages, the sampling parameters.
+type Asked = (String, Vec<Value>, Map<String, Value>);
+
 /// Answers every request with `reply` and keeps the requests.
 struct TableJudge {
     reply: String,
-    asked: Mutex<Vec<(String, Vec<Value>, Map<String, Value>)>>,
+    asked: Mutex<Vec<Asked>>,
 }
 
 impl TableJudge {
