@@ -667,16 +667,7 @@ async fn chat_inner(
     let mut body = parse_body(body)?;
     let requested = match deployment {
         Some(d) => d,
-        None => match body.get("model") {
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(ApiError::invalid("`model` must be a string", Some("model"))),
-            None => {
-                return Err(ApiError::invalid(
-                    "missing required parameter: `model`",
-                    Some("model"),
-                ))
-            }
-        },
+        None => requested_model(&body)?,
     };
     let routing = state.routing();
     let overrides = chat::overrides(&mut body, headers)?;
@@ -805,6 +796,18 @@ async fn chat_inner(
         .code("model_not_found");
         e.param = Some("model".into());
         Err(e)
+    }
+}
+
+/// The body's `model`: the router's name or a catalog model.
+fn requested_model(body: &Map<String, Value>) -> Result<String, ApiError> {
+    match body.get("model") {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(ApiError::invalid("`model` must be a string", Some("model"))),
+        None => Err(ApiError::invalid(
+            "missing required parameter: `model`",
+            Some("model"),
+        )),
     }
 }
 

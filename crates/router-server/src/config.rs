@@ -420,15 +420,17 @@ impl ServerConfig {
 
         let admin_key = match &raw.server.admin_key_env {
             None => None,
-            Some(var) => match env(var) {
-                Some(value) if !value.trim().is_empty() => Some(value.trim().to_string()),
-                _ => {
-                    return Err(bad(
-                        "server.admin_key_env",
-                        format!("environment variable `{var}` is unset or empty"),
-                    ))
-                }
-            },
+            Some(var) => Some(
+                env(var)
+                    .map(|key| key.trim().to_string())
+                    .filter(|key| !key.is_empty())
+                    .ok_or_else(|| {
+                        bad(
+                            "server.admin_key_env",
+                            format!("environment variable `{var}` is unset or empty"),
+                        )
+                    })?,
+            ),
         };
         let store = match raw.store {
             None => None,

@@ -29,7 +29,7 @@ pub(crate) enum Original {
     /// Stored at the client's request, under this id.
     Stored(String),
     /// Not stored by the client: the worker stores it (under [`ROUTER_OWNER`]) first.
-    Unstored(NewCompletion),
+    Unstored(Box<NewCompletion>),
 }
 
 /// One shadowed request, queued once the client's answer has ended.
@@ -206,7 +206,7 @@ async fn run(state: &AppState, job: ShadowJob) {
     }
     let original = match job.original {
         Original::Stored(ref id) => id.clone(),
-        Original::Unstored(ref record) => match insert(state, record.clone()).await {
+        Original::Unstored(ref record) => match insert(state, (**record).clone()).await {
             Ok(inserted) => inserted.id,
             Err(why) => {
                 let why = why.header_value();
@@ -231,6 +231,27 @@ async fn run(state: &AppState, job: ShadowJob) {
                 state.metrics().shadow_dropped("error", 1);
             }
         }
+    }
+}
+
+/// A successful chat completion read within the dispatch timeout, or why there is none.
+async fn read_completion(
+    state: &AppState,
+    dispatched: router_dispatch::Dispatched,
+) -> Result<Map<String, Value>, String> {
+    let deployment = dispatched.deployment;
+    let status = dispatched.response.status();
+    if !status.is_success() {
+        return Err(format!("`{deployment}` answered {status}"));
+    }
+    let read = dispatched.response.bytes();
+    let bytes = tokio::time::timeout(state.dispatcher().options().timeout, read)
+        .await
+        .map_err(|_| format!("`{deployment}` did not finish its answer in time"))?
+        .map_err(|e| format!("`{deployment}` broke off its answer: {e}"))?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(o)) if o.get("choices").is_some_and(Value::is_array) => Ok(o),
+        _ => Err(format!("`{deployment}` answered no chat completion")),
     }
 }
 
@@ -260,31 +281,8 @@ async fn ask(
         })
         .await
         .map_err(|e| e.to_string())?;
-    let status = dispatched.response.status();
-    if !status.is_success() {
-        return Err(format!("`{}` answered {status}", dispatched.deployment));
-    }
-    let bytes = tokio::time::timeout(
-        state.dispatcher().options().timeout,
-        dispatched.response.bytes(),
-    )
-    .await
-    .map_err(|_| {
-        format!(
-            "`{}` did not finish its answer in time",
-            dispatched.deployment
-        )
-    })?
-    .map_err(|e| format!("`{}` broke off its answer: {e}", dispatched.deployment))?;
-    let mut response = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(o)) if o.get("choices").is_some_and(Value::is_array) => o,
-        _ => {
-            return Err(format!(
-                "`{}` answered no chat completion",
-                dispatched.deployment
-            ))
-        }
-    };
+    let deployment = dispatched.deployment.clone();
+    let mut response = read_completion(state, dispatched).await?;
     response.insert("model".into(), Value::String(model.to_string()));
     let response = Value::Object(response);
     let usage = Usage::from_response(&response);
@@ -307,7 +305,7 @@ async fn ask(
         metadata: job.metadata.clone(),
         decision: None,
         model: model.to_string(),
-        deployment: dispatched.deployment,
+        deployment,
         usage,
         cost_usd: cost,
         latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),

@@ -202,10 +202,10 @@ pub(crate) async fn finish(
         let original = match &outcome {
             Some(Outcome::Stored(inserted)) => Original::Stored(inserted.id.clone()),
             // Kept for the shadows only: the router's, not the client's.
-            _ => Original::Unstored(NewCompletion {
+            _ => Original::Unstored(Box::new(NewCompletion {
                 owner: ROUTER_OWNER.to_string(),
                 ..record
-            }),
+            })),
         };
         ShadowJob {
             original,
@@ -474,7 +474,7 @@ struct Tap {
 /// Where a tapped stream is: passing chunks, or sent its last bytes with a shadow to queue.
 enum TapState {
     Passing(Box<Tap>),
-    Ended(Arc<AppState>, Option<ShadowJob>),
+    Ended(Arc<AppState>, Option<Box<ShadowJob>>),
 }
 
 /// Forwards a stream chunk by chunk while assembling it; at its end stores the record (when
@@ -504,7 +504,7 @@ pub(crate) fn tap(
             TapState::Passing(tap) => tap,
             TapState::Ended(state, shadow) => {
                 if let (Some(shadows), Some(job)) = (state.shadows(), shadow) {
-                    shadows.submit(&state, job);
+                    shadows.submit(&state, *job);
                 }
                 return None;
             }
@@ -547,7 +547,10 @@ pub(crate) fn tap(
                             format!(": x-router-store: {}\n\n", outcome.header_value()).as_bytes(),
                         );
                     }
-                    return Some((Ok(Bytes::from(out)), Some(TapState::Ended(state, shadow))));
+                    return Some((
+                        Ok(Bytes::from(out)),
+                        Some(TapState::Ended(state, shadow.map(Box::new))),
+                    ));
                 }
             }
         }

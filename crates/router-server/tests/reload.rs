@@ -318,3 +318,41 @@ async fn sighup_reloads_the_bundle() {
     reloader.abort();
     env.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_reads_the_config_file_again() {
+    let backend =
+        Backend::serve(axum::Router::new().route("/v1/chat/completions", post(answer))).await;
+    let dir = TempDir::new().unwrap();
+    let first = copy_bundle(dir.path());
+    let second = dir.path().join("second");
+    std::fs::rename(copy_bundle(&dir.path().join("tmp")), &second).unwrap();
+    set_version(&second, "2099-02-02");
+    let file = dir.path().join("model-router.toml");
+    let text = config_text(&first, backend.addr, false);
+    std::fs::write(&file, &text).unwrap();
+    let config = router_server::ServerConfig::load(&file).unwrap();
+    let running = router_server::start(config).await.unwrap();
+    let state = running.state().clone();
+
+    // `router.bundle` now names another directory.
+    let moved = text.replace(&first.display().to_string(), &second.display().to_string());
+    std::fs::write(&file, &moved).unwrap();
+    let reloaded = state.reload().await.unwrap();
+    assert_eq!(reloaded.new, "routerbench@2099-02-02");
+    assert_eq!(state.routing().version(), "2099-02-02");
+
+    // A catalog that needs a deployment the running server does not have is refused.
+    let extra = moved.replace(
+        "[[deployments]]",
+        "[[models]]\nname = \"claude-v2\"\ninput_price = 8.0\noutput_price = 24.0\ncontext_window = 100000\ndeployments = [\"new\"]\n\n[[deployments]]\nname = \"new\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"c\"\n\n[[deployments]]",
+    );
+    std::fs::write(&file, extra).unwrap();
+    let error = state.reload().await.unwrap_err().to_string();
+    assert!(
+        error.contains("models.claude-v2.deployments") && error.contains("running server"),
+        "{error}"
+    );
+    assert_eq!(state.routing().version(), "2099-02-02");
+    running.shutdown(Duration::from_secs(2)).await;
+}
