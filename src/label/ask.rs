@@ -86,10 +86,12 @@ fn priced(spec: &ModelSpec, text: &str, usage: Option<Usage>, estimated_prompt_t
     }
 }
 
-/// What a pair is expected to cost before it is asked, for the budget: the estimated prompt tokens
-/// and the output the catalog expects (capped by `max_tokens`), at the model's prices.
+/// What a pair may cost before it is asked, for the budget: the estimated prompt tokens (the
+/// policy's estimate, which errs high) and `max_tokens` of output when it is set (the most the
+/// backend may write), else the catalog's `expected_output_tokens`, at the model's prices.
 pub fn expected_cost(spec: &ModelSpec, estimated_prompt_tokens: usize, sampling: &Sampling) -> f64 {
-    estimated_cost(spec, estimated_prompt_tokens as u64, spec.billed_output_tokens(sampling.max_tokens))
+    let output_tokens = sampling.max_tokens.unwrap_or(spec.expected_output_tokens);
+    estimated_cost(spec, estimated_prompt_tokens as u64, u64::from(output_tokens))
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use router_training::grade::{ChatModel, GradeContext, GraderSpec};
 use serde_json::Value;
 
 use ask::Sampling;
-use progress::{Answer, PairResult, Progress};
+use progress::{Answer, AnswerSource, PairResult, Progress};
 use prompts::{LabelPrompt, PromptSet};
 
 #[derive(Args)]
@@ -113,10 +113,11 @@ pub fn run(args: LabelArgs) -> Result<()> {
     let answers_path = args.answers.clone().unwrap_or_else(|| beside(&args.out, "answers.jsonl"));
     let progress_path = args.progress.clone().unwrap_or_else(|| beside(&args.out, "progress.db"));
     let progress = Progress::open(&progress_path)?;
-    progress.check_settings(&progress_path, &settings(&args, &grader))?;
+    let models: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    progress.check_settings(&progress_path, &settings(&models, &args, &grader))?;
     let done = progress.pairs()?;
     let jobs = plan(&prepared, &specs, &done, args.retry_errors);
-    let spent_before: f64 = done.values().filter_map(|r| r.answer.as_ref()).filter(|a| a.source == progress::AnswerSource::Backend).map(|a| a.cost_usd).sum();
+    let spent_before = spent_on_backends(&done);
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let dispatcher = Arc::new(Dispatcher::new(config.deployments.clone(), config.dispatch.clone())?);
@@ -125,7 +126,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
     });
     // The cosine metric embeds with the encoder of the bundle the server routes with.
     let encoder = match grader.needs_encoder() {
-        true => Some(model_router::load_router(Some(&config.bundle.to_string_lossy()))?.encoder().clone()),
+        true => Some(router_core::Router::load(&config.bundle)?.encoder().clone()),
         false => None,
     };
     let total_jobs = jobs.len();
@@ -144,9 +145,8 @@ pub fn run(args: LabelArgs) -> Result<()> {
     engine.bar.finish_and_clear();
 
     let pairs = lock(&engine.progress).pairs()?;
-    let prompts: Vec<LabelPrompt> = prepared.iter().map(|p| p.prompt.clone()).collect();
-    let texts: Vec<String> = prepared.iter().map(|p| p.text.clone()).collect();
-    let written = output::write_outputs(&prompts, &texts, &args.models, &pairs, &args.out, &answers_path)?;
+    let rows: Vec<(&LabelPrompt, &str)> = prepared.iter().map(|p| (&p.prompt, p.text.as_str())).collect();
+    let written = output::write_outputs(&rows, &models, &pairs, &args.out, &answers_path)?;
     skipped.sort();
     let report = Report { engine: &engine, prepared: &prepared, pairs: &pairs, skipped: &skipped, duplicates, spent_before, total_jobs, stopped };
     report.print(&args, &written, &answers_path);
@@ -154,6 +154,11 @@ pub fn run(args: LabelArgs) -> Result<()> {
         bail!("nothing could be labelled: no prompt has a graded answer from any model (see the errors above)");
     }
     Ok(())
+}
+
+/// What the answers asked by this command (not those read from a store) cost, in all runs.
+fn spent_on_backends(done: &HashMap<(String, String), PairResult>) -> f64 {
+    done.values().filter_map(|r| r.answer.as_ref()).filter(|a| a.source == AnswerSource::Backend).map(|a| a.cost_usd).sum()
 }
 
 /// `OUT` with `.SUFFIX` appended to its file name.
@@ -186,10 +191,10 @@ fn candidates(config: &ServerConfig, models: &[String]) -> Result<Vec<ModelSpec>
 }
 
 /// What the pairs of a progress file depend on: another value makes them incomparable.
-fn settings(args: &LabelArgs, grader: &GraderSpec) -> BTreeMap<&'static str, String> {
+fn settings(models: &[String], args: &LabelArgs, grader: &GraderSpec) -> BTreeMap<&'static str, String> {
     let show = |v: Option<String>| v.unwrap_or_else(|| "unset".into());
     BTreeMap::from([
-        ("models", args.models.join(",")),
+        ("models", models.join(",")),
         ("grader (SHA-256 of its JSON)", prompts::json_digest(grader.json())),
         ("max_tokens", show(args.max_tokens.map(|v| v.to_string()))),
         ("temperature", show(args.temperature.map(|v| v.to_string()))),
@@ -389,10 +394,9 @@ impl Report<'_> {
         let total_pairs = self.prepared.len() * self.engine.specs.len();
         let finished = self.prepared.iter().flat_map(|p| self.engine.specs.iter().map(move |s| (p, s))).filter(|(p, s)| self.pairs.contains_key(&(p.prompt.key.clone(), s.name.clone()))).count();
         eprintln!(
-            "labelled {} of {} prompts: {} lines in {} (answers in {}); pairs finished {finished}/{total_pairs}, {} this run",
+            "labelled {} of {} prompts: {} (answers in {}); pairs finished {finished}/{total_pairs}, {} this run",
             written.lines,
             self.prepared.len(),
-            written.lines,
             args.out.display(),
             answers.display(),
             self.total_jobs - self.stopped,

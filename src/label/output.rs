@@ -36,11 +36,10 @@ pub struct Written {
     pub all_failed: usize,
 }
 
-/// Writes the labels (`out`) and answers (`answers`) of `prompts` for `models`, in input order,
-/// from the finished `pairs`; `texts` are the prompts' routing texts (the records' `prompt`).
+/// Writes the labels (`out`) and answers (`answers`) of the prompts for `models`, in input order,
+/// from the finished `pairs`; each prompt comes with its routing text (the record's `prompt`).
 pub fn write_outputs(
-    prompts: &[LabelPrompt],
-    texts: &[String],
+    prompts: &[(&LabelPrompt, &str)],
     models: &[String],
     pairs: &HashMap<(String, String), PairResult>,
     out: &Path,
@@ -49,7 +48,7 @@ pub fn write_outputs(
     let mut written = Written::default();
     let mut label_lines = Vec::new();
     let mut answer_lines = Vec::new();
-    for (prompt, text) in prompts.iter().zip(texts) {
+    for &(prompt, text) in prompts {
         let results: Vec<(&String, &PairResult)> =
             models.iter().filter_map(|model| pairs.get(&(prompt.key.clone(), model.clone())).map(|r| (model, r))).collect();
         for (model, result) in &results {
