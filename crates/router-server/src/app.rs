@@ -21,9 +21,10 @@ use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 use crate::chat::{self, Conversation, Overrides};
+use crate::record::Outcome;
 use crate::shadow::{self, ShadowJob, Shadows};
 use crate::sse;
-use crate::stored::{self, Outcome, StoreJob};
+use crate::stored::{self, StoreJob};
 use crate::{ApiError, Metrics, Routing, ScoreError, ServerConfig, ServerError};
 
 /// Everything the handlers share.

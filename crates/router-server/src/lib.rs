@@ -101,6 +101,7 @@ mod chat;
 mod config;
 mod error;
 mod metrics;
+mod record;
 mod routing;
 mod shadow;
 mod sse;

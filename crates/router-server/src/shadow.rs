@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::app::AppState;
 use crate::config::ShadowConfig;
-use crate::stored::{cost_of, insert};
+use crate::record::{cost_of, insert};
 
 /// The exchange a shadow answer is linked to.
 pub(crate) enum Original {
@@ -206,17 +206,19 @@ async fn run(state: &AppState, job: ShadowJob) {
     }
     let original = match job.original {
         Original::Stored(ref id) => id.clone(),
-        Original::Unstored(ref record) => match insert(state, (**record).clone()).await {
-            Ok(inserted) => inserted.id,
-            Err(why) => {
-                let why = why.header_value();
-                eprintln!("model-router: shadow: storing the original failed: {why}");
-                state
-                    .metrics()
-                    .shadow_dropped("error", targets.len() as u64);
-                return;
+        Original::Unstored(ref record) => {
+            match insert(state.store(), state.metrics(), (**record).clone()).await {
+                Ok(inserted) => inserted.id,
+                Err(why) => {
+                    let why = why.header_value();
+                    eprintln!("model-router: shadow: storing the original failed: {why}");
+                    state
+                        .metrics()
+                        .shadow_dropped("error", targets.len() as u64);
+                    return;
+                }
             }
-        },
+        }
     };
     let body = job.shadow_body();
     for model in &targets {
@@ -311,7 +313,7 @@ async fn ask(
         latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         shadow_of: Some(original.to_string()),
     };
-    insert(state, record)
+    insert(state.store(), state.metrics(), record)
         .await
         .map(drop)
         .map_err(|outcome| outcome.header_value())

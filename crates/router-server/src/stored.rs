@@ -12,14 +12,14 @@ use axum::http::StatusCode;
 use axum::Json;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
-use router_policy::{estimated_cost, ModelSpec};
 use router_store::{
-    openai_list, Completion, Inserted, ListQuery, MessageQuery, Metadata, NewCompletion, Order,
-    Store, StoreError, Usage, ROUTER_OWNER,
+    openai_list, Completion, ListQuery, MessageQuery, Metadata, NewCompletion, Order, Store,
+    StoreError, Usage, ROUTER_OWNER,
 };
 use serde_json::{json, Map, Value};
 
 use crate::app::{parse_body, AppState, Caller};
+use crate::record::{cost_of, insert, Outcome};
 use crate::shadow::{Original, ShadowJob};
 use crate::ApiError;
 
@@ -37,45 +37,6 @@ pub(crate) struct StoreJob {
     pub asked: bool,
     /// Shadowed: the request's estimated prompt tokens.
     pub shadow: Option<usize>,
-}
-
-/// What became of a `"store": true` request.
-pub(crate) enum Outcome {
-    Stored(Inserted),
-    Refused(String),
-    Failed(String),
-    Skipped(String),
-}
-
-impl Outcome {
-    /// The `x-router-store` value: `stored`, `refused: ...`, `failed: ...`, `skipped: ...`
-    /// (visible ASCII only).
-    pub fn header_value(&self) -> String {
-        let text = match self {
-            Outcome::Stored(i) => format!("stored {}", i.id),
-            Outcome::Refused(why) => format!("refused: {why}"),
-            Outcome::Failed(why) => format!("failed: {why}"),
-            Outcome::Skipped(why) => format!("skipped: {why}"),
-        };
-        text.chars()
-            .map(|c| {
-                if c.is_ascii_graphic() || c == ' ' {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .collect()
-    }
-
-    fn metric(&self) -> &'static str {
-        match self {
-            Outcome::Stored(_) => "stored",
-            Outcome::Refused(_) => "refused",
-            Outcome::Failed(_) => "failed",
-            Outcome::Skipped(_) => "skipped",
-        }
-    }
 }
 
 /// Takes `store` and `metadata` out of the body (they are the router's: never forwarded).
@@ -109,14 +70,6 @@ pub(crate) fn take_store_fields(
         .code("store_not_configured"));
     }
     Ok((store, metadata))
-}
-
-/// The cost of an answer: the catalog's prices × the tokens the backend reported; else
-/// `fallback` (an estimate).
-pub(crate) fn cost_of(spec: &ModelSpec, usage: Option<Usage>, fallback: f64) -> f64 {
-    usage
-        .map(|u| estimated_cost(spec, u.prompt_tokens, u.completion_tokens))
-        .unwrap_or(fallback)
 }
 
 /// The record of an exchange, by `job.owner`.
@@ -154,24 +107,6 @@ fn new_record(
     }
 }
 
-/// Inserts `record` off the async workers (committed before it returns); counts evictions.
-pub(crate) async fn insert(state: &AppState, record: NewCompletion) -> Result<Inserted, Outcome> {
-    let Some(store) = state.store().cloned() else {
-        return Err(Outcome::Failed("no store configured".into()));
-    };
-    match tokio::task::spawn_blocking(move || store.insert(record)).await {
-        Ok(Ok(inserted)) => {
-            if inserted.evicted > 0 {
-                state.metrics().store_evicted(inserted.evicted);
-            }
-            Ok(inserted)
-        }
-        Ok(Err(e)) if e.is_full() => Err(Outcome::Refused(e.to_string())),
-        Ok(Err(e)) => Err(Outcome::Failed(e.to_string())),
-        Err(e) => Err(Outcome::Failed(format!("the store task failed: {e}"))),
-    }
-}
-
 /// The complete answer of `job`'s exchange: stored when the client asked (committed before
 /// it returns, outcome counted), and the shadow job when it is shadowed.
 pub(crate) async fn finish(
@@ -190,7 +125,7 @@ pub(crate) async fn finish(
     };
     let outcome = match outcome {
         Some(record) => {
-            let outcome = insert(state, record)
+            let outcome = insert(state.store(), state.metrics(), record)
                 .await
                 .map_or_else(|e| e, Outcome::Stored);
             state.metrics().store(outcome.metric());
