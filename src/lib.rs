@@ -24,16 +24,18 @@ pub use router_core;
 pub use router_embed;
 pub use router_embed::{load_catalog, CatalogError, RouteInput, Routing, CATALOG_FILE};
 pub use router_policy;
+#[cfg(feature = "training")]
 pub use router_training;
 
 use router_core::{CoreError, Router};
 
-/// The shipped default bundle: `$MODEL_ROUTER_MODEL` if set, else `models/routerbench` of this
-/// source tree.
+/// The shipped default bundle: `$MODEL_ROUTER_MODEL` if set, else `models/zeroeval` of this
+/// source tree (11 models of 2024 from gpt-4o to Llama-3-8B; README, "Shipped routers", says why
+/// it is the default).
 pub fn default_model_dir() -> PathBuf {
     std::env::var_os("MODEL_ROUTER_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join("routerbench"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join("zeroeval"))
 }
 
 /// Loads a router from `--model`: a bundle directory, or else a hub repo id (`ID` or `ID@REVISION`)

@@ -557,6 +557,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         name,
         version: args.version.unwrap_or_else(train::today),
         val_fraction: args.val_fraction,
+        command: Some(command_line()),
         ..args.head.options(&args.data)?
     };
     let outcome = train::train(dataset.records, &models, &options, &args.out)?;
@@ -689,6 +690,14 @@ fn out_of_fold_baselines(
     let knn = baselines::knn_out_of_fold(embeddings, test.scores(), &fold_of, FOLDS)?;
     let task_best = baselines::task_best_out_of_fold(test, tasks, &fold_of, FOLDS)?;
     Ok((knn, task_best))
+}
+
+/// This run's command line as a shell would take it back: `model-router` and the arguments, each
+/// quoted when it is empty or holds anything but plain path characters.
+fn command_line() -> String {
+    let plain = |arg: &str| !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+".contains(c));
+    let quoted = std::env::args().skip(1).map(|arg| if plain(&arg) { arg } else { format!("'{}'", arg.replace('\'', "'\\''")) });
+    std::iter::once("model-router".to_string()).chain(quoted).collect::<Vec<_>>().join(" ")
 }
 
 /// What ranks the report's choices when `train` or `cv` has no `--catalog`: said, not silent.

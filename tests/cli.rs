@@ -1,28 +1,33 @@
 //! The `model-router` command line end to end: `route` (table, `--json`, `--jsonl`), `embed`,
 //! `--model` / `--catalog` errors and `data import`, on the shipped default bundle
-//! (models/routerbench). No test here needs all-MiniLM-L6-v2: the bundle ships its static table.
+//! (models/zeroeval). No test here needs all-MiniLM-L6-v2: the bundle ships its static table.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{arg, assert_mentions, command, data_file, default_bundle, fails, ok, run_with_stdin};
+use common::{arg, assert_mentions, command, data_file, fails, ok, repo_root, run_with_stdin};
 use serde_json::Value;
 use tempfile::TempDir;
 
 const PROMPT: &str = "Write a Python function that returns the n-th Fibonacci number.";
 
+/// The bundle `route` uses without `--model`.
+fn default_bundle() -> std::path::PathBuf {
+    repo_root().join("models").join("zeroeval")
+}
+
 /// The shipped bundle's models (the head's columns), from its router.json.
 fn bundle_models() -> Vec<String> {
-    let text = std::fs::read_to_string(default_bundle().join("router.json")).expect("read models/routerbench/router.json");
+    let text = std::fs::read_to_string(default_bundle().join("router.json")).expect("read the default bundle's router.json");
     let config: Value = serde_json::from_str(&text).expect("router.json is JSON");
     config["models"].as_array().expect("models").iter().map(|m| m.as_str().expect("a name").to_owned()).collect()
 }
 
 /// (name, context_window) of each model of the shipped catalog (a minimal reading of its TOML).
 fn catalog_windows() -> Vec<(String, u64)> {
-    let text = std::fs::read_to_string(default_bundle().join("catalog.toml")).expect("read models/routerbench/catalog.toml");
+    let text = std::fs::read_to_string(default_bundle().join("catalog.toml")).expect("read the default bundle's catalog.toml");
     let mut windows = Vec::new();
     let mut name = None;
     for line in text.lines().map(str::trim) {
@@ -100,7 +105,7 @@ fn quality_mode_picks_the_best_eligible_model() {
 
 #[test]
 fn subset_restricts_the_choice() {
-    let subset = ["mistralai/mistral-7b-chat", "claude-instant-v1"];
+    let subset = ["Meta-Llama-3-8B-Instruct", "gpt-4o-mini-2024-07-18"];
     let decision = route_json(&["--subset", &subset.join(","), PROMPT]);
     let chosen = decision["model"].as_str().expect("model");
     assert!(subset.contains(&chosen), "{chosen} is outside the subset");
@@ -116,7 +121,7 @@ fn subset_restricts_the_choice() {
 
 #[test]
 fn unknown_subset_model_fails_with_a_clear_message() {
-    let run = fails(&["route", "--subset", "gpt-4-1106-preview,no-such-model", PROMPT]);
+    let run = fails(&["route", "--subset", "gpt-4o-2024-08-06,no-such-model", PROMPT]);
     assert_mentions(&run.stderr, &["no-such-model", "does not predict"]);
     assert!(run.stdout.is_empty(), "no decision is printed: {}", run.stdout);
 }
@@ -135,24 +140,62 @@ fn prompt_from_stdin_routes_like_the_argument() {
 #[test]
 fn max_tokens_beyond_a_context_window_excludes_the_model() {
     let windows = catalog_windows();
-    let small: Vec<&(String, u64)> = windows.iter().filter(|(_, w)| *w == 4096).collect();
-    assert!(!small.is_empty(), "the shipped catalog has 4096-token models");
-    let decision = route_json(&["--max-tokens", "5000", "--mode", "quality", PROMPT]);
+    let small: Vec<&(String, u64)> = windows.iter().filter(|(_, w)| *w == 8192).collect();
+    assert!(!small.is_empty(), "the shipped catalog has 8192-token models");
+    let decision = route_json(&["--max-tokens", "9000", "--mode", "quality", PROMPT]);
     let excluded = decision["excluded"].as_object().expect("excluded");
     for (model, window) in &small {
         let why = excluded.get(model).unwrap_or_else(|| panic!("{model} (window {window}) must be excluded: {decision}"));
         assert_eq!(why["reason"], "context_window", "{model}: {why}");
         assert_eq!(why["window"].as_u64(), Some(*window));
-        assert!(why["needed"].as_u64().expect("needed") > 5000, "{why}");
+        assert!(why["needed"].as_u64().expect("needed") > 9000, "{why}");
     }
-    for (model, window) in windows.iter().filter(|(_, w)| *w > 5100) {
+    for (model, window) in windows.iter().filter(|(_, w)| *w > 9100) {
         assert!(decision["eligible"].get(model).is_some(), "{model} (window {window}) stays eligible: {decision}");
     }
     let chosen = decision["model"].as_str().expect("model");
     assert!(small.iter().all(|(m, _)| m != chosen));
     // The table says why.
-    let table = ok(&["route", "--max-tokens", "5000", PROMPT]).stdout;
-    assert!(table.lines().any(|l| l.contains(&small[0].0) && l.contains("context window is 4096")), "{table}");
+    let table = ok(&["route", "--max-tokens", "9000", PROMPT]).stdout;
+    assert!(table.lines().any(|l| l.contains(&small[0].0) && l.contains("context window is 8192")), "{table}");
+}
+
+/// Everyday prompts (the README's table): the modes keep their promise on them, Cost mode spending
+/// well under what Quality mode spends, with easy questions going to models priced under USD 1 per
+/// 1M output tokens.
+#[test]
+fn the_default_bundle_spends_less_in_cost_mode_on_everyday_prompts() {
+    let prompts = [
+        "What is the capital of France?",
+        "Translate 'good morning' to Spanish.",
+        "Write a haiku about autumn.",
+        "Write a SQL query that returns the ten customers with the highest total order value.",
+        "Prove that the square root of 2 is irrational.",
+        "What is 15% of 80?",
+        "Summarize the plot of Romeo and Juliet in two sentences.",
+        "Write a Python function that reverses a linked list.",
+        "Explain the difference between TCP and UDP.",
+        "Give me three ideas for a birthday party for a 10-year-old.",
+        "Fix the bug in this code: for i in range(10) print(i)",
+        "What year did World War II end?",
+        "Write a polite email declining a meeting invitation.",
+        "A train travels 120 km in 1.5 hours. What is its average speed?",
+        "Solve for x: 3x + 7 = 22.",
+        "What does this Python code print? x = [1, 2, 3]; print(x[::-1])",
+    ];
+    let input: String = prompts.iter().map(|p| serde_json::to_string(p).unwrap() + "\n").collect();
+    let decide = |mode: &str| -> Vec<Value> {
+        let run = run_with_stdin(&["route", "--jsonl", "--mode", mode], Some(&input));
+        assert!(run.success, "{}", run.stderr);
+        run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let total = |decisions: &[Value]| decisions.iter().map(|d| d["estimated_cost"].as_f64().unwrap()).sum::<f64>();
+    let (quality, cost) = (decide("quality"), decide("cost"));
+    assert!(total(&cost) < 0.7 * total(&quality), "cost mode {} vs quality mode {}", total(&cost), total(&quality));
+    let cheap = ["gpt-4o-mini-2024-07-18", "Meta-Llama-3-8B-Instruct", "Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3-70B-Instruct", "Meta-Llama-3.1-70B-Instruct", "claude-3-haiku-20240307"];
+    let to_cheap = cost.iter().filter(|d| cheap.contains(&d["model"].as_str().unwrap())).count();
+    assert!(to_cheap >= 4, "{to_cheap} of 16 to a cheap model in cost mode");
+    assert!(cheap.contains(&cost[0]["model"].as_str().unwrap()), "the capital of France: {}", cost[0]);
 }
 
 #[test]
@@ -257,7 +300,7 @@ fn broken_catalog_path_fails_naming_the_path() {
     assert_mentions(&run.stderr, &[&arg(&bundle.path().join("catalog.toml"))]);
 
     // A bundle whose catalog.toml is not a catalog.
-    let bundle = bundle_with_catalog(Some("[[models]]\nname = \"gpt-4-1106-preview\"\ninput_price = \"cheap\"\n"));
+    let bundle = bundle_with_catalog(Some("[[models]]\nname = \"gpt-4o-2024-08-06\"\ninput_price = \"cheap\"\n"));
     let run = fails(&["route", "--model", &arg(bundle.path()), PROMPT]);
     assert_mentions(&run.stderr, &[&arg(&bundle.path().join("catalog.toml"))]);
 

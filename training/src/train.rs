@@ -77,6 +77,9 @@ pub struct TrainOptions {
     pub catalog: Option<PathBuf>,
     /// The embedding cache directory.
     pub cache_dir: PathBuf,
+    /// The command line that trained the bundle, recorded in its model card so that it can be
+    /// re-made exactly.
+    pub command: Option<String>,
 }
 
 impl Default for TrainOptions {
@@ -99,6 +102,7 @@ impl Default for TrainOptions {
             data: Vec::new(),
             catalog: None,
             cache_dir: embed::cache_dir(),
+            command: None,
         }
     }
 }
@@ -583,13 +587,18 @@ fn model_card(config: &RouterConfig, options: &TrainOptions, validation: Option<
             v.report
         ))
         .unwrap_or_else(|| "No validation split was held out.\n".into());
+    let reproduce = options
+        .command
+        .as_ref()
+        .map(|command| format!("## Reproduce\n\nFrom the repository root, with the data beside it in `../shared/data`:\n\n```sh\n{command}\n```\n\n"))
+        .unwrap_or_default();
     format!(
         "# {name} ({version})\n\nA model-router bundle: it predicts, for a prompt, the quality each of {n} models would reach.\n\n\
          - Models (head columns): {models}\n- Encoder: {encoder}\n- Head: {head}, one sigmoid per model\n\
-         - Prompts: the last {max} tokens are kept (truncation {truncation:?})\n- Trained on: {data}\n- Seed: {seed}\n\n{table}\n\
+         - Prompts: the last {max} tokens are kept (truncation {truncation:?})\n- Trained on: {data}\n- Seed: {seed}\n\n{reproduce}{table}\n\
          ## Licence lineage\n\nThe encoder derives from sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0). The head is trained on the \
          data listed above; see each dataset's own licence (RouterBench via RouterDC: code MIT, dataset card states no licence; \
-         LLMRouter: MIT; RouterDC: no licence file). No data is shipped in the bundle.\n",
+         LLMRouter: MIT; RouterDC: no licence file; ZeroEval: Apache-2.0, its GSM8K, MATH and CRUXEval prompts MIT). No data is shipped in the bundle.\n",
         name = config.name,
         version = config.version,
         n = config.models.len(),
