@@ -193,7 +193,7 @@ fn multi_combines_named_scores_by_its_formula() {
     // A failing sub-grader fails the whole answer, naming itself.
     let judge = TableJudge::new("no idea");
     let error = grade_with(&grader, "x", json!({"reference": "y"}), Some(&judge)).unwrap_err().to_string();
-    assert!(error.contains("grader \"score_model\""), "{error}");
+    assert!(error.contains("grader \"judge\": no score"), "a sub-grader is called by its key: {error}");
 
     let ratio = spec(json!({
         "type": "multi", "graders": {

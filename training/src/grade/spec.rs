@@ -273,7 +273,12 @@ impl GraderSpec {
         let mut graders = Vec::with_capacity(map.len());
         let mut names = HashMap::new();
         for (key, value) in map {
-            let grader = GraderSpec::from_json(value).map_err(|e| fields.error(&format!("graders.{key}"), e))?;
+            // A sub-grader without a name is called by its key, so its errors say which one failed.
+            let mut value = value.clone();
+            if let Some(object) = value.as_object_mut().filter(|o| !o.contains_key("name")) {
+                object.insert("name".into(), Value::String(key.clone()));
+            }
+            let grader = GraderSpec::from_json(&value).map_err(|e| fields.error(&format!("graders.{key}"), e))?;
             names.insert(key.clone(), graders.len());
             graders.push(grader);
         }
