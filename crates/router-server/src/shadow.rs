@@ -137,13 +137,14 @@ impl Shadows {
 
     /// Today's budget (a new UTC day starts from zero).
     fn today(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.budget_of(utc_day())
+    }
+
+    /// The budget of `day` (days since the epoch, UTC): reset when the day changed.
+    fn budget_of(&self, day: u64) -> std::sync::MutexGuard<'_, Budget> {
         let mut budget = lock(&self.budget);
-        let today = utc_day();
-        if budget.day != today {
-            *budget = Budget {
-                day: today,
-                spent: 0.0,
-            };
+        if budget.day != day {
+            *budget = Budget { day, spent: 0.0 };
         }
         budget
     }
@@ -317,4 +318,43 @@ async fn ask(
         .await
         .map(drop)
         .map_err(|outcome| outcome.header_value())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shadows(rate: f64, seed: u64) -> Shadows {
+        Shadows::new(ShadowConfig {
+            rate,
+            models: vec!["a".into()],
+            max_cost_per_day: 1.0,
+            queue: 1,
+            workers: 1,
+            seed: Some(seed),
+        })
+    }
+
+    #[test]
+    fn the_budget_starts_again_on_a_new_utc_day() {
+        let s = shadows(1.0, 1);
+        s.budget_of(100).spent += 1.5;
+        assert!(s.budget_of(100).spent >= s.config.max_cost_per_day);
+        assert_eq!(s.budget_of(101).spent, 0.0);
+        assert_eq!(s.budget_of(101).day, 101);
+    }
+
+    #[test]
+    fn sampling_follows_the_rate_and_the_seed() {
+        let draws = |s: &Shadows| (0..2000).filter(|_| s.sample()).count();
+        assert_eq!(draws(&shadows(1.0, 1)), 2000);
+        assert_eq!(draws(&shadows(0.0, 1)), 0);
+        let quarter = draws(&shadows(0.25, 7));
+        assert!((400..600).contains(&quarter), "{quarter}");
+        assert_eq!(
+            quarter,
+            draws(&shadows(0.25, 7)),
+            "the same seed, the same draws"
+        );
+    }
 }
