@@ -171,6 +171,13 @@ fn stored_answers_are_graded_not_asked_again() {
         record.metadata = Metadata::from_json(&json!({"task": task, "reference": (i + 10).to_string()})).unwrap();
         store.insert(record).unwrap();
     }
+    // The server's shadow of the first request: small's answer (right, unlike what the mock says now).
+    let request = json!({"model": "small", "messages": [{"role": "user", "content": question(1, 10)}]});
+    let response = json!({"model": "small", "choices": [{"index": 0, "message": {"role": "assistant", "content": "11"}}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}});
+    let mut shadow = NewCompletion::new(router_store::ROUTER_OWNER, request.as_object().cloned().unwrap(), response);
+    shadow.shadow_of = Some("chatcmpl-1".into());
+    store.insert(shadow).unwrap();
     drop(store);
     let grader = write_exact_grader(dir.path());
     let out = dir.path().join("labels.jsonl");
@@ -184,12 +191,35 @@ fn stored_answers_are_graded_not_asked_again() {
     assert_eq!(labels.len(), 3, "the filter keeps the math records");
     for (line, i) in labels.iter().zip(1u64..) {
         assert_eq!(backend.count(&question(i, 10), "large"), 0, "the stored answer is not asked again");
-        assert_eq!(backend.count(&question(i, 10), "small"), 1);
-        assert_eq!(line["scores"], json!({"small": 0.0, "large": 1.0}));
+        let shadowed = i == 1;
+        assert_eq!(backend.count(&question(i, 10), "small"), usize::from(!shadowed), "the shadow's answer is not asked again");
+        assert_eq!(line["scores"], json!({"small": if shadowed { 1.0 } else { 0.0 }, "large": 1.0}));
         // The stored usage at the catalog's prices.
         assert!(close(line["costs"]["large"].as_f64().unwrap(), (1000.0 * 10.0 + 100.0 * 30.0) / 1e6), "{line}");
     }
-    assert!(String::from_utf8_lossy(&output.stderr).contains("spend: $0.000042 this run"), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("spend: $0.000028 this run"), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn a_grader_error_is_recorded_and_graded_again_without_asking() {
+    let dir = TempDir::new().unwrap();
+    let backend = arithmetic_backend();
+    let config = write_config(dir.path(), backend.addr, &[SMALL, LARGE]);
+    let lines = [json!({"prompt": question(1, 1), "reference": "2"}), json!({"prompt": question(2, 2)})];
+    std::fs::write(dir.path().join("prompts.jsonl"), lines.map(|l| l.to_string()).join("\n")).unwrap();
+    let run = label(dir.path(), &config, "small,large", &[]);
+    assert!(run.success, "{}", run.stderr);
+    assert!(run.stderr.contains("2 pair(s) ended in an error") && run.stderr.contains("grader"), "{}", run.stderr);
+    assert!(run.stderr.contains("1 prompt(s) not written: every model failed"), "{}", run.stderr);
+    assert_eq!(read_lines(&dir.path().join("labels.jsonl")).len(), 1);
+    let answers = read_lines(&dir.path().join("labels.jsonl.answers.jsonl"));
+    let failed: Vec<&Value> = answers.iter().filter(|a| !a["error"].is_null()).collect();
+    assert_eq!(failed.len(), 2);
+    assert!(failed.iter().all(|a| a["score"].is_null() && a["answer"] == "4"), "the answer is kept: {failed:?}");
+    let retried = label(dir.path(), &config, "small,large", &["--retry-errors"]);
+    assert!(retried.success, "{}", retried.stderr);
+    assert_eq!(backend.count(&question(2, 2), "small"), 1, "graded again, not asked again");
+    assert_eq!(backend.count(&question(2, 2), "large"), 1);
 }
 
 #[test]

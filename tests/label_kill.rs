@@ -1,6 +1,7 @@
 //! `label` killed with SIGKILL mid-run and run again: no pair committed before the kill is asked
 //! again, only the pairs in flight at the kill are, and the output equals that of an uninterrupted
-//! run (latency aside: it is measured, so it differs from run to run).
+//! run (latency aside: it is measured, so it differs from run to run). And Ctrl-C (SIGINT): the
+//! pairs in flight finish, the outputs are written, and the run says it was interrupted.
 
 mod common;
 mod label_common;
@@ -124,4 +125,32 @@ fn a_killed_run_resumes_without_asking_finished_pairs_again() {
     for file in ["labels.jsonl", "labels.jsonl.answers.jsonl"] {
         assert_eq!(without_latency(&dir.path().join(file)), without_latency(&reference_dir.path().join(file)), "{file}");
     }
+}
+
+#[test]
+fn ctrl_c_finishes_the_pairs_in_flight_and_writes_the_outputs() {
+    let dir = TempDir::new().unwrap();
+    let backend = slow_backend();
+    let args = prepare(dir.path(), &backend);
+    let progress = dir.path().join("labels.jsonl.progress.db");
+    let child = command().args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start label");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(progress.exists() && committed(&progress).len() >= 6) {
+        assert!(Instant::now() < deadline, "no progress within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("run kill");
+    assert!(sent.success());
+    let output = child.wait_with_output().expect("label ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted: finishing the pairs in flight") && stderr.contains("Rerun the same command"), "{stderr}");
+    let finished = committed(&progress).len();
+    assert!(finished < (PROMPTS * 2) as usize, "interrupted mid-run");
+    let answers = read_lines(&dir.path().join("labels.jsonl.answers.jsonl"));
+    assert_eq!(answers.len(), finished, "every finished pair is written, the ones in flight included");
+    assert!(backend.counts().values().sum::<usize>() == finished, "no pair was left unfinished in flight");
+    run_to_end(&args);
+    assert_eq!(read_lines(&dir.path().join("labels.jsonl")).len(), PROMPTS as usize);
+    assert!(backend.counts().values().all(|&n| n == 1), "nothing asked twice");
 }

@@ -17,6 +17,7 @@ mod prompts;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -141,15 +142,18 @@ pub fn run(args: LabelArgs) -> Result<()> {
         budget: Mutex::new(Budget { limit: args.max_cost, spent: spent_before, reserved: 0.0 }),
         bar: pair_bar(total_jobs),
     });
-    let stopped = runtime.block_on(run_jobs(engine.clone(), jobs, args.concurrency))?;
+    let stop = runtime.block_on(run_jobs(engine.clone(), jobs, args.concurrency))?;
     engine.bar.finish_and_clear();
 
     let pairs = lock(&engine.progress).pairs()?;
     let rows: Vec<(&LabelPrompt, &str)> = prepared.iter().map(|p| (&p.prompt, p.text.as_str())).collect();
     let written = output::write_outputs(&rows, &models, &pairs, &args.out, &answers_path)?;
     skipped.sort();
-    let report = Report { engine: &engine, prepared: &prepared, pairs: &pairs, skipped: &skipped, duplicates, spent_before, total_jobs, stopped };
+    let report = Report { engine: &engine, prepared: &prepared, pairs: &pairs, skipped: &skipped, duplicates, spent_before, total_jobs, stop };
     report.print(&args, &written, &answers_path);
+    if let Stop::Interrupted(not_started) = stop {
+        bail!("interrupted: {not_started} pair(s) not started; the finished ones are kept and written. Rerun the same command to go on");
+    }
     if written.lines == 0 {
         bail!("nothing could be labelled: no prompt has a graded answer from any model (see the errors above)");
     }
@@ -299,25 +303,52 @@ struct Engine {
     bar: ProgressBar,
 }
 
-/// Runs `jobs`, at most `concurrency` at once, until done or until the next one could pass the
-/// budget; returns how many jobs were not started because of the budget. A failure to commit a
-/// pair ends the run (the tasks in flight are aborted; their pairs are simply not done).
-async fn run_jobs(engine: Arc<Engine>, jobs: Vec<Job>, concurrency: usize) -> Result<usize> {
+/// Why a run ended before its last pair: how many pairs were not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Every pair was started.
+    Done,
+    /// The next pair could have passed `--max-cost`.
+    Budget(usize),
+    /// Ctrl-C.
+    Interrupted(usize),
+}
+
+impl Stop {
+    fn not_started(self) -> usize {
+        match self {
+            Stop::Done => 0,
+            Stop::Budget(n) | Stop::Interrupted(n) => n,
+        }
+    }
+}
+
+/// Runs `jobs`, at most `concurrency` at once, until done, until the next one could pass the
+/// budget, or until Ctrl-C (the pairs in flight finish either way; a second Ctrl-C quits at once).
+/// A failure to commit a pair ends the run (the tasks in flight are aborted; their pairs are
+/// simply not done).
+async fn run_jobs(engine: Arc<Engine>, jobs: Vec<Job>, concurrency: usize) -> Result<Stop> {
     let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn(watch_interrupts(interrupted.clone(), engine.bar.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     let total = jobs.len();
-    let mut not_started = 0;
+    let mut stop = Stop::Done;
     for (index, job) in jobs.into_iter().enumerate() {
         let permit = semaphore.clone().acquire_owned().await.context("the pair semaphore closed")?;
         while let Some(finished) = tasks.try_join_next() {
             finished.context("a pair task panicked")??;
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            stop = Stop::Interrupted(total - index);
+            break;
         }
         let expected = match job.answer {
             Some(_) => 0.0,
             None => ask::expected_cost(&engine.specs[job.model], job.prompt.estimated_tokens, &engine.sampling),
         };
         if !lock(&engine.budget).reserve(expected) {
-            not_started = total - index;
+            stop = Stop::Budget(total - index);
             break;
         }
         let engine = engine.clone();
@@ -329,7 +360,20 @@ async fn run_jobs(engine: Arc<Engine>, jobs: Vec<Job>, concurrency: usize) -> Re
     while let Some(finished) = tasks.join_next().await {
         finished.context("a pair task panicked")??;
     }
-    Ok(not_started)
+    watcher.abort();
+    Ok(stop)
+}
+
+/// The first Ctrl-C sets `interrupted` (no new pair starts); the second exits at once, which
+/// loses only the pairs in flight: every finished one is already committed.
+async fn watch_interrupts(interrupted: Arc<AtomicBool>, bar: ProgressBar) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        interrupted.store(true, Ordering::SeqCst);
+        bar.suspend(|| eprintln!("interrupted: finishing the pairs in flight (Ctrl-C again to quit now)"));
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    }
 }
 
 impl Engine {
@@ -384,7 +428,7 @@ struct Report<'a> {
     duplicates: usize,
     spent_before: f64,
     total_jobs: usize,
-    stopped: usize,
+    stop: Stop,
 }
 
 impl Report<'_> {
@@ -399,7 +443,7 @@ impl Report<'_> {
             self.prepared.len(),
             args.out.display(),
             answers.display(),
-            self.total_jobs - self.stopped,
+            self.total_jobs - self.stop.not_started(),
         );
         eprintln!("spend: ${:.6} this run, ${spent:.6} in all (answers asked by this command, usage × catalog prices)", spent - self.spent_before);
         if self.duplicates > 0 {
@@ -414,11 +458,11 @@ impl Report<'_> {
         if written.all_failed > 0 {
             eprintln!("{} prompt(s) not written: every model failed on them", written.all_failed);
         }
-        if self.stopped > 0 {
+        if let Stop::Budget(not_started) = self.stop {
             eprintln!(
                 "warning: stopped at --max-cost ${:.6}: {} pair(s) not started; {} prompt(s) not written yet. Rerun with a higher --max-cost to finish",
                 args.max_cost.unwrap_or(0.0),
-                self.stopped,
+                not_started,
                 written.unfinished
             );
         }
