@@ -467,7 +467,7 @@ impl ServerConfig {
             None => None,
             Some(s) => Some(
                 shadow_config(s, &catalog, store.is_some())
-                    .map_err(|(key, reason)| bad(&format!("shadow.{key}"), reason))?,
+                    .map_err(|(key, reason)| bad(key, reason))?,
             ),
         };
 
@@ -497,7 +497,7 @@ impl ServerConfig {
     }
 }
 
-/// Validates `[shadow]`; an error is (the key under `shadow.`, why).
+/// Validates `[shadow]`; an error is (the key, why).
 fn shadow_config(
     raw: RawShadow,
     catalog: &Catalog,
@@ -505,34 +505,37 @@ fn shadow_config(
 ) -> Result<ShadowConfig, (&'static str, String)> {
     if !has_store {
         return Err((
-            "models",
+            "shadow",
             "shadow answers are stored: [shadow] needs a [store] section".into(),
         ));
     }
     if !(0.0..=1.0).contains(&raw.rate) {
         return Err((
-            "rate",
+            "shadow.rate",
             format!("must be a fraction in [0, 1], got {}", raw.rate),
         ));
     }
     if raw.models.is_empty() {
-        return Err(("models", "is empty: name the models to shadow with".into()));
+        return Err((
+            "shadow.models",
+            "is empty: name the models to shadow with".into(),
+        ));
     }
     for (i, name) in raw.models.iter().enumerate() {
         if raw.models[..i].contains(name) {
-            return Err(("models", format!("`{name}` is listed twice")));
+            return Err(("shadow.models", format!("`{name}` is listed twice")));
         }
         match catalog.get(name) {
-            None => return Err(("models", format!("`{name}` is not a catalog model"))),
+            None => return Err(("shadow.models", format!("`{name}` is not a catalog model"))),
             Some(spec) if spec.deployments.is_empty() => {
-                return Err(("models", format!("`{name}` has no deployments")))
+                return Err(("shadow.models", format!("`{name}` has no deployments")))
             }
             Some(_) => {}
         }
     }
     if !(raw.max_cost_per_day.is_finite() && raw.max_cost_per_day >= 0.0) {
         return Err((
-            "max_cost_per_day",
+            "shadow.max_cost_per_day",
             format!(
                 "must be a non-negative number of USD, got {}",
                 raw.max_cost_per_day
@@ -547,8 +550,8 @@ fn shadow_config(
         rate: raw.rate,
         models: raw.models,
         max_cost_per_day: raw.max_cost_per_day,
-        queue: at_least_one("queue", raw.queue, 256)?,
-        workers: at_least_one("workers", raw.workers, 4)?,
+        queue: at_least_one("shadow.queue", raw.queue, 256)?,
+        workers: at_least_one("shadow.workers", raw.workers, 4)?,
         seed: raw.seed,
     })
 }
@@ -700,7 +703,10 @@ model = "m"
             "[[models]]\nname = \"idle\"\ninput_price = 1.0\noutput_price = 1.0\ncontext_window = 10\n\n[[deployments]]",
         );
         for (text, key) in [
-            (format!("{BASE}\n{shadow}"), "shadow.models"),
+            (
+                format!("{BASE}\n{shadow}"),
+                "`shadow`: shadow answers are stored",
+            ),
             (
                 format!("{BASE}\n{store}{}", shadow.replace("0.5", "1.5")),
                 "shadow.rate",
