@@ -189,13 +189,7 @@ pub fn analyse(body: &Map<String, Value>, recent_turns: usize) -> Result<Convers
     };
 
     // The routing text: every system prompt, the tools, then the last `recent_turns` turns.
-    let mut parts: Vec<String> = Vec::new();
-    for (role, text) in &turns {
-        if (role == "system" || role == "developer") && !text.is_empty() {
-            parts.push(text.clone());
-        }
-    }
-    if !tools.is_empty() {
+    let tools_summary = (!tools.is_empty()).then(|| {
         let mut t = String::from("Tools:");
         for tool in &tools {
             let f = tool.get("function").unwrap_or(tool);
@@ -203,19 +197,13 @@ pub fn analyse(body: &Map<String, Value>, recent_turns: usize) -> Result<Convers
             let description = f.get("description").and_then(Value::as_str).unwrap_or("");
             t.push_str(&format!("\n- {name}: {description}"));
         }
-        parts.push(t);
-    }
-    let others: Vec<&(String, String)> = turns
-        .iter()
-        .filter(|(r, _)| r != "system" && r != "developer")
-        .collect();
-    let start = others.len().saturating_sub(recent_turns.max(1));
-    for (_, text) in &others[start..] {
-        if !text.is_empty() {
-            parts.push(text.clone());
-        }
-    }
-    let routing_text = parts.join("\n\n");
+        t
+    });
+    let routing_text = router_embed::routing_text(
+        turns.iter().map(|(r, t)| (r.as_str(), t.as_str())),
+        tools_summary.as_deref(),
+        recent_turns,
+    );
 
     let mut prompt_tokens =
         estimate_chat_tokens(turns.iter().map(|(r, t)| (r.as_str(), t.as_str())));
