@@ -17,6 +17,8 @@ use rayon::prelude::*;
 const PANEL: usize = 16;
 /// Rows computed together: 4 × 16 partial sums fill eight AVX2 registers.
 const ROWS: usize = 4;
+/// Panels computed by one task (and by one AVX-512 register block).
+const PAIR: usize = 2;
 /// Below this many multiply–adds a product runs on the calling thread: handing work to another
 /// thread costs more than it saves (measured: a 8 × 384 × 384 product is ~1.2 M).
 const PARALLEL_WORK: usize = 1 << 20;
@@ -68,20 +70,26 @@ impl PackedLinear {
     /// ```
     pub fn apply(&self, input: &[f32]) -> Vec<f32> {
         let rows = input.len() / self.inputs;
-        let panel_len = self.inputs * PANEL;
-        let product = |(panel, bias): (&[f32], &[f32])| {
-            let mut block = vec![0f32; rows * PANEL];
-            panel_product(input, rows, self.inputs, panel, bias, &mut block);
-            block
+        if rows == 0 {
+            return Vec::new();
+        }
+        let input = &input[..rows * self.inputs];
+        // Panel-major blocks, `[panels][rows][PANEL]`, computed PAIR panels per task.
+        let mut blocks = vec![0f32; self.bias.len() * rows];
+        let tasks = blocks
+            .chunks_mut(PAIR * rows * PANEL)
+            .zip(self.panels.chunks(PAIR * self.inputs * PANEL))
+            .zip(self.bias.chunks(PAIR * PANEL));
+        let product = |((block, panels), bias): ((&mut [f32], &[f32]), &[f32])| {
+            panels_product(input, self.inputs, panels, bias, block)
         };
-        let work = self.panels.chunks_exact(panel_len).zip(self.bias.chunks_exact(PANEL));
-        let blocks: Vec<Vec<f32>> = if rows * self.inputs * self.outputs >= PARALLEL_WORK {
-            work.collect::<Vec<_>>().into_par_iter().map(product).collect()
+        if rows * self.inputs * self.outputs >= PARALLEL_WORK {
+            tasks.collect::<Vec<_>>().into_par_iter().for_each(product);
         } else {
-            work.map(product).collect()
-        };
+            tasks.for_each(product);
+        }
         let mut output = vec![0f32; rows * self.outputs];
-        for (panel, block) in blocks.iter().enumerate() {
+        for (panel, block) in blocks.chunks_exact(rows * PANEL).enumerate() {
             let start = panel * PANEL;
             let width = PANEL.min(self.outputs - start);
             for (row, values) in block.chunks_exact(PANEL).enumerate() {
@@ -116,8 +124,26 @@ impl CustomOp1 for PackedLinear {
     }
 }
 
+/// One or [`PAIR`] panels' blocks of the product (`block`: `[panels][rows][PANEL]`), with the
+/// widest kernel the CPU has (checked at run time, so one binary serves every x86-64 machine).
+/// The AVX-512 and the AVX2 + FMA kernels compute each output as `bias`, then one fused
+/// multiply–add per input in input order, so they give bit-identical results (a test holds them
+/// to each other).
+fn panels_product(input: &[f32], inputs: usize, panels: &[f32], bias: &[f32], block: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        avx512::panels_product(input, inputs, panels, bias, block);
+        return;
+    }
+    let rows = input.len() / inputs;
+    let tasks = block.chunks_exact_mut(rows * PANEL).zip(panels.chunks_exact(inputs * PANEL)).zip(bias.chunks_exact(PANEL));
+    for ((block, panel), bias) in tasks {
+        panel_product(input, rows, inputs, panel, bias, block);
+    }
+}
+
 /// One panel's `[rows, PANEL]` block of the product, with fused multiply–adds when the CPU has
-/// them (checked at run time, so one binary serves every x86-64 machine).
+/// them.
 fn panel_product(input: &[f32], rows: usize, inputs: usize, panel: &[f32], bias: &[f32], block: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -182,6 +208,87 @@ fn rows_times_panel<const R: usize, const FUSED: bool>(
     }
 }
 
+/// The AVX-512 kernel: [`ROWS_512`] rows × two panels (16 of the 32 zmm registers hold partial
+/// sums), so each weight vector loaded feeds eight multiply–adds.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{PANEL, PAIR};
+
+    /// Rows per register block.
+    const ROWS_512: usize = 8;
+
+    /// As [`super::panels_product`]; only call when `avx512f` was detected.
+    pub(super) fn panels_product(input: &[f32], inputs: usize, panels: &[f32], bias: &[f32], block: &mut [f32]) {
+        let rows = input.len() / inputs;
+        let panel_count = bias.len() / PANEL;
+        // The kernel reads and writes through raw pointers; these checks make every access in
+        // bounds: rows `row..row + R` of `input`, `panel_count` panels of `inputs × PANEL`, and
+        // `panel_count` blocks of `rows × PANEL` in `block`.
+        assert!(panel_count >= 1 && panel_count <= PAIR && bias.len() == panel_count * PANEL);
+        assert!(panels.len() == panel_count * inputs * PANEL && block.len() == panel_count * rows * PANEL);
+        assert!(input.len() == rows * inputs);
+        let mut row = 0;
+        while row < rows {
+            let step = (rows - row).min(ROWS_512);
+            // SAFETY: avx512f was detected by the caller; the asserts above and `row + step <=
+            // rows` keep every pointer in bounds.
+            unsafe {
+                match (step, panel_count) {
+                    (8, 2) => kernel::<8, 2>(input, inputs, panels, bias, block, rows, row),
+                    (8, _) => kernel::<8, 1>(input, inputs, panels, bias, block, rows, row),
+                    (4..=7, 2) => kernel::<4, 2>(input, inputs, panels, bias, block, rows, row),
+                    (4..=7, _) => kernel::<4, 1>(input, inputs, panels, bias, block, rows, row),
+                    (_, 2) => kernel::<1, 2>(input, inputs, panels, bias, block, rows, row),
+                    _ => kernel::<1, 1>(input, inputs, panels, bias, block, rows, row),
+                }
+            }
+            row += match step {
+                8 => 8,
+                4..=7 => 4,
+                _ => 1,
+            };
+        }
+    }
+
+    /// Rows `row..row + R` times `P` panels, plus the bias, into `block`.
+    ///
+    /// # Safety
+    /// The CPU has avx512f; `input` holds `rows × inputs` values with `row + R <= rows`; `panels`
+    /// holds `P × inputs × PANEL`, `bias` `P × PANEL` and `block` `P × rows × PANEL`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kernel<const R: usize, const P: usize>(
+        input: &[f32],
+        inputs: usize,
+        panels: &[f32],
+        bias: &[f32],
+        block: &mut [f32],
+        rows: usize,
+        row: usize,
+    ) {
+        let x = input.as_ptr().add(row * inputs);
+        let w = panels.as_ptr();
+        let initial: [__m512; P] = std::array::from_fn(|p| _mm512_loadu_ps(bias.as_ptr().add(p * PANEL)));
+        let mut sums = [initial; R];
+        for k in 0..inputs {
+            let weights: [__m512; P] = std::array::from_fn(|p| _mm512_loadu_ps(w.add((p * inputs + k) * PANEL)));
+            for (r, sums) in sums.iter_mut().enumerate() {
+                let value = _mm512_set1_ps(*x.add(r * inputs + k));
+                for (sum, weight) in sums.iter_mut().zip(&weights) {
+                    *sum = _mm512_fmadd_ps(value, *weight, *sum);
+                }
+            }
+        }
+        let out = block.as_mut_ptr();
+        for (r, sums) in sums.iter().enumerate() {
+            for (p, sum) in sums.iter().enumerate() {
+                _mm512_storeu_ps(out.add((p * rows + row + r) * PANEL), *sum);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +335,29 @@ mod tests {
             let alone = packed.apply(&batch[row * inputs..(row + 1) * inputs]);
             assert_eq!(alone, all[row * outputs..(row + 1) * outputs], "row {row}");
         }
+    }
+
+    #[test]
+    fn the_widest_kernel_is_bit_identical_to_the_fused_scalar_one() {
+        // Rows that exercise every register block (8, 4, 1) and a pair and a lone panel.
+        for (rows, inputs, panel_count) in [(1, 5, 1), (3, 17, 2), (7, 64, 2), (13, 384, 2), (29, 96, 1), (40, 33, 2)] {
+            let (panels, bias, input) = (values(panel_count * inputs * PANEL, 7), values(panel_count * PANEL, 8), values(rows * inputs, 9));
+            let mut widest = vec![0f32; panel_count * rows * PANEL];
+            panels_product(&input, inputs, &panels, &bias, &mut widest);
+            let mut scalar = vec![0f32; panel_count * rows * PANEL];
+            for p in 0..panel_count {
+                let panel = &panels[p * inputs * PANEL..(p + 1) * inputs * PANEL];
+                let block = &mut scalar[p * rows * PANEL..(p + 1) * rows * PANEL];
+                panel_product_generic::<true>(&input, rows, inputs, panel, &bias[p * PANEL..(p + 1) * PANEL], block);
+            }
+            assert_eq!(widest, scalar, "{rows} rows × {inputs} inputs × {panel_count} panels");
+        }
+    }
+
+    #[test]
+    fn an_empty_input_gives_an_empty_output() {
+        let packed = PackedLinear::new(&values(12, 1), &values(3, 2), 4, 3).expect("valid");
+        assert!(packed.apply(&[]).is_empty());
     }
 
     #[test]
