@@ -7,7 +7,7 @@ mod common;
 mod label_common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ fn slow_backend() -> MockBackend {
     MockBackend::start(
         Arc::new(|model: &str, prompt: &str| {
             let n: u64 = prompt.split_whitespace().filter_map(|w| w.trim_end_matches('?').parse().ok()).next().unwrap_or(0);
-            let right = model == "large" || n % 3 == 0;
+            let right = model == "large" || n.is_multiple_of(3);
             Reply::Answer { text: if right { (n * 2).to_string() } else { "no idea".into() }, prompt_tokens: 7 + n, completion_tokens: n % 5 + 1 }
         }),
         DELAY,
@@ -62,7 +62,7 @@ fn committed(progress: &Path) -> HashSet<(String, String)> {
 }
 
 /// The lines with every `latency_ms` value set to 0.
-fn without_latency(path: &PathBuf) -> Vec<Value> {
+fn without_latency(path: &Path) -> Vec<Value> {
     read_lines(path)
         .into_iter()
         .map(|mut line| {

@@ -43,7 +43,7 @@ const ASKS: [&str; 10] = [
 /// Prompt `i` of 400: even ones short arithmetic, odd ones prose (each text distinct).
 fn prompt(i: usize) -> String {
     let k = i / 2;
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         format!("What is {} + {}?", k + 2, (k * 7) % 13 + 1)
     } else {
         ASKS[k % 10].replace("{t}", TOPICS[k / 10])

@@ -110,7 +110,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
     let config = ServerConfig::load(&args.config)?;
     let specs = candidates(&config, &args.models)?;
     let grader = GraderSpec::load(&args.grader)?;
-    let (prepared, mut skipped, duplicates) = read_prompts(&args, config.recent_turns)?;
+    let Inputs { prompts: prepared, mut skipped, duplicates } = read_prompts(&args, config.recent_turns)?;
     let answers_path = args.answers.clone().unwrap_or_else(|| beside(&args.out, "answers.jsonl"));
     let progress_path = args.progress.clone().unwrap_or_else(|| beside(&args.out, "progress.db"));
     let progress = Progress::open(&progress_path)?;
@@ -126,10 +126,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
         Arc::new(crate::judge::DispatchJudge::new(dispatcher.clone(), config.catalog.clone(), runtime.handle().clone())) as Arc<dyn ChatModel>
     });
     // The cosine metric embeds with the encoder of the bundle the server routes with.
-    let encoder = match grader.needs_encoder() {
-        true => Some(router_core::Router::load(&config.bundle)?.encoder().clone()),
-        false => None,
-    };
+    let encoder = if grader.needs_encoder() { Some(router_core::Router::load(&config.bundle)?.encoder().clone()) } else { None };
     let total_jobs = jobs.len();
     let engine = Arc::new(Engine {
         dispatcher,
@@ -205,9 +202,18 @@ fn settings(models: &[String], args: &LabelArgs, grader: &GraderSpec) -> BTreeMa
     ])
 }
 
+/// The prompts of a run and what was left out of them.
+struct Inputs {
+    prompts: Vec<Arc<Prepared>>,
+    /// `(line number, why)`; line 0 for a store record.
+    skipped: Vec<(usize, String)>,
+    /// Repeats of an earlier prompt, labelled once.
+    duplicates: usize,
+}
+
 /// The prompts of the source, with their routing texts; a prompt the server could not route
 /// (analysed as the server analyses a request) joins the skipped lines.
-fn read_prompts(args: &LabelArgs, recent_turns: usize) -> Result<(Vec<Arc<Prepared>>, Vec<(usize, String)>, usize)> {
+fn read_prompts(args: &LabelArgs, recent_turns: usize) -> Result<Inputs> {
     let set: PromptSet = match (&args.prompts, &args.db) {
         (Some(path), _) => prompts::read_prompt_file(path)?,
         (None, Some(db)) => {
@@ -228,7 +234,7 @@ fn read_prompts(args: &LabelArgs, recent_turns: usize) -> Result<(Vec<Arc<Prepar
             Err(error) => skipped.push((origin_line(&prompt.origin), format!("{}: {}", prompt.origin, error.message))),
         }
     }
-    Ok((prepared, skipped, set.duplicates))
+    Ok(Inputs { prompts: prepared, skipped, duplicates: set.duplicates })
 }
 
 /// The line number in an origin `line N` (0 for store records), to sort the skipped lines by.
