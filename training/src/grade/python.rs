@@ -1,5 +1,5 @@
 //! The `python` grader: the user's `grade(sample, item) -> float` run in a separate `python3`
-//! process, one process per batch of answers, each answer under a time limit.
+//! process, kept warm between answers, each answer under a time limit.
 //!
 //! The sandbox is modest and this says exactly what it is: the interpreter runs in isolated mode
 //! (`-I`: no `PYTHON*` variables, no user site directory, not the current directory on the
@@ -11,9 +11,9 @@
 //! code can read and write the files the user can.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -105,28 +105,24 @@ fn spawn() -> Result<Child, String> {
 /// One running driver: its answers arrive on a channel, so waiting for one has a deadline.
 struct Driver {
     child: Child,
+    tasks: ChildStdin,
     answers: mpsc::Receiver<String>,
-    stderr: thread::JoinHandle<String>,
+    stderr: Option<thread::JoinHandle<String>>,
 }
 
+/// Why a driver could not answer: the row fails and the driver is not used again.
+struct Broken(String);
+
 impl Driver {
-    /// Starts the driver and feeds it `source` and the `tasks` (from a thread: the pipe may fill).
-    fn start(source: &str, tasks: Vec<String>) -> Result<Driver, String> {
+    /// Starts the driver and sends it `source`.
+    fn start(source: &str) -> Result<Driver, String> {
         let mut child = spawn()?;
-        let (stdin, stdout, stderr) = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+        let (mut tasks, stdout, stderr) = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
             (Some(stdin), Some(stdout), Some(stderr)) => (stdin, stdout, stderr),
             _ => return Err("the python process has no pipes".into()),
         };
-        let first = Value::String(source.to_owned()).to_string();
-        thread::spawn(move || {
-            let mut stdin = stdin;
-            // A write fails only when the process is gone, which the reader notices.
-            for line in std::iter::once(first).chain(tasks) {
-                if stdin.write_all(line.as_bytes()).and_then(|_| stdin.write_all(b"\n")).is_err() {
-                    break;
-                }
-            }
-        });
+        let first = Value::String(source.to_owned()).to_string() + "\n";
+        tasks.write_all(first.as_bytes()).map_err(|e| format!("could not send the source to python: {e}"))?;
         let (sender, answers) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
@@ -135,33 +131,59 @@ impl Driver {
                 }
             }
         });
-        let stderr = thread::spawn(move || {
-            let mut text = String::new();
-            let mut chunk = [0u8; 4096];
-            let mut stderr = stderr;
-            while let Ok(n @ 1..) = stderr.read(&mut chunk) {
-                text.push_str(&String::from_utf8_lossy(&chunk[..n]));
-                if text.len() > 2 * STDERR_TAIL {
-                    let cut = text.len() - STDERR_TAIL;
-                    let cut = (cut..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
-                    text.drain(..cut);
-                }
-            }
-            text
-        });
-        Ok(Driver { child, answers, stderr })
+        let stderr = thread::spawn(move || keep_tail(stderr));
+        Ok(Driver { child, tasks, answers, stderr: Some(stderr) })
+    }
+
+    /// Grades one task (a JSON line) within `limit`.
+    fn grade(&mut self, task: &str, limit: Duration) -> Result<Result<f64, String>, Broken> {
+        let sent = self.tasks.write_all(task.as_bytes()).and_then(|_| self.tasks.write_all(b"\n")).and_then(|_| self.tasks.flush());
+        if sent.is_err() {
+            return Err(Broken("python grader: the process ended".to_owned()));
+        }
+        match self.answers.recv_timeout(limit) {
+            Ok(line) => Ok(answer_of(&line)),
+            Err(RecvTimeoutError::Timeout) => Err(Broken(format!("python grader: timed out after {:.1} s", limit.as_secs_f64()))),
+            Err(RecvTimeoutError::Disconnected) => Err(Broken("python grader: the process ended".to_owned())),
+        }
     }
 
     /// Ends the process and returns the tail of what it wrote to stderr.
     fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let text = self.stderr.join().unwrap_or_default();
+        self.kill();
+        let text = self.stderr.take().and_then(|t| t.join().ok()).unwrap_or_default();
         let text = text.trim();
         let start = text.len().saturating_sub(STDERR_TAIL);
         let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
         text[start..].to_owned()
     }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Driver {
+    /// A warm driver ends with the grader that holds it.
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads a pipe to its end, keeping about the last [`STDERR_TAIL`] bytes.
+fn keep_tail(mut pipe: impl Read) -> String {
+    let mut text = String::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        if text.len() > 2 * STDERR_TAIL {
+            let cut = text.len() - STDERR_TAIL;
+            let cut = (cut..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+            text.drain(..cut);
+        }
+    }
+    text
 }
 
 fn answer_of(line: &str) -> Result<f64, String> {
@@ -175,42 +197,65 @@ fn answer_of(line: &str) -> Result<f64, String> {
     }
 }
 
-/// Grades `rows` ((output text, item) pairs) with `source`'s `grade(sample, item)`: one score
-/// or error per row, in order. A row that raises or returns something other than a finite
-/// number is an error for that row; a row still running after `limit` is an error, its process
-/// is killed and a new one grades the rows after it.
-pub(crate) fn grade_batch(source: &str, rows: &[(&str, &Map<String, Value>)], limit: Duration) -> Vec<Result<f64, String>> {
-    let mut results = Vec::with_capacity(rows.len());
-    while results.len() < rows.len() {
-        let pending = &rows[results.len()..];
-        let tasks = pending.iter().map(|(output, item)| json!({"sample": {"output_text": output}, "item": item}).to_string()).collect();
-        let driver = match Driver::start(source, tasks) {
-            Ok(driver) => driver,
-            Err(error) => {
-                results.extend(pending.iter().map(|_| Err(error.clone())));
-                break;
-            }
-        };
-        let failure = loop {
-            if results.len() == rows.len() {
-                break None;
-            }
-            match driver.answers.recv_timeout(limit) {
-                Ok(line) => results.push(answer_of(&line)),
-                Err(RecvTimeoutError::Timeout) => break Some(format!("python grader: timed out after {:.1} s", limit.as_secs_f64())),
-                Err(RecvTimeoutError::Disconnected) => break Some("python grader: the process ended".to_owned()),
-            }
-        };
-        let stderr = driver.stop();
-        if let Some(mut error) = failure {
-            if !stderr.is_empty() {
-                error.push_str(&format!("; its stderr ends: {stderr}"));
-            }
-            // The row it was on fails; the rows after it get a new process.
-            results.push(Err(error));
-        }
+/// A `python` grader's code with warm processes: a call takes an idle process (or starts one),
+/// grades its rows one after another and puts the process back, so concurrent callers each have
+/// their own and the interpreter starts once per caller, not once per answer. Clones share the
+/// processes; they end when the last clone is dropped.
+#[derive(Clone)]
+pub(crate) struct PythonGrader {
+    source: String,
+    limit: Duration,
+    idle: Arc<Mutex<Vec<Driver>>>,
+}
+
+impl std::fmt::Debug for PythonGrader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PythonGrader").field("source", &self.source).field("limit", &self.limit).finish_non_exhaustive()
     }
-    results
+}
+
+impl PythonGrader {
+    /// The grader of `source`, each answer limited to `limit`.
+    pub(crate) fn new(source: String, limit: Duration) -> Self {
+        PythonGrader { source, limit, idle: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    fn take_idle(&self) -> Option<Driver> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Grades `rows` ((output text, item) pairs) with the source's `grade(sample, item)`: one
+    /// score or error per row, in order. A row that raises or returns something other than a
+    /// finite number is an error for that row; a row still running after the limit is an
+    /// error, its process is killed and a new one grades the rows after it.
+    pub(crate) fn grade_batch(&self, rows: &[(&str, &Map<String, Value>)]) -> Vec<Result<f64, String>> {
+        let mut results = Vec::with_capacity(rows.len());
+        let mut driver: Option<Driver> = None;
+        for (output, item) in rows {
+            let current = match driver.take().or_else(|| self.take_idle()).map(Ok).unwrap_or_else(|| Driver::start(&self.source)) {
+                Ok(current) => driver.insert(current),
+                Err(error) => {
+                    results.push(Err(error));
+                    continue;
+                }
+            };
+            let task = json!({"sample": {"output_text": output}, "item": item}).to_string();
+            match current.grade(&task, self.limit) {
+                Ok(result) => results.push(result),
+                Err(Broken(mut error)) => {
+                    let stderr = driver.take().map(Driver::stop).unwrap_or_default();
+                    if !stderr.is_empty() {
+                        error.push_str(&format!("; its stderr ends: {stderr}"));
+                    }
+                    results.push(Err(error));
+                }
+            }
+        }
+        if let Some(driver) = driver {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(driver);
+        }
+        results
+    }
 }
 
 #[cfg(test)]
@@ -224,7 +269,7 @@ mod tests {
     fn run(source: &str, items: &[(&str, Value)], limit: Duration) -> Vec<Result<f64, String>> {
         let owned = rows(items);
         let borrowed: Vec<(&str, &Map<String, Value>)> = owned.iter().map(|(o, i)| (o.as_str(), i)).collect();
-        grade_batch(source, &borrowed, limit)
+        PythonGrader::new(source.to_owned(), limit).grade_batch(&borrowed)
     }
 
     #[test]
@@ -246,6 +291,19 @@ def grade(sample, item):\n    print('noise on stdout')\n    if item['kind'] == '
         assert!(results[3].as_ref().unwrap_err().contains("timed out after 1.5 s"), "{results:?}");
         assert_eq!(results[4], Ok(1.0), "a new process grades the rows after a timeout");
         assert!(results[5].as_ref().unwrap_err().contains("not a number"), "{results:?}");
+    }
+
+    #[test]
+    fn processes_stay_warm_between_calls_and_state_persists_in_them() {
+        let source = "calls = 0\ndef grade(sample, item):\n    global calls\n    calls += 1\n    return calls\n";
+        let grader = PythonGrader::new(source.to_owned(), Duration::from_secs(10));
+        let item = Map::new();
+        let one = [("a", &item)];
+        let first = grader.grade_batch(&one);
+        let second = grader.clone().grade_batch(&[("b", &item), ("c", &item)]);
+        assert_eq!(first, [Ok(1.0)]);
+        assert_eq!(second, [Ok(2.0), Ok(3.0)], "the same process graded the second call");
+        assert_eq!(grader.idle.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -81,7 +81,7 @@ enum Kind {
     TextSimilarity { input: Template, reference: Template, metric: SimilarityMetric, pass_threshold: Option<f64> },
     ScoreModel { judge: JudgeCall, range: (f64, f64), pass_threshold: Option<f64> },
     LabelModel { judge: JudgeCall, labels: Vec<String>, passing: Vec<String> },
-    Python { source: String, timeout: Duration, pass_threshold: Option<f64> },
+    Python { code: python::PythonGrader, pass_threshold: Option<f64> },
     Multi { graders: Vec<GraderSpec>, formula: Formula, pass_threshold: Option<f64> },
 }
 
@@ -264,7 +264,7 @@ impl GraderSpec {
             Some(seconds) => return Err(fields.error("timeout_seconds", format!("{seconds} is not in (0, 3600]"))),
         };
         let pass_threshold = fields.number("pass_threshold")?;
-        Ok(Kind::Python { source: fields.string("source")?, timeout, pass_threshold })
+        Ok(Kind::Python { code: python::PythonGrader::new(fields.string("source")?, timeout), pass_threshold })
     }
 
     fn multi(fields: &Fields<'_>) -> Result<Kind> {
@@ -369,8 +369,9 @@ impl GraderSpec {
 
     /// Grades many answers ((output text, item) pairs): one result per pair, in order. Model
     /// graders ask the judge for the pairs in parallel (on rayon's current pool, so its size
-    /// bounds the requests in flight); a `python` grader runs one process for the batch; `cosine`
-    /// embeds the batch at once.
+    /// bounds the requests in flight); a `python` grader grades the batch in one warm process
+    /// (its processes stay up between calls, one per concurrent caller, until the spec is
+    /// dropped); `cosine` embeds the batch at once.
     pub fn grade_batch(&self, rows: &[(&str, &Map<String, Value>)], context: &GradeContext<'_>) -> Vec<Result<Graded>> {
         let scores = self.scores(rows, context);
         scores.into_iter().map(|score| score.map(|score| Graded { score, passed: self.pass_threshold().map(|t| score >= t) })).collect()
@@ -402,9 +403,7 @@ impl GraderSpec {
                     Ok(if passing.iter().any(|p| p == label) { 1.0 } else { 0.0 })
                 })
                 .collect(),
-            Kind::Python { source, timeout, .. } => {
-                python::grade_batch(source, rows, *timeout).into_iter().map(|r| r.map_err(|e| self.failed(e))).collect()
-            }
+            Kind::Python { code, .. } => code.grade_batch(rows).into_iter().map(|r| r.map_err(|e| self.failed(e))).collect(),
             Kind::Multi { graders, formula, .. } => self.combine(graders, formula, rows, context),
         }
     }
