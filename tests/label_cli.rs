@@ -236,3 +236,24 @@ fn changed_settings_and_hopeless_runs_fail() {
     let unknown = label(dir.path(), &config, "tiny", &["--progress", &arg(&dir.path().join("other.db"))]);
     assert!(!unknown.success && unknown.stderr.contains("\"tiny\" is not a [[models]] entry"), "{}", unknown.stderr);
 }
+
+#[test]
+fn a_python_grader_reads_the_answer_and_the_item() {
+    let dir = TempDir::new().unwrap();
+    let backend = arithmetic_backend();
+    let config = write_config(dir.path(), backend.addr, &[SMALL, LARGE]);
+    std::fs::write(dir.path().join("prompts.jsonl"), prompt_lines()[..4].join("\n") + "\n").unwrap();
+    let source = "def grade(sample, item):\n    return 1.0 if sample['output_text'] == item['reference'] else 0.25\n";
+    let grader = dir.path().join("python.json");
+    std::fs::write(&grader, json!({"type": "python", "name": "exact-py", "source": source}).to_string()).unwrap();
+    let out = dir.path().join("labels.jsonl");
+    let output = command()
+        .args(["label", "--prompts", &arg(&dir.path().join("prompts.jsonl")), "--config", &arg(&config)])
+        .args(["--models", "small,large", "--grader", &arg(&grader), "--out", &arg(&out)])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let scores: Vec<Value> = read_lines(&out).into_iter().map(|l| l["scores"].clone()).collect();
+    let expected: Vec<Value> = (1..=4).map(|i| json!({"small": if 2 * i + 1 < 10 { 1.0 } else { 0.25 }, "large": 1.0})).collect();
+    assert_eq!(scores, expected);
+}
