@@ -67,6 +67,10 @@ pub struct RouteInput {
     pub max_tokens: Option<u32>,
     /// The capabilities the request needs.
     pub needs: Capabilities,
+    /// Models to skip, e.g. those whose deployments are all saturated.
+    pub exclude: Vec<String>,
+    /// Prompt tokens the text does not show (images, tool definitions), added to the estimate.
+    pub extra_tokens: usize,
 }
 
 impl RouteInput {
@@ -81,7 +85,16 @@ impl RouteInput {
     }
 
     fn with(prompt: Prompt) -> Self {
-        RouteInput { prompt, mode: None, band: None, subset: None, max_tokens: None, needs: Capabilities::default() }
+        RouteInput {
+            prompt,
+            mode: None,
+            band: None,
+            subset: None,
+            max_tokens: None,
+            needs: Capabilities::default(),
+            exclude: Vec::new(),
+            extra_tokens: 0,
+        }
     }
 
     /// Sets the mode.
@@ -118,6 +131,22 @@ impl RouteInput {
         self
     }
 
+    /// Skips these models.
+    pub fn exclude<I, S>(mut self, models: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.exclude = models.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds prompt tokens the text does not show (images, tool definitions).
+    pub fn extra_tokens(mut self, tokens: usize) -> Self {
+        self.extra_tokens = tokens;
+        self
+    }
+
     /// The text the router scores (see [`Prompt`]); a chat without messages is an error.
     pub(crate) fn routing_text(&self, recent_turns: usize) -> Result<String, RoutingError> {
         match &self.prompt {
@@ -135,11 +164,12 @@ impl RouteInput {
             Prompt::Text(text) => estimate_tokens(text),
             Prompt::Chat(messages) => estimate_chat_tokens(messages.iter().map(|m| (m.role.as_str(), m.content.as_str()))),
         };
-        let mut request = RouteRequest::new(prompt_tokens).needs(self.needs);
+        let mut request = RouteRequest::new(prompt_tokens.saturating_add(self.extra_tokens)).needs(self.needs);
         request.mode = self.mode;
         request.band = self.band;
         request.subset = self.subset.clone();
         request.max_tokens = self.max_tokens;
+        request.exclude = self.exclude.clone();
         request
     }
 }

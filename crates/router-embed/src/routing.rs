@@ -91,8 +91,14 @@ impl Routing {
 
     /// Routes one request: the chosen model and the whole explanation.
     pub fn route(&self, input: &RouteInput) -> Result<Decision, RoutingError> {
-        let scores = self.scores(input)?;
-        Ok(self.policy.decide(&scores, &input.request())?)
+        self.decide(&self.scores(input)?, input)
+    }
+
+    /// The policy step alone, on scores computed earlier by [`Routing::scores`]: for a caller
+    /// that scores elsewhere (a batching worker) or decides again on the same scores, e.g. with a
+    /// saturated model added to [`RouteInput::exclude`]. Microseconds.
+    pub fn decide(&self, scores: &[f32], input: &RouteInput) -> Result<Decision, RoutingError> {
+        Ok(self.policy.decide(scores, &input.request())?)
     }
 
     /// Routes many requests with one encoder pass; each gets the decision [`Routing::route`]
@@ -118,7 +124,7 @@ impl Routing {
             .map(|(input, text)| {
                 text?;
                 let row = scores.next().ok_or_else(|| router_core::CoreError::Invalid("the router returned too few rows".into()))?;
-                Ok(self.policy.decide(&row, &input.request())?)
+                self.decide(&row, input)
             })
             .collect();
         Ok(decisions)

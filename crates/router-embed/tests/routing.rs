@@ -142,3 +142,18 @@ fn errors_name_what_is_wrong() {
     let refused = Routing::from_parts(router, catalog, PolicyDefaults::default()).expect_err("gpt-9 is no column");
     assert!(refused.to_string().contains("gpt-9"), "{refused}");
 }
+
+#[test]
+fn decide_again_on_the_same_scores_without_a_saturated_model() {
+    let routing = routing();
+    let input = RouteInput::prompt("Write a Python function that returns the n-th Fibonacci number.");
+    let scores = routing.scores(&input).expect("scores");
+    let first = routing.decide(&scores, &input).expect("decides");
+    assert_eq!(first, routing.route(&input).expect("routes"));
+    let again = routing.decide(&scores, &input.clone().exclude([first.model.as_str()])).expect("decides");
+    assert_ne!(again.model, first.model);
+    assert_eq!(again.excluded[&first.model], router_policy::Exclusion::Saturated);
+    // Tokens the text does not show (an image, say) count towards the windows and the cost.
+    let with_image = routing.route(&input.clone().extra_tokens(765)).expect("routes");
+    assert_eq!(with_image.input_tokens, first.input_tokens + 765);
+}
