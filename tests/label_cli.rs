@@ -235,6 +235,20 @@ fn changed_settings_and_hopeless_runs_fail() {
     assert!(changed.stderr.contains("models was broken and is now small,large"), "{}", changed.stderr);
     let unknown = label(dir.path(), &config, "tiny", &["--progress", &arg(&dir.path().join("other.db"))]);
     assert!(!unknown.success && unknown.stderr.contains("\"tiny\" is not a [[models]] entry"), "{}", unknown.stderr);
+    // A judge that is not in the config: refused before any candidate is asked.
+    let judge = json!({"type": "score_model", "name": "j", "model": "nobody", "range": [0, 1],
+        "input": [{"role": "user", "content": "{{sample.output_text}}"}]});
+    let grader = dir.path().join("judge.json");
+    std::fs::write(&grader, judge.to_string()).unwrap();
+    let asked = backend.counts();
+    let output = command()
+        .args(["label", "--prompts", &arg(&dir.path().join("prompts.jsonl")), "--config", &arg(&config), "--models", "small"])
+        .args(["--grader", &arg(&grader), "--out", &arg(&dir.path().join("judged.jsonl"))])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("judge \"nobody\" is not a [[models]] entry"), "{stderr}");
+    assert_eq!(backend.counts(), asked);
 }
 
 #[test]

@@ -110,6 +110,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
     let config = ServerConfig::load(&args.config)?;
     let specs = candidates(&config, &args.models)?;
     let grader = GraderSpec::load(&args.grader)?;
+    check_judges(&config, grader.json())?;
     let Inputs { prompts: prepared, mut skipped, duplicates } = read_prompts(&args, config.recent_turns)?;
     let answers_path = args.answers.clone().unwrap_or_else(|| beside(&args.out, "answers.jsonl"));
     let progress_path = args.progress.clone().unwrap_or_else(|| beside(&args.out, "progress.db"));
@@ -189,6 +190,22 @@ fn candidates(config: &ServerConfig, models: &[String]) -> Result<Vec<ModelSpec>
         bail!("--models names no model");
     }
     Ok(specs)
+}
+
+/// Every judge model the grader names (`model` of a `score_model` or `label_model` grader, in a
+/// `multi` too) must be a catalog model with deployments: checked before any candidate is asked,
+/// since a grader that cannot grade would leave every paid answer ungraded.
+fn check_judges(config: &ServerConfig, grader: &Value) -> Result<()> {
+    let judge = matches!(grader.get("type").and_then(Value::as_str), Some("score_model" | "label_model"));
+    if let Some(model) = grader.get("model").and_then(Value::as_str).filter(|_| judge) {
+        if !config.catalog.get(model).is_some_and(|spec| !spec.deployments.is_empty()) {
+            bail!("the grader's judge {model:?} is not a [[models]] entry with deployments in {}", config.file);
+        }
+    }
+    if let Some(graders) = grader.get("graders").and_then(Value::as_object) {
+        graders.values().try_for_each(|inner| check_judges(config, inner))?;
+    }
+    Ok(())
 }
 
 /// What the pairs of a progress file depend on: another value makes them incomparable.
