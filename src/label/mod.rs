@@ -198,7 +198,7 @@ fn candidates(config: &ServerConfig, models: &[String]) -> Result<Vec<ModelSpec>
 fn check_judges(config: &ServerConfig, grader: &Value) -> Result<()> {
     let judge = matches!(grader.get("type").and_then(Value::as_str), Some("score_model" | "label_model"));
     if let Some(model) = grader.get("model").and_then(Value::as_str).filter(|_| judge) {
-        if !config.catalog.get(model).is_some_and(|spec| !spec.deployments.is_empty()) {
+        if config.catalog.get(model).is_none_or(|spec| spec.deployments.is_empty()) {
             bail!("the grader's judge {model:?} is not a [[models]] entry with deployments in {}", config.file);
         }
     }
