@@ -164,6 +164,21 @@ fn grader_spec(args: &GradeArgs) -> Result<GraderSpec> {
     Ok(GraderSpec::load(path)?)
 }
 
+/// The judge of the spec's model graders with the runtime its requests run on (graders block on
+/// them from rayon's threads); none when the spec asks no model.
+fn judge(spec: &GraderSpec, config: Option<&Path>) -> Result<Option<(tokio::runtime::Runtime, DispatchJudge)>> {
+    if !spec.needs_judge() {
+        return Ok(None);
+    }
+    let config = config.with_context(|| {
+        format!("the grader {:?} asks a judge model: give --config model-router.toml (its deployments and catalog)", spec.name())
+    })?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the judge's runtime")?;
+    let judge = DispatchJudge::from_config(config, runtime.handle().clone())?;
+    judge.check_models(spec.judge_models()).with_context(|| config.display().to_string())?;
+    Ok(Some((runtime, judge)))
+}
+
 pub fn grade(args: GradeArgs) -> Result<()> {
     let spec = grader_spec(&args)?;
     let encoder = match (spec.needs_encoder(), args.model.as_deref()) {
@@ -177,18 +192,8 @@ pub fn grade(args: GradeArgs) -> Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    // The judge's requests run on this runtime; graders block on them from rayon's threads.
-    let runtime = tokio::runtime::Runtime::new().context("starting the judge's runtime")?;
-    let judge = match (spec.needs_judge(), args.config.as_deref()) {
-        (true, Some(config)) => {
-            let judge = DispatchJudge::from_config(config, runtime.handle().clone())?;
-            judge.check_models(spec.judge_models()).with_context(|| config.display().to_string())?;
-            Some(judge)
-        }
-        (true, None) => bail!("the grader {:?} asks a judge model: give --config model-router.toml (its deployments and catalog)", spec.name()),
-        (false, _) => None,
-    };
-    let context = GradeContext { judge: judge.as_ref().map(|j| j as &dyn ChatModel), encoder: encoder.as_ref() };
+    let judge = judge(&spec, args.config.as_deref())?;
+    let context = GradeContext { judge: judge.as_ref().map(|(_, j)| j as &dyn ChatModel), encoder: encoder.as_ref() };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(args.concurrency).build()?;
     let bar = embed::progress_bar(0, "grading");
     let summary = pool.install(|| {
