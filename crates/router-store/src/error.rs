@@ -31,12 +31,14 @@ pub enum StoreError {
         /// The journal mode SQLite kept.
         mode: String,
     },
-    /// The database was written by a newer version of this crate.
-    #[error("{path}: schema version {found}, this build reads up to {supported}")]
+    /// The database was written by a newer version of this crate: this build refuses to use it
+    /// rather than misread it.
+    #[error("{database}: the store's schema is version {found}, written by a newer model-router; this build reads versions up to {supported}: upgrade it, or use another database")]
     Schema {
-        /// The database file.
-        path: PathBuf,
-        /// The file's `user_version`.
+        /// The database (a file, or a PostgreSQL URL without its password).
+        database: String,
+        /// The database's schema version (SQLite's `user_version`; PostgreSQL's
+        /// `model_router.schema_version`).
         found: i64,
         /// The newest this build knows.
         supported: i64,
@@ -44,6 +46,26 @@ pub enum StoreError {
     /// An SQLite error during a query or a write.
     #[error("store database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The PostgreSQL database cannot be reached, or refused the connection or the schema setup.
+    #[cfg(feature = "postgres")]
+    #[error("{database}: {}", postgres_message(.source))]
+    Connect {
+        /// The URL (without its password).
+        database: String,
+        /// The client's error.
+        #[source]
+        source: postgres::Error,
+    },
+    /// A PostgreSQL error during a query or a write.
+    #[cfg(feature = "postgres")]
+    #[error("store database (PostgreSQL): {}", postgres_message(.0))]
+    Postgres(#[from] postgres::Error),
+    /// A PostgreSQL URL given to a build without the `postgres` feature.
+    #[error("{database}: this build has no PostgreSQL support (router-store's feature `postgres`)")]
+    NoPostgres {
+        /// The URL (without its password).
+        database: String,
+    },
     /// A stored JSON column cannot be read back.
     #[error("stored completion `{id}`: column `{column}` is not valid JSON: {reason}")]
     Corrupt {
@@ -97,6 +119,19 @@ pub enum StoreError {
     /// Writing an export failed.
     #[error("writing the export: {0}")]
     Write(#[source] std::io::Error),
+}
+
+/// The client's message with its cause (`db error` or `error connecting to server` alone say
+/// nothing): the server's message and SQLSTATE, or the I/O error.
+#[cfg(feature = "postgres")]
+fn postgres_message(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 impl StoreError {

@@ -1,5 +1,5 @@
-//! Stored chat completions: an embedded SQLite store with OpenAI's stored-completions queries
-//! and the chat fine-tuning export.
+//! Stored chat completions in SQLite (embedded, the default) or PostgreSQL (shared by several
+//! server processes), with OpenAI's stored-completions queries and the chat fine-tuning export.
 //!
 //! A server stores a chat request that says `"store": true` together with its response, the
 //! routing decision, the model and deployment that answered, the usage, the estimated cost and
@@ -7,8 +7,13 @@
 //! OpenAI's stored completions; an operator exports the records matching a filter as the chat
 //! fine-tuning JSONL (`{"messages": [...]}`), the dataset for distilling a cheaper model.
 //!
-//! This crate is synchronous and runtime-free (rusqlite over a bundled SQLite, no async
-//! runtime): an async server calls it from `spawn_blocking`.
+//! This crate is synchronous: an async server calls it from `spawn_blocking`. Without features it
+//! is runtime-free (rusqlite over a bundled SQLite). The feature `postgres` adds the PostgreSQL
+//! backend ([`Location::Postgres`]) through the synchronous `postgres` client, which runs a
+//! private current-thread tokio runtime inside each connection: the API stays blocking, but the
+//! feature brings tokio, so it is off by default (the server turns it on). Writing the backend on
+//! `tokio-postgres` would make the crate async and every embedder carry a runtime; the sync client
+//! costs one runtime per connection (a few threads' worth of memory, no extra threads).
 //!
 //! ```
 //! use router_store::{ExportFilter, ListQuery, Metadata, NewCompletion, Store, StoreOptions};
@@ -46,6 +51,10 @@
 //!
 //! # Design
 //!
+//! - **Backends.** [`Store::open`] opens an SQLite file; [`Store::open_location`] opens a
+//!   [`Location`]: a file, or a `postgres://` URL whose password ([`PostgresUrl`]) is kept apart
+//!   from the URL so that messages never show it. Both hold the same records with the same
+//!   rules (cap, eviction, owners, filters, order, ids, shadows) and pass the same test suite.
 //! - **Durability.** The database runs in WAL mode and every insert is one `IMMEDIATE`
 //!   transaction that is committed before [`Store::insert`] returns, so a server that answers
 //!   only after `insert` returned never acknowledges a record it could lose. The default
@@ -92,19 +101,35 @@
 //!   in [0, 1] ([`Metadata::grade`]). [`Store::export`] writes, oldest first, one
 //!   `{"messages": [...request messages..., {"role": "assistant", "content": ...}]}` line per
 //!   matching record and counts what it skipped: no grade, grade below the minimum, no answer.
-//! - **Schema.** Tables `completions` (one row per record, JSON in text columns), `metadata`
+//! - **Schema.** (Both backends.) Tables `completions` (one row per record, JSON in text columns), `metadata`
 //!   (one row per key, indexed by key and value for the filters, deleted with its record) and
-//!   `stats` (the byte total); `PRAGMA user_version` is the schema version.
-//! - **Concurrency.** One connection behind a mutex: SQLite serialises writers anyway, and a
-//!   query takes milliseconds. Other processes (the `store export` command) may open the same
-//!   file at the same time; WAL lets them read while the server writes.
+//!   `stats` (the byte total); SQLite's `PRAGMA user_version` is its schema version.
+//! - **Concurrency.** SQLite: one connection behind a mutex: SQLite serialises writers anyway,
+//!   and a query takes milliseconds. Other processes (the `store export` command) may open the
+//!   same file at the same time; WAL lets them read while the server writes.
+//! - **PostgreSQL.** Up to 8 connections per [`Store`] (opened on first use, reopened after one
+//!   breaks), tables in the schema `model_router`. Every write transaction first locks the
+//!   byte-total row (`SELECT ... FOR UPDATE`), so the writes of every process sharing the
+//!   database run one at a time, as SQLite's `IMMEDIATE` transactions do: the cap is exact
+//!   across processes and eviction never races. Reads do not wait for writes. A commit returns
+//!   after PostgreSQL flushed it (`synchronous_commit = on`, [`Synchronous::Full`]); `Normal`
+//!   sets it `off`. The schema version is the row `model_router.schema_version`; migrations run
+//!   at open in one transaction under an advisory lock, so replicas starting together migrate
+//!   once; a newer version is [`StoreError::Schema`]. Connections are plain TCP (no TLS): keep
+//!   the database on loopback or a private network.
 #![deny(missing_docs)]
 
 mod error;
+mod location;
 mod metadata;
+#[cfg(feature = "postgres")]
+mod pg;
+mod record;
+mod sqlite;
 mod store;
 
 pub use error::StoreError;
+pub use location::{Location, PostgresUrl};
 pub use metadata::{
     Metadata, MetadataError, GRADE_KEY, MAX_METADATA_KEYS, MAX_METADATA_KEY_CHARS,
     MAX_METADATA_VALUE_CHARS,

@@ -1,19 +1,17 @@
-//! The SQLite store: schema, writes with the size cap, queries, export.
+//! The store's types and its API over either backend (SQLite or PostgreSQL).
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::{Metadata, StoreError};
+use crate::record::{check_limit, json_text, PreparedInsert, RawRow};
+use crate::{Location, Metadata, StoreError};
 
 /// The default cap on stored bytes: 1 GiB.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
@@ -29,13 +27,6 @@ pub const RECORD_OVERHEAD_BYTES: u64 = 64;
 /// models and the exchanges they shadow when the client did not ask to store them. No API key
 /// maps to it ([`owner_of_key`] starts with `sha256:`), so no client reads or deletes them.
 pub const ROUTER_OWNER: &str = "model-router";
-
-const SCHEMA_VERSION: i64 = 2;
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-const COLUMNS: &str = "c.id, c.owner, c.created_at, c.model, c.deployment, c.messages, c.request, \
-     c.response, c.decision, c.prompt_tokens, c.completion_tokens, c.total_tokens, c.cost_usd, \
-     c.latency_ms, c.bytes, \
-     (SELECT json_group_object(m.key, m.value) FROM metadata m WHERE m.seq = c.seq), c.shadow_of";
 
 /// The owner identity of an API key: `sha256:` and the key's SHA-256 in hex. The raw key is
 /// never stored.
@@ -101,16 +92,18 @@ pub enum OnFull {
 
 named_variants!(OnFull { Refuse => "refuse", EvictOldest => "evict_oldest" });
 
-/// SQLite's `synchronous` setting in WAL mode: when a commit reaches the disk.
+/// When a commit reaches the disk: SQLite's `synchronous` in WAL mode; on PostgreSQL the
+/// session's `synchronous_commit` (`on` or `off`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Synchronous {
-    /// `FULL`: every commit is fsynced before it returns. A stored record survives a process
-    /// kill and a power loss or OS crash.
+    /// `FULL` (PostgreSQL: `synchronous_commit = on`): every commit is fsynced before it
+    /// returns. A stored record survives a process kill and a power loss or OS crash.
     #[default]
     Full,
-    /// `NORMAL`: a commit is written to the WAL file (the OS's page cache) before it returns and
-    /// fsynced at checkpoints. A stored record survives a process kill; a power loss or OS crash
-    /// may lose the last commits (never corrupts the database).
+    /// `NORMAL` (PostgreSQL: `synchronous_commit = off`): a commit is written to the WAL (the
+    /// OS's page cache; PostgreSQL's WAL buffers) before it returns and flushed shortly after.
+    /// A stored record survives a kill of the router; a power loss or OS crash (PostgreSQL: a
+    /// crash of the database server) may lose the last commits (never corrupts the database).
     Normal,
 }
 
@@ -479,336 +472,95 @@ pub struct StoreStats {
     pub used_bytes: u64,
     /// The cap.
     pub max_bytes: u64,
-    /// The database's size in SQLite pages (`page_count × page_size`, WAL content included).
+    /// The database's size: for SQLite its pages (`page_count × page_size`, WAL content
+    /// included); for PostgreSQL the store's tables with their indexes and TOAST
+    /// (`pg_total_relation_size`).
     pub file_bytes: u64,
 }
 
-/// Stored chat completions in one SQLite database (WAL mode). Share it behind an `Arc`; its
-/// methods block (a server calls them from `spawn_blocking`).
+/// One database behind [`Store`]'s API. Every write is one transaction committed before the
+/// method returns; rows come back unparsed ([`RawRow`]) so both backends share the parsing.
+pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
+    /// Stores `record`, making room per `options`.
+    fn insert(
+        &self,
+        record: PreparedInsert,
+        options: &StoreOptions,
+    ) -> Result<Inserted, StoreError>;
+    /// The record `id` of `owner` (any owner when `None`).
+    fn get(&self, owner: Option<&str>, id: &str) -> Result<Option<RawRow>, StoreError>;
+    /// Up to `limit + 1` rows of the page `query` asks for, in its order.
+    fn list(&self, query: &ListQuery, limit: usize) -> Result<Vec<RawRow>, StoreError>;
+    /// Replaces a record's metadata (the cap applies per `options`); the updated row.
+    fn update_metadata(
+        &self,
+        owner: Option<&str>,
+        id: &str,
+        metadata: &Metadata,
+        options: &StoreOptions,
+    ) -> Result<Option<RawRow>, StoreError>;
+    /// Deletes a record and its shadows; whether it existed.
+    fn delete(&self, owner: Option<&str>, id: &str) -> Result<bool, StoreError>;
+    /// The shadows of record `id`, oldest first.
+    fn shadows_of(&self, id: &str) -> Result<Vec<RawRow>, StoreError>;
+    /// Calls `visit` on every row matching `filter`'s owner, model and metadata, oldest first.
+    fn each_exported(
+        &self,
+        filter: &ExportFilter,
+        visit: &mut dyn FnMut(RawRow) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// (records, bytes used against the cap, the database's size).
+    fn sizes(&self) -> Result<(u64, u64, u64), StoreError>;
+}
+
+/// Stored chat completions in one database: an SQLite file (WAL mode, the embedded default) or
+/// a PostgreSQL database (shared by several server processes; crate feature `postgres`). Share
+/// it behind an `Arc`; its methods block (an async server calls them from `spawn_blocking`).
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    backend: Box<dyn Backend>,
     options: StoreOptions,
-    path: PathBuf,
-}
-
-fn sql_u64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn check_limit(limit: Option<usize>) -> Result<usize, StoreError> {
-    match limit {
-        None => Ok(DEFAULT_LIMIT),
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(n) => Err(StoreError::InvalidQuery {
-            param: "limit",
-            reason: format!("must be between 1 and {MAX_LIMIT}, got {n}"),
-        }),
-    }
-}
-
-/// Appends the filters shared by list and export.
-fn push_filters(
-    sql: &mut String,
-    args: &mut Vec<SqlValue>,
-    owner: Option<&str>,
-    model: Option<&str>,
-    metadata: &[(String, String)],
-) {
-    if let Some(owner) = owner {
-        sql.push_str(" AND c.owner = ?");
-        args.push(SqlValue::Text(owner.to_string()));
-    }
-    if let Some(model) = model {
-        sql.push_str(" AND c.model = ?");
-        args.push(SqlValue::Text(model.to_string()));
-    }
-    for (key, value) in metadata {
-        sql.push_str(
-            " AND EXISTS (SELECT 1 FROM metadata m WHERE m.seq = c.seq AND m.key = ? AND m.value = ?)",
-        );
-        args.push(SqlValue::Text(key.clone()));
-        args.push(SqlValue::Text(value.clone()));
-    }
-}
-
-/// A row as SQLite gives it, before its JSON is parsed.
-struct RawRow {
-    id: String,
-    owner: String,
-    created_at: i64,
-    model: String,
-    deployment: String,
-    messages: String,
-    request: String,
-    response: String,
-    decision: Option<String>,
-    prompt_tokens: Option<i64>,
-    completion_tokens: Option<i64>,
-    total_tokens: Option<i64>,
-    cost_usd: f64,
-    latency_ms: i64,
-    bytes: i64,
-    metadata: Option<String>,
-    shadow_of: Option<String>,
-}
-
-impl RawRow {
-    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
-        Ok(RawRow {
-            id: row.get(0)?,
-            owner: row.get(1)?,
-            created_at: row.get(2)?,
-            model: row.get(3)?,
-            deployment: row.get(4)?,
-            messages: row.get(5)?,
-            request: row.get(6)?,
-            response: row.get(7)?,
-            decision: row.get(8)?,
-            prompt_tokens: row.get(9)?,
-            completion_tokens: row.get(10)?,
-            total_tokens: row.get(11)?,
-            cost_usd: row.get(12)?,
-            latency_ms: row.get(13)?,
-            bytes: row.get(14)?,
-            metadata: row.get(15)?,
-            shadow_of: row.get(16)?,
-        })
-    }
-
-    fn parse<T: serde::de::DeserializeOwned>(
-        id: &str,
-        column: &'static str,
-        text: &str,
-    ) -> Result<T, StoreError> {
-        serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-            id: id.to_string(),
-            column,
-            reason: e.to_string(),
-        })
-    }
-
-    fn into_completion(self) -> Result<Completion, StoreError> {
-        let id = self.id;
-        let messages: Vec<Value> = Self::parse(&id, "messages", &self.messages)?;
-        let request: Map<String, Value> = Self::parse(&id, "request", &self.request)?;
-        let response: Value = Self::parse(&id, "response", &self.response)?;
-        let decision: Option<Value> = match &self.decision {
-            Some(text) => Some(Self::parse(&id, "decision", text)?),
-            None => None,
-        };
-        let metadata = match &self.metadata {
-            Some(text) => {
-                let value: Value = Self::parse(&id, "metadata", text)?;
-                Metadata::from_json(&value).map_err(|e| StoreError::Corrupt {
-                    id: id.clone(),
-                    column: "metadata",
-                    reason: e.to_string(),
-                })?
-            }
-            None => Metadata::default(),
-        };
-        let usage = self.prompt_tokens.map(|p| Usage {
-            prompt_tokens: to_u64(p),
-            completion_tokens: to_u64(self.completion_tokens.unwrap_or(0)),
-            total_tokens: to_u64(self.total_tokens.unwrap_or(0)),
-        });
-        Ok(Completion {
-            id,
-            owner: self.owner,
-            created_at_ms: self.created_at,
-            model: self.model,
-            deployment: self.deployment,
-            messages,
-            request,
-            response,
-            metadata,
-            decision,
-            usage,
-            cost_usd: self.cost_usd,
-            latency_ms: to_u64(self.latency_ms),
-            bytes: to_u64(self.bytes),
-            shadow_of: self.shadow_of,
-        })
-    }
-}
-
-fn json_text(value: &impl Serialize, what: &str) -> Result<String, StoreError> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::InvalidRecord(format!("{what} cannot be serialised: {e}")))
-}
-
-fn get_in(
-    conn: &Connection,
-    owner: Option<&str>,
-    id: &str,
-) -> Result<Option<Completion>, StoreError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM completions c WHERE c.id = ?1 AND (?2 IS NULL OR c.owner = ?2)"
-    );
-    let raw = conn
-        .query_row(&sql, params![id, owner], RawRow::read)
-        .optional()?;
-    raw.map(RawRow::into_completion).transpose()
-}
-
-fn id_taken(conn: &Connection, id: &str) -> Result<bool, StoreError> {
-    Ok(conn
-        .query_row("SELECT 1 FROM completions WHERE id = ?1", [id], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
-fn fresh_id(conn: &Connection) -> Result<String, StoreError> {
-    for _ in 0..16 {
-        let id: String = conn.query_row(
-            "SELECT 'chatcmpl-' || lower(hex(randomblob(12)))",
-            [],
-            |row| row.get(0),
-        )?;
-        if !id_taken(conn, &id)? {
-            return Ok(id);
-        }
-    }
-    Err(StoreError::InvalidRecord(
-        "could not generate a free id".into(),
-    ))
-}
-
-fn used_bytes(conn: &Connection) -> Result<u64, StoreError> {
-    let used: i64 = conn.query_row("SELECT bytes FROM stats WHERE id = 1", [], |r| r.get(0))?;
-    Ok(to_u64(used))
-}
-
-fn add_used(conn: &Connection, delta: i64) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE stats SET bytes = max(bytes + ?1, 0) WHERE id = 1",
-        [delta],
-    )?;
-    Ok(())
-}
-
-fn insert_metadata(conn: &Connection, seq: i64, metadata: &Metadata) -> Result<(), StoreError> {
-    let mut stmt =
-        conn.prepare_cached("INSERT INTO metadata (seq, key, value) VALUES (?1, ?2, ?3)")?;
-    for (key, value) in metadata.iter() {
-        stmt.execute(params![seq, key, value])?;
-    }
-    Ok(())
+    location: Location,
 }
 
 impl Store {
-    /// Opens (creating if needed, with its parent directories) the database at `path` in WAL
-    /// mode with `options.synchronous`, and creates or checks the schema.
+    /// Opens (creating if needed, with its parent directories) the SQLite database at `path` in
+    /// WAL mode with `options.synchronous`, and creates, migrates or checks the schema.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
-        let path = path.as_ref().to_path_buf();
+        Store::open_location(&Location::Sqlite(path.as_ref().to_path_buf()), options)
+    }
+
+    /// Opens the store at `location`: an SQLite file as [`Store::open`], or a PostgreSQL
+    /// database (connects, then creates or migrates the schema in one transaction that
+    /// concurrent openers wait for; a schema newer than this build is [`StoreError::Schema`]).
+    pub fn open_location(location: &Location, options: StoreOptions) -> Result<Store, StoreError> {
         if options.max_bytes == 0 {
             return Err(StoreError::InvalidOption {
                 option: "max_bytes",
                 reason: "must be at least 1".into(),
             });
         }
-        let open_err = |source: rusqlite::Error| StoreError::Open {
-            path: path.clone(),
-            source,
+        let backend: Box<dyn Backend> = match location {
+            Location::Sqlite(path) => Box::new(crate::sqlite::SqliteBackend::open(path, options)?),
+            #[cfg(feature = "postgres")]
+            Location::Postgres(url) => Box::new(crate::pg::PgBackend::open(url, options)?),
+            #[cfg(not(feature = "postgres"))]
+            Location::Postgres(url) => {
+                return Err(StoreError::NoPostgres {
+                    database: url.to_string(),
+                })
+            }
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
-        let conn = Connection::open(&path).map_err(open_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(open_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::NotWal { path, mode });
-        }
-        let sync = match options.synchronous {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        };
-        conn.pragma_update(None, "synchronous", sync)
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", true)
-            .map_err(open_err)?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(open_err)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Schema {
-                path,
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        if version < 1 {
-            conn.execute_batch(
-                "BEGIN IMMEDIATE;
-                 CREATE TABLE IF NOT EXISTS completions (
-                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                     id TEXT NOT NULL UNIQUE,
-                     owner TEXT NOT NULL,
-                     created_at INTEGER NOT NULL,
-                     model TEXT NOT NULL,
-                     deployment TEXT NOT NULL,
-                     messages TEXT NOT NULL,
-                     request TEXT NOT NULL,
-                     response TEXT NOT NULL,
-                     decision TEXT,
-                     prompt_tokens INTEGER,
-                     completion_tokens INTEGER,
-                     total_tokens INTEGER,
-                     cost_usd REAL NOT NULL,
-                     latency_ms INTEGER NOT NULL,
-                     bytes INTEGER NOT NULL
-                 );
-                 CREATE INDEX IF NOT EXISTS completions_created ON completions (created_at, seq);
-                 CREATE INDEX IF NOT EXISTS completions_owner ON completions (owner, created_at, seq);
-                 CREATE TABLE IF NOT EXISTS metadata (
-                     seq INTEGER NOT NULL REFERENCES completions (seq) ON DELETE CASCADE,
-                     key TEXT NOT NULL,
-                     value TEXT NOT NULL,
-                     PRIMARY KEY (seq, key)
-                 ) WITHOUT ROWID;
-                 CREATE INDEX IF NOT EXISTS metadata_pair ON metadata (key, value);
-                 CREATE TABLE IF NOT EXISTS stats (
-                     id INTEGER PRIMARY KEY CHECK (id = 1),
-                     bytes INTEGER NOT NULL
-                 );
-                 INSERT OR IGNORE INTO stats (id, bytes) VALUES (1, 0);
-                 PRAGMA user_version = 1;
-                 COMMIT;",
-            )
-            .map_err(open_err)?;
-        }
-        if version < 2 {
-            // Version 2: shadow answers point at the completion they shadow.
-            conn.execute_batch(
-                "BEGIN IMMEDIATE;
-                 ALTER TABLE completions ADD COLUMN shadow_of TEXT;
-                 CREATE INDEX IF NOT EXISTS completions_shadow_of ON completions (shadow_of);
-                 PRAGMA user_version = 2;
-                 COMMIT;",
-            )
-            .map_err(open_err)?;
-        }
         Ok(Store {
-            conn: Mutex::new(conn),
+            backend,
             options,
-            path,
+            location: location.clone(),
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the store lives (its `Display` never shows a password).
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// The options it was opened with.
@@ -816,201 +568,27 @@ impl Store {
         self.options
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while the lock was held rolled its transaction back (the Transaction's drop):
-        // the connection is usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Makes room for `needed` bytes, counting the record `replacing` (seq, its current bytes)
-    /// as gone: refuses, or evicts the oldest other records. Returns how many were evicted.
-    fn make_room(
-        &self,
-        conn: &Connection,
-        needed: u64,
-        replacing: Option<(i64, u64)>,
-    ) -> Result<u64, StoreError> {
-        let max = self.options.max_bytes;
-        if needed > max {
-            return Err(StoreError::TooLarge { needed, max });
-        }
-        let (skip_seq, skip_bytes) = replacing.unwrap_or((-1, 0));
-        let mut used = used_bytes(conn)?.saturating_sub(skip_bytes);
-        if used + needed <= max {
-            return Ok(0);
-        }
-        if self.options.on_full == OnFull::Refuse {
-            return Err(StoreError::Full { needed, used, max });
-        }
-        let mut evicted = 0u64;
-        let mut oldest = conn.prepare_cached(
-            "SELECT seq, bytes FROM completions WHERE seq != ?1 ORDER BY created_at, seq LIMIT 1",
-        )?;
-        let mut delete = conn.prepare_cached("DELETE FROM completions WHERE seq = ?1")?;
-        while used + needed > max {
-            let Some((seq, bytes)) = oldest
-                .query_row([skip_seq], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-                })
-                .optional()?
-            else {
-                break;
-            };
-            delete.execute([seq])?;
-            add_used(conn, -bytes)?;
-            used = used.saturating_sub(to_u64(bytes));
-            evicted += 1;
-        }
-        if used + needed > max {
-            // Only the accounting of a damaged database can get here.
-            return Err(StoreError::Full { needed, used, max });
-        }
-        Ok(evicted)
-    }
-
     /// Stores a record in one transaction, committed (per [`Synchronous`]) before it returns.
     /// The response's `id` is set to the stored id.
     pub fn insert(&self, new: NewCompletion) -> Result<Inserted, StoreError> {
-        let NewCompletion {
-            id,
-            owner,
-            created_at_ms,
-            mut request,
-            mut response,
-            metadata,
-            decision,
-            model,
-            deployment,
-            usage,
-            cost_usd,
-            latency_ms,
-            shadow_of,
-        } = new;
-        let messages = match request.remove("messages") {
-            Some(Value::Array(messages)) => messages,
-            _ => {
-                return Err(StoreError::InvalidRecord(
-                    "the request has no `messages` array".into(),
-                ))
-            }
-        };
-        let messages = json_text(&messages, "messages")?;
-        let request = json_text(&request, "the request")?;
-        let decision = decision
-            .map(|d| json_text(&d, "the decision"))
-            .transpose()?;
-        let mut response_text = json_text(&response, "the response")?;
-        let candidate = id.filter(|id| !id.is_empty() && id.len() <= 256);
-        let fixed = RECORD_OVERHEAD_BYTES
-            + (owner.len()
-                + model.len()
-                + deployment.len()
-                + messages.len()
-                + request.len()
-                + decision.as_ref().map_or(0, String::len)
-                + shadow_of.as_ref().map_or(0, String::len)) as u64
-            + metadata.byte_len();
-        let cost = if cost_usd.is_finite() { cost_usd } else { 0.0 };
-
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let id = match candidate {
-            Some(id) if !id_taken(&tx, &id)? => id,
-            _ => fresh_id(&tx)?,
-        };
-        if let Value::Object(object) = &mut response {
-            if object.get("id").and_then(Value::as_str) != Some(id.as_str()) {
-                object.insert("id".into(), Value::String(id.clone()));
-                response_text = json_text(&response, "the response")?;
-            }
-        }
-        let bytes = fixed + (id.len() + response_text.len()) as u64;
-        let evicted = self.make_room(&tx, bytes, None)?;
-        tx.execute(
-            "INSERT INTO completions (id, owner, created_at, model, deployment, messages, request,
-                 response, decision, prompt_tokens, completion_tokens, total_tokens, cost_usd,
-                 latency_ms, bytes, shadow_of)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            params![
-                id,
-                owner,
-                created_at_ms,
-                model,
-                deployment,
-                messages,
-                request,
-                response_text,
-                decision,
-                usage.map(|u| sql_u64(u.prompt_tokens)),
-                usage.map(|u| sql_u64(u.completion_tokens)),
-                usage.map(|u| sql_u64(u.total_tokens)),
-                cost,
-                sql_u64(latency_ms),
-                sql_u64(bytes),
-                shadow_of,
-            ],
-        )?;
-        let seq = tx.last_insert_rowid();
-        insert_metadata(&tx, seq, &metadata)?;
-        add_used(&tx, sql_u64(bytes))?;
-        tx.commit()?;
-        Ok(Inserted { id, bytes, evicted })
+        self.backend
+            .insert(PreparedInsert::new(new)?, &self.options)
     }
 
     /// The record `id`, if it exists and (when `owner` is given) belongs to `owner`.
     pub fn get(&self, owner: Option<&str>, id: &str) -> Result<Option<Completion>, StoreError> {
-        get_in(&self.lock(), owner, id)
+        self.backend
+            .get(owner, id)?
+            .map(RawRow::into_completion)
+            .transpose()
     }
 
     /// A page of records matching `query`, in its order.
     pub fn list(&self, query: &ListQuery) -> Result<Page<Completion>, StoreError> {
         let limit = check_limit(query.limit)?;
-        let conn = self.lock();
-        let mut sql = format!("SELECT {COLUMNS} FROM completions c WHERE 1 = 1");
-        let mut args = Vec::new();
-        push_filters(
-            &mut sql,
-            &mut args,
-            query.owner.as_deref(),
-            query.model.as_deref(),
-            &query.metadata,
-        );
-        if !query.include_shadows {
-            sql.push_str(" AND c.shadow_of IS NULL");
-        }
-        let (cmp, dir) = match query.order {
-            Order::Asc => (">", "ASC"),
-            Order::Desc => ("<", "DESC"),
-        };
-        if let Some(after) = &query.after {
-            let cursor = conn
-                .query_row(
-                    "SELECT created_at, seq FROM completions WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)",
-                    params![after, query.owner],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-                )
-                .optional()?
-                .ok_or_else(|| StoreError::InvalidQuery {
-                    param: "after",
-                    reason: format!("no stored completion `{after}`"),
-                })?;
-            let _ = write!(sql, " AND (c.created_at, c.seq) {cmp} (?, ?)");
-            args.push(SqlValue::Integer(cursor.0));
-            args.push(SqlValue::Integer(cursor.1));
-        }
-        let _ = write!(
-            sql,
-            " ORDER BY c.created_at {dir}, c.seq {dir} LIMIT {}",
-            limit + 1
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let raws = stmt
-            .query_map(params_from_iter(args.iter()), RawRow::read)?
-            .collect::<Result<Vec<_>, _>>()?;
-        drop(stmt);
-        drop(conn);
-        let has_more = raws.len() > limit;
-        let data = raws
+        let rows = self.backend.list(query, limit)?;
+        let has_more = rows.len() > limit;
+        let data = rows
             .into_iter()
             .take(limit)
             .map(RawRow::into_completion)
@@ -1063,78 +641,26 @@ impl Store {
         id: &str,
         metadata: &Metadata,
     ) -> Result<Option<Completion>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let row = tx
-            .query_row(
-                "SELECT c.seq, c.bytes,
-                     (SELECT coalesce(sum(length(CAST(m.key AS BLOB)) + length(CAST(m.value AS BLOB))), 0)
-                      FROM metadata m WHERE m.seq = c.seq)
-                 FROM completions c WHERE c.id = ?1 AND (?2 IS NULL OR c.owner = ?2)",
-                params![id, owner],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
-            )
-            .optional()?;
-        let Some((seq, bytes, old_meta)) = row else {
-            return Ok(None);
-        };
-        let new_bytes = to_u64(bytes)
-            .saturating_sub(to_u64(old_meta))
-            .saturating_add(metadata.byte_len());
-        self.make_room(&tx, new_bytes, Some((seq, to_u64(bytes))))?;
-        tx.execute("DELETE FROM metadata WHERE seq = ?1", [seq])?;
-        insert_metadata(&tx, seq, metadata)?;
-        tx.execute(
-            "UPDATE completions SET bytes = ?1 WHERE seq = ?2",
-            params![sql_u64(new_bytes), seq],
-        )?;
-        add_used(&tx, sql_u64(new_bytes) - bytes)?;
-        let updated = get_in(&tx, owner, id)?;
-        tx.commit()?;
-        Ok(updated)
+        self.backend
+            .update_metadata(owner, id, metadata, &self.options)?
+            .map(RawRow::into_completion)
+            .transpose()
     }
 
     /// Deletes record `id` (of `owner`, when given) and its shadow answers (whoever owns
     /// them: they hold the same prompt); whether the record existed.
     pub fn delete(&self, owner: Option<&str>, id: &str) -> Result<bool, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let row = tx
-            .query_row(
-                "SELECT seq, bytes FROM completions WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)",
-                params![id, owner],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-            )
-            .optional()?;
-        let Some((seq, bytes)) = row else {
-            return Ok(false);
-        };
-        let shadow_bytes: i64 = tx.query_row(
-            "SELECT coalesce(sum(bytes), 0) FROM completions WHERE shadow_of = ?1",
-            [id],
-            |r| r.get(0),
-        )?;
-        tx.execute("DELETE FROM completions WHERE shadow_of = ?1", [id])?;
-        tx.execute("DELETE FROM completions WHERE seq = ?1", [seq])?;
-        add_used(&tx, -(bytes + shadow_bytes))?;
-        tx.commit()?;
-        Ok(true)
+        self.backend.delete(owner, id)
     }
 
     /// The shadow answers of record `id` (records whose [`Completion::shadow_of`] is `id`), of
     /// any owner, oldest first: other models' answers to the same request.
     pub fn shadows_of(&self, id: &str) -> Result<Vec<Completion>, StoreError> {
-        let conn = self.lock();
-        let sql = format!(
-            "SELECT {COLUMNS} FROM completions c WHERE c.shadow_of = ?1 ORDER BY c.created_at, c.seq"
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let raws = stmt
-            .query_map([id], RawRow::read)?
-            .collect::<Result<Vec<_>, _>>()?;
-        drop(stmt);
-        drop(conn);
-        raws.into_iter().map(RawRow::into_completion).collect()
+        self.backend
+            .shadows_of(id)?
+            .into_iter()
+            .map(RawRow::into_completion)
+            .collect()
     }
 
     /// Writes the chat fine-tuning line ([`Completion::fine_tuning_line`]) of every record
@@ -1152,60 +678,44 @@ impl Store {
                 });
             }
         }
-        let conn = self.lock();
-        let mut sql = format!("SELECT {COLUMNS} FROM completions c WHERE 1 = 1");
-        let mut args = Vec::new();
-        push_filters(
-            &mut sql,
-            &mut args,
-            filter.owner.as_deref(),
-            filter.model.as_deref(),
-            &filter.metadata,
-        );
-        sql.push_str(" ORDER BY c.created_at, c.seq");
-        let mut stmt = conn.prepare(&sql)?;
-        let mut rows = stmt.query(params_from_iter(args.iter()))?;
         let mut summary = ExportSummary::default();
-        while let Some(row) = rows.next()? {
-            let record = RawRow::read(row)?.into_completion()?;
+        self.backend.each_exported(filter, &mut |row| {
+            let record = row.into_completion()?;
             if let Some(min) = filter.min_grade {
                 match record.metadata.grade() {
                     None => {
                         summary.no_grade += 1;
-                        continue;
+                        return Ok(());
                     }
                     Some(g) if g < min => {
                         summary.below_grade += 1;
-                        continue;
+                        return Ok(());
                     }
                     Some(_) => {}
                 }
             }
             let Some(line) = record.fine_tuning_line() else {
                 summary.no_answer += 1;
-                continue;
+                return Ok(());
             };
             let text = json_text(&line, "the line")?;
             out.write_all(text.as_bytes()).map_err(StoreError::Write)?;
             out.write_all(b"\n").map_err(StoreError::Write)?;
             summary.written += 1;
-        }
+            Ok(())
+        })?;
         out.flush().map_err(StoreError::Write)?;
         Ok(summary)
     }
 
     /// Record count, bytes used against the cap, the cap, and the database size.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        let conn = self.lock();
-        let records: i64 = conn.query_row("SELECT count(*) FROM completions", [], |r| r.get(0))?;
-        let used = used_bytes(&conn)?;
-        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let (records, used_bytes, file_bytes) = self.backend.sizes()?;
         Ok(StoreStats {
-            records: to_u64(records),
-            used_bytes: used,
+            records,
+            used_bytes,
             max_bytes: self.options.max_bytes,
-            file_bytes: to_u64(pages.saturating_mul(page_size)),
+            file_bytes,
         })
     }
 }

@@ -1,8 +1,14 @@
-//! The store on real SQLite files in temporary directories: the cap (refuse and evict), filters,
-//! order and `after` pagination, owners, metadata updates, deletes, messages and the export.
+//! One store test suite, run against both backends: an SQLite file in a temporary directory,
+//! and a fresh database on the PostgreSQL server named by `MODEL_ROUTER_TEST_PG_URL` (crate
+//! feature `postgres`; `.ci/run` starts a throwaway cluster). The cap (refuse and evict),
+//! filters, order and `after` pagination, owners, metadata updates, deletes, messages, the
+//! export, shadows, schema versions and two stores sharing one database.
+
+mod place;
 
 use std::collections::BTreeMap;
 
+use place::Place;
 use router_store::{
     owner_of_key, ExportFilter, ListQuery, MessageQuery, Metadata, NewCompletion, OnFull, Order,
     Store, StoreError, StoreOptions, Synchronous, ANONYMOUS_OWNER, ROUTER_OWNER,
@@ -10,17 +16,38 @@ use router_store::{
 use serde_json::{json, Map, Value};
 use tempfile::TempDir;
 
-fn open(dir: &TempDir, max_bytes: u64, on_full: OnFull) -> Store {
-    Store::open(
-        dir.path().join("s.db"),
-        StoreOptions {
-            max_bytes,
-            on_full,
-            synchronous: Synchronous::Normal,
-        },
-    )
-    .expect("store opens")
+/// Each listed test function takes a [`Place`] and runs once per backend: `sqlite::NAME` and
+/// `postgres::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(super::Place::sqlite()) })+
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(#[test] fn $name() {
+                if let Some(place) = super::Place::postgres() { super::$name(place) }
+            })+
+        }
+    };
 }
+
+on_both_backends!(
+    stores_and_reads_back_every_field,
+    owners_see_only_their_records,
+    taken_or_missing_ids_get_fresh_ones,
+    cap_refuses_when_full,
+    cap_evicts_the_oldest,
+    filters_by_model_and_every_metadata_pair,
+    pages_in_both_orders_with_after,
+    messages_mirror_openai_and_page,
+    metadata_update_replaces_and_is_filterable,
+    export_writes_fine_tuning_lines_and_counts_skips,
+    anonymous_owner_and_concurrent_writers,
+    shadows_link_to_their_original_and_stay_out_of_lists,
+    a_newer_schema_is_refused,
+    two_stores_on_one_database_share_the_cap,
+);
 
 fn request(prompt: &str) -> Map<String, Value> {
     json!({"model": "model-router", "temperature": 0.2,
@@ -59,10 +86,8 @@ fn ids(page: &router_store::Page<router_store::Completion>) -> Vec<String> {
     page.data.iter().map(|c| c.id.clone()).collect()
 }
 
-#[test]
-fn stores_and_reads_back_every_field() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, 1 << 20, OnFull::Refuse);
+fn stores_and_reads_back_every_field(place: Place) {
+    let store = place.open(1 << 20, OnFull::Refuse);
     let mut r = record("chatcmpl-a", "o", 1000, "small", &[("task", "math")]);
     r.decision = Some(json!({"model": "small", "mode": "balanced"}));
     r.cost_usd = 0.0125;
@@ -72,7 +97,7 @@ fn stores_and_reads_back_every_field() {
     assert_eq!(inserted.evicted, 0);
     drop(store);
     // Reopened from the file: everything is there.
-    let store = open(&dir, 1 << 20, OnFull::Refuse);
+    let store = place.open(1 << 20, OnFull::Refuse);
     let c = store.get(Some("o"), "chatcmpl-a").unwrap().expect("stored");
     assert_eq!(c.owner, "o");
     assert_eq!(c.created_at_ms, 1000);
@@ -107,10 +132,8 @@ fn stores_and_reads_back_every_field() {
     assert!(stats.file_bytes > 0);
 }
 
-#[test]
-fn owners_see_only_their_records() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, 1 << 20, OnFull::Refuse);
+fn owners_see_only_their_records(place: Place) {
+    let store = place.open(1 << 20, OnFull::Refuse);
     let a = owner_of_key("key-a");
     let b = owner_of_key("key-b");
     assert_ne!(a, b);
@@ -151,10 +174,8 @@ fn owners_see_only_their_records() {
     assert!(store.get(None, "x").unwrap().is_none());
 }
 
-#[test]
-fn taken_or_missing_ids_get_fresh_ones() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, 1 << 20, OnFull::Refuse);
+fn taken_or_missing_ids_get_fresh_ones(place: Place) {
+    let store = place.open(1 << 20, OnFull::Refuse);
     let first = store
         .insert(record("chatcmpl-1", "o", 1, "m", &[]))
         .unwrap();
@@ -183,11 +204,9 @@ fn taken_or_missing_ids_get_fresh_ones() {
     assert!(matches!(store.insert(r), Err(StoreError::InvalidRecord(_))));
 }
 
-#[test]
-fn cap_refuses_when_full() {
-    let dir = TempDir::new().unwrap();
+fn cap_refuses_when_full(place: Place) {
     // Measure one record, then cap the store at exactly three of them.
-    let probe = open(&dir, 1 << 20, OnFull::Refuse);
+    let probe = place.open(1 << 20, OnFull::Refuse);
     let size = probe.insert(record("r0", "o", 0, "m", &[])).unwrap().bytes;
     assert!(probe.delete(None, "r0").unwrap());
     assert_eq!(
@@ -196,7 +215,7 @@ fn cap_refuses_when_full() {
         "a delete gives its bytes back"
     );
     drop(probe);
-    let store = open(&dir, 3 * size, OnFull::Refuse);
+    let store = place.open(3 * size, OnFull::Refuse);
     for i in 1..=3 {
         store
             .insert(record(&format!("r{i}"), "o", i, "m", &[]))
@@ -231,14 +250,12 @@ fn cap_refuses_when_full() {
     assert!(store.get(None, "r2").unwrap().unwrap().metadata.is_empty());
 }
 
-#[test]
-fn cap_evicts_the_oldest() {
-    let dir = TempDir::new().unwrap();
-    let probe = open(&dir, 1 << 20, OnFull::Refuse);
+fn cap_evicts_the_oldest(place: Place) {
+    let probe = place.open(1 << 20, OnFull::Refuse);
     let size = probe.insert(record("r0", "o", 0, "m", &[])).unwrap().bytes;
     assert!(probe.delete(None, "r0").unwrap());
     drop(probe);
-    let store = open(&dir, 3 * size, OnFull::EvictOldest);
+    let store = place.open(3 * size, OnFull::EvictOldest);
     // Created out of insertion order: r2 is the oldest by time.
     store.insert(record("r1", "a", 20, "m", &[])).unwrap();
     store.insert(record("r2", "b", 10, "m", &[])).unwrap();
@@ -282,21 +299,11 @@ fn cap_evicts_the_oldest() {
     let mut bigger = record("r7", "a", 70, "m", &[("k", "w")]);
     bigger.response = response("r7", json!("x".repeat(size as usize)));
     assert_eq!(store.insert(bigger).unwrap().evicted, 2);
-    let db = rusqlite::Connection::open(dir.path().join("s.db")).unwrap();
-    let rows: Vec<String> = db
-        .prepare("SELECT value FROM metadata")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(rows, ["w"]);
+    assert_eq!(place.metadata_values(), ["w"]);
 }
 
-#[test]
-fn filters_by_model_and_every_metadata_pair() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, 1 << 20, OnFull::Refuse);
+fn filters_by_model_and_every_metadata_pair(place: Place) {
+    let store = place.open(1 << 20, OnFull::Refuse);
     store
         .insert(record(
             "a",
@@ -359,10 +366,8 @@ fn filters_by_model_and_every_metadata_pair() {
     assert_eq!(q(None, &[("missing", "x")]), Vec::<String>::new());
 }
 
-#[test]
-fn pages_in_both_orders_with_after() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, 1 << 20, OnFull::Refuse);
+fn pages_in_both_orders_with_after(place: Place) {
+    let store = place.open(1 << 20, OnFull::Refuse);
     // Five records, two created in the same millisecond: insertion order breaks the tie.
     for (id, t) in [("e", 50), ("a", 10), ("c", 30), ("b", 30), ("d", 40)] {
         store.insert(record(id, "o", t, "m", &[])).unwrap();
@@ -429,10 +434,8 @@ fn pages_in_both_orders_with_after() {
     ));
 }
 
-#[test]
-fn messages_mirror_openai_and_page() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, 1 << 20, OnFull::Refuse);
+fn messages_mirror_openai_and_page(place: Place) {
+    let store = place.open(1 << 20, OnFull::Refuse);
     let mut r = record("m1", "o", 1, "m", &[]);
     r.request.insert(
         "messages".into(),
@@ -519,10 +522,8 @@ fn messages_mirror_openai_and_page() {
     );
 }
 
-#[test]
-fn metadata_update_replaces_and_is_filterable() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, 1 << 20, OnFull::Refuse);
+fn metadata_update_replaces_and_is_filterable(place: Place) {
+    let store = place.open(1 << 20, OnFull::Refuse);
     store
         .insert(record("u", "o", 1, "m", &[("a", "1"), ("b", "2")]))
         .unwrap();
@@ -560,10 +561,8 @@ fn metadata_update_replaces_and_is_filterable() {
         .is_none());
 }
 
-#[test]
-fn export_writes_fine_tuning_lines_and_counts_skips() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, 1 << 20, OnFull::Refuse);
+fn export_writes_fine_tuning_lines_and_counts_skips(place: Place) {
+    let store = place.open(1 << 20, OnFull::Refuse);
     store
         .insert(record(
             "g9",
@@ -685,10 +684,8 @@ fn export_writes_fine_tuning_lines_and_counts_skips() {
     ));
 }
 
-#[test]
-fn anonymous_owner_and_concurrent_writers() {
-    let dir = TempDir::new().unwrap();
-    let store = std::sync::Arc::new(open(&dir, 1 << 20, OnFull::Refuse));
+fn anonymous_owner_and_concurrent_writers(place: Place) {
+    let store = std::sync::Arc::new(place.open(1 << 20, OnFull::Refuse));
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let store = store.clone();
@@ -706,7 +703,7 @@ fn anonymous_owner_and_concurrent_writers() {
     }
     assert_eq!(store.stats().unwrap().records, 40);
     // A second connection (another process would do the same) sees every commit.
-    let other = open(&dir, 1 << 20, OnFull::Refuse);
+    let other = place.open(1 << 20, OnFull::Refuse);
     assert_eq!(
         other
             .list(&ListQuery {
@@ -756,10 +753,8 @@ fn open_errors_are_typed() {
     assert_eq!("normal".parse::<Synchronous>(), Ok(Synchronous::Normal));
 }
 
-#[test]
-fn shadows_link_to_their_original_and_stay_out_of_lists() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, 1 << 20, OnFull::Refuse);
+fn shadows_link_to_their_original_and_stay_out_of_lists(place: Place) {
+    let store = place.open(1 << 20, OnFull::Refuse);
     store
         .insert(record("orig", "alice", 1, "small", &[("task", "math")]))
         .unwrap();
@@ -833,4 +828,97 @@ fn a_version_1_database_gains_the_shadow_column() {
     shadow.shadow_of = Some("old".into());
     store.insert(shadow).unwrap();
     assert_eq!(store.shadows_of("old").unwrap().len(), 1);
+}
+
+fn a_newer_schema_is_refused(place: Place) {
+    drop(place.open(1 << 20, OnFull::Refuse));
+    place.set_schema_version(99);
+    let e = Store::open_location(&place.location(), StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(e, StoreError::Schema { found: 99, .. }),
+        "{e}"
+    );
+    let message = e.to_string();
+    assert!(
+        message.contains(&place.location().to_string())
+            && message.contains("newer model-router")
+            && message.contains("version 99"),
+        "{message}"
+    );
+}
+
+/// Two stores on one database (two server processes would hold the same): writers from both
+/// at once under one cap with eviction; the byte total stays exact and under the cap, and
+/// every record either store acknowledged is there unless evicted.
+fn two_stores_on_one_database_share_the_cap(place: Place) {
+    let size = {
+        let probe = place.open(1 << 20, OnFull::Refuse);
+        let size = probe.insert(record("r-9999", "o", 0, "m", &[("k", "v")])).unwrap().bytes;
+        assert!(probe.delete(None, "r-9999").unwrap());
+        size
+    };
+    // Ids of one length, so every record counts the same bytes.
+    let cap = 25 * size;
+    let stores = [
+        std::sync::Arc::new(place.open(cap, OnFull::EvictOldest)),
+        std::sync::Arc::new(place.open(cap, OnFull::EvictOldest)),
+    ];
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = stores[w % 2].clone();
+            std::thread::spawn(move || {
+                (0..20)
+                    .map(|i| {
+                        let id = format!("r-{w}{i:03}");
+                        let inserted = store.insert(record(&id, "o", i, "m", &[("k", "v")])).unwrap();
+                        assert_eq!(inserted.bytes, size);
+                        inserted.evicted
+                    })
+                    .sum::<u64>()
+            })
+        })
+        .collect();
+    let evicted: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    for store in &stores {
+        let stats = store.stats().unwrap();
+        assert_eq!(stats.records, 25, "the cap holds exactly 25 records");
+        assert_eq!(stats.used_bytes, 25 * size);
+        assert_eq!(stats.records + evicted, 80, "every insert is either kept or counted as evicted");
+    }
+    assert_eq!(place.metadata_values().len(), 25);
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_connection_errors_name_the_database_but_not_the_password() {
+    // A loopback port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://router@127.0.0.1:{port}/nowhere");
+    let location = router_store::Location::parse(&url, Some("hunter2".into())).unwrap();
+    let e = Store::open_location(&location, StoreOptions::default()).unwrap_err();
+    assert!(matches!(e, StoreError::Connect { .. }), "{e}");
+    let message = e.to_string();
+    assert!(message.contains(&url) && !message.contains("hunter2"), "{message}");
+    assert!(!format!("{e:?}").contains("hunter2"));
+    let e = Store::open_location(
+        &location,
+        StoreOptions {
+            max_bytes: 0,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, StoreError::InvalidOption { option: "max_bytes", .. }), "{e}");
+}
+
+#[cfg(not(feature = "postgres"))]
+#[test]
+fn without_the_postgres_feature_a_url_is_refused_clearly() {
+    let location = router_store::Location::parse("postgres://router@127.0.0.1:1/db", None).unwrap();
+    let e = Store::open_location(&location, StoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("feature `postgres`"), "{e}");
 }
