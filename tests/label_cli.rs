@@ -271,3 +271,27 @@ fn a_python_grader_reads_the_answer_and_the_item() {
     let expected: Vec<Value> = (1..=4).map(|i| json!({"small": if 2 * i + 1 < 10 { 1.0 } else { 0.25 }, "large": 1.0})).collect();
     assert_eq!(scores, expected);
 }
+
+#[test]
+fn a_rate_limited_model_is_waited_for_not_recorded_as_failed() {
+    let dir = TempDir::new().unwrap();
+    // `limited` answers 429 (retry after 50 ms) to the first request of every prompt.
+    let limited_once = std::sync::Mutex::new(std::collections::HashSet::new());
+    let backend = MockBackend::start(
+        Arc::new(move |model: &str, prompt: &str| {
+            if model == "limited" && limited_once.lock().unwrap().insert(prompt.to_string()) {
+                return Reply::TooMany { retry_after_ms: 50 };
+            }
+            Reply::Answer { text: sum_of(prompt).to_string(), prompt_tokens: 10, completion_tokens: 2 }
+        }),
+        Duration::ZERO,
+    );
+    let limited = Candidate { name: "limited", input_price: 1.0, output_price: 2.0 };
+    let config = write_config(dir.path(), backend.addr, &[limited]);
+    std::fs::write(dir.path().join("prompts.jsonl"), prompt_lines()[..3].join("\n") + "\n").unwrap();
+    let run = label(dir.path(), &config, "limited", &["--concurrency", "1"]);
+    assert!(run.success, "{}", run.stderr);
+    assert!(!run.stderr.contains("ended in an error"), "{}", run.stderr);
+    assert_eq!(read_lines(&dir.path().join("labels.jsonl")).len(), 3);
+    assert_eq!(backend.count(&question(1, 2), "limited"), 2, "one 429, then the answer");
+}

@@ -23,6 +23,8 @@ pub enum Reply {
     Answer { text: String, prompt_tokens: u64, completion_tokens: u64 },
     /// An error status with an OpenAI error body.
     Status(u16),
+    /// 429 with `retry-after-ms`.
+    TooMany { retry_after_ms: u64 },
 }
 
 /// The rule: (upstream model, the last user message) → reply.
@@ -92,6 +94,12 @@ async fn complete(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) ->
                       "total_tokens": prompt_tokens + completion_tokens},
         }))
         .into_response(),
+        Reply::TooMany { retry_after_ms } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after-ms", retry_after_ms.to_string())],
+            Json(json!({"error": {"message": "rate limited", "type": "rate_limit_error"}})),
+        )
+            .into_response(),
         Reply::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (status, Json(json!({"error": {"message": "mock failure", "type": "server_error"}}))).into_response()
