@@ -117,10 +117,12 @@ fn labels_train_a_router_that_beats_the_strong_model_on_cost_and_reload_promotes
     let lines: Vec<String> = (0..400).map(|i| json!({"prompt": prompt(i), "reference": right_answer(&prompt(i)), "task": if i % 2 == 0 { "arithmetic" } else { "prose" }}).to_string()).collect();
     std::fs::write(dir.path().join("prompts.jsonl"), lines.join("\n") + "\n").unwrap();
     let labels = dir.path().join("labels.jsonl");
+    let started = std::time::Instant::now();
     ok(&[
         "label", "--prompts", &arg(&dir.path().join("prompts.jsonl")), "--config", &arg(&config), "--models", "cheap,strong",
         "--grader", &arg(&judge_grader(dir.path())), "--out", &arg(&labels), "--concurrency", "16",
     ]);
+    eprintln!("labelled 400 prompts × 2 models (+ 800 judge calls) in {:.2} s", started.elapsed().as_secs_f64());
     let labelled = read_lines(&labels);
     assert_eq!(labelled.len(), 400);
     let strong_right = labelled.iter().filter(|l| l["scores"]["strong"] == 1.0).count();
