@@ -30,9 +30,14 @@ fn keyword_pattern() -> &'static Regex {
     })
 }
 
-/// The reply without a Markdown code fence around it, trimmed.
+/// The reply without a reasoning model's `<think>…</think>` preamble and without a Markdown code
+/// fence around it, trimmed.
 fn unfenced(reply: &str) -> &str {
-    let text = reply.trim();
+    let text = match reply.find("</think>") {
+        Some(end) if reply.trim_start().starts_with("<think>") => &reply[end + "</think>".len()..],
+        _ => reply,
+    };
+    let text = text.trim();
     match text.strip_prefix("```").and_then(|t| t.strip_suffix("```")) {
         // Drop the fence's language tag (```json).
         Some(inner) => inner.trim_start_matches(|c: char| c.is_ascii_alphanumeric()).trim(),
@@ -186,6 +191,7 @@ mod tests {
             ("Score: 7/10", (0.0, 1.0), 0.7),
             ("3/5", (1.0, 5.0), 3.0),
             ("0.25", (0.0, 1.0), 0.25),
+            ("<think>Score 3? No, 1 error in 2 steps.</think>\nScore: 8", ten, 8.0),
         ];
         for (reply, range, expected) in cases {
             assert_eq!(parse_score(reply, range), Ok(expected), "{reply:?} in {range:?}");
@@ -215,6 +221,7 @@ mod tests {
             ("```json\n{\"label\": \"partially correct\"}\n```", "partially correct"),
             ("**Partially correct**", "partially correct"),
             ("The answer is incorrect because 2+2=4.", "incorrect"),
+            ("<think>correct? incorrect?</think> correct", "correct"),
         ];
         for (reply, expected) in cases {
             assert_eq!(match_label(reply, &labels), Ok(expected), "{reply:?}");
