@@ -3,13 +3,15 @@
 //! The weights and their names are those of Hugging Face's `BertModel` (optionally under a `bert.`
 //! prefix), so any BERT `config.json` + `model.safetensors` loads. What differs from the stock
 //! candle-transformers forward, and why (see DESIGN.md, "Performance notes"):
+//! - On the CPU (f32) the layers run on plain slices ([`crate::cpu_layer`]): linear weights packed
+//!   once at load time into the panels of [`PackedLinear`], whose product streams each weight once
+//!   per call (a general GEMM re-packs the weight on every call, which at routing sizes costs more
+//!   than the arithmetic), attention over each prompt's real tokens only, and residual +
+//!   layer norm in one pass.
+//! - Elsewhere the layers are candle ops with weights stored pre-transposed (`[in, out]`) for
+//!   candle's matmul; attention uses `softmax_last_dim`, and the additive mask is skipped when
+//!   nothing is padded. The query is scaled before `Q·Kᵀ` (`n·d` multiplies instead of `n·n`).
 //! - Q, K and V are one fused matmul: one pass over the activations instead of three.
-//! - On the CPU, linear weights are packed once at load time into the panels of [`PackedLinear`],
-//!   whose product streams each weight once per call; a general GEMM re-packs the weight on every
-//!   call, which at routing sizes costs more than the arithmetic. Elsewhere they are stored
-//!   pre-transposed (`[in, out]`) for candle's matmul.
-//! - Attention uses `softmax_last_dim`, and the additive mask is skipped when nothing is padded.
-//! - The query is scaled before `Q·Kᵀ` (`n·d` multiplies instead of `n·n`).
 //! - The exact (erf) GELU uses a branch-free rational approximation of erf that the compiler
 //!   vectorises, instead of candle's scalar `libm::erff` per value (see [`gelu_erf`]).
 
@@ -17,7 +19,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, T
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use crate::packed::PackedLinear;
+use crate::cpu_layer::CpuLayer;
 
 /// The activation of the feed-forward layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -84,12 +86,12 @@ impl BertConfig {
     }
 }
 
-/// A linear layer stored for the device it runs on: on the CPU in f32, packed once into
-/// [`PackedLinear`]'s panels; elsewhere transposed (`[in, out]`) so candle's matmul reads it as is.
+/// A linear layer for candle's matmul on a non-CPU device: the weight stored transposed
+/// (`[in, out]`) so the matmul reads it as is.
 #[derive(Debug, Clone)]
-enum DenseT {
-    Packed(PackedLinear),
-    Transposed { weight_t: Tensor, bias: Tensor },
+struct DenseT {
+    weight_t: Tensor,
+    bias: Tensor,
 }
 
 impl DenseT {
@@ -111,34 +113,18 @@ impl DenseT {
     }
 
     fn from_weight(weight: &Tensor, bias: Tensor) -> candle_core::Result<Self> {
-        if weight.device().is_cpu() && weight.dtype() == DType::F32 {
-            let (outputs, inputs) = weight.dims2()?;
-            let packed = PackedLinear::new(
-                &weight.flatten_all()?.to_vec1::<f32>()?,
-                &bias.to_vec1::<f32>()?,
-                inputs,
-                outputs,
-            )
-            .map_err(candle_core::Error::Msg)?;
-            return Ok(Self::Packed(packed));
-        }
-        Ok(Self::Transposed { weight_t: weight.t()?.contiguous()?, bias })
+        Ok(Self { weight_t: weight.t()?.contiguous()?, bias })
     }
 }
 
 impl Module for DenseT {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Packed(packed) => xs.contiguous()?.apply_op1_no_bwd(packed),
-            Self::Transposed { weight_t, bias } => {
-                let (batch, seq, in_dim) = xs.dims3()?;
-                let out_dim = weight_t.dim(1)?;
-                xs.reshape((batch * seq, in_dim))?
-                    .matmul(weight_t)?
-                    .broadcast_add(bias)?
-                    .reshape((batch, seq, out_dim))
-            }
-        }
+        let (batch, seq, in_dim) = xs.dims3()?;
+        let out_dim = self.weight_t.dim(1)?;
+        xs.reshape((batch * seq, in_dim))?
+            .matmul(&self.weight_t)?
+            .broadcast_add(&self.bias)?
+            .reshape((batch, seq, out_dim))
     }
 }
 
@@ -242,11 +228,20 @@ impl Layer {
     }
 }
 
+/// The transformer layers, in the form for the device they run on.
+#[derive(Debug, Clone)]
+enum Layers {
+    /// f32 on the CPU: plain slices and packed weights.
+    Cpu(Vec<CpuLayer>),
+    /// Any other device or dtype: candle ops.
+    Candle(Vec<Layer>),
+}
+
 /// The BERT transformer: token ids to hidden states.
 #[derive(Debug, Clone)]
 pub struct BertModel {
     embeddings: Embeddings,
-    layers: Vec<Layer>,
+    layers: Layers,
     max_positions: usize,
 }
 
@@ -262,9 +257,11 @@ impl BertModel {
         };
         let embeddings = Embeddings::load(vb.pp("embeddings"), cfg)?;
         let encoder = vb.pp("encoder").pp("layer");
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(encoder.pp(i), cfg))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let layers = if vb.device().is_cpu() && vb.dtype() == DType::F32 {
+            Layers::Cpu((0..cfg.num_hidden_layers).map(|i| CpuLayer::load(encoder.pp(i), cfg)).collect::<candle_core::Result<_>>()?)
+        } else {
+            Layers::Candle((0..cfg.num_hidden_layers).map(|i| Layer::load(encoder.pp(i), cfg)).collect::<candle_core::Result<_>>()?)
+        };
         Ok(Self { embeddings, layers, max_positions: cfg.max_position_embeddings })
     }
 
@@ -278,16 +275,33 @@ impl BertModel {
     /// `lengths` gives each row's number of real tokens; rows shorter than `seq` are padding on the
     /// right and are masked out of attention. `None` means nothing is padded, and no mask is built.
     pub fn forward(&self, input_ids: &Tensor, lengths: Option<&[usize]>) -> candle_core::Result<Tensor> {
-        let (_, seq) = input_ids.dims2()?;
-        let mask = match lengths {
-            Some(lengths) if lengths.iter().any(|&l| l < seq) => {
-                Some(additive_mask(lengths, seq, input_ids.device())?)
-            }
-            _ => None,
-        };
+        let (batch, seq) = input_ids.dims2()?;
         let mut hidden = self.embeddings.forward(input_ids)?;
-        for layer in &self.layers {
-            hidden = layer.forward(&hidden, mask.as_ref())?;
+        match &self.layers {
+            Layers::Cpu(layers) => {
+                let dims = hidden.dims().to_vec();
+                let full = vec![seq; batch];
+                let lengths = lengths.unwrap_or(&full);
+                if lengths.len() != batch {
+                    candle_core::bail!("{} lengths for a batch of {batch}", lengths.len())
+                }
+                let mut values = hidden.flatten_all()?.to_vec1::<f32>()?;
+                for layer in layers {
+                    values = layer.forward(&values, seq, lengths)?;
+                }
+                hidden = Tensor::from_vec(values, dims, hidden.device())?;
+            }
+            Layers::Candle(layers) => {
+                let mask = match lengths {
+                    Some(lengths) if lengths.iter().any(|&l| l < seq) => {
+                        Some(additive_mask(lengths, seq, input_ids.device())?)
+                    }
+                    _ => None,
+                };
+                for layer in layers {
+                    hidden = layer.forward(&hidden, mask.as_ref())?;
+                }
+            }
         }
         Ok(hidden)
     }
@@ -334,7 +348,7 @@ impl CustomOp1 for GeluErfRational {
 // Plain multiply-adds rather than `f32::mul_add`: without the FMA target feature `mul_add` is a
 // call to the software `fmaf`, which neither vectorises nor runs fast.
 #[inline(always)]
-fn erf_rational(x: f32) -> f32 {
+pub(crate) fn erf_rational(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut numerator = -2.726_142_3e-10_f32;

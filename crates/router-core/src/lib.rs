@@ -43,6 +43,7 @@ pub mod distill;
 mod encoder;
 mod error;
 mod cpu_head;
+mod cpu_layer;
 mod head;
 mod packed;
 pub mod hub;
