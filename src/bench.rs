@@ -10,18 +10,19 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use indicatif::ProgressBar;
 use model_router::load_router;
 use model_router::router_core::candle_core;
+use model_router::router_core::{bert_dir_from_hub, BertEncoder, Pooling, Truncation, DEFAULT_REVISION};
 use model_router::router_training::data::{self, Format};
 use model_router::router_training::embed::progress_bar;
 use serde_json::{json, Value};
 
 use workload::{
     bert_forward_flops, bert_model_dir, minilm_tier_like, prompt_of_tokens, read_bert_config, MatmulWorkload,
-    RoutingTier, StockBert, BUILT_IN_PROMPTS,
+    RoutingTier, StockBert, BUILT_IN_PROMPTS, MINILM_REPO,
 };
 
 /// The prompt length of the headline one-prompt numbers.
@@ -66,6 +67,21 @@ pub struct BenchArgs {
     /// with shadows on over off.
     #[arg(long, requires = "server")]
     shadow: bool,
+    /// Measure only the BERT encoder (all-MiniLM-L6-v2 from the hub cache: tokenize, forward, mean
+    /// pool, normalise) on one prompt of each of these token counts, e.g. `16,32,128,512`, and
+    /// print each prompt with its figures (what `scripts/onnx-compare.sh` feeds ONNX Runtime).
+    #[arg(long, value_delimiter = ',', conflicts_with = "server")]
+    lengths: Vec<usize>,
+}
+
+/// The cargo profile this binary was built with: `release` when debug assertions are off (the
+/// release and bench profiles), `dev` otherwise. Speed figures mean little without it.
+pub fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "dev"
+    } else {
+        "release"
+    }
 }
 
 /// Latencies of one measurement, in microseconds, sorted.
@@ -179,6 +195,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.server {
         return run_server(&args);
     }
+    if !args.lengths.is_empty() {
+        return run_lengths(&args);
+    }
     let iterations = args.iterations;
     let (static_tier, bert_tier) = load_tiers(args.model.as_deref())?;
     let model_dir = bert_model_dir(&bert_tier.router)?;
@@ -274,6 +293,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let gflops = |microseconds: f64| flops / microseconds / 1e3;
 
     let report = json!({
+        "profile": build_profile(),
         "threads": candle_core::utils::get_num_threads(),
         "iterations": iterations,
         "catalog": static_tier.catalog.as_str(),
@@ -329,7 +349,12 @@ fn run_server(args: &BenchArgs) -> Result<()> {
     drop(router);
     let load = server::ServerLoad { rate: args.rate, seconds: args.seconds, shadow: args.shadow };
     let report = server::run(&bundle_dir, &catalog, &prompts, &load)?;
-    let report = json!({"threads": candle_core::utils::get_num_threads(), "workload": source, "server": report});
+    let report = json!({
+        "profile": build_profile(),
+        "threads": candle_core::utils::get_num_threads(),
+        "workload": source,
+        "server": report,
+    });
     if args.json {
         println!("{report}");
         return Ok(());
@@ -337,7 +362,8 @@ fn run_server(args: &BenchArgs) -> Result<()> {
     let number = |value: &Value| value.as_f64().unwrap_or(f64::NAN);
     let server = &report["server"];
     println!(
-        "model-router bench --server: {} requests/s for {} s to each of the backend and the router ({} prompts: {source})",
+        "model-router bench --server ({} build): {} requests/s for {} s to each of the backend and the router ({} prompts: {source})",
+        build_profile(),
         server["rate_per_s"], server["seconds"], prompts.len()
     );
     println!("  {:<10} {:>9} {:>7} {:>10} {:>10} {:>10} {:>10}", "path", "requests", "errors", "p50 µs", "p90 µs", "p99 µs", "max µs");
@@ -368,6 +394,60 @@ fn run_server(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--lengths`: the BERT encoder alone on one prompt of each length, with the prompt itself, so
+/// another runtime can be timed on exactly the same input.
+fn run_lengths(args: &BenchArgs) -> Result<()> {
+    let longest = args.lengths.iter().copied().max().unwrap_or(0);
+    let model_dir = bert_dir_from_hub(MINILM_REPO, DEFAULT_REVISION)
+        .with_context(|| format!("--lengths needs {MINILM_REPO} in the hub cache (scripts/fetch-minilm.sh fills it)"))?;
+    let encoder = BertEncoder::load(
+        &model_dir,
+        &model_dir.join("tokenizer.json"),
+        longest,
+        Truncation::Right,
+        Pooling::Mean,
+        &candle_core::Device::Cpu,
+    )?;
+    let prompts = args
+        .lengths
+        .iter()
+        .map(|&tokens| prompt_of_tokens(encoder.tokenizer(), tokens))
+        .collect::<Result<Vec<_>>>()?;
+    let bar = progress_bar(args.iterations * prompts.len(), "benchmarking");
+    let mut rows = Vec::with_capacity(prompts.len());
+    for (prompt, &tokens) in prompts.iter().zip(&args.lengths) {
+        let samples = measure_interleaved(args.iterations, &bar, &mut [&mut || consume(encoder.embed_batch(&[prompt])?)])?;
+        let mut row = samples[0].summary(Some(tokens));
+        if let Some(object) = row.as_object_mut() {
+            object.insert("prompt".into(), json!(prompt));
+        }
+        rows.push(row);
+    }
+    bar.finish_and_clear();
+    let report = json!({
+        "profile": build_profile(),
+        "threads": candle_core::utils::get_num_threads(),
+        "iterations": args.iterations,
+        "encoder": MINILM_REPO,
+        "lengths": rows,
+    });
+    if args.json {
+        println!("{report}");
+        return Ok(());
+    }
+    println!(
+        "model-router bench --lengths ({} build): {MINILM_REPO} encoder alone (tokenize + forward + pool), {} thread(s)",
+        build_profile(),
+        report["threads"]
+    );
+    println!("  {:>6} {:>10} {:>10} {:>10}", "tokens", "p50 µs", "p90 µs", "p99 µs");
+    for row in &rows {
+        let number = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
+        println!("  {:>6} {:>10.1} {:>10.1} {:>10.1}", row["tokens"], number("p50_us"), number("p90_us"), number("p99_us"));
+    }
+    Ok(())
+}
+
 fn print_report(report: &Value) {
     let number = |value: &Value| value.as_f64().unwrap_or(f64::NAN);
     let row = |name: &str, summary: &Value| {
@@ -381,8 +461,11 @@ fn print_report(report: &Value) {
         );
     };
     println!(
-        "model-router bench: {} thread(s), {} iterations per measurement, {} catalog",
-        report["threads"], report["iterations"], report["catalog"].as_str().unwrap_or("?")
+        "model-router bench ({} build): {} thread(s), {} iterations per measurement, {} catalog",
+        report["profile"].as_str().unwrap_or("?"),
+        report["threads"],
+        report["iterations"],
+        report["catalog"].as_str().unwrap_or("?")
     );
     println!("\none prompt, end to end (tokenizer + encoder + head + policy)");
     println!("  {:<12} {:>6} {:>10} {:>10} {:>10} {:>12}", "tier", "tokens", "p50 µs", "p90 µs", "p99 µs", "prompts/s");
