@@ -295,3 +295,35 @@ fn a_rate_limited_model_is_waited_for_not_recorded_as_failed() {
     assert_eq!(read_lines(&dir.path().join("labels.jsonl")).len(), 3);
     assert_eq!(backend.count(&question(1, 2), "limited"), 2, "one 429, then the answer");
 }
+
+#[test]
+fn regrade_grades_the_stored_answers_with_a_new_grader_without_asking() {
+    let dir = TempDir::new().unwrap();
+    let backend = arithmetic_backend();
+    let config = write_config(dir.path(), backend.addr, &[SMALL, LARGE]);
+    std::fs::write(dir.path().join("prompts.jsonl"), prompt_lines()[..4].join("\n") + "\n").unwrap();
+    assert!(label(dir.path(), &config, "small,large", &[]).success);
+    let asked = backend.counts();
+    // The same grader file, now `ne`: every score flips.
+    let grader = dir.path().join("grader.json");
+    let inverted = std::fs::read_to_string(&grader).unwrap().replace("\"eq\"", "\"ne\"");
+    let run_with = |extra: &[&str]| {
+        let mut args = vec!["label".to_string(), "--prompts".into(), arg(&dir.path().join("prompts.jsonl")), "--config".into(), arg(&config)];
+        args.extend(["--models", "small,large", "--grader"].map(String::from));
+        args.extend([arg(&grader), "--out".into(), arg(&dir.path().join("labels.jsonl"))]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        command().args(&args).output().unwrap()
+    };
+    std::fs::write(&grader, &inverted).unwrap();
+    let refused = run_with(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("grader (SHA-256 of its JSON) was") && stderr.contains("--regrade"), "{stderr}");
+    let regraded = run_with(&["--regrade"]);
+    assert!(regraded.status.success(), "{}", String::from_utf8_lossy(&regraded.stderr));
+    let scores: Vec<Value> = read_lines(&dir.path().join("labels.jsonl")).into_iter().map(|l| l["scores"].clone()).collect();
+    let expected: Vec<Value> = (1..=4).map(|i| json!({"small": if 2 * i + 1 < 10 { 0.0 } else { 1.0 }, "large": 0.0})).collect();
+    assert_eq!(scores, expected);
+    assert_eq!(backend.counts(), asked, "no model asked again");
+    // Finished: the new grader is the progress file's now.
+    assert!(run_with(&[]).status.success());
+}

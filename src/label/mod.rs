@@ -82,7 +82,14 @@ pub struct LabelArgs {
     /// Ask again the pairs whose earlier attempt ended in an error (else they stay recorded errors).
     #[arg(long)]
     retry_errors: bool,
+    /// Grade every stored answer again with --grader, which may differ from the progress file's:
+    /// no model is asked again. Until such a run finishes, the progress file accepts only --regrade.
+    #[arg(long)]
+    regrade: bool,
 }
+
+/// The settings key of the grader in the progress file.
+const GRADER_SETTING: &str = "grader (SHA-256 of its JSON)";
 
 /// A prompt ready to send: its routing text (the canonical record's `prompt`) and token estimate.
 struct Prepared {
@@ -116,9 +123,13 @@ pub fn run(args: LabelArgs) -> Result<()> {
     let progress_path = args.progress.clone().unwrap_or_else(|| beside(&args.out, "progress.db"));
     let progress = Progress::open(&progress_path)?;
     let models: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-    progress.check_settings(&progress_path, &settings(&models, &args, &grader))?;
+    let settings = settings(&models, &args, &grader);
+    progress.check_settings(&progress_path, &settings, args.regrade.then_some(GRADER_SETTING))?;
+    if args.regrade {
+        progress.set_setting(GRADER_SETTING, &format!("an unfinished --regrade to {}", settings[GRADER_SETTING]))?;
+    }
     let done = progress.pairs()?;
-    let jobs = plan(&prepared, &specs, &done, args.retry_errors);
+    let jobs = plan(&prepared, &specs, &done, Redo { errors: args.retry_errors, grades: args.regrade });
     let spent_before = spent_on_backends(&done);
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
@@ -142,6 +153,9 @@ pub fn run(args: LabelArgs) -> Result<()> {
     });
     let stop = runtime.block_on(run_jobs(engine.clone(), jobs, args.concurrency))?;
     engine.bar.finish_and_clear();
+    if args.regrade && stop == Stop::Done {
+        lock(&engine.progress).set_setting(GRADER_SETTING, &settings[GRADER_SETTING])?;
+    }
 
     let pairs = lock(&engine.progress).pairs()?;
     let rows: Vec<(&LabelPrompt, &str)> = prepared.iter().map(|p| (&p.prompt, p.text.as_str())).collect();
@@ -213,7 +227,7 @@ fn settings(models: &[String], args: &LabelArgs, grader: &GraderSpec) -> BTreeMa
     let show = |v: Option<String>| v.unwrap_or_else(|| "unset".into());
     BTreeMap::from([
         ("models", models.join(",")),
-        ("grader (SHA-256 of its JSON)", prompts::json_digest(grader.json())),
+        (GRADER_SETTING, prompts::json_digest(grader.json())),
         ("max_tokens", show(args.max_tokens.map(|v| v.to_string()))),
         ("temperature", show(args.temperature.map(|v| v.to_string()))),
     ])
@@ -259,14 +273,25 @@ fn origin_line(origin: &str) -> usize {
     origin.strip_prefix("line ").and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
-/// The pairs still to finish, prompt by prompt: those without a row, and with `--retry-errors`
-/// those whose row is an error (an answer that the grader failed on is graded again, not re-asked).
-fn plan(prepared: &[Arc<Prepared>], specs: &[ModelSpec], done: &HashMap<(String, String), PairResult>, retry_errors: bool) -> Vec<Job> {
+/// Which finished pairs a run does again.
+#[derive(Debug, Clone, Copy)]
+struct Redo {
+    /// `--retry-errors`: those that ended in an error.
+    errors: bool,
+    /// `--regrade`: the grading of every answer.
+    grades: bool,
+}
+
+/// The pairs still to finish, prompt by prompt: those without a row, with `--retry-errors` those
+/// whose row is an error (an answer that the grader failed on is graded again, not re-asked), and
+/// with `--regrade` every answer (graded again).
+fn plan(prepared: &[Arc<Prepared>], specs: &[ModelSpec], done: &HashMap<(String, String), PairResult>, redo: Redo) -> Vec<Job> {
     let mut jobs = Vec::new();
     for prompt in prepared {
         for (model, spec) in specs.iter().enumerate() {
             let answer = match done.get(&(prompt.prompt.key.clone(), spec.name.clone())) {
-                Some(result) if result.error.is_none() || !retry_errors => continue,
+                Some(result) if redo.grades && result.answer.is_some() => result.answer.clone(),
+                Some(result) if result.error.is_none() || !redo.errors => continue,
                 Some(result) => result.answer.clone(),
                 None => prompt.prompt.known.get(&spec.name).map(|known| ask::known_answer(spec, known, prompt.estimated_tokens)),
             };

@@ -103,11 +103,11 @@ impl Progress {
         Ok(Progress { connection })
     }
 
-    /// Records `settings` on first use; on a later run, errors naming every setting that changed:
-    /// the pairs already graded were graded under the old ones.
-    pub fn check_settings(&self, path: &Path, settings: &BTreeMap<&str, String>) -> Result<()> {
+    /// Records `settings` on first use; on a later run, errors naming every setting that changed
+    /// (but `may_change`): the pairs already graded were graded under the old ones.
+    pub fn check_settings(&self, path: &Path, settings: &BTreeMap<&str, String>, may_change: Option<&str>) -> Result<()> {
         let mut changed = Vec::new();
-        for (key, value) in settings {
+        for (key, value) in settings.iter().filter(|(key, _)| Some(**key) != may_change) {
             let stored: Option<String> = self
                 .connection
                 .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| row.get(0))
@@ -123,11 +123,18 @@ impl Progress {
         if !changed.is_empty() {
             bail!(
                 "{} was made with other settings ({}): its pairs would not be comparable. Rerun with the \
-                 same settings, or pass another --progress file (and --out) to start afresh",
+                 same settings, pass another --progress file (and --out) to start afresh, or, for a new \
+                 grader, --regrade to grade the stored answers again without asking the models",
                 path.display(),
                 changed.join("; ")
             );
         }
+        Ok(())
+    }
+
+    /// Sets one setting (a `--regrade` in progress, then its new grader).
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.connection.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)", params![key, value])?;
         Ok(())
     }
 
@@ -223,10 +230,11 @@ mod tests {
         let path = dir.path().join("p.db");
         let progress = Progress::open(&path).unwrap();
         let settings = BTreeMap::from([("models", "a,b".to_string()), ("grader", "g1".to_string())]);
-        progress.check_settings(&path, &settings).unwrap();
-        progress.check_settings(&path, &settings).unwrap();
+        progress.check_settings(&path, &settings, None).unwrap();
+        progress.check_settings(&path, &settings, None).unwrap();
         let other = BTreeMap::from([("models", "a,c".to_string()), ("grader", "g1".to_string())]);
-        let error = progress.check_settings(&path, &other).unwrap_err().to_string();
+        let error = progress.check_settings(&path, &other, None).unwrap_err().to_string();
         assert!(error.contains("models was a,b and is now a,c"), "{error}");
+        progress.check_settings(&path, &other, Some("models")).unwrap();
     }
 }
