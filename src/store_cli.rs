@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use router_store::{ExportFilter, Store, StoreOptions};
+use router_store::{ExportFilter, Location, Store, StoreOptions};
 
 #[derive(Subcommand)]
 pub enum StoreCommand {
@@ -16,9 +16,13 @@ pub enum StoreCommand {
 
 #[derive(Args)]
 pub struct ExportArgs {
-    /// The SQLite database (`[store] path` of the server config).
-    #[arg(long)]
-    db: PathBuf,
+    /// The store: an SQLite file (`[store] path` of the server config) or a PostgreSQL URL
+    /// (`[store] url`, postgres://user@host:port/database).
+    #[arg(long, value_name = "PATH|URL")]
+    db: String,
+    /// The environment variable holding the PostgreSQL password (`[store] password_env`).
+    #[arg(long, value_name = "VAR")]
+    password_env: Option<String>,
     /// Keep records whose metadata has KEY=VALUE (`metadata.KEY=VALUE`; repeatable, all must match).
     #[arg(long = "filter", value_name = "metadata.KEY=VALUE")]
     filters: Vec<String>,
@@ -44,6 +48,30 @@ pub(crate) fn parse_filter(text: &str) -> Result<(String, String)> {
     }
 }
 
+/// Opens an existing store to read it: `db` is an SQLite file (which must exist: reading never
+/// creates one) or a `postgres://` URL, whose password is read from the environment variable
+/// `password_env` when given. The commands that read a server's store (`store export`,
+/// `label --db`) open it here.
+pub(crate) fn open_for_reading(db: &str, password_env: Option<&str>) -> Result<Store> {
+    let password = match password_env {
+        None => None,
+        Some(var) => Some(
+            std::env::var(var)
+                .ok()
+                .filter(|p| !p.is_empty())
+                .with_context(|| format!("--password-env: environment variable `{var}` is unset or empty"))?,
+        ),
+    };
+    let location = Location::parse(db, password)?;
+    if let Location::Sqlite(path) = &location {
+        if !path.is_file() {
+            bail!("{}: no such database file", path.display());
+        }
+    }
+    // The cap only matters for writes; these commands only read.
+    Ok(Store::open_location(&location, StoreOptions { max_bytes: u64::MAX, ..StoreOptions::default() })?)
+}
+
 pub fn run(command: StoreCommand) -> Result<()> {
     match command {
         StoreCommand::Export(args) => export(args),
@@ -57,11 +85,7 @@ fn export(args: ExportArgs) -> Result<()> {
             bail!("--min-grade must be a number in [0, 1], got {g}");
         }
     }
-    if !args.db.is_file() {
-        bail!("{}: no such database file", args.db.display());
-    }
-    // The cap only matters for writes; this command only reads.
-    let store = Store::open(&args.db, StoreOptions { max_bytes: u64::MAX, ..StoreOptions::default() })?;
+    let store = open_for_reading(&args.db, args.password_env.as_deref())?;
     let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let mut out = BufWriter::new(file);
     let filter = ExportFilter { owner: None, model: args.model, metadata, min_grade: args.min_grade };

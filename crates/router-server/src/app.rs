@@ -64,7 +64,13 @@ impl AppState {
         let routing = Routing::load(&config, &dispatcher)?;
         let store = match &config.store {
             Some(s) => Some(Arc::new(
-                Store::open(&s.path, s.options).map_err(|e| bad("store.path", e.to_string()))?,
+                Store::open_location(&s.location, s.options).map_err(|e| {
+                    let key = match s.location {
+                        router_store::Location::Sqlite(_) => "store.path",
+                        router_store::Location::Postgres(_) => "store.url",
+                    };
+                    bad(key, e.to_string())
+                })?,
             )),
             None => None,
         };

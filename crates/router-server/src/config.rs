@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use router_dispatch::{ApiKey, Deployment, DeploymentKind, DispatchOptions};
 use router_policy::{Catalog, Mode};
-use router_store::{OnFull, StoreOptions, Synchronous, DEFAULT_MAX_BYTES};
+use router_store::{Location, OnFull, PostgresUrl, StoreOptions, Synchronous, DEFAULT_MAX_BYTES};
 use serde::Deserialize;
 
 use crate::ServerError;
@@ -90,8 +90,11 @@ pub struct ShadowConfig {
 /// The `[store]` section: stored completions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
-    /// `store.path`: the SQLite file (relative paths resolve against the config's directory).
-    pub path: PathBuf,
+    /// Where: `store.path`, an SQLite file (relative paths resolve against the config's
+    /// directory), or `store.url`, a PostgreSQL database (`postgres://user@host:port/db`, which
+    /// several replicas can share) with its password read from the environment variable
+    /// `store.password_env`.
+    pub location: Location,
     /// `store.max_bytes` (default 1 GiB), `store.on_full` (`refuse`, the default, or
     /// `evict_oldest`) and `store.synchronous` (`full`, the default, or `normal`).
     pub options: StoreOptions,
@@ -154,7 +157,9 @@ struct RawDispatch {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
-    path: String,
+    path: Option<String>,
+    url: Option<String>,
+    password_env: Option<String>,
     max_bytes: Option<u64>,
     on_full: Option<String>,
     synchronous: Option<String>,
@@ -435,9 +440,8 @@ impl ServerConfig {
         let store = match raw.store {
             None => None,
             Some(s) => {
-                if s.path.trim().is_empty() {
-                    return Err(bad("store.path", "is empty".into()));
-                }
+                let location =
+                    store_location(&s, base_dir, &env).map_err(|(key, reason)| bad(key, reason))?;
                 let max_bytes = s.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
                 if max_bytes == 0 {
                     return Err(bad("store.max_bytes", "must be at least 1".into()));
@@ -453,7 +457,7 @@ impl ServerConfig {
                     None => Synchronous::Full,
                 };
                 Some(StoreConfig {
-                    path: base_dir.join(&s.path),
+                    location,
                     options: StoreOptions {
                         max_bytes,
                         on_full,
@@ -494,6 +498,37 @@ impl ServerConfig {
             store,
             shadow,
         })
+    }
+}
+
+/// `store.path` or `store.url` (with `store.password_env`); an error is (the key, why).
+fn store_location(
+    s: &RawStore,
+    base_dir: &Path,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Location, (&'static str, String)> {
+    match (&s.path, &s.url) {
+        (Some(_), Some(_)) => Err(("store.url", "give `path` (SQLite) or `url` (PostgreSQL), not both".into())),
+        (None, None) => Err(("store.path", "missing: give `path` (SQLite) or `url` (PostgreSQL)".into())),
+        (Some(path), None) => {
+            if path.trim().is_empty() {
+                return Err(("store.path", "is empty".into()));
+            }
+            if s.password_env.is_some() {
+                return Err(("store.password_env", "only a PostgreSQL `url` takes a password".into()));
+            }
+            Ok(Location::Sqlite(base_dir.join(path)))
+        }
+        (None, Some(url)) => {
+            let password = match &s.password_env {
+                None => None,
+                Some(var) => Some(env(var).filter(|p| !p.is_empty()).ok_or_else(|| {
+                    ("store.password_env", format!("environment variable `{var}` is unset or empty"))
+                })?),
+            };
+            let url = PostgresUrl::new(url, password).map_err(|e| ("store.url", e.to_string()))?;
+            Ok(Location::Postgres(url))
+        }
     }
 }
 
@@ -649,14 +684,14 @@ model = "m"
     fn store_section() {
         let c = parse(&format!("{BASE}\n[store]\npath = \"data/s.db\"\n")).unwrap();
         let s = c.store.expect("a store");
-        assert_eq!(s.path, Path::new("/x/data/s.db"));
+        assert_eq!(s.location, Location::Sqlite("/x/data/s.db".into()));
         assert_eq!(s.options, StoreOptions::default());
         let c = parse(&format!(
             "{BASE}\n[store]\npath = \"/abs.db\"\nmax_bytes = 1000\non_full = \"evict_oldest\"\nsynchronous = \"normal\"\n"
         ))
         .unwrap();
         let s = c.store.expect("a store");
-        assert_eq!(s.path, Path::new("/abs.db"));
+        assert_eq!(s.location, Location::Sqlite("/abs.db".into()));
         assert_eq!(
             s.options,
             StoreOptions {
@@ -666,13 +701,26 @@ model = "m"
             }
         );
         assert!(parse(BASE).unwrap().store.is_none());
+        let c = parse(&format!(
+            "{BASE}\n[store]\nurl = \"postgres://router@127.0.0.1:5432/router\"\npassword_env = \"KEYS\"\n"
+        ))
+        .unwrap();
+        let Some(Location::Postgres(url)) = c.store.map(|s| s.location) else {
+            panic!("a PostgreSQL store")
+        };
+        assert_eq!((url.url(), url.password()), ("postgres://router@127.0.0.1:5432/router", Some("a, b")));
         for (extra, key) in [
             ("path = \"\"", "store.path"),
             ("path = \"a\"\nmax_bytes = 0", "store.max_bytes"),
             ("path = \"a\"\non_full = \"drop\"", "store.on_full"),
             ("path = \"a\"\nsynchronous = \"off\"", "store.synchronous"),
             ("path = \"a\"\nmax_size = 1", "max_size"),
-            ("max_bytes = 1", "path"),
+            ("max_bytes = 1", "store.path"),
+            ("path = \"a\"\nurl = \"postgres://u@h/db\"", "not both"),
+            ("path = \"a\"\npassword_env = \"PW\"", "store.password_env"),
+            ("url = \"postgres://u:secret@h/db\"", "password_env"),
+            ("url = \"mysql://u@h/db\"", "store.url"),
+            ("url = \"postgres://u@h/db\"\npassword_env = \"UNSET_VAR\"", "UNSET_VAR"),
         ] {
             let e = parse(&format!("{BASE}\n[store]\n{extra}\n"))
                 .unwrap_err()
