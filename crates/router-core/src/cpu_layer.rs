@@ -29,19 +29,50 @@ impl Norm {
 
     /// `rows ← layer_norm(rows + residual)`, row by row (`rows` and `residual` are `[n, width]`).
     fn add_and_normalize(&self, rows: &mut [f32], residual: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the function only needs AVX2 and FMA, which were just detected.
+            unsafe { self.add_and_normalize_avx2_fma(rows, residual) };
+            return;
+        }
+        self.add_and_normalize_generic(rows, residual);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn add_and_normalize_avx2_fma(&self, rows: &mut [f32], residual: &[f32]) {
+        self.add_and_normalize_generic(rows, residual);
+    }
+
+    #[inline(always)]
+    fn add_and_normalize_generic(&self, rows: &mut [f32], residual: &[f32]) {
         let width = self.gamma.len();
         for (row, skip) in rows.chunks_exact_mut(width).zip(residual.chunks_exact(width)) {
             for (value, skip) in row.iter_mut().zip(skip) {
                 *value += skip;
             }
-            let mean = row.iter().sum::<f32>() / width as f32;
-            let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
+            let mean = lane_sum(row, |v| v) / width as f32;
+            let variance = lane_sum(row, |v| (v - mean) * (v - mean)) / width as f32;
             let scale = 1.0 / (variance + self.eps).sqrt();
             for ((value, gamma), beta) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
                 *value = (*value - mean) * scale * gamma + beta;
             }
         }
     }
+}
+
+/// The sum of `term(v)` over `values` in [`LANES`] partial sums, which the compiler keeps in one
+/// vector register (a single running `f32` sum is a chain it must not reorder).
+#[inline(always)]
+fn lane_sum(values: &[f32], term: impl Fn(f32) -> f32) -> f32 {
+    let mut sums = [0f32; LANES];
+    let (chunks, rest) = values.as_chunks::<LANES>();
+    for chunk in chunks {
+        for (sum, &value) in sums.iter_mut().zip(chunk) {
+            *sum += term(value);
+        }
+    }
+    sums.iter().sum::<f32>() + rest.iter().map(|&value| term(value)).sum::<f32>()
 }
 
 /// One BERT layer with its weights packed for the CPU.
@@ -133,6 +164,23 @@ const ATTENTION_PARALLEL_WORK: usize = 1 << 20;
 
 /// The feed-forward activation, in place.
 fn activate(act: HiddenAct, values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the function only needs AVX2 and FMA, which were just detected.
+        unsafe { activate_avx2_fma(act, values) };
+        return;
+    }
+    activate_generic(act, values);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn activate_avx2_fma(act: HiddenAct, values: &mut [f32]) {
+    activate_generic(act, values);
+}
+
+#[inline(always)]
+fn activate_generic(act: HiddenAct, values: &mut [f32]) {
     match act {
         HiddenAct::Gelu => values
             .iter_mut()
@@ -204,14 +252,7 @@ fn softmax_rows_generic(values: &mut [f32], width: usize, scale: f32) {
         for value in row.iter_mut() {
             *value = exp_approx((*value - max) * scale);
         }
-        let mut sums = [0f32; LANES];
-        let (chunks, rest) = row.as_chunks::<LANES>();
-        for chunk in chunks {
-            for (sum, &value) in sums.iter_mut().zip(chunk) {
-                *sum += value;
-            }
-        }
-        let norm = 1.0 / (sums.iter().sum::<f32>() + rest.iter().sum::<f32>());
+        let norm = 1.0 / lane_sum(row, |v| v);
         row.iter_mut().for_each(|value| *value *= norm);
     }
 }
