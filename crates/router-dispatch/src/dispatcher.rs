@@ -14,8 +14,9 @@ use crate::{Deployment, DeploymentKind, DispatchError};
 pub struct DispatchOptions {
     /// Time allowed to open a connection.
     pub connect_timeout: Duration,
-    /// Time allowed, per attempt, until the response headers arrive. A streamed body is not
-    /// limited (only [`DispatchOptions::read_timeout`] between its chunks).
+    /// Time allowed, per attempt, until the response headers arrive. The server allows a
+    /// non-streamed body the same time again to arrive in full; a streamed body is limited
+    /// only by [`DispatchOptions::read_timeout`] between its chunks.
     pub timeout: Duration,
     /// Longest silence allowed between two chunks of a response body.
     pub read_timeout: Duration,
@@ -25,10 +26,14 @@ pub struct DispatchOptions {
     pub backoff: Duration,
     /// Cap of one backoff, including one taken from a 5xx's `Retry-After`.
     pub max_backoff: Duration,
-    /// Cooldown after a 429 without a usable `Retry-After`.
+    /// Cooldown after a second 429 in a row without a usable `Retry-After` (doubled for each
+    /// further one). A single 429 does not cool the deployment.
     pub default_cooldown: Duration,
     /// Cap of one cooldown.
     pub max_cooldown: Duration,
+    /// While a deployment cools down, one request per `probe_interval` is still let through
+    /// (a probe); an answer other than 429 ends the cooldown at once.
+    pub probe_interval: Duration,
 }
 
 impl Default for DispatchOptions {
@@ -42,6 +47,7 @@ impl Default for DispatchOptions {
             max_backoff: Duration::from_secs(5),
             default_cooldown: Duration::from_secs(10),
             max_cooldown: Duration::from_secs(300),
+            probe_interval: Duration::from_secs(1),
         }
     }
 }
@@ -78,8 +84,19 @@ pub struct Dispatched {
 pub struct Dispatcher {
     client: reqwest::Client,
     deployments: HashMap<String, Deployment>,
-    cooldowns: Mutex<HashMap<String, Instant>>,
+    cooldowns: Mutex<HashMap<String, Cooling>>,
     options: DispatchOptions,
+}
+
+/// A deployment's rate-limit state, from the 429s it answered in a row.
+#[derive(Debug, Clone, Copy)]
+struct Cooling {
+    /// 429s in a row (an answer other than 429 forgets the deployment's state).
+    strikes: u32,
+    /// No request goes there before this, except a probe.
+    until: Instant,
+    /// When the next probe may go.
+    next_probe: Instant,
 }
 
 enum Outcome {
@@ -144,23 +161,59 @@ impl Dispatcher {
     /// How long `name` stays cooled down, if it is.
     pub fn cooldown_left(&self, name: &str) -> Option<Duration> {
         let now = Instant::now();
+        let map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(name)
+            .filter(|c| c.until > now)
+            .map(|c| c.until - now)
+    }
+
+    /// Whether a request may go to `name` now: it is not cooling down, or this request is the
+    /// cooling deployment's probe.
+    fn admits(&self, name: &str) -> bool {
+        let now = Instant::now();
         let mut map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(name) {
-            Some(until) if *until > now => Some(*until - now),
-            Some(_) => {
-                map.remove(name);
-                None
+        match map.get_mut(name) {
+            Some(c) if c.until > now => {
+                if now < c.next_probe {
+                    return false;
+                }
+                c.next_probe = now + self.options.probe_interval;
+                true
             }
-            None => None,
+            _ => true,
         }
     }
 
-    fn cool_down(&self, name: &str, retry_after: Option<Duration>) {
-        let wait = retry_after
-            .unwrap_or(self.options.default_cooldown)
-            .min(self.options.max_cooldown);
+    /// A 429 from `name`. One 429 is one request too many, not a saturated deployment: only
+    /// from the second in a row on is it cooled, for its `Retry-After`, else for
+    /// `default_cooldown` doubled for each further 429, capped by `max_cooldown`.
+    fn too_many(&self, name: &str, retry_after: Option<Duration>) {
+        let now = Instant::now();
         let mut map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(name.to_string(), Instant::now() + wait);
+        let strikes = map.get(name).map_or(0, |c| c.strikes).saturating_add(1);
+        let wait = match retry_after {
+            _ if strikes < 2 => Duration::ZERO,
+            Some(wait) => wait,
+            None => self
+                .options
+                .default_cooldown
+                .saturating_mul(1u32 << (strikes - 2).min(16)),
+        }
+        .min(self.options.max_cooldown);
+        map.insert(
+            name.to_string(),
+            Cooling {
+                strikes,
+                until: now + wait,
+                next_probe: now + self.options.probe_interval.min(wait),
+            },
+        );
+    }
+
+    /// An answer other than 429 from `name`: it is not rate-limited any more.
+    fn answered(&self, name: &str) {
+        let mut map = self.cooldowns.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(name);
     }
 
     /// Sends the request to the first deployment that takes it; see the crate docs.
@@ -178,6 +231,14 @@ impl Dispatcher {
         }
         let mut attempts = 0u32;
         let mut saturated: Vec<String> = Vec::new();
+        // The shortest wait a 429 asked for, in this request.
+        let mut asked_wait: Option<Duration> = None;
+        let mut note_wait = |wait: Option<Duration>| {
+            asked_wait = match (asked_wait, wait) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
         let mut failure: Option<DispatchError> = None;
         let mut tried: HashSet<&str> = HashSet::new();
         for name in request.deployments {
@@ -188,7 +249,7 @@ impl Dispatcher {
             if !tried.insert(primary.name.as_str()) {
                 continue;
             }
-            if self.cooldown_left(&primary.name).is_none() {
+            if self.admits(&primary.name) {
                 match self
                     .send_with_retries(primary, request.body, &mut attempts)
                     .await
@@ -203,7 +264,8 @@ impl Dispatcher {
                         })
                     }
                     Outcome::TooMany(retry_after) => {
-                        self.cool_down(&primary.name, retry_after);
+                        note_wait(retry_after);
+                        self.too_many(&primary.name, retry_after);
                         saturated.push(primary.name.clone());
                     }
                     Outcome::Failed(error) => {
@@ -227,7 +289,7 @@ impl Dispatcher {
             if !tried.insert(spill.name.as_str()) {
                 continue;
             }
-            if self.cooldown_left(&spill.name).is_some() {
+            if !self.admits(&spill.name) {
                 saturated.push(spill.name.clone());
                 continue;
             }
@@ -245,7 +307,8 @@ impl Dispatcher {
                     })
                 }
                 Outcome::TooMany(retry_after) => {
-                    self.cool_down(&spill.name, retry_after);
+                    note_wait(retry_after);
+                    self.too_many(&spill.name, retry_after);
                     saturated.push(spill.name.clone());
                 }
                 Outcome::Failed(error) => failure = Some(error),
@@ -254,7 +317,9 @@ impl Dispatcher {
         if let Some(error) = failure {
             return Err(error);
         }
-        let retry_after = saturated.iter().filter_map(|n| self.cooldown_left(n)).min();
+        let cooling = saturated.iter().filter_map(|n| self.cooldown_left(n)).min();
+        note_wait(cooling);
+        let retry_after = asked_wait;
         Err(DispatchError::Saturated {
             deployments: saturated,
             retry_after,
@@ -325,6 +390,7 @@ impl Dispatcher {
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         return Outcome::TooMany(retry_after(response.headers()));
                     }
+                    self.answered(&deployment.name);
                     if status.is_server_error() && !last {
                         let wait = retry_after(response.headers())
                             .map(|d| d.min(self.options.max_backoff))
@@ -335,6 +401,12 @@ impl Dispatcher {
                     }
                     return Outcome::Response(response, latency);
                 }
+                // reqwest's own read timeout: the headers did not come in time either.
+                Ok(Err(e)) if e.is_timeout() => DispatchError::Timeout {
+                    deployment: deployment.name.clone(),
+                    timeout: self.options.timeout.min(self.options.read_timeout),
+                    attempts: local,
+                },
                 Ok(Err(e)) => DispatchError::Upstream {
                     deployment: deployment.name.clone(),
                     message: describe(&e),

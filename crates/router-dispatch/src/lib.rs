@@ -8,20 +8,26 @@
 //!
 //! For the chosen model's deployments, in the order the catalog lists them:
 //!
-//! 1. A deployment that is **cooling down** (it answered 429 less than its `Retry-After` ago) is
-//!    skipped without a round trip.
+//! 1. A deployment that is **cooling down** (see 4) is skipped without a round trip, except for
+//!    one *probe* request per [`DispatchOptions::probe_interval`]: an answer other than 429
+//!    ends the cooldown at once.
 //! 2. Otherwise the request is sent, with the body's `model` replaced by the deployment's
 //!    upstream model name. `openai` deployments get `Authorization: Bearer KEY` and
 //!    `POST {base_url}/chat/completions`; `azure` deployments get the `api-key` header and
 //!    `POST {base_url}/openai/deployments/{model}/chat/completions?api-version=V`.
 //! 3. **Retries**: a connection error, a timeout (no response headers within
-//!    [`DispatchOptions::timeout`]) or a 5xx is retried up to [`DispatchOptions::max_retries`]
+//!    [`DispatchOptions::timeout`], or a silence longer than [`DispatchOptions::read_timeout`]
+//!    before them) or a 5xx is retried up to [`DispatchOptions::max_retries`]
 //!    times with jittered exponential backoff; a `Retry-After` on a 5xx replaces the backoff
 //!    (capped by [`DispatchOptions::max_backoff`]).
-//! 4. **429**: the deployment is cooled down for its `Retry-After` (or `retry-after-ms`; else
-//!    [`DispatchOptions::default_cooldown`]). If it is *provisioned*, the same request goes to
-//!    its spillover deployment: the one the caller names ([`DispatchRequest::spillover`], from
-//!    the `x-ms-spillover-deployment` header) or else the deployment's configured `spillover`.
+//! 4. **429**: the request moves on at once (no retry on the same deployment). One 429 does
+//!    not cool the deployment (2 % of calls answering 429 must not turn away every request
+//!    of the next seconds); a second in a row cools it for its `Retry-After` (or
+//!    `retry-after-ms`), else for [`DispatchOptions::default_cooldown`], doubled for each
+//!    further one (all capped by [`DispatchOptions::max_cooldown`]). If it is
+//!    *provisioned*, the same request goes to its spillover deployment: the one the caller
+//!    names ([`DispatchRequest::spillover`], from the `x-ms-spillover-deployment` header) or
+//!    else the deployment's configured `spillover`; then to the model's next deployment.
 //!    A provisioned deployment that is already cooling down spills over directly.
 //!    The result says which deployment it spilled from ([`Dispatched::spillover_from`]).
 //! 5. Any other answer (2xx, 4xx) is returned as is: the caller streams or reads its body.

@@ -20,11 +20,17 @@ use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::access::{AccessLine, Sink};
 use crate::chat::{self, Conversation, Overrides};
+use crate::error::ErrorCode;
+use crate::listen::{self, Limits};
 use crate::record::Outcome;
 use crate::shadow::{self, ShadowJob, Shadows};
 use crate::sse;
 use crate::stored::{self, StoreJob};
+use crate::upstream::Failure;
 use crate::{ApiError, Metrics, Routing, ScoreError, ServerConfig, ServerError};
 
 /// Everything the handlers share.
@@ -38,6 +44,7 @@ pub struct AppState {
     metrics: Metrics,
     store: Option<Arc<Store>>,
     shadows: Option<Shadows>,
+    access_log: Sink,
 }
 
 /// What a reload swapped: `name@version` of the bundle before and after.
@@ -75,7 +82,10 @@ impl AppState {
             None => None,
         };
         let shadows = config.shadow.clone().map(Shadows::new);
+        let access_log = Sink::open(config.access_log, config.access_log_path.as_deref())
+            .map_err(|e| bad("server.access_log_path", e.to_string()))?;
         Ok(AppState {
+            access_log,
             config,
             routing: RwLock::new(Arc::new(routing)),
             reloading: tokio::sync::Mutex::new(()),
@@ -191,7 +201,55 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .with_state(state)
+}
+
+/// What a connection beyond `server.max_connections` is served: `GET /health`, else 503.
+fn overflow_app(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .route("/health", get(health))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "The router is serving as many connections as it may; retry shortly.",
+            )
+            .code("too_many_connections")
+        })
+        .with_state(state)
+}
+
+/// Reads the whole request body before any handler: at most `server.max_body_bytes` (413
+/// beyond), within `server.body_timeout_ms` (408 after), so a client that sends half a body
+/// cannot hold its connection.
+async fn read_body(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let limit = state.config.max_body_bytes;
+    let read = Limited::new(body, limit).collect();
+    let failed = match tokio::time::timeout(state.config.body_timeout, read).await {
+        Ok(Ok(collected)) => {
+            let request = Request::from_parts(parts, Body::from(collected.to_bytes()));
+            return next.run(request).await;
+        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .code("request_too_large"),
+        Ok(Err(_)) => ApiError::invalid("the request body broke off", None),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "the request body did not arrive within {} ms",
+                state.config.body_timeout.as_millis()
+            ),
+        )
+        .code("request_timeout"),
+    };
+    failed.into_response()
 }
 
 /// A server running on a tokio runtime.
@@ -234,17 +292,25 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     if let Some(shadows) = state.shadows() {
         shadows.start_workers(Arc::downgrade(&state));
     }
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: listen,
+            source,
+        })?;
     let addr = listener.local_addr()?;
-    let app = build_app(state.clone());
+    let limits = Limits {
+        max_connections: state.config.max_connections,
+        header_timeout: state.config.header_timeout,
+    };
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let task = tokio::spawn(listen::serve(
+        listener,
+        build_app(state.clone()),
+        overflow_app(state.clone()),
+        limits,
+        rx,
+    ));
     Ok(RunningServer {
         addr,
         state,
@@ -340,6 +406,7 @@ fn key_matches(keys: &[String], given: &[u8]) -> bool {
 pub(crate) struct Caller(pub(crate) String);
 
 async fn auth(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let start = Instant::now();
     if state.config.api_keys.is_empty() {
         request
             .extensions_mut()
@@ -352,7 +419,17 @@ async fn auth(State(state): State<Arc<AppState>>, mut request: Request, next: Ne
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        given => unauthorised(given.is_some()).into_response(),
+        given => {
+            let response = unauthorised(given.is_some()).into_response();
+            record(
+                &state,
+                request.uri().path(),
+                &response,
+                &Ctx::default(),
+                start.elapsed(),
+            );
+            response
+        }
     }
 }
 
@@ -533,17 +610,43 @@ fn dispatch_error(e: DispatchError) -> ApiError {
         }
         DispatchError::Timeout { .. } => {
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, "server_error", e.to_string())
-                .code("upstream_timeout")
+                .code("gateway_timeout")
         }
         other => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", other.to_string())
             .code("upstream_error"),
     }
 }
 
+/// A dispatch that found no answer: timeouts and connection failures are counted as upstream
+/// failures of the last deployment tried.
+fn dispatch_failed(state: &AppState, e: DispatchError) -> ApiError {
+    match &e {
+        DispatchError::Timeout { deployment, .. } => {
+            state.metrics.upstream_failure(deployment, "timeout")
+        }
+        DispatchError::Upstream { deployment, .. } => {
+            state.metrics.upstream_failure(deployment, "connection")
+        }
+        _ => {}
+    }
+    dispatch_error(e)
+}
+
+/// What the access log and the request metric say about a request.
 struct Ctx {
     model: String,
     mode: String,
     spillover: bool,
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Ctx {
+            model: "none".into(),
+            mode: "none".into(),
+            spillover: false,
+        }
+    }
 }
 
 async fn chat_completions(
@@ -573,11 +676,7 @@ async fn handle_chat(
     deployment: Option<String>,
 ) -> Response {
     let start = Instant::now();
-    let mut ctx = Ctx {
-        model: "none".into(),
-        mode: "none".into(),
-        spillover: false,
-    };
+    let mut ctx = Ctx::default();
     let path = match &deployment {
         Some(name) => format!("/openai/deployments/{name}/chat/completions"),
         None => "/v1/chat/completions".to_string(),
@@ -586,46 +685,44 @@ async fn handle_chat(
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    state.metrics.request(
-        &ctx.model,
-        &ctx.mode,
-        response.status().as_u16(),
-        ctx.spillover,
-    );
-    if state.config.access_log {
-        eprintln!("{}", access_line(&path, &response, &ctx, start.elapsed()));
-    }
+    record(&state, &path, &response, &ctx, start.elapsed());
     response
 }
 
-/// One logfmt line per chat request: when, what, the answer's status, the model and deployment
-/// that answered, the mode, spillover, the time to the response head and the store outcome.
-/// Written before the response goes out, so every answered request has its line.
-fn access_line(path: &str, response: &Response, ctx: &Ctx, elapsed: Duration) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+/// Counts a request in `model_router_requests_total` and writes its access line (before the
+/// response goes out, so every answered request has its line).
+fn record(state: &AppState, path: &str, response: &Response, ctx: &Ctx, elapsed: Duration) {
+    let status = response.status().as_u16();
+    state
+        .metrics
+        .request(&ctx.model, &ctx.mode, status, ctx.spillover);
     let header = |name: &str| {
         response
             .headers()
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
-            .to_string()
     };
     let store = header("x-router-store");
-    format!(
-        "access ts={}.{:03} path={path} status={} model={:?} mode={} deployment={:?} spillover={} ms={:.3} store={}",
-        now.as_secs(),
-        now.subsec_millis(),
-        response.status().as_u16(),
-        ctx.model,
-        ctx.mode,
-        header("x-router-deployment"),
-        ctx.spillover,
-        elapsed.as_secs_f64() * 1e3,
-        store.split_whitespace().next().unwrap_or("-").trim_end_matches(':'),
-    )
+    let line = AccessLine {
+        path,
+        status,
+        model: &ctx.model,
+        mode: &ctx.mode,
+        deployment: header("x-router-deployment"),
+        spillover: ctx.spillover,
+        elapsed,
+        store: store
+            .split_whitespace()
+            .next()
+            .unwrap_or("-")
+            .trim_end_matches(':'),
+        error: response
+            .extensions()
+            .get::<ErrorCode>()
+            .map_or("-", |code| code.0),
+    };
+    state.access_log.write(&line);
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -711,7 +808,6 @@ async fn chat_inner(
             ctx.model = decision.model.clone();
             ctx.mode = decision.mode.as_str().to_string();
             let deployments = routing
-                .policy()
                 .catalog()
                 .get(&decision.model)
                 .map(|m| m.deployments.clone())
@@ -763,10 +859,10 @@ async fn chat_inner(
                         Err(e) => return Err(policy_error(e)),
                     }
                 }
-                Err(e) => return Err(dispatch_error(e)),
+                Err(e) => return Err(dispatch_failed(state, e)),
             }
         }
-    } else if let Some(spec) = routing.policy().catalog().get(&requested) {
+    } else if let Some(spec) = routing.catalog().get(&requested) {
         ctx.model = requested.clone();
         ctx.mode = "bypass".into();
         if spec.deployments.is_empty() {
@@ -789,7 +885,7 @@ async fn chat_inner(
                 spillover,
             })
             .await
-            .map_err(dispatch_error)?;
+            .map_err(|e| dispatch_failed(state, e))?;
         respond(state, d, &requested, None, conv.stream, cost, job, ctx).await
     } else {
         let mut e = ApiError::new(
@@ -862,10 +958,15 @@ async fn respond(
     ctx.spillover = d.spillover_from.is_some();
     state.metrics.upstream(&d.deployment, d.latency);
     let status = d.response.status();
-    if status.is_success() {
-        state.metrics.cost(model, cost);
-    }
     let mut headers = HeaderMap::new();
+    set_header(&mut headers, "x-router-model", model);
+    set_header(&mut headers, "x-router-deployment", &d.deployment);
+    if let Some(from) = &d.spillover_from {
+        set_header(&mut headers, "x-ms-spillover-from-deployment", from);
+    }
+    if let Some(failure) = Failure::of_status(status.as_u16()) {
+        return Ok(upstream_failed(state, job, &d.deployment, failure, headers));
+    }
     for name in [
         header::CONTENT_TYPE,
         header::RETRY_AFTER,
@@ -875,16 +976,12 @@ async fn respond(
             headers.insert(name, v.clone());
         }
     }
-    set_header(&mut headers, "x-router-model", model);
-    set_header(&mut headers, "x-router-deployment", &d.deployment);
-    if let Some(from) = &d.spillover_from {
-        set_header(&mut headers, "x-ms-spillover-from-deployment", from);
-    }
     if let Some(decision) = decision {
         set_header(&mut headers, "x-router-decision", &ascii_json(decision));
     }
     let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let body = if stream && status.is_success() {
+        state.metrics.cost(model, cost);
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         let events = sse::with_model(d.response.bytes_stream().boxed(), model.to_string());
         match job.take() {
@@ -906,29 +1003,35 @@ async fn respond(
         }
     } else {
         let deployment = d.deployment.clone();
-        let bytes = read_answer(state, d).await?;
-        let answer = Answer {
-            model,
-            deployment: &deployment,
-            decision,
-            cost,
+        let bytes = match read_answer(state, d).await {
+            Ok(bytes) => bytes,
+            Err(failure) => {
+                return Ok(upstream_failed(state, job, &deployment, failure, headers));
+            }
         };
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(object)) if status.is_success() => {
-                json_answer(state, object, &answer, job, &mut headers).await
-            }
-            _ => {
-                if job.take().is_some_and(|job| job.asked) {
-                    let why = if status.is_success() {
-                        "the backend's answer is not a JSON object".to_string()
-                    } else {
-                        format!("the backend answered {}", status.as_u16())
-                    };
-                    let outcome = stored::skipped(state, why);
-                    set_header(&mut headers, "x-router-store", &outcome.header_value());
+        if status.is_success() {
+            let object = match Failure::completion(&bytes) {
+                Ok(object) => object,
+                Err(failure) => {
+                    return Ok(upstream_failed(state, job, &deployment, failure, headers));
                 }
-                Body::from(bytes)
+            };
+            state.metrics.cost(model, cost);
+            let answer = Answer {
+                model,
+                deployment: &deployment,
+                decision,
+                cost,
+            };
+            json_answer(state, object, &answer, job, &mut headers).await
+        } else {
+            // The backend's own 4xx (a context too long, a bad parameter): the client's to read.
+            if job.take().is_some_and(|job| job.asked) {
+                let why = format!("the backend answered {}", status.as_u16());
+                let outcome = stored::skipped(state, why);
+                set_header(&mut headers, "x-router-store", &outcome.header_value());
             }
+            Body::from(bytes)
         }
     };
     let mut response = Response::new(body);
@@ -937,25 +1040,40 @@ async fn respond(
     Ok(response)
 }
 
-/// The whole body of a non-streamed answer, within the dispatch timeout.
-async fn read_answer(state: &AppState, d: Dispatched) -> Result<Bytes, ApiError> {
-    match tokio::time::timeout(state.dispatcher.options().timeout, d.response.bytes()).await {
+/// An upstream answer that is not one ([`Failure`]): counted, not stored, and answered with
+/// the router's own OpenAI-shaped error (with `headers`: the model and deployment).
+fn upstream_failed(
+    state: &AppState,
+    job: Option<StoreJob>,
+    deployment: &str,
+    failure: Failure,
+    headers: HeaderMap,
+) -> Response {
+    state.metrics.upstream_failure(deployment, failure.kind());
+    let outcome = job
+        .filter(|job| job.asked)
+        .map(|_| stored::skipped(state, format!("the backend failed: {}", failure.kind())));
+    let mut response = failure.error(deployment).into_response();
+    response.headers_mut().extend(headers);
+    if let Some(outcome) = outcome {
+        set_header(
+            response.headers_mut(),
+            "x-router-store",
+            &outcome.header_value(),
+        );
+    }
+    response
+}
+
+/// The whole body of a non-streamed answer, within the dispatch timeout (a second one, after
+/// the headers' own) and with no silence longer than the read timeout.
+async fn read_answer(state: &AppState, d: Dispatched) -> Result<Bytes, Failure> {
+    let options = state.dispatcher.options();
+    match tokio::time::timeout(options.timeout, d.response.bytes()).await {
         Ok(Ok(b)) => Ok(b),
-        Ok(Err(_)) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "server_error",
-            format!("deployment `{}` broke off its response", d.deployment),
-        )
-        .code("upstream_error")),
-        Err(_) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "server_error",
-            format!(
-                "deployment `{}` did not finish its response in time",
-                d.deployment
-            ),
-        )
-        .code("upstream_timeout")),
+        Ok(Err(e)) if e.is_timeout() => Err(Failure::TimedOut(options.read_timeout)),
+        Ok(Err(_)) => Err(Failure::Broken),
+        Err(_) => Err(Failure::TimedOut(options.timeout)),
     }
 }
 

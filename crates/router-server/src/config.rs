@@ -16,6 +16,8 @@ use crate::ServerError;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// The default name under which the router itself is addressed (`"model": "model-router"`).
 pub const DEFAULT_ROUTER_NAME: &str = "model-router";
+/// The default cap on client connections served at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
 /// A validated server config. Build it with [`ServerConfig::load`] (a file, keys from the
 /// process environment) or [`ServerConfig::from_toml_str`] (any text and environment).
@@ -43,6 +45,20 @@ pub struct ServerConfig {
     pub queue: usize,
     /// `server.access_log`: one line per chat request on stderr (default on).
     pub access_log: bool,
+    /// `server.access_log_path`: the file the access log is appended to (relative paths
+    /// resolve against the config's directory); `None`: stderr.
+    pub access_log_path: Option<PathBuf>,
+    /// `server.max_connections`: client connections served at once (default
+    /// [`DEFAULT_MAX_CONNECTIONS`]). Beyond it a few more are accepted with a short
+    /// header timeout to answer `GET /health` and a 503 (with `Retry-After`) for the rest.
+    pub max_connections: usize,
+    /// `server.header_timeout_ms`: time a connection may take to send a whole request head,
+    /// counted from the connection's start or the end of its previous response, so it is
+    /// also the idle keep-alive timeout (default 10 s).
+    pub header_timeout: Duration,
+    /// `server.body_timeout_ms`: time a request may take to send its whole body (default
+    /// 30 s); a late one gets 408.
+    pub body_timeout: Duration,
     /// `router.bundle`, resolved against the config file's directory.
     pub bundle: PathBuf,
     /// `router.name`: the model name that asks for routing (default `model-router`).
@@ -128,6 +144,10 @@ struct RawServer {
     batch_tokens: Option<usize>,
     queue: Option<usize>,
     access_log: Option<bool>,
+    access_log_path: Option<String>,
+    max_connections: Option<usize>,
+    header_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -152,6 +172,7 @@ struct RawDispatch {
     max_backoff_ms: Option<u64>,
     default_cooldown_ms: Option<u64>,
     max_cooldown_ms: Option<u64>,
+    probe_interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -271,6 +292,13 @@ impl ServerConfig {
         let max_batch = positive("server.max_batch", raw.server.max_batch, 32)?;
         let batch_tokens = positive("server.batch_tokens", raw.server.batch_tokens, 16_384)?;
         let queue = positive("server.queue", raw.server.queue, 1024)?;
+        let max_connections = positive(
+            "server.max_connections",
+            raw.server.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+        )?;
+        let header_timeout = Duration::from_millis(raw.server.header_timeout_ms.unwrap_or(10_000));
+        let body_timeout = Duration::from_millis(raw.server.body_timeout_ms.unwrap_or(30_000));
 
         if raw.router.bundle.trim().is_empty() {
             return Err(bad("router.bundle", "is empty".into()));
@@ -412,11 +440,15 @@ impl ServerConfig {
             max_backoff: ms(raw.dispatch.max_backoff_ms, defaults.max_backoff),
             default_cooldown: ms(raw.dispatch.default_cooldown_ms, defaults.default_cooldown),
             max_cooldown: ms(raw.dispatch.max_cooldown_ms, defaults.max_cooldown),
+            probe_interval: ms(raw.dispatch.probe_interval_ms, defaults.probe_interval),
         };
         for (key, value) in [
             ("dispatch.timeout_ms", dispatch.timeout),
             ("dispatch.connect_timeout_ms", dispatch.connect_timeout),
             ("dispatch.read_timeout_ms", dispatch.read_timeout),
+            ("dispatch.probe_interval_ms", dispatch.probe_interval),
+            ("server.header_timeout_ms", header_timeout),
+            ("server.body_timeout_ms", body_timeout),
         ] {
             if value.is_zero() {
                 return Err(bad(key, "must be at least 1".into()));
@@ -486,6 +518,10 @@ impl ServerConfig {
             batch_tokens,
             queue,
             access_log: raw.server.access_log.unwrap_or(true),
+            access_log_path: raw.server.access_log_path.map(|p| base_dir.join(p)),
+            max_connections,
+            header_timeout,
+            body_timeout,
             bundle,
             router_name,
             mode,

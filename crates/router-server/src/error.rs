@@ -51,7 +51,15 @@ pub enum ServerError {
         /// What the probe found.
         reason: String,
     },
-    /// The listen address cannot be bound, or serving failed.
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The I/O error (e.g. address already in use).
+        source: std::io::Error,
+    },
+    /// Serving failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -118,10 +126,27 @@ impl ApiError {
     }
 }
 
+/// The `Retry-After` of a 429 or 503 whose wait is not known.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The code of an error response, kept in its extensions for the access log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ErrorCode(pub(crate) &'static str);
+
 impl IntoResponse for ApiError {
+    /// The JSON body; a 429 or 503 always carries `Retry-After` (whole seconds, at least 1;
+    /// [`DEFAULT_RETRY_AFTER`] when the wait is not known).
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
-        if let Some(wait) = self.retry_after {
+        response
+            .extensions_mut()
+            .insert(ErrorCode(self.code.unwrap_or(self.kind)));
+        let busy = matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        );
+        let retry_after = self.retry_after.or(busy.then_some(DEFAULT_RETRY_AFTER));
+        if let Some(wait) = retry_after {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
                 response.headers_mut().insert("retry-after", value);

@@ -96,16 +96,19 @@
 //! - Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
 #![deny(missing_docs)]
 
+mod access;
 mod app;
 mod chat;
 mod config;
 mod error;
+mod listen;
 mod metrics;
 mod record;
 mod routing;
 mod shadow;
 mod sse;
 mod stored;
+mod upstream;
 mod worker;
 
 #[cfg(unix)]
@@ -113,9 +116,10 @@ pub use app::reload_on_sighup;
 pub use app::{build_app, run, run_blocking, start, AppState, Reloaded, RunningServer};
 pub use chat::{analyse, overrides, Conversation, Overrides};
 pub use config::{
-    ServerConfig, ShadowConfig, StoreConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_ROUTER_NAME,
+    ServerConfig, ShadowConfig, StoreConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_ROUTER_NAME,
 };
-pub use error::{ApiError, ServerError};
+pub use error::{ApiError, ServerError, DEFAULT_RETRY_AFTER};
 pub use metrics::Metrics;
 pub use router_store;
 pub use routing::{Routing, PROBE_PROMPTS};

@@ -65,6 +65,7 @@ struct Inner {
     routing: Histogram,
     upstream: BTreeMap<String, Histogram>,
     reroutes: u64,
+    upstream_failures: BTreeMap<(String, &'static str), u64>,
     store: BTreeMap<&'static str, u64>,
     evicted: u64,
     shadow_sent: u64,
@@ -88,6 +89,7 @@ impl Default for Metrics {
                 routing: Histogram::new(ROUTING_BUCKETS),
                 upstream: BTreeMap::new(),
                 reroutes: 0,
+                upstream_failures: BTreeMap::new(),
                 store: BTreeMap::new(),
                 evicted: 0,
                 shadow_sent: 0,
@@ -146,6 +148,16 @@ impl Metrics {
     /// Counts one re-routing after a saturated model.
     pub fn reroute(&self) {
         self.lock().reroutes += 1;
+    }
+
+    /// Counts an upstream answer that was not one, by deployment and kind: `credentials`
+    /// (401/403), `server_error` (5xx), `not_a_completion`, `broken`, `timeout`, `connection`.
+    pub fn upstream_failure(&self, deployment: &str, kind: &'static str) {
+        *self
+            .lock()
+            .upstream_failures
+            .entry((deployment.to_string(), kind))
+            .or_insert(0) += 1;
     }
 
     /// Counts one `"store": true` request by result: `stored`, `refused` (the store is full),
@@ -210,6 +222,15 @@ impl Metrics {
         out.push_str("# HELP model_router_reroutes_total Decisions re-run because the chosen model was saturated.\n");
         out.push_str("# TYPE model_router_reroutes_total counter\n");
         let _ = writeln!(out, "model_router_reroutes_total {}", inner.reroutes);
+        out.push_str("# HELP model_router_upstream_failures_total Upstream answers that were not answers, by deployment and kind.\n");
+        out.push_str("# TYPE model_router_upstream_failures_total counter\n");
+        for ((deployment, kind), n) in &inner.upstream_failures {
+            let _ = writeln!(
+                out,
+                "model_router_upstream_failures_total{{deployment=\"{}\",kind=\"{kind}\"}} {n}",
+                escape(deployment)
+            );
+        }
         out.push_str("# HELP model_router_store_total Requests with store: true by result (stored, refused, failed, skipped).\n");
         out.push_str("# TYPE model_router_store_total counter\n");
         for (result, n) in &inner.store {

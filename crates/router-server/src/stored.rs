@@ -234,7 +234,8 @@ impl SseAssembler {
     pub fn finish(&mut self) -> Bytes {
         if !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
-            self.on_line(&line);
+            // A last `data: [DONE]` without its newline still ends the stream properly.
+            self.holding |= self.on_line(&line);
         }
         self.dispatch();
         Bytes::from(std::mem::take(&mut self.held))
@@ -349,6 +350,10 @@ impl SseAssembler {
         }
         if self.chunks == 0 {
             return Err("the stream had no chunks".into());
+        }
+        if !self.holding {
+            // The backend ended the stream early: a half answer is not an answer.
+            return Err("the stream ended before `data: [DONE]`".into());
         }
         let choices: Vec<Value> = self
             .choices
@@ -789,6 +794,10 @@ mod tests {
         let mut sse = SseAssembler::default();
         sse.finish();
         assert!(sse.assemble("m").is_err());
+        let mut sse = SseAssembler::default();
+        feed_all(&mut sse, &["data: {\"id\":\"x\",\"choices\":[]}\n\n"]);
+        sse.finish();
+        assert!(sse.assemble("m").unwrap_err().contains("[DONE]"));
     }
 
     #[test]

@@ -700,8 +700,16 @@ async fn spillover_by_config_and_cooldown() {
         (env.mock.hits("gpt4-ptu"), env.mock.hits("gpt4-paygo")),
         (1, 1)
     );
-    // Cooling down: the second request skips the provisioned deployment.
+    // One 429 does not cool the deployment: the second request tries it again, and its
+    // second 429 in a row cools it for its Retry-After.
     let r = env.completions(chat(GPT4, "Hi again"), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        (env.mock.hits("gpt4-ptu"), env.mock.hits("gpt4-paygo")),
+        (2, 2)
+    );
+    // Cooling down: the third request skips the provisioned deployment.
+    let r = env.completions(chat(GPT4, "Hi a third time"), &[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         header(&r, "x-ms-spillover-from-deployment").as_deref(),
@@ -709,15 +717,15 @@ async fn spillover_by_config_and_cooldown() {
     );
     assert_eq!(
         (env.mock.hits("gpt4-ptu"), env.mock.hits("gpt4-paygo")),
-        (1, 2)
+        (2, 3)
     );
     let dispatcher = env.server.running.state().dispatcher();
     assert!(dispatcher.cooldown_left("gpt4-ptu").unwrap() > Duration::from_secs(20));
     let metrics = env.metrics().await;
-    assert_has_metric(&metrics, &format!("model_router_requests_total{{model=\"{GPT4}\",mode=\"bypass\",status=\"200\",spillover=\"true\"}} 2"));
+    assert_has_metric(&metrics, &format!("model_router_requests_total{{model=\"{GPT4}\",mode=\"bypass\",status=\"200\",spillover=\"true\"}} 3"));
     assert_has_metric(
         &metrics,
-        "model_router_upstream_seconds_count{deployment=\"gpt4-paygo\"} 2",
+        "model_router_upstream_seconds_count{deployment=\"gpt4-paygo\"} 3",
     );
     assert_has_metric(&metrics, "model_router_estimated_cost_usd_total");
     env.stop().await;
@@ -785,10 +793,14 @@ async fn reroutes_when_saturated() {
     );
     assert_eq!(json_of(r).await["model"], other);
     assert_eq!(hits(), (1, 1));
-    // The saturated model is cooling down: no doomed round trip the second time.
+    // A second 429 in a row cools the model's deployment...
     let r = env.completions(body.clone(), &[]).await;
     assert_eq!(json_of(r).await["model"], other);
-    assert_eq!(hits(), (1, 2));
+    assert_eq!(hits(), (2, 2));
+    // ... so there is no doomed round trip the third time.
+    let r = env.completions(body.clone(), &[]).await;
+    assert_eq!(json_of(r).await["model"], other);
+    assert_eq!(hits(), (2, 3));
     // Both saturated: 429 with Retry-After and an OpenAI-style body.
     env.mock.set(deployment_of(other), Behaviour::TooMany(7));
     let r = env.completions(body, &[]).await;
@@ -800,7 +812,7 @@ async fn reroutes_when_saturated() {
     assert!((1..=30).contains(&wait), "{wait}");
     assert_openai_error(&json_of(r).await);
     let metrics = env.metrics().await;
-    assert_has_metric(&metrics, "model_router_reroutes_total 4");
+    assert_has_metric(&metrics, "model_router_reroutes_total 5");
     env.stop().await;
 }
 
@@ -814,7 +826,9 @@ async fn retries_5xx_and_times_out_hanging_backends() {
 
     env.mock.set("mixtral", Behaviour::FailFirst(100));
     let r = env.completions(chat(MIXTRAL, "Hi"), &[]).await;
-    assert_eq!(r.status(), 500);
+    // The backend's 500 after the retries is the router's OpenAI-shaped 502.
+    assert_eq!(r.status(), 502);
+    assert_eq!(json_of(r).await["error"]["code"], "upstream_error");
     assert_eq!(env.mock.hits("mixtral"), 6);
 
     env.mock.set("claude", Behaviour::Hang);
