@@ -9,7 +9,7 @@ use std::path::Path;
 
 use router_core::Router;
 use router_dispatch::Dispatcher;
-use router_policy::{Policy, PolicyDefaults};
+use router_policy::{Catalog, Policy, PolicyDefaults};
 
 use crate::{Scorer, ServerConfig, ServerError};
 
@@ -28,6 +28,22 @@ pub struct Routing {
     policy: Policy,
     name: String,
     version: String,
+    /// The whole catalog: the routed models and those served only when named.
+    catalog: Catalog,
+}
+
+/// The catalog entries that `columns` (the bundle's predicted models) include. The others are
+/// served only when named: a request for that model, a shadow, a grader's judge. So a candidate
+/// can be shadowed, or a judge configured, before any router predicts it.
+fn routed_catalog(catalog: &Catalog, columns: &[String]) -> Catalog {
+    Catalog::new(
+        catalog
+            .models
+            .iter()
+            .filter(|m| columns.contains(&m.name))
+            .cloned()
+            .collect(),
+    )
 }
 
 impl Routing {
@@ -46,9 +62,10 @@ impl Routing {
             source,
         })?;
         let columns = router.models().to_vec();
+        let routed = routed_catalog(&config.catalog, &columns);
         // The catalog against the bundle.
         Policy::new(
-            config.catalog.clone(),
+            routed.clone(),
             columns.clone(),
             PolicyDefaults::new(config.mode),
         )
@@ -74,8 +91,7 @@ impl Routing {
             }
         }
         // Only models with deployments can be chosen.
-        let deployed: Vec<String> = config
-            .catalog
+        let deployed: Vec<String> = routed
             .models
             .iter()
             .filter(|m| !m.deployments.is_empty())
@@ -92,7 +108,7 @@ impl Routing {
         if let Some(band) = config.band {
             defaults = defaults.band(band);
         }
-        let policy = Policy::new(config.catalog.clone(), columns, defaults)
+        let policy = Policy::new(routed, columns, defaults)
             .map_err(|e| bad("router", e.to_string()))?;
         probe(&router, &config.bundle)?;
         let name = router.config().name.clone();
@@ -103,6 +119,7 @@ impl Routing {
             policy,
             name,
             version,
+            catalog: config.catalog.clone(),
         })
     }
 
@@ -114,6 +131,12 @@ impl Routing {
     /// The policy.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The whole catalog, for models named by a request, a shadow or a judge; routing chooses
+    /// only among [`Policy::catalog`]'s, the models the bundle predicts.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     /// The bundle's name (`router.json`).

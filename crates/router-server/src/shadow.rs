@@ -270,7 +270,6 @@ async fn ask(
     let started = Instant::now();
     let spec = state
         .routing()
-        .policy()
         .catalog()
         .get(model)
         .cloned()

@@ -82,7 +82,7 @@ fn new_record(
     fallback_cost: f64,
 ) -> NewCompletion {
     let usage = Usage::from_response(&response);
-    let cost = match state.routing().policy().catalog().get(model) {
+    let cost = match state.routing().catalog().get(model) {
         Some(spec) => cost_of(spec, usage, fallback_cost),
         None => fallback_cost,
     };

@@ -22,6 +22,8 @@ mod common;
 const GPT4: &str = "gpt-4-1106-preview";
 const GPT35: &str = "gpt-3.5-turbo-1106";
 const MIXTRAL: &str = "mistralai/mixtral-8x7b-chat";
+/// A catalog model the bundle does not predict: served when named, shadowed, never routed to.
+const CANDIDATE: &str = "candidate-x";
 
 /// The mock backend: every request body it saw, and the upstream model that hangs.
 struct Mock {
@@ -139,6 +141,7 @@ path = "completions.db"
             (GPT4, "d4", "up-4", 10.0),
             (GPT35, "d35", "up-35", 1.0),
             (MIXTRAL, "dmx", "up-mx", 0.5),
+            (CANDIDATE, "dcx", "up-cx", 2.0),
         ] {
             text.push_str(&format!(
                 "\n[[models]]\nname = \"{name}\"\ninput_price = {price}\noutput_price = {price}\ncontext_window = 16000\ndeployments = [\"{deployment}\"]\n\n[[deployments]]\nname = \"{deployment}\"\nkind = \"openai\"\nbase_url = \"http://{addr}/v1\"\nmodel = \"{upstream}\"\n"
@@ -472,5 +475,39 @@ async fn a_stream_is_shadowed_after_it_ended_and_reaches_the_client_unchanged() 
         seen[0].get("stream").is_none() && seen[0].get("stream_options").is_none(),
         "{seen:?}"
     );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_the_bundle_does_not_predict_is_shadowed_and_served_by_name_but_never_routed_to() {
+    let env = Env::start(
+        Mock::new(None),
+        &format!("rate = 1.0\nmodels = [\"{CANDIDATE}\"]\nmax_cost_per_day = 5.0"),
+    )
+    .await;
+    // Routed among every deployed model: the candidate is not one of them.
+    let routed = send(
+        env.server
+            .request(reqwest::Method::POST, "/v1/chat/completions")
+            .json(&json!({"model": "model-router", "messages": [{"role": "user", "content": "What is 2+2?"}]})),
+    )
+    .await;
+    assert_eq!(routed.status(), 200);
+    assert_ne!(header(&routed, "x-router-model").as_deref(), Some(CANDIDATE));
+    env.wait_metric("model_router_shadow_sent_total 1").await;
+    let original = env.originals().pop().expect("the shadowed original is stored");
+    let shadows = env.store().shadows_of(&original.id).unwrap();
+    assert_eq!(shadows.len(), 1);
+    assert_eq!(answer_text(&shadows[0]), "answer from up-cx");
+
+    // Named, it is served like any deployed model.
+    let named = send(
+        env.server
+            .request(reqwest::Method::POST, "/v1/chat/completions")
+            .json(&json!({"model": CANDIDATE, "messages": [{"role": "user", "content": "Hi"}]})),
+    )
+    .await;
+    assert_eq!(named.status(), 200);
+    assert_eq!(json_of(named).await["choices"][0]["message"]["content"], "answer from up-cx");
     env.stop().await;
 }
