@@ -4,6 +4,7 @@ mod bench;
 mod grading;
 mod judge;
 mod label;
+mod llm;
 mod store_cli;
 
 use std::io::{BufRead, Read, Write};
@@ -183,6 +184,9 @@ struct HeadArgs {
     /// Tokens kept per prompt (the end of longer prompts is kept).
     #[arg(long, default_value_t = 256)]
     max_seq_length: usize,
+    /// Shrink each training target towards its task's mean scores by this fraction (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    task_shrinkage: f64,
 }
 
 /// Hidden layer widths (a named type: clap treats a bare `Vec` as a repeated argument).
@@ -206,6 +210,7 @@ impl HeadArgs {
             seed: self.seed,
             early_stop_fraction: self.early_stop_fraction,
             max_epochs: self.epochs,
+            task_shrinkage: self.task_shrinkage,
             data: data.data.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect(),
             catalog: self.catalog,
             ..TrainOptions::default()

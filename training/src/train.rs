@@ -65,6 +65,8 @@ pub struct TrainOptions {
     pub max_epochs: usize,
     /// Epochs without a better validation loss before stopping.
     pub patience: usize,
+    /// λ in [0, 1]: each training target is shrunk towards its task's mean scores by λ.
+    pub task_shrinkage: f64,
     /// Minibatch size.
     pub batch_size: usize,
     /// AdamW learning rate.
@@ -96,6 +98,7 @@ impl Default for TrainOptions {
             early_stop_fraction: 0.15,
             max_epochs: 200,
             patience: 20,
+            task_shrinkage: 0.0,
             batch_size: 64,
             learning_rate: 1e-3,
             weight_decay: 1e-2,
@@ -192,6 +195,7 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
             "learning_rate": options.learning_rate,
             "weight_decay": options.weight_decay,
             "batch_size": options.batch_size,
+            "task_shrinkage": options.task_shrinkage,
             "validation": validation.as_ref().map(|v| &v.report),
         }),
     });
@@ -390,14 +394,34 @@ fn fit_early_stopped(
         let ys: Vec<Vec<f64>> = index.iter().map(|&i| y[i].clone()).collect();
         (xs, ys)
     };
-    let (fit_x, fit_y) = side(false);
+    let (fit_x, mut fit_y) = side(false);
     let (stop_x, stop_y) = side(true);
     if fit_x.is_empty() {
         return Err(TrainingError::Invalid("nothing is left to train on after the early-stopping split".into()));
     }
+    if options.task_shrinkage > 0.0 {
+        let fit_tasks: Vec<&str> = (0..x.len()).filter(|&i| !held[i]).map(|i| keys[i].0).collect();
+        shrink_towards_task_means(&mut fit_y, &fit_tasks, options.task_shrinkage);
+    }
     let mut fitted = fit_head(&fit_x, &fit_y, &stop_x, &stop_y, outputs, options, label)?;
     fitted.early_stop_prompts = stop_x.len();
     Ok(fitted)
+}
+
+/// Replaces each target row `y` by `(1 − λ) y + λ m`, `m` the mean row of its task: the head
+/// learns per-prompt differences only as far as they stand out from what is known for the task.
+fn shrink_towards_task_means(y: &mut [Vec<f64>], tasks: &[&str], shrinkage: f64) {
+    let mut sums: std::collections::BTreeMap<&str, (Vec<f64>, f64)> = std::collections::BTreeMap::new();
+    for (row, task) in y.iter().zip(tasks) {
+        let (sum, count) = sums.entry(task).or_insert_with(|| (vec![0.0; row.len()], 0.0));
+        sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        *count += 1.0;
+    }
+    for (row, task) in y.iter_mut().zip(tasks) {
+        if let Some((sum, count)) = sums.get(task) {
+            row.iter_mut().zip(sum).for_each(|(v, s)| *v = (1.0 - shrinkage) * *v + shrinkage * s / count);
+        }
+    }
 }
 
 fn to_tensor(rows: &[Vec<f32>], width: usize) -> Result<Tensor> {
@@ -620,6 +644,16 @@ mod tests {
 
     fn names(catalog: &Catalog) -> Vec<&str> {
         catalog.models.iter().map(|m| m.name.as_str()).collect()
+    }
+
+    #[test]
+    fn targets_shrink_towards_their_task_means() {
+        let mut y = vec![vec![1.0, 0.0], vec![0.0, 0.0], vec![0.5, 1.0]];
+        shrink_towards_task_means(&mut y, &["a", "a", "b"], 0.5);
+        // Task a's mean is [0.5, 0]; task b's is its one row, which stays as it is.
+        assert_eq!(y, [vec![0.75, 0.0], vec![0.25, 0.0], vec![0.5, 1.0]]);
+        shrink_towards_task_means(&mut y, &["a", "a", "b"], 1.0);
+        assert_eq!(y, [vec![0.5, 0.0], vec![0.5, 0.0], vec![0.5, 1.0]]);
     }
 
     #[test]
