@@ -128,9 +128,12 @@ fn postgres_message(e: &postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} (SQLSTATE {})", db.message(), db.code().code());
     }
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
+    let outer = e.to_string();
+    match std::error::Error::source(e).map(ToString::to_string) {
+        // Some causes repeat the outer message.
+        Some(inner) if inner.starts_with(&outer) => inner,
+        Some(inner) => format!("{outer}: {inner}"),
+        None => outer,
     }
 }
 

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use crate::StoreError;
 
+const PASSWORD_IN_URL: &str = "the URL holds a password: give it through an environment variable instead (`[store] password_env`, `--password-env`)";
+
 /// A PostgreSQL connection URL (`postgres://user@host:port/database`) and the password kept
 /// apart from it. The URL itself never holds a password, so showing it ([`fmt::Display`],
 /// error messages, logs) never shows one; [`fmt::Debug`] hides the password.
@@ -43,14 +45,14 @@ impl PostgresUrl {
         if let Some((userinfo, _)) = authority.rsplit_once('@') {
             if userinfo.contains(':') {
                 return Err(bad(
-                    "the URL holds a password: give it through an environment variable instead (`password_env`)",
+                    PASSWORD_IN_URL,
                 ));
             }
         }
         let query = rest.split_once('?').map_or("", |(_, q)| q);
         if query.split('&').any(|pair| pair.split('=').next() == Some("password")) {
             return Err(bad(
-                "the URL holds a password: give it through an environment variable instead (`password_env`)",
+                PASSWORD_IN_URL,
             ));
         }
         Ok(PostgresUrl {
