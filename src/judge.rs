@@ -6,10 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use router_dispatch::{DispatchRequest, Dispatcher};
+use router_dispatch::Dispatcher;
 use router_policy::Catalog;
 use router_training::grade::ChatModel;
 use serde_json::{Map, Value};
+
+use crate::llm::ask_model;
 
 /// Asks catalog models for chat completions through a [`Dispatcher`]; blocking, for graders
 /// running on threads outside the tokio runtime whose `handle` it holds.
@@ -50,22 +52,6 @@ impl DispatchJudge {
         }
         Ok(&spec.deployments)
     }
-
-    async fn ask(&self, deployments: &[String], body: &Value) -> std::result::Result<String, String> {
-        let request = DispatchRequest { deployments, body, spillover: None };
-        let dispatched = self.dispatcher.dispatch(request).await.map_err(|e| e.to_string())?;
-        let status = dispatched.response.status();
-        let text = dispatched.response.text().await.map_err(|e| format!("reading the answer of {}: {e}", dispatched.deployment))?;
-        if !status.is_success() {
-            let start: String = text.chars().take(300).collect();
-            return Err(format!("{} answered {status}: {start}", dispatched.deployment));
-        }
-        let answer: Value = serde_json::from_str(&text).map_err(|e| format!("{} answered with something not JSON: {e}", dispatched.deployment))?;
-        match answer.pointer("/choices/0/message/content") {
-            Some(Value::String(content)) => Ok(content.clone()),
-            _ => Err(format!("{}'s answer has no choices[0].message.content string", dispatched.deployment)),
-        }
-    }
 }
 
 impl ChatModel for DispatchJudge {
@@ -80,6 +66,7 @@ impl ChatModel for DispatchJudge {
         }
         body.insert("model".into(), Value::String(model.to_owned()));
         body.insert("messages".into(), Value::Array(messages.to_vec()));
-        self.handle.block_on(self.ask(deployments, &Value::Object(body)))
+        let answer = self.handle.block_on(ask_model(&self.dispatcher, deployments, &Value::Object(body)))?;
+        Ok(answer.content)
     }
 }

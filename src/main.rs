@@ -4,6 +4,7 @@ mod bench;
 mod grading;
 mod judge;
 mod label;
+mod llm;
 mod store_cli;
 
 use std::io::{BufRead, Read, Write};

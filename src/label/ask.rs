@@ -2,13 +2,14 @@
 
 use std::time::Instant;
 
-use router_dispatch::{DispatchError, DispatchRequest, Dispatched, Dispatcher};
+use router_dispatch::Dispatcher;
 use router_policy::{estimate_tokens, estimated_cost, ModelSpec};
 use router_store::Usage;
 use serde_json::{Map, Value};
 
 use super::progress::{Answer, AnswerSource};
 use super::prompts::KnownAnswer;
+use crate::llm::ask_model;
 
 /// Sampling settings sent with every candidate request.
 #[derive(Debug, Clone, Default)]
@@ -36,48 +37,13 @@ impl Sampling {
     }
 }
 
-/// Times a pair waits out deployments that are all rate-limited (429 or cooling down) before its
-/// error is recorded.
-const SATURATED_WAITS: u32 = 5;
-
-/// Sends `body` to `spec`'s deployments (with the dispatcher's retries, spillover and cooldowns)
-/// and reads the answer. An error status, a body that is not a chat completion or an answer
-/// without text is an error, not an empty answer.
+/// Sends `body` to `spec`'s deployments (with the dispatcher's retries, spillover and cooldowns,
+/// waiting out rate limits: see [`ask_model`]) and prices the answer.
 pub async fn ask(dispatcher: &Dispatcher, spec: &ModelSpec, body: &Value, estimated_prompt_tokens: usize) -> Result<Answer, String> {
     let start = Instant::now();
-    let dispatched = dispatch_waiting(dispatcher, spec, body).await?;
-    let status = dispatched.response.status();
-    let deployment = dispatched.deployment;
-    let text = dispatched.response.text().await.map_err(|e| format!("deployment `{deployment}`: reading the answer: {e}"))?;
-    if !status.is_success() {
-        let excerpt: String = text.chars().take(200).collect();
-        return Err(format!("deployment `{deployment}` answered {status}: {excerpt}"));
-    }
-    let response: Value = serde_json::from_str(&text).map_err(|e| format!("deployment `{deployment}`: the answer is not JSON ({e})"))?;
-    let content = response
-        .pointer("/choices/0/message/content")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("deployment `{deployment}`: the answer has no choices[0].message.content text"))?;
+    let answer = ask_model(dispatcher, &spec.deployments, body).await?;
     let latency_ms = start.elapsed().as_millis() as u64;
-    Ok(priced(spec, content, Usage::from_response(&response), estimated_prompt_tokens, latency_ms, AnswerSource::Backend))
-}
-
-/// Dispatches like live traffic, except that when every deployment is rate-limited a labelling
-/// job has no client waiting: it sleeps until the first is free again (the `Retry-After` the
-/// dispatcher recorded, else its default cooldown) and tries again, [`SATURATED_WAITS`] times.
-async fn dispatch_waiting(dispatcher: &Dispatcher, spec: &ModelSpec, body: &Value) -> Result<Dispatched, String> {
-    let request = DispatchRequest { deployments: &spec.deployments, body, spillover: None };
-    let mut waits = 0;
-    loop {
-        match dispatcher.dispatch(request).await {
-            Err(DispatchError::Saturated { retry_after, .. }) if waits < SATURATED_WAITS => {
-                waits += 1;
-                let options = dispatcher.options();
-                tokio::time::sleep(retry_after.unwrap_or(options.default_cooldown).min(options.max_cooldown)).await;
-            }
-            result => return result.map_err(|e| e.to_string()),
-        }
-    }
+    Ok(priced(spec, &answer.content, Usage::from_response(&answer.response), estimated_prompt_tokens, latency_ms, AnswerSource::Backend))
 }
 
 /// A stored answer, priced by the catalog when its usage is known (else its stored cost).
