@@ -2,6 +2,7 @@
 //! their own schema (`model_router`), and every write serialised on the byte-total row so that
 //! several processes share one exact size cap.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Client, Config, NoTls, Row, Transaction};
+use postgres::{Client, Config, GenericClient, NoTls, Row, Statement, Transaction};
 
 use crate::record::{
     export_filter_sql, list_filter_sql, make_room, select_columns, sql_u64, to_u64, Ledger,
@@ -78,7 +79,7 @@ pub(crate) struct PgBackend {
     config: Config,
     synchronous: Synchronous,
     /// Connections, opened on first use and again after one breaks.
-    slots: Vec<Mutex<Option<Client>>>,
+    slots: Vec<Mutex<Option<Conn>>>,
     next: AtomicUsize,
 }
 
@@ -96,6 +97,64 @@ impl Drop for PgBackend {
         // worker (a server may drop its last `Arc<Store>` there): close them on a plain thread.
         let slots = std::mem::take(&mut self.slots);
         let _ = std::thread::spawn(move || drop(slots)).join();
+    }
+}
+
+/// A connection and the statements prepared on it, by SQL text: a statement is parsed once per
+/// connection rather than on every call (the client's `query(&str)` prepares each time, a round
+/// trip). Only fixed SQL texts go through the cache, so it stays as small as the code's set.
+struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl Conn {
+    fn transaction(&mut self) -> Result<Tx<'_>, StoreError> {
+        Ok(Tx {
+            tx: self.client.transaction()?,
+            statements: &mut self.statements,
+        })
+    }
+}
+
+/// The statement for `sql`, prepared on `client` once.
+fn prepared(
+    client: &mut impl GenericClient,
+    statements: &mut HashMap<String, Statement>,
+    sql: &str,
+) -> Result<Statement, StoreError> {
+    if let Some(statement) = statements.get(sql) {
+        return Ok(statement.clone());
+    }
+    let statement = client.prepare(sql)?;
+    statements.insert(sql.to_string(), statement.clone());
+    Ok(statement)
+}
+
+/// A transaction with its connection's prepared statements.
+struct Tx<'c> {
+    tx: Transaction<'c>,
+    statements: &'c mut HashMap<String, Statement>,
+}
+
+impl Tx<'_> {
+    fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
+        let statement = prepared(&mut self.tx, self.statements, sql)?;
+        Ok(self.tx.query_opt(&statement, params)?)
+    }
+
+    fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StoreError> {
+        let statement = prepared(&mut self.tx, self.statements, sql)?;
+        Ok(self.tx.query_one(&statement, params)?)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let statement = prepared(&mut self.tx, self.statements, sql)?;
+        Ok(self.tx.execute(&statement, params)?)
+    }
+
+    fn commit(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit()?)
     }
 }
 
@@ -126,7 +185,8 @@ fn params(args: &[String]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 fn get_in(
-    tx: &mut impl postgres::GenericClient,
+    client: &mut impl GenericClient,
+    statements: &mut HashMap<String, Statement>,
     owner: Option<&str>,
     id: &str,
 ) -> Result<Option<RawRow>, StoreError> {
@@ -134,7 +194,9 @@ fn get_in(
         "SELECT {} FROM completions c WHERE c.id = $1 AND ($2::text IS NULL OR c.owner = $2)",
         select_columns(METADATA_OBJECT)
     );
-    tx.query_opt(&sql, &[&id, &owner])?
+    let statement = prepared(client, statements, &sql)?;
+    client
+        .query_opt(&statement, &[&id, &owner])?
         .as_ref()
         .map(read_row)
         .transpose()
@@ -142,18 +204,18 @@ fn get_in(
 
 /// Takes the store's write lock (the byte-total row) until the transaction ends: writes of
 /// every process run one at a time, as SQLite's `IMMEDIATE` transactions do.
-fn lock_writes(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
+fn lock_writes(tx: &mut Tx<'_>) -> Result<(), StoreError> {
     tx.execute("SELECT bytes FROM stats WHERE id = 1 FOR UPDATE", &[])?;
     Ok(())
 }
 
-fn id_taken(tx: &mut Transaction<'_>, id: &str) -> Result<bool, StoreError> {
+fn id_taken(tx: &mut Tx<'_>, id: &str) -> Result<bool, StoreError> {
     Ok(tx
         .query_opt("SELECT 1 FROM completions WHERE id = $1", &[&id])?
         .is_some())
 }
 
-fn fresh_id(tx: &mut Transaction<'_>) -> Result<String, StoreError> {
+fn fresh_id(tx: &mut Tx<'_>) -> Result<String, StoreError> {
     for _ in 0..16 {
         let id: String = tx
             .query_one(
@@ -171,7 +233,7 @@ fn fresh_id(tx: &mut Transaction<'_>) -> Result<String, StoreError> {
 }
 
 fn insert_metadata(
-    tx: &mut Transaction<'_>,
+    tx: &mut Tx<'_>,
     seq: i64,
     metadata: &Metadata,
 ) -> Result<(), StoreError> {
@@ -187,7 +249,7 @@ fn insert_metadata(
 }
 
 /// The cap's bookkeeping inside a transaction that holds [`lock_writes`].
-struct PgLedger<'t, 'c>(&'t mut Transaction<'c>);
+struct PgLedger<'t, 'c>(&'t mut Tx<'c>);
 
 impl Ledger for PgLedger<'_, '_> {
     fn used_bytes(&mut self) -> Result<u64, StoreError> {
@@ -284,11 +346,11 @@ impl PgBackend {
             slots: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
         };
-        backend.with_client(|client| migrate(client, &backend.database))?;
+        backend.with_conn(|conn| migrate(&mut conn.client, &backend.database))?;
         Ok(backend)
     }
 
-    fn connect(&self) -> Result<Client, StoreError> {
+    fn connect(&self) -> Result<Conn, StoreError> {
         let connect_err = |source| StoreError::Connect {
             database: self.database.clone(),
             source,
@@ -303,11 +365,14 @@ impl PgBackend {
                 "SET search_path TO model_router; SET synchronous_commit TO {commit}"
             ))
             .map_err(connect_err)?;
-        Ok(client)
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+        })
     }
 
     /// A free connection if there is one, else waits for one; (re)connects it when needed.
-    fn slot(&self) -> MutexGuard<'_, Option<Client>> {
+    fn slot(&self) -> MutexGuard<'_, Option<Conn>> {
         let start = self.next.fetch_add(1, AtomicOrdering::Relaxed);
         let n = self.slots.len();
         (0..n)
@@ -324,25 +389,25 @@ impl PgBackend {
             })
     }
 
-    fn with_client<T>(
+    fn with_conn<T>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut slot = self.slot();
-        let client = match slot.take() {
-            Some(client) if !client.is_closed() => slot.insert(client),
+        let conn = match slot.take() {
+            Some(conn) if !conn.client.is_closed() => slot.insert(conn),
             _ => slot.insert(self.connect()?),
         };
-        let result = f(client);
-        if client.is_closed() {
+        let result = f(conn);
+        if conn.client.is_closed() {
             *slot = None;
         }
         result
     }
 
     fn select(&self, sql: &str, args: &[String]) -> Result<Vec<RawRow>, StoreError> {
-        self.with_client(|client| {
-            client
+        self.with_conn(|conn| {
+            conn.client
                 .query(sql, &params(args))?
                 .iter()
                 .map(read_row)
@@ -357,8 +422,8 @@ impl Backend for PgBackend {
         mut record: PreparedInsert,
         options: &StoreOptions,
     ) -> Result<Inserted, StoreError> {
-        self.with_client(|client| {
-            let mut tx = client.transaction()?;
+        self.with_conn(|conn| {
+            let mut tx = conn.transaction()?;
             lock_writes(&mut tx)?;
             let id = match record.candidate_id.take() {
                 Some(id) if !id_taken(&mut tx, &id)? => id,
@@ -401,7 +466,7 @@ impl Backend for PgBackend {
     }
 
     fn get(&self, owner: Option<&str>, id: &str) -> Result<Option<RawRow>, StoreError> {
-        self.with_client(|client| get_in(client, owner, id))
+        self.with_conn(|conn| get_in(&mut conn.client, &mut conn.statements, owner, id))
     }
 
     fn list(&self, query: &ListQuery, limit: usize) -> Result<Vec<RawRow>, StoreError> {
@@ -415,7 +480,8 @@ impl Backend for PgBackend {
             Order::Asc => (">", "ASC"),
             Order::Desc => ("<", "DESC"),
         };
-        self.with_client(|client| {
+        self.with_conn(|conn| {
+            let client = &mut conn.client;
             if let Some(after) = &query.after {
                 let cursor = client.query_opt(
                     "SELECT created_at, seq FROM completions WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
@@ -449,8 +515,8 @@ impl Backend for PgBackend {
         metadata: &Metadata,
         options: &StoreOptions,
     ) -> Result<Option<RawRow>, StoreError> {
-        self.with_client(|client| {
-            let mut tx = client.transaction()?;
+        self.with_conn(|conn| {
+            let mut tx = conn.transaction()?;
             lock_writes(&mut tx)?;
             let row = tx.query_opt(
                 "SELECT c.seq, c.bytes,
@@ -480,15 +546,15 @@ impl Backend for PgBackend {
                 &[&sql_u64(new_bytes), &seq],
             )?;
             PgLedger(&mut tx).add_used(sql_u64(new_bytes) - bytes)?;
-            let updated = get_in(&mut tx, owner, id)?;
+            let updated = get_in(&mut tx.tx, tx.statements, owner, id)?;
             tx.commit()?;
             Ok(updated)
         })
     }
 
     fn delete(&self, owner: Option<&str>, id: &str) -> Result<bool, StoreError> {
-        self.with_client(|client| {
-            let mut tx = client.transaction()?;
+        self.with_conn(|conn| {
+            let mut tx = conn.transaction()?;
             lock_writes(&mut tx)?;
             let row = tx.query_opt(
                 "DELETE FROM completions WHERE id = $1 AND ($2::text IS NULL OR owner = $2) RETURNING bytes",
@@ -530,9 +596,9 @@ impl Backend for PgBackend {
             select_columns(METADATA_OBJECT),
             export_filter_sql(filter, '$', &mut args)
         );
-        self.with_client(|client| {
+        self.with_conn(|conn| {
             // Streamed: the rows are not all held in memory.
-            let mut rows = client.query_raw(&sql, args.iter())?;
+            let mut rows = conn.client.query_raw(&sql, args.iter())?;
             while let Some(row) = rows.next()? {
                 visit(read_row(&row)?)?;
             }
@@ -541,8 +607,8 @@ impl Backend for PgBackend {
     }
 
     fn sizes(&self) -> Result<(u64, u64, u64), StoreError> {
-        self.with_client(|client| {
-            let row = client.query_one(
+        self.with_conn(|conn| {
+            let row = conn.client.query_one(
                 "SELECT (SELECT count(*) FROM completions),
                         (SELECT bytes FROM stats WHERE id = 1),
                         pg_total_relation_size('completions') + pg_total_relation_size('metadata')
