@@ -11,6 +11,9 @@ The exported model is checked against the reference embeddings in shared/fixture
 
 For each round, thread count and length it runs `model-router bench --lengths N` (RAYON_NUM_THREADS)
 and then ONNX Runtime (intra_op_num_threads), and prints the median over rounds of each side's p50.
+With one thread it also prints CPU time per call, which other processes on a busy machine disturb
+far less than wall time: ONNX Runtime's from `time.process_time()` around its timed calls,
+model-router's as `bench --lengths` reports it (its threads' scheduler statistics).
 """
 
 import argparse
@@ -121,16 +124,22 @@ def check_against_fixture(model: Path, tokenizer: Path, fixture: Path) -> float:
     return worst
 
 
-def time_onnx(encoder: OnnxEncoder, prompt: str, iterations: int) -> float:
-    """p50 in µs of one embedding, after a warm-up."""
-    for _ in range(max(1, min(10, iterations // 10))):
+def warm_ups(iterations: int) -> int:
+    """Untimed calls before the timed ones, as `model-router bench` makes them."""
+    return max(1, min(10, iterations // 10))
+
+
+def time_onnx(encoder: OnnxEncoder, prompt: str, iterations: int) -> tuple[float, float]:
+    """p50 wall time and mean CPU time, in µs, of one embedding, after a warm-up."""
+    for _ in range(warm_ups(iterations)):
         encoder.embed(prompt)
     times = []
+    cpu_start = time.process_time()
     for _ in range(iterations):
         start = time.perf_counter()
         encoder.embed(prompt)
         times.append((time.perf_counter() - start) * 1e6)
-    return statistics.median(times)
+    return statistics.median(times), (time.process_time() - cpu_start) * 1e6 / iterations
 
 
 def time_router(binary: str, length: int, threads: int, iterations: int) -> dict:
@@ -162,7 +171,7 @@ def main() -> int:
         worst = check_against_fixture(model, args.snapshot / "tokenizer.json", args.fixture)
         print(f"ONNX export vs the reference embeddings: lowest cosine {worst:.6f}")
 
-    results = {(t, n): ([], []) for t in thread_counts for n in lengths}
+    results = {(t, n): ([], [], [], []) for t in thread_counts for n in lengths}
     profile = "?"
     for round_ in range(args.rounds):
         for threads in thread_counts:
@@ -170,20 +179,26 @@ def main() -> int:
                 report = time_router(args.binary, length, threads, args.iterations)
                 profile = report["profile"]
                 row = report["lengths"][0]
-                ours, theirs = results[(threads, length)]
+                ours, theirs, ours_cpu, theirs_cpu = results[(threads, length)]
                 ours.append(row["p50_us"])
-                theirs.append(time_onnx(encoders[threads], row["prompt"], args.iterations))
+                ours_cpu.append(row["cpu_us"] if row["cpu_us"] is not None else float("nan"))
+                wall, cpu = time_onnx(encoders[threads], row["prompt"], args.iterations)
+                theirs.append(wall)
+                theirs_cpu.append(cpu)
                 print(f"round {round_ + 1}: {threads} thread(s), {length} tokens: model-router {ours[-1]:.0f} µs, "
                       f"ONNX Runtime {theirs[-1]:.0f} µs", file=sys.stderr)
 
     print(f"model-router ({profile} build) vs ONNX Runtime {ort.__version__}, all-MiniLM-L6-v2, one prompt "
           f"(tokenize + forward + pool), median over {args.rounds} rounds of each side's p50")
-    print(f"{'threads':>7} {'tokens':>6} {'model-router µs':>16} {'ONNX Runtime µs':>16} {'ratio':>7}")
+    print(f"{'threads':>7} {'tokens':>6} {'model-router µs':>16} {'ONNX Runtime µs':>16} {'ratio':>7}"
+          f" {'CPU µs: ours':>13} {'ORT':>9} {'ratio':>7}")
     for threads in thread_counts:
         for length in lengths:
-            ours, theirs = (statistics.median(v) for v in results[(threads, length)])
-            print(f"{threads:>7} {length:>6} {ours:>16.0f} {theirs:>16.0f} {ours / theirs:>7.2f}")
-    print("ratio = model-router / ONNX Runtime (below 1: model-router is faster)")
+            ours, theirs, ours_cpu, theirs_cpu = (statistics.median(v) for v in results[(threads, length)])
+            cpu = f" {ours_cpu:>13.0f} {theirs_cpu:>9.0f} {ours_cpu / theirs_cpu:>7.2f}" if threads == 1 else ""
+            print(f"{threads:>7} {length:>6} {ours:>16.0f} {theirs:>16.0f} {ours / theirs:>7.2f}{cpu}")
+    print("ratio = model-router / ONNX Runtime (below 1: model-router is faster); CPU µs: one thread only")
+    print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     return 0
 
 

@@ -132,8 +132,7 @@ fn measure_interleaved(
     bar: &ProgressBar,
     runs: &mut [&mut dyn FnMut() -> Result<()>],
 ) -> Result<Vec<Samples>> {
-    let warm_up = (iterations / 10).clamp(1, 10);
-    for _ in 0..warm_up {
+    for _ in 0..warm_up_runs(iterations) {
         for run in runs.iter_mut() {
             run()?;
         }
@@ -148,6 +147,23 @@ fn measure_interleaved(
         bar.inc(runs.len() as u64);
     }
     Ok(samples.into_iter().map(Samples::sorted).collect())
+}
+
+/// Untimed calls of each run before the timed ones.
+fn warm_up_runs(iterations: usize) -> usize {
+    (iterations / 10).clamp(1, 10)
+}
+
+/// CPU time used so far by all of this process's threads, in seconds, from Linux's per-thread
+/// scheduler statistics (nanoseconds; `None` where they cannot be read). On a machine shared with
+/// other work this moves far less than wall time does.
+fn process_cpu_seconds() -> Option<f64> {
+    let mut nanoseconds = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        nanoseconds += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(nanoseconds as f64 / 1e9)
 }
 
 /// Keeps the optimiser from discarding a measured result.
@@ -416,10 +432,14 @@ fn run_lengths(args: &BenchArgs) -> Result<()> {
     let bar = progress_bar(args.iterations * prompts.len(), "benchmarking");
     let mut rows = Vec::with_capacity(prompts.len());
     for (prompt, &tokens) in prompts.iter().zip(&args.lengths) {
+        let cpu_before = process_cpu_seconds();
         let samples = measure_interleaved(args.iterations, &bar, &mut [&mut || consume(encoder.embed_batch(&[prompt])?)])?;
+        let calls = (args.iterations + warm_up_runs(args.iterations)) as f64;
+        let cpu_us = cpu_before.zip(process_cpu_seconds()).map(|(before, after)| (after - before) * 1e6 / calls);
         let mut row = samples[0].summary(Some(tokens));
         if let Some(object) = row.as_object_mut() {
             object.insert("prompt".into(), json!(prompt));
+            object.insert("cpu_us".into(), json!(cpu_us));
         }
         rows.push(row);
     }
@@ -440,10 +460,17 @@ fn run_lengths(args: &BenchArgs) -> Result<()> {
         build_profile(),
         report["threads"]
     );
-    println!("  {:>6} {:>10} {:>10} {:>10}", "tokens", "p50 µs", "p90 µs", "p99 µs");
+    println!("  {:>6} {:>10} {:>10} {:>10} {:>12}", "tokens", "p50 µs", "p90 µs", "p99 µs", "CPU µs/call");
     for row in &rows {
         let number = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
-        println!("  {:>6} {:>10.1} {:>10.1} {:>10.1}", row["tokens"], number("p50_us"), number("p90_us"), number("p99_us"));
+        println!(
+            "  {:>6} {:>10.1} {:>10.1} {:>10.1} {:>12.1}",
+            row["tokens"],
+            number("p50_us"),
+            number("p90_us"),
+            number("p99_us"),
+            number("cpu_us")
+        );
     }
     Ok(())
 }
