@@ -221,6 +221,24 @@ impl Dispatcher {
         &self,
         request: DispatchRequest<'_>,
     ) -> Result<Dispatched, DispatchError> {
+        self.dispatch_traced(request, None).await
+    }
+
+    /// [`Dispatcher::dispatch`], with `request_id` sent upstream as `x-request-id` on every
+    /// attempt, so a backend's logs can be matched with the router's.
+    pub async fn dispatch_with_id(
+        &self,
+        request: DispatchRequest<'_>,
+        request_id: &str,
+    ) -> Result<Dispatched, DispatchError> {
+        self.dispatch_traced(request, Some(request_id)).await
+    }
+
+    async fn dispatch_traced(
+        &self,
+        request: DispatchRequest<'_>,
+        request_id: Option<&str>,
+    ) -> Result<Dispatched, DispatchError> {
         if request.deployments.is_empty() {
             return Err(DispatchError::NoDeployments);
         }
@@ -251,7 +269,7 @@ impl Dispatcher {
             }
             if self.admits(&primary.name) {
                 match self
-                    .send_with_retries(primary, request.body, &mut attempts)
+                    .send_with_retries(primary, request.body, request_id, &mut attempts)
                     .await
                 {
                     Outcome::Response(response, latency) => {
@@ -294,7 +312,7 @@ impl Dispatcher {
                 continue;
             }
             match self
-                .send_with_retries(spill, request.body, &mut attempts)
+                .send_with_retries(spill, request.body, request_id, &mut attempts)
                 .await
             {
                 Outcome::Response(response, latency) => {
@@ -330,6 +348,7 @@ impl Dispatcher {
         &self,
         deployment: &Deployment,
         body: &serde_json::Value,
+        request_id: Option<&str>,
         attempts: &mut u32,
     ) -> Outcome {
         let url = match deployment.chat_completions_url() {
@@ -363,6 +382,9 @@ impl Dispatcher {
                 .post(url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(bytes.clone());
+            if let Some(id) = request_id {
+                builder = builder.header("x-request-id", id);
+            }
             if let Some(key) = &deployment.api_key {
                 let (header, value) = match deployment.kind {
                     DeploymentKind::OpenAi => ("authorization", format!("Bearer {}", key.expose())),

@@ -54,6 +54,8 @@ impl Sink {
 
 /// One request's line.
 pub(crate) struct AccessLine<'a> {
+    /// The request's id (`x-request-id`).
+    pub(crate) request_id: &'a str,
     /// The request path (as the client sent it).
     pub(crate) path: &'a str,
     /// The response status.
@@ -87,6 +89,7 @@ impl AccessLine<'_> {
             self.status
         );
         for (key, text) in [
+            ("request_id", self.request_id),
             ("path", self.path),
             ("model", self.model),
             ("mode", self.mode),
@@ -149,6 +152,7 @@ mod tests {
         );
         assert_eq!(value("a\u{7}b\u{85}"), r#""a\u{7}b\u{85}""#);
         let line = AccessLine {
+            request_id: "req_1",
             path: "/openai/deployments/a\nforged/chat/completions",
             status: 404,
             model: "m\"",

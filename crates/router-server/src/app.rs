@@ -27,6 +27,7 @@ use crate::chat::{self, Conversation, Overrides};
 use crate::error::ErrorCode;
 use crate::listen::{self, Limits};
 use crate::record::Outcome;
+use crate::request_id::{self, RequestId};
 use crate::shadow::{self, ShadowJob, Shadows};
 use crate::sse;
 use crate::stored::{self, StoreJob};
@@ -202,6 +203,7 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), read_body))
+        .layer(middleware::from_fn(request_id::assign))
         .with_state(state)
 }
 
@@ -421,11 +423,13 @@ async fn auth(State(state): State<Arc<AppState>>, mut request: Request, next: Ne
         }
         given => {
             let response = unauthorised(given.is_some()).into_response();
+            let id = request.extensions().get::<RequestId>().cloned();
+            let ctx = Ctx::new(&id.unwrap_or(RequestId("-".into())));
             record(
                 &state,
                 request.uri().path(),
                 &response,
-                &Ctx::default(),
+                &ctx,
                 start.elapsed(),
             );
             response
@@ -634,14 +638,17 @@ fn dispatch_failed(state: &AppState, e: DispatchError) -> ApiError {
 
 /// What the access log and the request metric say about a request.
 struct Ctx {
+    request_id: String,
     model: String,
     mode: String,
     spillover: bool,
 }
 
-impl Default for Ctx {
-    fn default() -> Self {
+impl Ctx {
+    /// A request with no model chosen yet.
+    fn new(request_id: &RequestId) -> Self {
         Ctx {
+            request_id: request_id.0.clone(),
             model: "none".into(),
             mode: "none".into(),
             spillover: false,
@@ -652,31 +659,34 @@ impl Default for Ctx {
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    Extension(id): Extension<RequestId>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle_chat(state, caller, headers, body, None).await
+    handle_chat(state, caller, id, headers, body, None).await
 }
 
 async fn azure_chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    Extension(id): Extension<RequestId>,
     Path(deployment): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle_chat(state, caller, headers, body, Some(deployment)).await
+    handle_chat(state, caller, id, headers, body, Some(deployment)).await
 }
 
 async fn handle_chat(
     state: Arc<AppState>,
     caller: Caller,
+    id: RequestId,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     deployment: Option<String>,
 ) -> Response {
     let start = Instant::now();
-    let mut ctx = Ctx::default();
+    let mut ctx = Ctx::new(&id);
     let path = match &deployment {
         Some(name) => format!("/openai/deployments/{name}/chat/completions"),
         None => "/v1/chat/completions".to_string(),
@@ -705,6 +715,7 @@ fn record(state: &AppState, path: &str, response: &Response, ctx: &Ctx, elapsed:
     };
     let store = header("x-router-store");
     let line = AccessLine {
+        request_id: &ctx.request_id,
         path,
         status,
         model: &ctx.model,
@@ -814,11 +825,14 @@ async fn chat_inner(
                 .unwrap_or_default();
             let sent = state
                 .dispatcher
-                .dispatch(DispatchRequest {
-                    deployments: &deployments,
-                    body: &body,
-                    spillover,
-                })
+                .dispatch_with_id(
+                    DispatchRequest {
+                        deployments: &deployments,
+                        body: &body,
+                        spillover,
+                    },
+                    &ctx.request_id,
+                )
                 .await;
             match sent {
                 Ok(d) => {
@@ -879,11 +893,14 @@ async fn chat_inner(
         );
         let d = state
             .dispatcher
-            .dispatch(DispatchRequest {
-                deployments: &spec.deployments,
-                body: &body,
-                spillover,
-            })
+            .dispatch_with_id(
+                DispatchRequest {
+                    deployments: &spec.deployments,
+                    body: &body,
+                    spillover,
+                },
+                &ctx.request_id,
+            )
             .await
             .map_err(|e| dispatch_failed(state, e))?;
         respond(state, d, &requested, None, conv.stream, cost, job, ctx).await
@@ -967,11 +984,8 @@ async fn respond(
     if let Some(failure) = Failure::of_status(status.as_u16()) {
         return Ok(upstream_failed(state, job, &d.deployment, failure, headers));
     }
-    for name in [
-        header::CONTENT_TYPE,
-        header::RETRY_AFTER,
-        HeaderName::from_static("x-request-id"),
-    ] {
+    // (`x-request-id` is the router's: the request_id middleware sets it.)
+    for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
         if let Some(v) = d.response.headers().get(&name) {
             headers.insert(name, v.clone());
         }

@@ -104,6 +104,7 @@ mod error;
 mod listen;
 mod metrics;
 mod record;
+mod request_id;
 mod routing;
 mod shadow;
 mod sse;

@@ -401,3 +401,33 @@ async fn address_in_use_names_the_address() {
         .expect("the address is taken");
     assert!(error.to_string().contains(&addr.to_string()), "{error}");
 }
+
+#[tokio::test]
+async fn request_ids_are_kept_or_made_sent_upstream_returned_and_logged() {
+    let env = Env::start("").await;
+    let body = json!({"model": MIXTRAL, "messages": [{"role": "user", "content": "Hi"}]});
+    let post = || {
+        env.server
+            .request(reqwest::Method::POST, "/v1/chat/completions")
+            .json(&body)
+    };
+    let r = send(post().header("x-request-id", "client-id-1")).await;
+    assert_eq!(header(&r, "x-request-id").as_deref(), Some("client-id-1"));
+    let r = send(post()).await;
+    let made = header(&r, "x-request-id").expect("an id is made");
+    assert!(made.starts_with("req_"), "{made}");
+    // An id with a space is not kept.
+    let r = send(post().header("x-request-id", "a b")).await;
+    assert_ne!(header(&r, "x-request-id").as_deref(), Some("a b"));
+    let upstream = env.mock.request_ids.lock().unwrap().clone();
+    assert_eq!(&upstream[..2], &["client-id-1".to_string(), made.clone()]);
+    let log = env.access_log();
+    assert!(
+        log.lines()
+            .next()
+            .is_some_and(|l| l.contains("request_id=client-id-1")),
+        "{log}"
+    );
+    assert!(log.contains(&format!("request_id={made}")), "{log}");
+    env.stop().await;
+}

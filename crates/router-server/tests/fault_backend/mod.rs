@@ -58,6 +58,8 @@ pub enum Fault {
 pub struct Mock {
     faults: Mutex<HashMap<String, Fault>>,
     hits: Mutex<HashMap<String, usize>>,
+    /// The `x-request-id` of every call, in order.
+    pub request_ids: Mutex<Vec<String>>,
 }
 
 impl Mock {
@@ -126,9 +128,15 @@ fn stall(body: &Value, silence: Duration) -> Response {
 pub async fn mock_backend(
     State(mock): State<Arc<Mock>>,
     UrlPath(dep): UrlPath<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    mock.request_ids.lock().unwrap().push(id.to_string());
     let hit = {
         let mut hits = mock.hits.lock().unwrap();
         let n = hits.entry(dep.clone()).or_insert(0);
