@@ -88,12 +88,12 @@ impl PackedLinear {
         } else {
             tasks.for_each(product);
         }
-        let mut output = vec![0f32; rows * self.outputs];
-        for (panel, block) in blocks.chunks_exact(rows * PANEL).enumerate() {
-            let start = panel * PANEL;
-            let width = PANEL.min(self.outputs - start);
-            for (row, values) in block.chunks_exact(PANEL).enumerate() {
-                output[row * self.outputs + start..][..width].copy_from_slice(&values[..width]);
+        // Row by row, each row's panels in order: the output is written once, never zeroed first.
+        let mut output = Vec::with_capacity(rows * self.outputs);
+        for row in 0..rows {
+            for (panel, block) in blocks.chunks_exact(rows * PANEL).enumerate() {
+                let width = PANEL.min(self.outputs - panel * PANEL);
+                output.extend_from_slice(&block[row * PANEL..][..width]);
             }
         }
         output
