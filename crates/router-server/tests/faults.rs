@@ -4,6 +4,9 @@
 //! idle or hostile. Each case asserts what the client gets, what is counted and logged, and
 //! that nothing half-done is stored. Every wait is bounded; every server is stopped.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,6 +3,9 @@
 //! them) and the bundle loader (a shipped bundle with one file cut, flipped or replaced) must
 //! answer every input with a value or an error, never a panic; the parser's errors are 400s.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 

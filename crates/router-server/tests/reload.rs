@@ -4,6 +4,9 @@
 //! `serve` installs ([`router_server::reload_on_sighup`]) with a real SIGHUP sent to this test
 //! process. Every wait is bounded; servers stop at the end of each test.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

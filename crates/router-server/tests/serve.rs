@@ -2,6 +2,9 @@
 //! backends (also on 127.0.0.1:0) that answer, stream, return 429 with Retry-After, 5xx, or hang.
 //! Every wait is bounded; servers are stopped at the end of each test.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;

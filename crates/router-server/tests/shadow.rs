@@ -3,6 +3,9 @@
 //! of its models can be made to hang until the test releases it. Every wait is bounded; servers
 //! stop at the end of each test.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -3,6 +3,9 @@
 //! Store → list/filter → get → messages → update → delete → export; the cap through the server;
 //! API keys scoping the records. Every wait is bounded; servers stop at the end of each test.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
