@@ -39,10 +39,13 @@ pub struct LabelArgs {
     /// `task` and any other fields (graders read them as `{{item.FIELD}}`).
     #[arg(long, required_unless_present = "db", conflicts_with = "db")]
     prompts: Option<PathBuf>,
-    /// A completions store (`[store] path` of a server): each record's request messages are a
-    /// prompt, and its answer counts as the answer of the model that gave it.
-    #[arg(long)]
-    db: Option<PathBuf>,
+    /// A completions store (a server's `[store] path`, or its `postgres://` URL): each record's
+    /// request messages are a prompt, and its answer counts as the answer of the model that gave it.
+    #[arg(long, value_name = "PATH|URL")]
+    db: Option<String>,
+    /// With a PostgreSQL --db: the environment variable holding its password.
+    #[arg(long, requires = "db")]
+    password_env: Option<String>,
     /// With --db: keep records whose metadata has KEY=VALUE (repeatable, all must match).
     #[arg(long = "filter", value_name = "metadata.KEY=VALUE", requires = "db")]
     filters: Vec<String>,
@@ -249,9 +252,10 @@ fn read_prompts(args: &LabelArgs, recent_turns: usize) -> Result<Inputs> {
         (Some(path), _) => prompts::read_prompt_file(path)?,
         (None, Some(db)) => {
             let metadata = args.filters.iter().map(|f| crate::store_cli::parse_filter(f)).collect::<Result<Vec<_>>>()?;
-            prompts::read_store(db, metadata)?
+            let store = crate::store_cli::open_for_reading(db, args.password_env.as_deref())?;
+            prompts::read_store(&store, metadata)?
         }
-        (None, None) => bail!("give --prompts FILE or --db FILE"),
+        (None, None) => bail!("give --prompts FILE or --db PATH|URL"),
     };
     let mut skipped = set.skipped;
     let mut prepared = Vec::with_capacity(set.prompts.len());

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use router_store::{Completion, ListQuery, Store, StoreOptions, Usage};
+use anyhow::{Context, Result};
+use router_store::{Completion, ListQuery, Store, Usage};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -137,12 +137,7 @@ fn check_messages(messages: &[Value]) -> Result<(), String> {
 /// record and its shadows (the same request, sent by the server to other models: linked by
 /// `shadow_of`) form one prompt, and so do records with the same messages; each answer is the
 /// answer of the model that gave it (the first one, when a model answered a prompt twice).
-pub fn read_store(path: &Path, metadata: Vec<(String, String)>) -> Result<PromptSet> {
-    if !path.is_file() {
-        bail!("{}: no such database file", path.display());
-    }
-    // The cap only matters for writes; this command only reads.
-    let store = Store::open(path, StoreOptions { max_bytes: u64::MAX, ..StoreOptions::default() })?;
+pub fn read_store(store: &Store, metadata: Vec<(String, String)>) -> Result<PromptSet> {
     let mut set = PromptSet::default();
     let mut seen = HashMap::new();
     let mut query = ListQuery { metadata, limit: Some(router_store::MAX_LIMIT), ..ListQuery::default() };
