@@ -14,20 +14,20 @@ use tempfile::TempDir;
 const PROMPT: &str = "Write a Python function that returns the n-th Fibonacci number.";
 
 /// The bundle `route` uses without `--model`.
-fn default_bundle() -> std::path::PathBuf {
+fn routerbench_bundle() -> std::path::PathBuf {
     repo_root().join("models").join("zeroeval")
 }
 
 /// The shipped bundle's models (the head's columns), from its router.json.
 fn bundle_models() -> Vec<String> {
-    let text = std::fs::read_to_string(default_bundle().join("router.json")).expect("read the default bundle's router.json");
+    let text = std::fs::read_to_string(routerbench_bundle().join("router.json")).expect("read the default bundle's router.json");
     let config: Value = serde_json::from_str(&text).expect("router.json is JSON");
     config["models"].as_array().expect("models").iter().map(|m| m.as_str().expect("a name").to_owned()).collect()
 }
 
 /// (name, context_window) of each model of the shipped catalog (a minimal reading of its TOML).
 fn catalog_windows() -> Vec<(String, u64)> {
-    let text = std::fs::read_to_string(default_bundle().join("catalog.toml")).expect("read the default bundle's catalog.toml");
+    let text = std::fs::read_to_string(routerbench_bundle().join("catalog.toml")).expect("read the default bundle's catalog.toml");
     let mut windows = Vec::new();
     let mut name = None;
     for line in text.lines().map(str::trim) {
@@ -245,7 +245,7 @@ fn assert_same_decision(batch: &Value, single: &Value, prompt: &str) {
 
 #[test]
 fn embed_json_is_a_unit_vector_of_the_bundle_dimension() {
-    let text = std::fs::read_to_string(default_bundle().join("router.json")).unwrap();
+    let text = std::fs::read_to_string(routerbench_bundle().join("router.json")).unwrap();
     let dim = serde_json::from_str::<Value>(&text).unwrap()["encoder"]["dim"].as_u64().expect("encoder.dim") as usize;
     let value = ok(&["embed", "--json", PROMPT]).json();
     assert_eq!(keys(&value), BTreeSet::from(["embedding".to_owned()]));
@@ -276,7 +276,7 @@ fn model_dir_without_a_bundle_fails_naming_the_file() {
 fn bundle_with_catalog(catalog: Option<&str>) -> TempDir {
     let dir = TempDir::new().unwrap();
     for file in ["router.json", "tokenizer.json", "encoder.safetensors", "head.safetensors"] {
-        let from = default_bundle().join(file);
+        let from = routerbench_bundle().join(file);
         if std::os::unix::fs::symlink(&from, dir.path().join(file)).is_err() {
             std::fs::copy(&from, dir.path().join(file)).unwrap();
         }
@@ -305,7 +305,7 @@ fn broken_catalog_path_fails_naming_the_path() {
     assert_mentions(&run.stderr, &[&arg(&bundle.path().join("catalog.toml"))]);
 
     // The same bundle routes with a valid catalog given explicitly.
-    let catalog = default_bundle().join("catalog.toml");
+    let catalog = routerbench_bundle().join("catalog.toml");
     let decision = ok(&["route", "--json", "--model", &arg(bundle.path()), "--catalog", &arg(&catalog), PROMPT]).json();
     assert_eq!(decision, route_json(&[PROMPT]));
 }

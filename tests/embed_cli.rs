@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::{default_bundle, ok, repo_root};
+use common::{routerbench_bundle, ok, repo_root};
 use model_router::router_policy::Mode;
 use model_router::{RouteInput, Routing};
 
 #[test]
 fn routing_gives_the_decision_route_json_prints() {
-    let bundle = default_bundle();
+    let bundle = routerbench_bundle();
     let routing = Routing::load(bundle.to_string_lossy()).expect("the shipped bundle loads");
     let cases = [
         ("What is the capital of Australia?", RouteInput::prompt("What is the capital of Australia?"), vec![]),

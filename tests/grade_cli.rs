@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{arg, assert_mentions, default_bundle, fails, ok};
+use common::{arg, assert_mentions, routerbench_bundle, fails, ok};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -137,7 +137,7 @@ fn text_similarity_metrics_have_their_hand_computed_values() {
     assert_eq!(report["pass_threshold"], 0.6);
 
     // Cosine through the default bundle's encoder: identical texts score 1, all in [0, 1].
-    let (report, cosine) = run("cosine", &["--model", &arg(&default_bundle())]);
+    let (report, cosine) = run("cosine", &["--model", &arg(&routerbench_bundle())]);
     assert_eq!(report["graded"], 4);
     assert!((cosine[3] - 1.0).abs() < 1e-6, "{cosine:?}");
     assert!(cosine.iter().all(|c| (0.0..=1.0).contains(c)), "{cosine:?}");

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::routing::post;
 use axum::Json;
-use common::{arg, assert_mentions, default_bundle, fails, ok};
+use common::{arg, assert_mentions, routerbench_bundle, fails, ok};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -72,7 +72,7 @@ impl Judge {
             "[router]\nbundle = \"{bundle}\"\n\n[dispatch]\ntimeout_ms = 10000\nmax_retries = 0\n\n\
              [[models]]\nname = \"judge-model\"\ninput_price = 1.0\noutput_price = 2.0\ncontext_window = 16385\ndeployments = [\"judge\"]\n\n\
              [[deployments]]\nname = \"judge\"\nkind = \"openai\"\nbase_url = \"http://{addr}/v1\"\nmodel = \"upstream-judge\"\n",
-            bundle = default_bundle().display(),
+            bundle = routerbench_bundle().display(),
             addr = self.addr,
         );
         std::fs::write(&path, text).unwrap();

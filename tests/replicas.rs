@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{command, default_bundle};
+use common::{command, routerbench_bundle};
 use router_store::{owner_of_key, Location, Store, StoreOptions};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -242,7 +242,7 @@ model = "upstream"
 [store]
 url = "{url}"
 "#,
-            bundle = default_bundle().display()
+            bundle = routerbench_bundle().display()
         ),
     )
     .expect("write the config");

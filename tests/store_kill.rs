@@ -14,7 +14,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{command, default_bundle};
+use common::{command, routerbench_bundle};
 use router_store::{Store, StoreOptions};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -163,7 +163,7 @@ model = "upstream"
 path = "completions.db"
 max_bytes = 100000000
 "#,
-            bundle = default_bundle().display()
+            bundle = routerbench_bundle().display()
         ),
     )
     .unwrap();

@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{arg, assert_mentions, data_file, default_bundle, fails, import_slice, ok, prepare, routerbench_slice, write_jsonl, Run};
+use common::{arg, assert_mentions, data_file, routerbench_bundle, fails, import_slice, ok, prepare, routerbench_slice, write_jsonl, Run};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -448,7 +448,7 @@ fn cross_validation_reports_every_prompt_out_of_fold() {
     }
     assert_eq!(per_fold, [50, 50, 50], "150 prompts dealt round-robin, task after task");
     assert!((quality_mode - number(&report["modes"]["quality"]["quality"], "quality mode")).abs() < 1e-9);
-    let reimported = ok(&["eval", "--json", "--model", &arg(&default_bundle()), "--data", &arg(&predictions), "--format", "jsonl"]).json();
+    let reimported = ok(&["eval", "--json", "--model", &arg(&routerbench_bundle()), "--data", &arg(&predictions), "--format", "jsonl"]).json();
     assert_eq!(reimported["n"], 150, "the file is a canonical dataset too");
     assert_eq!(cv("42", None), report, "the same seed gives the same report");
     assert_ne!(cv("7", None)["aiq"], report["aiq"], "another seed deals other folds");

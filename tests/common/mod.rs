@@ -16,8 +16,9 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The shipped default bundle.
-pub fn default_bundle() -> PathBuf {
+/// The RouterBench bundle (models/routerbench): eleven models, a linear head. Tests that mean the
+/// shipped default use the binary without --model.
+pub fn routerbench_bundle() -> PathBuf {
     repo_root().join("models").join("routerbench")
 }
 
