@@ -226,7 +226,7 @@ mod avx512 {
         // The kernel reads and writes through raw pointers; these checks make every access in
         // bounds: rows `row..row + R` of `input`, `panel_count` panels of `inputs × PANEL`, and
         // `panel_count` blocks of `rows × PANEL` in `block`.
-        assert!(panel_count >= 1 && panel_count <= PAIR && bias.len() == panel_count * PANEL);
+        assert!((1..=PAIR).contains(&panel_count) && bias.len() == panel_count * PANEL);
         assert!(panels.len() == panel_count * inputs * PANEL && block.len() == panel_count * rows * PANEL);
         assert!(input.len() == rows * inputs);
         let mut row = 0;
