@@ -770,6 +770,19 @@ async fn decide(
     Ok((scores, request, decision))
 }
 
+/// A parsed chat request, ready to send: the body to forward (without `router`, `store` and
+/// `metadata`), what routing reads, and what the answer needs.
+struct Prepared<'a> {
+    body: Value,
+    conv: Conversation,
+    overrides: Overrides,
+    explain: bool,
+    spillover: Option<&'a str>,
+    job: Option<StoreJob>,
+}
+
+/// The chat pipeline: parse, then route and dispatch (or dispatch to the named model), then
+/// respond or stream (storing on the way); the caller logs and counts.
 async fn chat_inner(
     state: &Arc<AppState>,
     caller: Caller,
@@ -788,7 +801,6 @@ async fn chat_inner(
     let overrides = chat::overrides(&mut body, headers)?;
     let (asked, metadata) = stored::take_store_fields(&mut body, state.store.is_some())?;
     let conv = chat::analyse(&body, state.config.recent_turns)?;
-    let explain = wants_explain(headers);
     let spillover = header_str(headers, "x-ms-spillover-deployment");
     if let Some(name) = spillover {
         if state.dispatcher.deployment(name).is_none() {
@@ -800,7 +812,7 @@ async fn chat_inner(
     let routed = requested == state.config.router_name;
     // Only routed requests are shadowed: a pinned model is the client's choice, not the router's.
     let shadowed = routed && state.shadows().is_some_and(Shadows::sample);
-    let mut job = (asked || shadowed).then(|| StoreJob {
+    let job = (asked || shadowed).then(|| StoreJob {
         owner: caller.0,
         metadata,
         request: body.clone(),
@@ -809,102 +821,96 @@ async fn chat_inner(
         asked,
         shadow: shadowed.then_some(conv.prompt_tokens),
     });
-    let body = Value::Object(body);
-
+    let prepared = Prepared {
+        body: Value::Object(body),
+        conv,
+        overrides,
+        explain: wants_explain(headers),
+        spillover,
+        job,
+    };
     if routed {
-        let (scores, mut request, mut decision) =
-            decide(state, &routing, &conv, &overrides).await?;
-        let mut retry_after: Option<Duration> = None;
-        loop {
-            ctx.model = decision.model.clone();
-            ctx.mode = decision.mode.as_str().to_string();
-            let deployments = routing
-                .catalog()
-                .get(&decision.model)
-                .map(|m| m.deployments.clone())
-                .unwrap_or_default();
-            let sent = state
-                .dispatcher
-                .dispatch_with_id(
-                    DispatchRequest {
-                        deployments: &deployments,
-                        body: &body,
-                        spillover,
-                    },
-                    &ctx.request_id,
-                )
-                .await;
-            match sent {
-                Ok(d) => {
-                    let cost = decision.estimated_cost;
-                    let model = decision.model.clone();
-                    let job = job.take().map(|mut j| {
-                        j.decision = serde_json::to_value(&decision).ok();
-                        j
-                    });
-                    return respond(
-                        state,
-                        d,
-                        &model,
-                        explain.then_some(&decision),
-                        conv.stream,
-                        cost,
-                        job,
-                        ctx,
-                    )
-                    .await;
-                }
-                Err(DispatchError::Saturated { .. }) | Err(DispatchError::NoDeployments) => {
-                    retry_after = match (retry_after, wait_of(&state.dispatcher, &deployments)) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    request.exclude.push(decision.model.clone());
-                    state.metrics.reroute();
-                    match routing.policy().decide(&scores, &request) {
-                        Ok(next) => decision = next,
-                        Err(PolicyError::NoEligibleModel { .. }) => {
-                            ctx.model = "none".into();
-                            return Err(dispatch_error(DispatchError::Saturated {
-                                deployments: vec![],
-                                retry_after,
-                            }));
-                        }
-                        Err(e) => return Err(policy_error(e)),
-                    }
-                }
-                Err(e) => return Err(dispatch_failed(state, e)),
-            }
-        }
-    } else if let Some(spec) = routing.catalog().get(&requested) {
-        ctx.model = requested.clone();
-        ctx.mode = "bypass".into();
-        if spec.deployments.is_empty() {
-            return Err(ApiError::invalid(
-                format!("model `{requested}` has no deployments"),
-                Some("model"),
-            )
-            .code("model_not_deployed"));
-        }
-        let cost = estimated_cost(
-            spec,
-            conv.prompt_tokens as u64,
-            spec.billed_output_tokens(conv.max_tokens),
-        );
-        let d = state
+        send_routed(state, &routing, prepared, ctx).await
+    } else {
+        send_named(state, &routing, &requested, prepared, ctx).await
+    }
+}
+
+/// A routed request: decide, dispatch to the chosen model; when all its deployments are
+/// saturated, decide again without it, until a model answers or none is left (429).
+async fn send_routed(
+    state: &Arc<AppState>,
+    routing: &Routing,
+    mut p: Prepared<'_>,
+    ctx: &mut Ctx,
+) -> Result<Response, ApiError> {
+    let (scores, mut request, mut decision) = decide(state, routing, &p.conv, &p.overrides).await?;
+    let mut retry_after: Option<Duration> = None;
+    loop {
+        ctx.model = decision.model.clone();
+        ctx.mode = decision.mode.as_str().to_string();
+        let deployments = routing
+            .policy()
+            .catalog()
+            .get(&decision.model)
+            .map(|m| m.deployments.clone())
+            .unwrap_or_default();
+        let sent = state
             .dispatcher
             .dispatch_with_id(
                 DispatchRequest {
-                    deployments: &spec.deployments,
-                    body: &body,
-                    spillover,
+                    deployments: &deployments,
+                    body: &p.body,
+                    spillover: p.spillover,
                 },
                 &ctx.request_id,
             )
-            .await
-            .map_err(|e| dispatch_failed(state, e))?;
-        respond(state, d, &requested, None, conv.stream, cost, job, ctx).await
-    } else {
+            .await;
+        match sent {
+            Ok(d) => {
+                let cost = decision.estimated_cost;
+                let model = decision.model.clone();
+                let job = p.job.take().map(|mut j| {
+                    j.decision = serde_json::to_value(&decision).ok();
+                    j
+                });
+                let explained = p.explain.then_some(&decision);
+                let stream = p.conv.stream;
+                return respond(state, d, &model, explained, stream, cost, job, ctx).await;
+            }
+            Err(DispatchError::Saturated {
+                retry_after: wait, ..
+            }) => {
+                retry_after = shortest(retry_after, wait);
+            }
+            Err(DispatchError::NoDeployments) => {}
+            Err(e) => return Err(dispatch_failed(state, e)),
+        }
+        request.exclude.push(decision.model.clone());
+        state.metrics.reroute();
+        match routing.policy().decide(&scores, &request) {
+            Ok(next) => decision = next,
+            Err(PolicyError::NoEligibleModel { .. }) => {
+                ctx.model = "none".into();
+                return Err(dispatch_error(DispatchError::Saturated {
+                    deployments: vec![],
+                    retry_after,
+                }));
+            }
+            Err(e) => return Err(policy_error(e)),
+        }
+    }
+}
+
+/// A request that names a catalog model: its deployments, no routing.
+async fn send_named(
+    state: &Arc<AppState>,
+    routing: &Routing,
+    requested: &str,
+    p: Prepared<'_>,
+    ctx: &mut Ctx,
+) -> Result<Response, ApiError> {
+    let Some(spec) = routing.catalog().get(requested) else {
         let mut e = ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -915,7 +921,42 @@ async fn chat_inner(
         )
         .code("model_not_found");
         e.param = Some("model".into());
-        Err(e)
+        return Err(e);
+    };
+    ctx.model = requested.to_string();
+    ctx.mode = "bypass".into();
+    if spec.deployments.is_empty() {
+        return Err(ApiError::invalid(
+            format!("model `{requested}` has no deployments"),
+            Some("model"),
+        )
+        .code("model_not_deployed"));
+    }
+    let cost = estimated_cost(
+        spec,
+        p.conv.prompt_tokens as u64,
+        spec.billed_output_tokens(p.conv.max_tokens),
+    );
+    let d = state
+        .dispatcher
+        .dispatch_with_id(
+            DispatchRequest {
+                deployments: &spec.deployments,
+                body: &p.body,
+                spillover: p.spillover,
+            },
+            &ctx.request_id,
+        )
+        .await
+        .map_err(|e| dispatch_failed(state, e))?;
+    respond(state, d, requested, None, p.conv.stream, cost, p.job, ctx).await
+}
+
+/// The shorter of two waits, either of which may be unknown.
+fn shortest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -929,13 +970,6 @@ fn requested_model(body: &Map<String, Value>) -> Result<String, ApiError> {
             Some("model"),
         )),
     }
-}
-
-fn wait_of(dispatcher: &Dispatcher, deployments: &[String]) -> Option<Duration> {
-    deployments
-        .iter()
-        .filter_map(|d| dispatcher.cooldown_left(d))
-        .min()
 }
 
 /// Compact JSON with every non-ASCII character escaped, so it fits in a header value.
