@@ -189,11 +189,32 @@ impl ModelSpec {
         self
     }
 
-    /// The output tokens the cost estimate charges for: `min(max_tokens, expected_output_tokens)`
-    /// when the request caps its output, else `expected_output_tokens`. A cap says the answer is
-    /// at most that long; it does not say it will be that long.
+    /// The output tokens the cost estimate charges for when no length is predicted:
+    /// [`ModelSpec::billed_output_tokens_for`] with the catalog's `expected_output_tokens`.
     pub fn billed_output_tokens(&self, max_tokens: Option<u32>) -> u64 {
-        let expected = u64::from(self.expected_output_tokens);
+        self.billed_output_tokens_for(max_tokens, None)
+    }
+
+    /// The output tokens the cost estimate charges for: the expected answer length, capped by
+    /// `max_tokens` when the request gives one (a cap says the answer is at most that long; it does
+    /// not say it will be that long). The expected length is `predicted` (a bundle's output-length
+    /// head's figure for this model and prompt, rounded, at least 1) when it is a finite number,
+    /// else the catalog's `expected_output_tokens`.
+    ///
+    /// ```
+    /// use router_policy::ModelSpec;
+    /// let spec = ModelSpec::new("m", 1.0, 2.0, 8192).expected_output_tokens(300);
+    /// assert_eq!(spec.billed_output_tokens_for(None, None), 300);
+    /// assert_eq!(spec.billed_output_tokens_for(None, Some(912.4)), 912);
+    /// assert_eq!(spec.billed_output_tokens_for(Some(500), Some(912.4)), 500);
+    /// assert_eq!(spec.billed_output_tokens_for(None, Some(f32::NAN)), 300);
+    /// ```
+    pub fn billed_output_tokens_for(&self, max_tokens: Option<u32>, predicted: Option<f32>) -> u64 {
+        let expected = match predicted {
+            // `as` saturates: a huge prediction is u64::MAX tokens, never a wrap-around.
+            Some(tokens) if tokens.is_finite() => (tokens.round() as u64).max(1),
+            _ => u64::from(self.expected_output_tokens),
+        };
         match max_tokens {
             Some(cap) => expected.min(u64::from(cap)),
             None => expected,

@@ -111,6 +111,10 @@ pub struct Decision {
     /// Every bundle column's predicted quality (`None` where it was NaN or infinite); `scores` in JSON.
     #[serde(rename = "scores", alias = "predictions")]
     pub predictions: BTreeMap<String, Option<f32>>,
+    /// Every bundle column's predicted output length in tokens, when the bundle has an
+    /// output-length head (empty otherwise: the catalog's `expected_output_tokens` was charged).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub predicted_output_tokens: BTreeMap<String, u64>,
     /// The models that passed every filter.
     pub eligible: BTreeMap<String, EligibleModel>,
     /// The models that did not, each with the first filter that removed it.
@@ -125,7 +129,8 @@ impl Decision {
 }
 
 /// A short table: one row per bundle column, eligible models first (by quality, then name), the
-/// chosen one marked with `*`.
+/// chosen one marked with `*`; `out tok.` is the output tokens charged (eligible models) or
+/// predicted (excluded ones), from the bundle's length head when it has one, else the catalog.
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let band = if self.custom_band {
@@ -135,12 +140,13 @@ impl fmt::Display for Decision {
         };
         writeln!(
             f,
-            "route: {} (mode {}, {band}; q* {:.4}, threshold {:.4}; {} input tokens; est. ${:.6})",
+            "route: {} (mode {}, {band}; q* {:.4}, threshold {:.4}; {} input tokens; output tokens {}; est. ${:.6})",
             self.model,
             self.mode,
             self.q_star,
             self.threshold,
             self.input_tokens,
+            if self.predicted_output_tokens.is_empty() { "from the catalog" } else { "predicted per model" },
             self.estimated_cost
         )?;
 
@@ -150,7 +156,7 @@ impl fmt::Display for Decision {
                 .total_cmp(&a.1.predicted_quality)
                 .then_with(|| a.0.cmp(b.0))
         });
-        let mut rows: Vec<[String; 4]> = Vec::with_capacity(self.predictions.len());
+        let mut rows: Vec<[String; 5]> = Vec::with_capacity(self.predictions.len());
         for (name, e) in eligible {
             let marker = if *name == self.model { "*" } else { " " };
             let status = if *name == self.model {
@@ -163,6 +169,7 @@ impl fmt::Display for Decision {
             rows.push([
                 format!("{marker} {name}"),
                 format!("{:.4}", e.predicted_quality),
+                e.output_tokens.to_string(),
                 format!("${:.6}", e.estimated_cost),
                 status.to_string(),
             ]);
@@ -175,12 +182,15 @@ impl fmt::Display for Decision {
             rows.push([
                 format!("  {name}"),
                 quality,
+                self.predicted_output_tokens
+                    .get(name)
+                    .map_or_else(|| "-".to_string(), u64::to_string),
                 "-".to_string(),
                 format!("excluded: {why}"),
             ]);
         }
 
-        let header = ["  model", "quality", "est. cost", "status"];
+        let header = ["  model", "quality", "out tok.", "est. cost", "status"];
         let width = |i: usize| {
             rows.iter()
                 .map(|r| r[i].chars().count())
@@ -188,12 +198,12 @@ impl fmt::Display for Decision {
                 .max()
                 .unwrap_or(0)
         };
-        let (w0, w1, w2) = (width(0), width(1), width(2));
+        let (w0, w1, w2, w3) = (width(0), width(1), width(2), width(3));
         for row in std::iter::once(header.map(String::from)).chain(rows) {
             writeln!(
                 f,
-                "{:<w0$}  {:>w1$}  {:>w2$}  {}",
-                row[0], row[1], row[2], row[3]
+                "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {}",
+                row[0], row[1], row[2], row[3], row[4]
             )?;
         }
         Ok(())

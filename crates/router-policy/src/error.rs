@@ -100,6 +100,15 @@ pub enum PolicyError {
         got: usize,
     },
 
+    /// The predicted output lengths do not have one value per bundle column.
+    #[error("got {got} predicted output lengths for {expected} bundle columns")]
+    OutputTokensLength {
+        /// The number of bundle columns.
+        expected: usize,
+        /// The number of predicted lengths given.
+        got: usize,
+    },
+
     /// Every model was removed by some filter. Carries, for every bundle column, the reason.
     #[error("no eligible model for this request: {}", ExclusionList(excluded))]
     NoEligibleModel {

@@ -217,7 +217,9 @@ impl Policy {
         &self.defaults
     }
 
-    /// Decides one request. `predictions[i]` is the predicted quality of `columns()[i]`.
+    /// Decides one request. `predictions[i]` is the predicted quality of `columns()[i]`; every
+    /// model's output is charged at its catalog `expected_output_tokens`
+    /// ([`Policy::decide_with_output_tokens`] with no predicted lengths).
     ///
     /// Errors when the predictions have the wrong length, the request's band, subset or exclude
     /// list is invalid (unknown names, empty subset, band outside `[0, 1]`), or no model is
@@ -227,10 +229,31 @@ impl Policy {
         predictions: &[f32],
         request: &RouteRequest,
     ) -> Result<Decision, PolicyError> {
+        self.decide_with_output_tokens(predictions, None, request)
+    }
+
+    /// Decides one request as [`Policy::decide`] does, charging each model the output length a
+    /// bundle's output-length head predicted for it on this prompt: `output_tokens[i]` is
+    /// `columns()[i]`'s predicted answer length in tokens. `None` (a bundle without a length head)
+    /// charges the catalog's `expected_output_tokens`; the rule is
+    /// [`ModelSpec::billed_output_tokens_for`](crate::ModelSpec::billed_output_tokens_for). The decision
+    /// lists the predicted lengths in [`Decision::predicted_output_tokens`].
+    pub fn decide_with_output_tokens(
+        &self,
+        predictions: &[f32],
+        output_tokens: Option<&[f32]>,
+        request: &RouteRequest,
+    ) -> Result<Decision, PolicyError> {
         if predictions.len() != self.columns.len() {
             return Err(PolicyError::PredictionLength {
                 expected: self.columns.len(),
                 got: predictions.len(),
+            });
+        }
+        if let Some(lengths) = output_tokens.filter(|l| l.len() != self.columns.len()) {
+            return Err(PolicyError::OutputTokensLength {
+                expected: self.columns.len(),
+                got: lengths.len(),
             });
         }
         let (mode, band, custom_band) = self.resolve_band(request)?;
@@ -243,12 +266,17 @@ impl Policy {
         let input_tokens = u64::try_from(request.prompt_tokens).unwrap_or(u64::MAX);
 
         let mut predicted = BTreeMap::new();
+        let mut predicted_output_tokens = BTreeMap::new();
         let mut eligible = BTreeMap::new();
         let mut excluded = BTreeMap::new();
         for (i, name) in self.columns.iter().enumerate() {
             let q = predictions[i];
             predicted.insert(name.clone(), q.is_finite().then_some(q));
-            match self.filter(i, q, input_tokens, request) {
+            let length = output_tokens.map(|lengths| lengths[i]);
+            if let Some(tokens) = length.filter(|t| t.is_finite()) {
+                predicted_output_tokens.insert(name.clone(), tokens.round().max(0.0) as u64);
+            }
+            match self.filter(i, q, length, input_tokens, request) {
                 Ok(e) => {
                     eligible.insert(name.clone(), e);
                 }
@@ -290,6 +318,7 @@ impl Policy {
             threshold,
             input_tokens,
             predictions: predicted,
+            predicted_output_tokens,
             eligible,
             excluded,
         })
@@ -309,10 +338,12 @@ impl Policy {
     }
 
     /// Runs the filters on column `i`, in the documented order; the first that fails is the reason.
+    /// `predicted_length` is the column's predicted output tokens, if the bundle predicts them.
     fn filter(
         &self,
         i: usize,
         q: f32,
+        predicted_length: Option<f32>,
         input_tokens: u64,
         request: &RouteRequest,
     ) -> Result<EligibleModel, Exclusion> {
@@ -350,7 +381,7 @@ impl Policy {
         if !missing.is_empty() {
             return Err(Exclusion::MissingCapabilities { missing });
         }
-        let output_tokens = spec.billed_output_tokens(request.max_tokens);
+        let output_tokens = spec.billed_output_tokens_for(request.max_tokens, predicted_length);
         Ok(EligibleModel {
             predicted_quality: q,
             output_tokens,

@@ -663,11 +663,11 @@ fn token_estimate_errs_high() {
 fn display_matches_the_readme_example() {
     let d = three().decide(&THREE_Q, &RouteRequest::new(1000)).unwrap();
     let expected = "\
-route: medium (mode balanced, band 0.02; q* 0.9000, threshold 0.8820; 1000 input tokens; est. $0.000950)
-  model   quality  est. cost  status
-  large    0.9000  $0.019000  eligible, within band
-* medium   0.8900  $0.000950  chosen
-  small    0.8500  $0.000330  eligible, below threshold
+route: medium (mode balanced, band 0.02; q* 0.9000, threshold 0.8820; 1000 input tokens; output tokens from the catalog; est. $0.000950)
+  model   quality  out tok.  est. cost  status
+  large    0.9000       300  $0.019000  eligible, within band
+* medium   0.8900       300  $0.000950  chosen
+  small    0.8500       300  $0.000330  eligible, below threshold
 ";
     assert_eq!(d.to_string(), expected);
     // The README's max_tokens = 4000 case.
