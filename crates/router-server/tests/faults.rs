@@ -342,10 +342,20 @@ async fn log_fields_are_escaped() {
     assert_eq!(r.status(), 404);
     let r = env.chat("x\r\nstatus=200 \"y\"", json!({})).await;
     assert_eq!(r.status(), 404);
+    // A client's request id with a quote and `=` is kept, and quoted in the log.
+    let body = json!({"model": "nope", "messages": [{"role": "user", "content": "Hi"}]});
+    let r = send(
+        env.server
+            .request(reqwest::Method::POST, "/v1/chat/completions")
+            .header("x-request-id", "a\"b=status=200")
+            .json(&body),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
     let log = env.access_log();
     eprintln!("{log}");
     let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines.len(), 2, "{log}");
+    assert_eq!(lines.len(), 3, "{log}");
     for line in &lines {
         assert!(line.starts_with("access ts="), "{line}");
         assert!(line.contains(" status=404 "), "{line}");
@@ -354,6 +364,11 @@ async fn log_fields_are_escaped() {
         lines[0].contains(r#"\r\naccess ts=1 status=200 path=\"forged\"\n"#),
         "{}",
         lines[0]
+    );
+    assert!(
+        lines[2].contains(r#" request_id="a\"b=status=200" "#),
+        "{}",
+        lines[2]
     );
     env.stop().await;
 }
