@@ -58,6 +58,21 @@ fn bench_json_reports_every_tier_and_baseline() {
 }
 
 #[test]
+fn bench_lengths_times_the_encoder_per_length_and_names_the_build() {
+    ensure_minilm();
+    let report = ok(&["bench", "--lengths", "16,40", "--iterations", "3", "--json"]).json();
+    // The tests run the dev-profile binary, which must say so.
+    assert_eq!(report["profile"], "dev", "{report}");
+    let rows = report["lengths"].as_array().unwrap_or_else(|| panic!("no lengths: {report}"));
+    assert_eq!(rows.iter().map(|row| row["tokens"].as_u64()).collect::<Vec<_>>(), [Some(16), Some(40)], "{report}");
+    for index in 0..rows.len() {
+        positive(&report, &format!("/lengths/{index}/p50_us"));
+        positive(&report, &format!("/lengths/{index}/cpu_us"));
+        assert!(rows[index]["prompt"].as_str().is_some_and(|p| !p.is_empty()), "{report}");
+    }
+}
+
+#[test]
 fn bench_server_reports_direct_and_routed_latency() {
     let report = ok(&["bench", "--server", "--rate", "40", "--seconds", "1", "--json"]).json();
     for path in ["direct", "routed"] {
