@@ -6,9 +6,10 @@
 //! export --db URL` reads the shared database.
 
 mod common;
+mod thread_backend;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -16,13 +17,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{command, routerbench_bundle};
+use thread_backend::{read_message, start_backend, IO_TIMEOUT};
 use router_store::{owner_of_key, Location, Store, StoreOptions};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
 const MODEL: &str = "gpt-3.5-turbo-1106";
 const KEYS: [&str; 2] = ["key-alice", "key-bob"];
-const IO_TIMEOUT: Duration = Duration::from_secs(20);
 const PG_URL_VAR: &str = "MODEL_ROUTER_TEST_PG_URL";
 
 /// A database of its own on the test server, dropped with its connections afterwards.
@@ -72,81 +73,6 @@ fn with_database(url: &str, name: &str) -> String {
     let authority_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
     let query = query.map(|q| format!("?{q}")).unwrap_or_default();
     format!("{}/{name}{query}", &base[..authority_end])
-}
-
-/// Reads one HTTP/1.1 message (head, then `Content-Length` bytes, or to EOF without one).
-fn read_message(stream: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before the head ended"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut body = buf[head_end + 4..].to_vec();
-    let length = head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
-    });
-    match length {
-        Some(length) => {
-            while body.len() < length {
-                let n = stream.read(&mut chunk)?;
-                if n == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed mid-body"));
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-            body.truncate(length);
-        }
-        None => {
-            stream.read_to_end(&mut body)?;
-        }
-    }
-    Ok((head, body))
-}
-
-/// The backend: answers every chat request after a short delay (so a burst is in flight when
-/// the kill comes) with a fresh id.
-fn start_backend(stop: Arc<AtomicBool>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the backend");
-    let addr = listener.local_addr().expect("backend address");
-    let next = Arc::new(AtomicUsize::new(0));
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let Ok(mut stream) = stream else { continue };
-            let next = next.clone();
-            thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-                let Ok((_, body)) = read_message(&mut stream) else { return };
-                let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let n = next.fetch_add(1, Ordering::SeqCst) + 1;
-                thread::sleep(Duration::from_millis(10));
-                let answer = json!({
-                    "id": format!("chatcmpl-replica-{n}"), "object": "chat.completion", "created": 1,
-                    "model": request["model"],
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("answer {n}")}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
-                })
-                .to_string();
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
-                let _ = stream.write_all(response.as_bytes());
-            });
-        }
-    });
-    addr
 }
 
 /// One request to a replica: `Some((status, body))`, or `None` when the connection failed.
@@ -296,7 +222,7 @@ fn two_replicas_share_one_postgres_store_and_a_kill_loses_nothing_acknowledged()
     let Some(db) = TestDatabase::create() else { return };
     let dir = TempDir::new().unwrap();
     let stop_backend = Arc::new(AtomicBool::new(false));
-    let backend = start_backend(stop_backend.clone());
+    let backend = start_backend(stop_backend.clone(), "replica", Duration::from_millis(10));
     let config = write_config(dir.path(), backend, &db.url);
     let (mut first, a) = start_replica(&config);
     let (mut second, b) = start_replica(&config);

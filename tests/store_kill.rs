@@ -5,9 +5,10 @@
 //! exports the database the killed server left.
 
 mod common;
+mod thread_backend;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -15,6 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{command, routerbench_bundle};
+use thread_backend::{read_message, start_backend, IO_TIMEOUT};
 use router_store::{Store, StoreOptions};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -23,83 +25,6 @@ const MODEL: &str = "gpt-3.5-turbo-1106";
 const CLIENTS: usize = 8;
 const PER_CLIENT: usize = 40;
 const KILL_AFTER: usize = 25;
-const IO_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Reads one HTTP/1.1 message (headers, then `Content-Length` bytes) from `stream`: the head
-/// and the body. A message without Content-Length is read to EOF.
-fn read_message(stream: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before the head ended"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut body = buf[head_end + 4..].to_vec();
-    let length = head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
-    });
-    match length {
-        Some(length) => {
-            while body.len() < length {
-                let n = stream.read(&mut chunk)?;
-                if n == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed mid-body"));
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-            body.truncate(length);
-        }
-        None => {
-            stream.read_to_end(&mut body)?;
-        }
-    }
-    Ok((head, body))
-}
-
-/// The backend: answers every chat request after a short delay (so the burst is in flight when
-/// the kill comes) with a fresh id, one connection per request.
-fn start_backend(stop: Arc<AtomicBool>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the backend");
-    let addr = listener.local_addr().expect("backend address");
-    let next = Arc::new(AtomicUsize::new(0));
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let Ok(mut stream) = stream else { continue };
-            let next = next.clone();
-            thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-                let Ok((_, body)) = read_message(&mut stream) else { return };
-                let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let n = next.fetch_add(1, Ordering::SeqCst) + 1;
-                thread::sleep(Duration::from_millis(15));
-                let answer = json!({
-                    "id": format!("chatcmpl-kill-{n}"), "object": "chat.completion", "created": 1,
-                    "model": request["model"],
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("answer {n}")}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
-                })
-                .to_string();
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
-                let _ = stream.write_all(response.as_bytes());
-            });
-        }
-    });
-    addr
-}
 
 /// One stored chat request to the server: `Some((status, x-router-store, body))`, or `None`
 /// when the connection failed (the server is gone).
@@ -130,7 +55,7 @@ fn post_chat(server: SocketAddr, i: usize) -> Option<(u16, String, Value)> {
 fn sigkill_mid_burst_loses_no_acknowledged_record() {
     let dir = TempDir::new().unwrap();
     let stop_backend = Arc::new(AtomicBool::new(false));
-    let backend = start_backend(stop_backend.clone());
+    let backend = start_backend(stop_backend.clone(), "kill", Duration::from_millis(15));
     let config = dir.path().join("serve.toml");
     std::fs::write(
         &config,
