@@ -187,6 +187,10 @@ struct HeadArgs {
     /// Shrink each training target towards its task's mean scores by this fraction (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     task_shrinkage: f64,
+    /// Fit no output-length head even when the data has output lengths (costs then charge the
+    /// catalog's expected_output_tokens).
+    #[arg(long)]
+    no_length_head: bool,
 }
 
 /// Hidden layer widths (a named type: clap treats a bare `Vec` as a repeated argument).
@@ -211,6 +215,7 @@ impl HeadArgs {
             early_stop_fraction: self.early_stop_fraction,
             max_epochs: self.epochs,
             task_shrinkage: self.task_shrinkage,
+            length_head: !self.no_length_head,
             data: data.data.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect(),
             catalog: self.catalog,
             ..TrainOptions::default()
@@ -388,7 +393,8 @@ fn route(args: RouteArgs) -> Result<()> {
         Some(prompt) => prompt,
         None => read_stdin()?,
     };
-    let decision = policy.decide(&router.score(&prompt)?, &request(&prompt))?;
+    let prediction = router.predict(&prompt)?;
+    let decision = policy.decide_with_output_tokens(&prediction.scores, prediction.output_tokens.as_deref(), &request(&prompt))?;
     if args.json {
         print_line(serde_json::to_string(&decision)?)?;
     } else {
@@ -416,12 +422,12 @@ fn route_jsonl(router: &Router, policy: &Policy, request: &dyn Fn(&str) -> Route
             })
             .collect();
         let prompts: Vec<&str> = parsed.iter().filter_map(|p| p.as_deref().ok()).collect();
-        let mut scores = router.score_batch(&prompts)?.into_iter();
+        let mut predictions = router.predict_batch(&prompts)?.into_iter();
         for item in &parsed {
             let line = match item {
                 Ok(prompt) => {
-                    let predictions = scores.next().ok_or_else(|| anyhow!("the router returned too few rows"))?;
-                    match policy.decide(&predictions, &request(prompt)) {
+                    let prediction = predictions.next().ok_or_else(|| anyhow!("the router returned too few rows"))?;
+                    match policy.decide_with_output_tokens(&prediction.scores, prediction.output_tokens.as_deref(), &request(prompt)) {
                         Ok(decision) => serde_json::to_string(&decision)?,
                         Err(error) => {
                             failed += 1;
@@ -572,6 +578,9 @@ fn train_command(args: TrainArgs) -> Result<()> {
         outcome.best_loss,
         args.out.display()
     );
+    if let Some(report) = &outcome.output_length {
+        eprintln!("{report}");
+    }
     if let Some(validation) = &outcome.validation {
         if args.json {
             print_line(serde_json::to_string(&validation.report)?)?;
@@ -609,10 +618,14 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         "train" => data::split(dataset.records, args.val_fraction, args.seed)?.0,
         other => bail!("--split takes all, val or train, got {other:?}"),
     };
-    let test = train::test_matrix(&records, &models, catalog.as_ref())?;
     let fingerprint = embed::encoder_fingerprint(router.config(), router.encoder());
     let prompts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
     let embeddings = embed::embed_cached(router.encoder(), fingerprint, &prompts, &embed::cache_dir())?;
+    // Routing costs charge each model the output length the bundle predicts, as `route` does.
+    let output_tokens: Option<Vec<Vec<f32>>> = router
+        .output_tokens_embeddings(&embeddings)?
+        .map(|rows| rows.into_iter().map(|row| columns.iter().map(|&c| row[c]).collect()).collect());
+    let test = train::test_matrix(&records, &models, catalog.as_ref(), output_tokens.as_deref())?;
     let predictions: Vec<Vec<f32>> = router
         .score_embeddings(&embeddings)?
         .into_iter()
@@ -650,6 +663,9 @@ fn cv_command(args: CvArgs) -> Result<()> {
     let mut outcome = train::cross_validate(&dataset.records, &models, &options, args.folds)?;
     outcome.evaluation.report.skipped = skipped;
     eprintln!("{} folds; epochs per fold: {:?}", args.folds, outcome.epochs);
+    if let Some(report) = &outcome.output_length {
+        eprintln!("{report}");
+    }
     if let Some(plot) = &args.plot {
         eval::plot_svg(&outcome.evaluation, plot)?;
     }

@@ -15,13 +15,12 @@ use serde_json::json;
 use super::progress::PairResult;
 use super::prompts::LabelPrompt;
 
-/// One line of the labels file: the canonical record plus each graded model's output length and
-/// latency.
+/// One line of the labels file: the canonical record (with each graded model's output length)
+/// plus each model's latency.
 #[derive(Serialize)]
 struct LabelLine<'a> {
     #[serde(flatten)]
     record: Record,
-    output_tokens: BTreeMap<&'a str, u64>,
     latency_ms: BTreeMap<&'a str, u64>,
 }
 
@@ -71,15 +70,20 @@ pub fn write_outputs(
 
 fn label_line<'a>(prompt: &LabelPrompt, text: &str, results: &[(&'a String, &PairResult)]) -> Option<LabelLine<'a>> {
     let mut line = LabelLine {
-        record: Record { prompt: text.to_string(), task: prompt.task.clone(), scores: BTreeMap::new(), costs: BTreeMap::new() },
-        output_tokens: BTreeMap::new(),
+        record: Record {
+            prompt: text.to_string(),
+            task: prompt.task.clone(),
+            scores: BTreeMap::new(),
+            costs: BTreeMap::new(),
+            output_tokens: BTreeMap::new(),
+        },
         latency_ms: BTreeMap::new(),
     };
     for (model, result) in results {
         if let (Some(score), Some(answer)) = (result.score, &result.answer) {
             line.record.scores.insert(model.to_string(), score);
             line.record.costs.insert(model.to_string(), answer.cost_usd);
-            line.output_tokens.insert(model.as_str(), answer.output_tokens);
+            line.record.output_tokens.insert(model.to_string(), answer.output_tokens as f64);
             line.latency_ms.insert(model.as_str(), answer.latency_ms);
         }
     }

@@ -48,6 +48,7 @@
 //!     task: "math".into(),
 //!     scores: BTreeMap::from([("small".into(), 1.0), ("big".into(), 1.0)]),
 //!     costs: BTreeMap::new(),
+//!     output_tokens: BTreeMap::from([("small".into(), 12.0), ("big".into(), 30.0)]),
 //! };
 //! data::write_jsonl(&[record.clone()], &path).unwrap();
 //! let dataset = data::load(Format::Jsonl, &[path], None).unwrap();
@@ -151,6 +152,10 @@ pub struct Record {
     /// Model -> USD for this prompt; may be empty (then prices estimate it).
     #[serde(default)]
     pub costs: BTreeMap<String, f64>,
+    /// Model -> the length of that model's own answer to this prompt, in tokens, where the data
+    /// has it (ZeroEval's `output_tokens`); what the output-length head learns from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub output_tokens: BTreeMap<String, f64>,
 }
 
 /// The input formats [`load`] reads.
@@ -658,6 +663,7 @@ fn routerbench_record(
         task: row[task_column].trim().to_owned(),
         scores,
         costs,
+        output_tokens: BTreeMap::new(),
     })
 }
 
@@ -694,6 +700,7 @@ fn read_routellm(path: &Path, dataset: &mut Dataset) -> Result<()> {
                 task: task.clone(),
                 scores,
                 costs: BTreeMap::new(),
+                output_tokens: BTreeMap::new(),
             });
         dataset.push(record);
     }
@@ -789,11 +796,20 @@ fn record_from_json(
         None | Some(Value::Null) => BTreeMap::new(),
         Some(_) => return Err(SkipReason::MalformedRow),
     };
+    let output_tokens = match object.get("output_tokens") {
+        Some(Value::Object(lengths)) => lengths
+            .iter()
+            .map(|(model, tokens)| Ok((model.clone(), cost_from_json(tokens)?)))
+            .collect::<RowResult<BTreeMap<_, _>>>()?,
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(_) => return Err(SkipReason::MalformedRow),
+    };
     Ok(Record {
         prompt,
         task,
         scores,
         costs,
+        output_tokens,
     })
 }
 
@@ -1189,12 +1205,14 @@ mod tests {
                 task: "t".into(),
                 scores: scores(&[("a", 1.0), ("b", 0.0)]),
                 costs: scores(&[("a", 0.01), ("b", 0.001)]),
+                output_tokens: BTreeMap::new(),
             },
             Record {
                 prompt: String::new(),
                 task: String::new(),
                 scores: scores(&[("a", 0.5), ("b", 1.0)]),
                 costs: BTreeMap::new(),
+                output_tokens: BTreeMap::new(),
             },
         ];
         let path = dir.path().join("out.jsonl");
@@ -1221,6 +1239,7 @@ mod tests {
             task: String::new(),
             scores: scores(&[("a", 1.0), ("b", 0.5), ("c", 0.0)]),
             costs: scores(&[("a", 3.0), ("b", 2.0), ("c", 1.0)]),
+            output_tokens: BTreeMap::new(),
         };
         Dataset {
             records: vec![record("p1"), record("p2")],
@@ -1274,6 +1293,7 @@ mod tests {
                 task: if i < 80 { "big".into() } else { "small".into() },
                 scores: scores(&[("a", 1.0)]),
                 costs: BTreeMap::new(),
+                output_tokens: BTreeMap::new(),
             })
             .collect();
         let (train, validation) = split(records.clone(), 0.15, 7).unwrap();
@@ -1317,6 +1337,7 @@ mod tests {
             task: task.into(),
             scores: scores(&[("a", 1.0)]),
             costs: BTreeMap::new(),
+            output_tokens: BTreeMap::new(),
         };
         let mut records: Vec<Record> = (0..60).map(|i| record(&format!("question {i}"), if i % 3 == 0 { "x" } else { "y" })).collect();
         // Two copies of "question 7" (case and whitespace differ), one filed under another task.

@@ -31,6 +31,7 @@ pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod grade;
+pub mod length;
 pub mod metrics;
 pub mod train;
 

@@ -738,6 +738,7 @@ mod tests {
             task: String::new(),
             scores: BTreeMap::from([("a".into(), 1.0), ("b".into(), 0.0)]),
             costs: costs.iter().map(|(m, c)| (m.to_string(), *c)).collect(),
+            output_tokens: BTreeMap::new(),
         };
         let records = [
             record("abcd", &[("a", 0.5), ("b", 0.25)]),

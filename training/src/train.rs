@@ -24,6 +24,7 @@ use crate::data::Record;
 use crate::embed::{self, BertSource};
 use crate::error::{Result, TrainingError};
 use crate::eval::{self, EvalInput, Evaluation};
+use crate::length;
 use crate::metrics::Matrix;
 
 /// Which encoder tier to train a head for.
@@ -82,6 +83,8 @@ pub struct TrainOptions {
     /// The command line that trained the bundle, recorded in its model card so that it can be
     /// re-made exactly.
     pub command: Option<String>,
+    /// Whether to fit an output-length head when every record has every model's output length.
+    pub length_head: bool,
 }
 
 impl Default for TrainOptions {
@@ -106,6 +109,7 @@ impl Default for TrainOptions {
             catalog: None,
             cache_dir: embed::cache_dir(),
             command: None,
+            length_head: true,
         }
     }
 }
@@ -133,6 +137,8 @@ pub struct TrainOutcome {
     pub epochs: usize,
     /// The best early-stopping loss (the training loss when there is no early-stopping split).
     pub best_loss: f64,
+    /// The output-length head's validation report, when one was fitted and measured.
+    pub output_length: Option<length::LengthReport>,
 }
 
 /// Trains a head on `records` (scores for `models`, in that order) and writes a complete bundle to
@@ -160,15 +166,23 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
 
     let fit = fit_early_stopped(&train_keys, &train_x, &train_y, models.len(), options, "training")?;
 
+    let length = if options.length_head {
+        fit_length_head(&train_records, &val_records, &train_x, &val_x, models)?
+    } else {
+        None
+    };
+    let val_lengths: Option<Vec<Vec<f32>>> = length.as_ref().map(|(fit, _, _)| {
+        val_x.iter().map(|x| fit.predict_log(x).into_iter().map(|l| l.exp() as f32).collect()).collect()
+    });
     let validation = if val_records.is_empty() {
         None
     } else {
-        let test = test_matrix(&val_records, models, catalog.as_ref())?;
+        let test = test_matrix(&val_records, models, catalog.as_ref(), val_lengths.as_deref())?;
         let predictions = predict(&fit.head, &val_x)?;
         let knn = baselines::knn(&train_x, &train_y, &val_x, baselines::DEFAULT_K)?;
         let train_tasks: Vec<&str> = train_keys.iter().map(|(task, _)| *task).collect();
         let val_tasks: Vec<&str> = val_records.iter().map(|r| r.task.as_str()).collect();
-        let task_best = baselines::task_best(&test_matrix(&train_records, models, catalog.as_ref())?, &train_tasks, &val_tasks)?;
+        let task_best = baselines::task_best(&test_matrix(&train_records, models, catalog.as_ref(), None)?, &train_tasks, &val_tasks)?;
         Some(eval::evaluate(&EvalInput {
             test: &test,
             skipped: 0,
@@ -181,6 +195,7 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
     };
 
     let mut config = config;
+    config.output_length = length.as_ref().map(|(_, shape, _)| shape.clone());
     config.training = Some(TrainingRecord {
         data: options.data.clone(),
         seed: options.seed,
@@ -197,11 +212,44 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
             "batch_size": options.batch_size,
             "task_shrinkage": options.task_shrinkage,
             "validation": validation.as_ref().map(|v| &v.report),
+            "output_length": length.as_ref().map(|(fit, _, report)| serde_json::json!({
+                "model": "ridge regression of ln(output tokens) on the embedding, per model",
+                "ridge_strength": fit.strength,
+                "validation": report,
+            })),
         }),
     });
     write_bundle(out_dir, &config, &encoder, &teacher_dir, &fit.varmap, options, validation.as_ref())?;
+    if let Some((fit, _, report)) = &length {
+        write_length_head(out_dir, fit, report.as_ref())?;
+    }
     let router = Router::load(out_dir)?;
-    Ok(TrainOutcome { router, validation, epochs: fit.epochs, best_loss: fit.best_loss })
+    let output_length = length.and_then(|(_, _, report)| report);
+    Ok(TrainOutcome { router, validation, epochs: fit.epochs, best_loss: fit.best_loss, output_length })
+}
+
+/// The output-length head fitted on the training side and measured on the validation side, when
+/// every training record has every model's output length.
+fn fit_length_head(
+    train_records: &[Record],
+    val_records: &[Record],
+    train_x: &[Vec<f32>],
+    val_x: &[Vec<f32>],
+    models: &[String],
+) -> Result<Option<(length::LengthFit, HeadConfig, Option<length::LengthReport>)>> {
+    if !length::has_lengths(train_records, models) {
+        return Ok(None);
+    }
+    let train_y = length::log_lengths(train_records, models);
+    let fit = length::fit(train_x, &train_y)?;
+    let val_y = length::log_lengths(val_records, models);
+    let train_tasks: Vec<&str> = train_records.iter().map(|r| r.task.as_str()).collect();
+    let val_tasks: Vec<&str> = val_records.iter().map(|r| r.task.as_str()).collect();
+    let report = length::has_lengths(val_records, models).then(|| {
+        let train_side = length::Side { y: &train_y, tasks: &train_tasks };
+        length::report(&fit, train_side, val_x, length::Side { y: &val_y, tasks: &val_tasks }, models)
+    });
+    Ok(Some((fit, HeadConfig { hidden: Vec::new() }, report)))
 }
 
 /// Reads a catalog file.
@@ -223,6 +271,10 @@ pub struct CrossValidation {
     pub folds: Vec<usize>,
     /// Each record's out-of-fold predicted quality per model (in the order of `models`).
     pub predictions: Vec<Vec<f32>>,
+    /// The out-of-fold output-length head against the per-model mean (each fold's training
+    /// side), when the data has output lengths; the routing costs of `evaluation` then charge the
+    /// out-of-fold predicted lengths.
+    pub output_length: Option<length::LengthReport>,
 }
 
 /// K-fold cross-validation of training with `options` on `records`: folds stratified by task and
@@ -242,12 +294,11 @@ pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOpti
         )));
     }
     let catalog = options.catalog.as_deref().map(read_catalog).transpose()?;
-    let test = test_matrix(records, models, catalog.as_ref())?;
     let (encoder, encoder_config, _) = build_encoder(options)?;
     let fingerprint = embed::encoder_fingerprint(&router_config(options, models, encoder_config), &encoder);
     let prompts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
     let x = embed::embed_cached(&encoder, fingerprint, &prompts, &options.cache_dir)?;
-    let y = test.scores();
+    let y = &score_rows(records, models)?;
 
     let mut predictions = vec![Vec::new(); records.len()];
     let mut epochs = Vec::with_capacity(folds);
@@ -264,8 +315,14 @@ pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOpti
             predictions[i] = row;
         }
     }
-    let knn = baselines::knn_out_of_fold(&x, y, &fold_of, folds)?;
     let tasks: Vec<&str> = keys.iter().map(|(task, _)| *task).collect();
+    let lengths = if options.length_head && length::has_lengths(records, models) {
+        Some(lengths_out_of_fold(&x, &length::log_lengths(records, models), &tasks, &fold_of, folds, models)?)
+    } else {
+        None
+    };
+    let test = test_matrix(records, models, catalog.as_ref(), lengths.as_ref().map(|(rows, _)| rows.as_slice()))?;
+    let knn = baselines::knn_out_of_fold(&x, y, &fold_of, folds)?;
     let task_best = baselines::task_best_out_of_fold(&test, &tasks, &fold_of, folds)?;
     let evaluation = eval::evaluate(&EvalInput {
         test: &test,
@@ -276,7 +333,36 @@ pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOpti
         task_best: &task_best,
         seed: options.seed,
     })?;
-    Ok(CrossValidation { evaluation, epochs, folds: fold_of, predictions })
+    Ok(CrossValidation { evaluation, epochs, folds: fold_of, predictions, output_length: lengths.map(|(_, report)| report) })
+}
+
+/// Out-of-fold predicted output tokens of every record (each from a length head fitted on the
+/// other folds), and their report against each fold's per-model (and per-task) mean, pooled over
+/// the folds.
+fn lengths_out_of_fold(
+    x: &[Vec<f32>],
+    y: &[Vec<Option<f64>>],
+    tasks: &[&str],
+    fold_of: &[usize],
+    folds: usize,
+    models: &[String],
+) -> Result<(Vec<Vec<f32>>, length::LengthReport)> {
+    let mut predicted = vec![Vec::new(); x.len()];
+    let mut reports = Vec::with_capacity(folds);
+    for fold in 0..folds {
+        let (held, kept): (Vec<usize>, Vec<usize>) = (0..x.len()).partition(|&i| fold_of[i] == fold);
+        let pick = |index: &[usize]| -> (Vec<Vec<f32>>, Vec<Vec<Option<f64>>>, Vec<&str>) {
+            (index.iter().map(|&i| x[i].clone()).collect(), index.iter().map(|&i| y[i].clone()).collect(), index.iter().map(|&i| tasks[i]).collect())
+        };
+        let ((kept_x, kept_y, kept_tasks), (held_x, held_y, held_tasks)) = (pick(&kept), pick(&held));
+        let fit = length::fit(&kept_x, &kept_y)?;
+        for (&i, row) in held.iter().zip(&held_x) {
+            predicted[i] = fit.predict_log(row).into_iter().map(|l| l.exp() as f32).collect();
+        }
+        let (train_side, held_side) = (length::Side { y: &kept_y, tasks: &kept_tasks }, length::Side { y: &held_y, tasks: &held_tasks });
+        reports.push((held.len(), length::report(&fit, train_side, &held_x, held_side, models)));
+    }
+    Ok((predicted, length::pooled(&reports)))
 }
 
 fn router_config(options: &TrainOptions, models: &[String], encoder: EncoderConfig) -> RouterConfig {
@@ -290,6 +376,7 @@ fn router_config(options: &TrainOptions, models: &[String], encoder: EncoderConf
         max_seq_length: options.max_seq_length,
         truncation: options.truncation,
         head: HeadConfig { hidden: options.hidden.clone() },
+        output_length: None,
         training: None,
     }
 }
@@ -298,9 +385,17 @@ fn router_config(options: &TrainOptions, models: &[String], encoder: EncoderConf
 /// the costs the router ranks by estimated from the catalog the way the live policy estimates them
 /// (else the actual costs). Without a catalog, data with no costs at all (RouterDC's) costs 0 for
 /// every model, so every mode chooses as Quality mode does; data with some costs must have all.
-pub fn test_matrix(records: &[Record], models: &[String], catalog: Option<&Catalog>) -> Result<Matrix> {
+/// `output_tokens` (per record, per model: an output-length head's predictions) replaces the
+/// catalog's expected output length in the routing costs, by the policy's own rule
+/// ([`router_policy::ModelSpec::billed_output_tokens_for`]).
+pub fn test_matrix(
+    records: &[Record],
+    models: &[String],
+    catalog: Option<&Catalog>,
+    output_tokens: Option<&[Vec<f32>]>,
+) -> Result<Matrix> {
     let free = catalog.is_none() && records.iter().all(|r| r.costs.is_empty());
-    let estimate = |record: &Record, model: &String| -> Result<f64> {
+    let estimate = |index: usize, record: &Record, model: &String| -> Result<f64> {
         if free {
             return Ok(0.0);
         }
@@ -309,17 +404,25 @@ pub fn test_matrix(records: &[Record], models: &[String], catalog: Option<&Catal
             source_name: "the catalog".into(),
         })?;
         let input = router_policy::estimate_tokens(&record.prompt) as u64;
-        Ok(router_policy::estimated_cost(spec, input, spec.billed_output_tokens(None)))
+        let predicted = output_tokens.and_then(|rows| rows.get(index)).and_then(|row| {
+            models.iter().position(|m| m == model).and_then(|column| row.get(column).copied())
+        });
+        Ok(router_policy::estimated_cost(spec, input, spec.billed_output_tokens_for(None, predicted)))
     };
     let scores = score_rows(records, models)?;
     let costs = records
         .iter()
-        .map(|r| models.iter().map(|m| r.costs.get(m).copied().map_or_else(|| estimate(r, m), Ok)).collect())
+        .enumerate()
+        .map(|(i, r)| models.iter().map(|m| r.costs.get(m).copied().map_or_else(|| estimate(i, r, m), Ok)).collect())
         .collect::<Result<Vec<Vec<f64>>>>()?;
     let matrix = Matrix::new(models.to_vec(), scores, costs)?;
     match catalog {
         Some(_) => {
-            let routing = records.iter().map(|r| models.iter().map(|m| estimate(r, m)).collect()).collect::<Result<Vec<Vec<f64>>>>()?;
+            let routing = records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| models.iter().map(|m| estimate(i, r, m)).collect())
+                .collect::<Result<Vec<Vec<f64>>>>()?;
             matrix.with_routing_costs(routing)
         }
         None => Ok(matrix),
@@ -563,6 +666,27 @@ fn write_bundle(
     let card = model_card(config, options, validation);
     let card_path = out_dir.join(files::MODEL_CARD);
     std::fs::write(&card_path, card).map_err(io(&card_path))
+}
+
+/// Writes the output-length head into the bundle and appends its measurement to the model card.
+fn write_length_head(out_dir: &Path, fit: &length::LengthFit, report: Option<&length::LengthReport>) -> Result<()> {
+    let (_, _, tensors) = fit.to_head()?;
+    let path = out_dir.join(files::LENGTH_HEAD);
+    let tensors: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+    router_core::candle_core::safetensors::save(&tensors, &path)
+        .map_err(|e| TrainingError::Format { path: path.clone(), message: e.to_string() })?;
+    let card_path = out_dir.join(files::MODEL_CARD);
+    let mut card = std::fs::read_to_string(&card_path).map_err(|source| TrainingError::Io { path: card_path.clone(), source })?;
+    card.push_str(&format!(
+        "\n## Output length\n\n`{}`: per model, a ridge regression (strength {}) of ln(output tokens) on the prompt embedding; \
+         the policy charges each model its predicted output tokens instead of the catalog's `expected_output_tokens`.\n",
+        files::LENGTH_HEAD,
+        fit.strength
+    ));
+    if let Some(report) = report {
+        card.push_str(&format!("\nOn the validation split:\n\n```text\n{report}\n```\n"));
+    }
+    std::fs::write(&card_path, card).map_err(|source| TrainingError::Io { path: card_path, source })
 }
 
 /// Ships the catalog `from` in the bundle as `to`: copied as it is when it names only the bundle's

@@ -19,6 +19,8 @@ pub mod files {
     pub const STATIC_ENCODER: &str = "encoder.safetensors";
     /// The head weights.
     pub const HEAD: &str = "head.safetensors";
+    /// The output-length head's weights (only in bundles whose manifest has `output_length`).
+    pub const LENGTH_HEAD: &str = "length.safetensors";
     /// The model card.
     pub const MODEL_CARD: &str = "README.md";
 }
@@ -50,6 +52,10 @@ pub struct RouterConfig {
     pub truncation: Truncation,
     /// The head's shape.
     pub head: HeadConfig,
+    /// The output-length head's shape ([`crate::LengthHead`], in [`files::LENGTH_HEAD`]); `None`
+    /// for a bundle without one, whose costs use the catalog's expected output lengths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_length: Option<HeadConfig>,
     /// How the head was trained; `None` for a bundle whose weights were never trained.
     #[serde(default)]
     pub training: Option<TrainingRecord>,
@@ -194,6 +200,9 @@ impl RouterConfig {
         }
         if let Some(width) = self.head.hidden.iter().find(|w| **w == 0) {
             return Err(format!("head.hidden: layer width {width} must be positive"));
+        }
+        if let Some(width) = self.output_length.iter().flat_map(|h| &h.hidden).find(|w| **w == 0) {
+            return Err(format!("output_length.hidden: layer width {width} must be positive"));
         }
         if let EncoderConfig::Bert { repo: None, path: None, .. } = &self.encoder {
             return Err("encoder: a bert encoder needs a repo or a path".into());

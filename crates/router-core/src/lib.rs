@@ -45,6 +45,7 @@ mod error;
 mod cpu_head;
 mod cpu_layer;
 mod head;
+mod length;
 mod packed;
 pub mod hub;
 mod router;
@@ -55,8 +56,9 @@ pub use encoder::{save_static_table, BertEncoder, Encoder, StaticEncoder, STATIC
 pub use error::{CoreError, Result};
 pub use cpu_head::CpuHead;
 pub use head::Head;
+pub use length::LengthHead;
 pub use packed::PackedLinear;
-pub use router::{bert_dir_from_hub, default_device, Router, DEFAULT_REVISION};
+pub use router::{bert_dir_from_hub, default_device, Prediction, Router, DEFAULT_REVISION};
 pub use tokenize::PromptTokenizer;
 
 /// Re-exported so that users of the crate build devices and tensors with the same candle version.

@@ -9,6 +9,7 @@ use crate::cpu_head::CpuHead;
 use crate::encoder::{load_safetensors, BertEncoder, Encoder, StaticEncoder};
 use crate::error::{CoreError, Result};
 use crate::head::Head;
+use crate::length::LengthHead;
 use crate::hub::hub_file;
 
 /// The default revision used when none is given.
@@ -20,6 +21,8 @@ pub struct Router {
     config: RouterConfig,
     encoder: Encoder,
     head: Head,
+    /// The output-length head, when the bundle has one.
+    length_head: Option<LengthHead>,
     /// The head as plain `f32` rows when running on the CPU (see [`CpuHead`]).
     cpu_head: Option<CpuHead>,
     device: Device,
@@ -43,7 +46,13 @@ impl Router {
             Head::load(vb, &config.head, config.encoder.dim(), config.models.len())
         })?;
         let cpu_head = cpu_head_for(&head, device).map_err(|e| CoreError::bundle(&head_path, e.to_string()))?;
-        Ok(Self { config, encoder, head, cpu_head, device: device.clone(), dir: dir.to_path_buf() })
+        let length_head = match &config.output_length {
+            Some(shape) => Some(load_safetensors(&dir.join(files::LENGTH_HEAD), device, |vb| {
+                LengthHead::load(vb, shape, config.encoder.dim(), config.models.len())
+            })?),
+            None => None,
+        };
+        Ok(Self { config, encoder, head, length_head, cpu_head, device: device.clone(), dir: dir.to_path_buf() })
     }
 
     /// Loads a bundle published as a Hugging Face model repo, through the hub cache: with a filled
@@ -54,6 +63,9 @@ impl Router {
         let config = RouterConfig::load(manifest.parent().unwrap_or(Path::new(".")))?;
         hub_file(repo_id, revision, files::TOKENIZER)?;
         hub_file(repo_id, revision, files::HEAD)?;
+        if config.output_length.is_some() {
+            hub_file(repo_id, revision, files::LENGTH_HEAD)?;
+        }
         if matches!(config.encoder, EncoderConfig::Static { .. }) {
             hub_file(repo_id, revision, files::STATIC_ENCODER)?;
         }
@@ -61,8 +73,11 @@ impl Router {
         Self::load(manifest.parent().unwrap_or(Path::new(".")))
     }
 
-    /// Builds a router from parts already in memory (used by training, before a bundle is written).
-    pub fn from_parts(config: RouterConfig, encoder: Encoder, head: Head, device: Device) -> Result<Self> {
+    /// Builds a router from parts already in memory (used by training, before a bundle is written),
+    /// without an output-length head (see [`Router::with_length_head`]).
+    pub fn from_parts(mut config: RouterConfig, encoder: Encoder, head: Head, device: Device) -> Result<Self> {
+        // The manifest must not promise a length head this router does not have.
+        config.output_length = None;
         config.validate().map_err(CoreError::Invalid)?;
         if encoder.dim() != config.encoder.dim() {
             return Err(CoreError::Invalid(format!(
@@ -72,7 +87,49 @@ impl Router {
             )));
         }
         let cpu_head = cpu_head_for(&head, &device)?;
-        Ok(Self { config, encoder, head, cpu_head, device, dir: PathBuf::new() })
+        Ok(Self { config, encoder, head, length_head: None, cpu_head, device, dir: PathBuf::new() })
+    }
+
+    /// Adds an output-length head of shape `shape` (recorded in the manifest's `output_length`).
+    pub fn with_length_head(mut self, length_head: LengthHead, shape: crate::config::HeadConfig) -> Self {
+        self.config.output_length = Some(shape);
+        self.length_head = Some(length_head);
+        self
+    }
+
+    /// The output-length head, if the bundle has one.
+    pub fn length_head(&self) -> Option<&LengthHead> {
+        self.length_head.as_ref()
+    }
+
+    /// Predicted output tokens of each underlying model for each embedding, in [`Router::models`]
+    /// order; `None` when the bundle has no output-length head.
+    pub fn output_tokens_embeddings(&self, embeddings: &[Vec<f32>]) -> Result<Option<Vec<Vec<f32>>>> {
+        self.length_head.as_ref().map(|head| head.predict(embeddings, &self.device)).transpose()
+    }
+
+    /// [`Router::predict`] for many prompts with one encoder pass.
+    pub fn predict_batch(&self, prompts: &[&str]) -> Result<Vec<Prediction>> {
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let embeddings = self.encoder.embed_batch(prompts)?;
+        let scores = self.score_embeddings(&embeddings)?;
+        let lengths = self.output_tokens_embeddings(&embeddings)?;
+        let mut lengths = lengths.map(Vec::into_iter);
+        Ok(scores
+            .into_iter()
+            .map(|scores| Prediction { scores, output_tokens: lengths.as_mut().and_then(Iterator::next) })
+            .collect())
+    }
+
+    /// [`Router::score`] and the predicted output tokens of each model (when the bundle has a
+    /// length head) from one encoder pass.
+    pub fn predict(&self, prompt: &str) -> Result<Prediction> {
+        let embedding = [self.encoder.embed(prompt)?];
+        let scores = self.score_embeddings(&embedding)?.pop();
+        let output_tokens = self.output_tokens_embeddings(&embedding)?.and_then(|mut rows| rows.pop());
+        Ok(Prediction { scores: scores.ok_or_else(|| CoreError::Invalid("the head returned no row".into()))?, output_tokens })
     }
 
     /// The manifest.
@@ -143,6 +200,15 @@ impl Router {
         let input = Tensor::from_vec(flat, (embeddings.len(), dim), &self.device)?;
         Ok(self.head.forward(&input)?.to_dtype(DType::F32)?.to_vec2()?)
     }
+}
+
+/// What a bundle predicts for one prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Predicted quality in [0, 1] of each underlying model.
+    pub scores: Vec<f32>,
+    /// Predicted output tokens of each underlying model; `None` without a length head.
+    pub output_tokens: Option<Vec<f32>>,
 }
 
 /// The CPU copy of `head` when the router runs on the CPU.

@@ -210,6 +210,7 @@ pub fn manifest(encoder: EncoderConfig, models: &[&str]) -> RouterConfig {
         max_seq_length: TINY_POSITIONS,
         truncation: Truncation::Right,
         head: HeadConfig { hidden: vec![6] },
+        output_length: None,
         training: None,
     }
 }
