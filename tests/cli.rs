@@ -90,6 +90,55 @@ fn route_json_has_the_decision_and_its_explanation() {
     assert_eq!(eligible[chosen]["estimated_cost"].as_f64(), Some(cost));
 }
 
+/// The shipped bundle has an output-length head: `--json` lists each model's predicted output
+/// tokens, every eligible model is charged its own (so they differ between models), and the table
+/// shows them in its `out tok.` column.
+#[test]
+fn route_json_shows_the_predicted_output_lengths() {
+    let decision = route_json(&[PROMPT]);
+    let lengths = decision["predicted_output_tokens"].as_object().expect("predicted_output_tokens");
+    assert_eq!(keys(&decision["predicted_output_tokens"]), bundle_models().into_iter().collect());
+    for (model, eligible) in decision["eligible"].as_object().expect("eligible") {
+        let tokens = lengths[model].as_u64().expect("a whole number of tokens");
+        assert!((1..100_000).contains(&tokens), "{model}: {tokens}");
+        assert_eq!(eligible["output_tokens"].as_u64(), Some(tokens), "{model} is charged its predicted length");
+    }
+    let distinct: BTreeSet<u64> = lengths.values().filter_map(Value::as_u64).collect();
+    assert!(distinct.len() > 1, "the models' predicted lengths differ: {decision}");
+    // --max-tokens caps what is charged, not what is predicted.
+    let capped = route_json(&["--max-tokens", "50", PROMPT]);
+    for eligible in capped["eligible"].as_object().expect("eligible").values() {
+        assert!(eligible["output_tokens"].as_u64().expect("output_tokens") <= 50, "{capped}");
+    }
+    let table = ok(&["route", PROMPT]).stdout;
+    assert!(table.lines().next().is_some_and(|l| l.contains("output tokens predicted per model")), "{table}");
+    let chosen = decision["model"].as_str().expect("model");
+    let row = table.lines().find(|l| l.starts_with(&format!("* {chosen} "))).expect("the chosen row");
+    assert!(row.split_whitespace().any(|cell| cell == lengths[chosen].to_string()), "{row}");
+}
+
+/// Without its length head (the manifest's `output_length` removed), the same bundle charges
+/// the catalog's expected_output_tokens.
+#[test]
+fn a_bundle_without_a_length_head_charges_the_catalog_lengths() {
+    let bundle = bundle_with_catalog(Some(&std::fs::read_to_string(routerbench_bundle().join("catalog.toml")).unwrap()));
+    let manifest = bundle.path().join("router.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    config.as_object_mut().unwrap().remove("output_length");
+    std::fs::remove_file(&manifest).unwrap();
+    std::fs::write(&manifest, config.to_string()).unwrap();
+    let decision = ok(&["route", "--json", "--model", &arg(bundle.path()), PROMPT]).json();
+    assert!(decision.get("predicted_output_tokens").is_none(), "{decision}");
+    let catalog = std::fs::read_to_string(routerbench_bundle().join("catalog.toml")).unwrap();
+    let chosen = decision["model"].as_str().unwrap();
+    let expected = catalog
+        .split("[[models]]")
+        .find(|entry| entry.contains(&format!("name = \"{chosen}\"")))
+        .and_then(|entry| entry.lines().find_map(|l| l.trim().strip_prefix("expected_output_tokens = ")))
+        .expect("the chosen model's expected_output_tokens");
+    assert_eq!(decision["eligible"][chosen]["output_tokens"].as_u64(), expected.parse().ok(), "{decision}");
+}
+
 #[test]
 fn quality_mode_picks_the_best_eligible_model() {
     for prompt in [PROMPT, "Which is heavier, a kilogram of feathers or a kilogram of steel?", "hi"] {
@@ -275,7 +324,7 @@ fn model_dir_without_a_bundle_fails_naming_the_file() {
 /// catalog.toml (none when None).
 fn bundle_with_catalog(catalog: Option<&str>) -> TempDir {
     let dir = TempDir::new().unwrap();
-    for file in ["router.json", "tokenizer.json", "encoder.safetensors", "head.safetensors"] {
+    for file in ["router.json", "tokenizer.json", "encoder.safetensors", "head.safetensors", "length.safetensors"] {
         let from = routerbench_bundle().join(file);
         if std::os::unix::fs::symlink(&from, dir.path().join(file)).is_err() {
             std::fs::copy(&from, dir.path().join(file)).unwrap();
