@@ -37,5 +37,5 @@ pub use input::{routing_text, ChatMessage, Prompt, RouteInput, DEFAULT_RECENT_TU
 pub use load::{load_catalog, load_router, CatalogError, CATALOG_FILE};
 pub use routing::Routing;
 
-pub use router_core::Router;
+pub use router_core::{Prediction, Router};
 pub use router_policy::{Capabilities, Capability, Catalog, Decision, Mode, PolicyDefaults};

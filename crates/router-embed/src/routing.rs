@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use router_core::Router;
+use router_core::{Prediction, Router};
 use router_policy::{Catalog, Decision, Policy, PolicyDefaults};
 
 use crate::input::{RouteInput, DEFAULT_RECENT_TURNS};
@@ -89,14 +89,23 @@ impl Routing {
         &self.policy
     }
 
-    /// Routes one request: the chosen model and the whole explanation.
+    /// Routes one request: the chosen model and the whole explanation. A bundle with an
+    /// output-length head charges each model its predicted output tokens for this prompt.
     pub fn route(&self, input: &RouteInput) -> Result<Decision, RoutingError> {
-        self.decide(&self.scores(input)?, input)
+        self.decide_prediction(&self.predict(input)?, input)
+    }
+
+    /// The policy step on a [`Prediction`] computed earlier by [`Routing::predict`]: its qualities,
+    /// and its output lengths when the bundle predicts them (as [`Routing::route`] decides), e.g.
+    /// to decide again with a saturated model added to [`RouteInput::exclude`].
+    pub fn decide_prediction(&self, prediction: &Prediction, input: &RouteInput) -> Result<Decision, RoutingError> {
+        Ok(self.policy.decide_with_output_tokens(&prediction.scores, prediction.output_tokens.as_deref(), &input.request())?)
     }
 
     /// The policy step alone, on scores computed earlier by [`Routing::scores`]: for a caller
     /// that scores elsewhere (a batching worker) or decides again on the same scores, e.g. with a
-    /// saturated model added to [`RouteInput::exclude`]. Microseconds.
+    /// saturated model added to [`RouteInput::exclude`]. Microseconds. Output lengths are the
+    /// catalog's (the scores carry no predicted lengths).
     pub fn decide(&self, scores: &[f32], input: &RouteInput) -> Result<Decision, RoutingError> {
         Ok(self.policy.decide(scores, &input.request())?)
     }
@@ -117,17 +126,24 @@ impl Routing {
     pub fn route_batch(&self, inputs: &[RouteInput]) -> Result<Vec<Result<Decision, RoutingError>>, RoutingError> {
         let texts: Vec<Result<String, RoutingError>> = inputs.iter().map(|input| input.routing_text(self.recent_turns)).collect();
         let scorable: Vec<&str> = texts.iter().filter_map(|text| text.as_deref().ok()).collect();
-        let mut scores = self.router.score_batch(&scorable)?.into_iter();
+        let mut predictions = self.router.predict_batch(&scorable)?.into_iter();
         let decisions = inputs
             .iter()
             .zip(texts)
             .map(|(input, text)| {
                 text?;
-                let row = scores.next().ok_or_else(|| router_core::CoreError::Invalid("the router returned too few rows".into()))?;
-                self.decide(&row, input)
+                let prediction =
+                    predictions.next().ok_or_else(|| router_core::CoreError::Invalid("the router returned too few rows".into()))?;
+                self.decide_prediction(&prediction, input)
             })
             .collect();
         Ok(decisions)
+    }
+
+    /// The predicted quality and, with a length head, output tokens of each model on the input's
+    /// routing text, in [`Routing::models`] order.
+    pub fn predict(&self, input: &RouteInput) -> Result<Prediction, RoutingError> {
+        Ok(self.router.predict(&input.routing_text(self.recent_turns)?)?)
     }
 
     /// The predicted quality of each model on the input's routing text, in [`Routing::models`]

@@ -157,3 +157,21 @@ fn decide_again_on_the_same_scores_without_a_saturated_model() {
     let with_image = routing.route(&input.clone().extra_tokens(765)).expect("routes");
     assert_eq!(with_image.input_tokens, first.input_tokens + 765);
 }
+
+/// models/zeroeval has an output-length head: a route charges each model its predicted output
+/// tokens, and deciding again on the same prediction gives the same decision.
+#[test]
+fn a_bundle_with_a_length_head_charges_predicted_lengths() {
+    let zeroeval = Routing::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/zeroeval")).expect("loads");
+    let input = RouteInput::prompt("What is the capital of France?").mode(Mode::Cost);
+    let decision = zeroeval.route(&input).expect("routes");
+    let prediction = zeroeval.predict(&input).expect("predicts");
+    let lengths = prediction.output_tokens.as_ref().expect("the bundle predicts lengths");
+    assert_eq!(decision.predicted_output_tokens.len(), zeroeval.models().len());
+    for (model, length) in zeroeval.models().iter().zip(lengths) {
+        assert_eq!(decision.predicted_output_tokens[model], length.round() as u64, "{model}");
+    }
+    assert_eq!(zeroeval.decide_prediction(&prediction, &input).expect("decides"), decision);
+    // The routerbench bundle has no length head: the catalog's lengths, none listed as predicted.
+    assert!(routing().route(&input).expect("routes").predicted_output_tokens.is_empty());
+}
