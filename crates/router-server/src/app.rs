@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use futures_util::StreamExt;
+use router_core::Prediction;
 use router_dispatch::{DispatchError, DispatchRequest, Dispatched, Dispatcher};
 use router_policy::{estimated_cost, Decision, PolicyError, RouteRequest};
 use router_store::{owner_of_key, Store, ANONYMOUS_OWNER};
@@ -754,9 +755,9 @@ async fn decide(
     routing: &Routing,
     conv: &Conversation,
     o: &Overrides,
-) -> Result<(Vec<f32>, RouteRequest, Decision), ApiError> {
+) -> Result<(Prediction, RouteRequest, Decision), ApiError> {
     let start = Instant::now();
-    let scores = routing
+    let prediction = routing
         .scorer()
         .score(conv.routing_text.clone())
         .await
@@ -764,10 +765,10 @@ async fn decide(
     let request = route_request(conv, o);
     let decision = routing
         .policy()
-        .decide(&scores, &request)
+        .decide_with_output_tokens(&prediction.scores, prediction.output_tokens.as_deref(), &request)
         .map_err(policy_error)?;
     state.metrics.routing(start.elapsed());
-    Ok((scores, request, decision))
+    Ok((prediction, request, decision))
 }
 
 /// A parsed chat request, ready to send: the body to forward (without `router`, `store` and
@@ -844,7 +845,7 @@ async fn send_routed(
     mut p: Prepared<'_>,
     ctx: &mut Ctx,
 ) -> Result<Response, ApiError> {
-    let (scores, mut request, mut decision) = decide(state, routing, &p.conv, &p.overrides).await?;
+    let (prediction, mut request, mut decision) = decide(state, routing, &p.conv, &p.overrides).await?;
     let mut retry_after: Option<Duration> = None;
     loop {
         ctx.model = decision.model.clone();
@@ -888,7 +889,7 @@ async fn send_routed(
         }
         request.exclude.push(decision.model.clone());
         state.metrics.reroute();
-        match routing.policy().decide(&scores, &request) {
+        match routing.policy().decide_with_output_tokens(&prediction.scores, prediction.output_tokens.as_deref(), &request) {
             Ok(next) => decision = next,
             Err(PolicyError::NoEligibleModel { .. }) => {
                 ctx.model = "none".into();

@@ -11,7 +11,7 @@
 
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 
-use router_core::Router;
+use router_core::{Prediction, Router};
 use tokio::sync::oneshot;
 
 /// Why a prompt was not scored.
@@ -30,7 +30,7 @@ pub enum ScoreError {
 
 struct Job {
     prompt: String,
-    reply: oneshot::Sender<Result<Vec<f32>, ScoreError>>,
+    reply: oneshot::Sender<Result<Prediction, ScoreError>>,
 }
 
 /// A handle to the scorer thread; clone it freely. The thread stops when every handle is gone.
@@ -54,8 +54,9 @@ impl Scorer {
         Ok(Scorer { queue: tx })
     }
 
-    /// Scores one prompt: one predicted quality per bundle column.
-    pub async fn score(&self, prompt: String) -> Result<Vec<f32>, ScoreError> {
+    /// Scores one prompt: one predicted quality per bundle column and, when the bundle has an
+    /// output-length head, one predicted output length per column.
+    pub async fn score(&self, prompt: String) -> Result<Prediction, ScoreError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(Job { prompt, reply })
@@ -95,7 +96,7 @@ fn run(router: Router, rx: Receiver<Job>, max_batch: usize, batch_tokens: usize)
         }
         let prompts: Vec<&str> = batch.iter().map(|j| j.prompt.as_str()).collect();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            router.score_batch(&prompts)
+            router.predict_batch(&prompts)
         }));
         match result {
             Ok(Ok(scores)) if scores.len() == batch.len() => {

@@ -980,7 +980,8 @@ async fn scorer_batches_concurrent_prompts_with_the_same_scores() {
             .await
             .unwrap()
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .scores;
         assert_eq!(got.len(), expected.len());
         for (a, b) in got.iter().zip(&expected) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");

@@ -1,0 +1,88 @@
+//! The server's decide step charges the bundle's predicted output lengths: with models/zeroeval
+//! (which has an output-length head) behind a mock OpenAI backend on 127.0.0.1, the explained
+//! decision lists each model's predicted output tokens and charges each eligible model its own.
+
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use axum::routing::post;
+use axum::Json;
+use common::{header, json_of, send, Backend, Server};
+use serde_json::{json, Value};
+
+mod common;
+
+const MINI: &str = "gpt-4o-mini-2024-07-18";
+const GPT4O: &str = "gpt-4o-2024-08-06";
+
+async fn answer(Json(body): Json<Value>) -> Json<Value> {
+    Json(json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+    }))
+}
+
+fn config(backend: std::net::SocketAddr) -> String {
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/zeroeval");
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[router]
+bundle = "{bundle}"
+mode = "cost"
+
+[[models]]
+name = "{GPT4O}"
+input_price = 2.5
+output_price = 10.0
+context_window = 128000
+expected_output_tokens = 217
+deployments = ["gpt4o"]
+
+[[models]]
+name = "{MINI}"
+input_price = 0.15
+output_price = 0.6
+context_window = 128000
+expected_output_tokens = 217
+deployments = ["mini"]
+
+[[deployments]]
+name = "gpt4o"
+kind = "openai"
+base_url = "http://{backend}/v1"
+model = "{GPT4O}"
+
+[[deployments]]
+name = "mini"
+kind = "openai"
+base_url = "http://{backend}/v1"
+model = "{MINI}"
+"#,
+        bundle = bundle.display()
+    )
+}
+
+#[tokio::test]
+async fn the_explained_decision_charges_predicted_output_lengths() {
+    let backend = Backend::serve(axum::Router::new().route("/v1/chat/completions", post(answer))).await;
+    let server = Server::start(&config(backend.addr), "serve.toml", Path::new("."), |_| None).await;
+    let body = json!({"model": "model-router", "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+    let response = send(server.request(reqwest::Method::POST, "/v1/chat/completions").header("x-router-explain", "true").json(&body)).await;
+    assert_eq!(response.status(), 200);
+    let decision: Value = serde_json::from_str(&header(&response, "x-router-decision").expect("a decision header")).unwrap();
+    let lengths = decision["predicted_output_tokens"].as_object().expect("predicted_output_tokens");
+    assert_eq!(lengths.len(), 11, "one predicted length per bundle column: {decision}");
+    for model in [GPT4O, MINI] {
+        let charged = decision["eligible"][model]["output_tokens"].as_u64().expect("eligible");
+        assert_eq!(Some(charged), lengths[model].as_u64(), "{model} is charged its predicted length");
+    }
+    assert_ne!(lengths[GPT4O], lengths[MINI], "{decision}");
+    json_of(response).await;
+    server.stop().await;
+}
