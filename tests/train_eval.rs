@@ -456,3 +456,39 @@ fn cross_validation_reports_every_prompt_out_of_fold() {
     let run = fails(&["cv", "--early-stop-fraction", "1.5", "--data", &arg(&data)]);
     assert_mentions(&run.stderr, &["held-out fraction 1.5 is not in [0, 1]"]);
 }
+
+/// ZeroEval: the import keeps each model's output_tokens, `train` fits an output-length head on
+/// them (length.safetensors, `output_length` in router.json, its measurement in the training
+/// record and the model card) without changing the quality head, `route` charges the predicted
+/// lengths, and `--no-length-head` ships none.
+#[test]
+fn zeroeval_slice_trains_an_output_length_head() {
+    prepare();
+    let slice = import_slice("jsonl", &[data_file("zeroeval/train.jsonl")], 40);
+    assert!(slice.iter().all(|l| l.contains("\"output_tokens\":{")), "the import keeps output_tokens");
+    let dir = TempDir::new().unwrap();
+    let data = write_jsonl(dir.path(), "zeroeval.jsonl", &slice);
+    let (with, without) = (dir.path().join("with"), dir.path().join("without"));
+    train(&data, &with, &["--catalog", "models/zeroeval/catalog.toml"]);
+    train(&data, &without, &["--catalog", "models/zeroeval/catalog.toml", "--no-length-head"]);
+
+    let config = read_json(&with.join("router.json"));
+    assert_eq!(config["output_length"], serde_json::json!({ "hidden": [] }));
+    assert!(with.join("length.safetensors").is_file());
+    let report = &config["training"]["details"]["output_length"]["validation"];
+    for key in ["head_log_mae_mean", "mean_log_mae_mean", "task_mean_log_mae_mean"] {
+        let error = number(&report[key], key);
+        assert!(error.is_finite() && error > 0.0, "{key}: {report}");
+    }
+    assert_eq!(report["head_log_mae"].as_array().map(Vec::len), Some(11), "{report}");
+    let card = std::fs::read_to_string(with.join("README.md")).unwrap();
+    assert_mentions(&card, &["## Output length", "length.safetensors", "per-model mean"]);
+    let decision = ok(&["route", "--json", "--model", &arg(&with), "What is 17 times 23?"]).json();
+    assert_eq!(decision["predicted_output_tokens"].as_object().map(|m| m.len()), Some(11), "{decision}");
+
+    assert!(read_json(&without.join("router.json")).get("output_length").is_none());
+    assert!(!without.join("length.safetensors").exists());
+    assert_eq!(std::fs::read(with.join("head.safetensors")).unwrap(), std::fs::read(without.join("head.safetensors")).unwrap());
+    let decision = ok(&["route", "--json", "--model", &arg(&without), "What is 17 times 23?"]).json();
+    assert!(decision.get("predicted_output_tokens").is_none(), "{decision}");
+}
