@@ -7,9 +7,10 @@
 //! training side, among [`RIDGE_STRENGTHS`]; a strength so large that the weights vanish is the
 //! per-model mean itself, so the fit can only do worse than the baseline through noise.
 
+use std::collections::HashMap;
+
 use router_core::candle_core::{Device, Tensor};
-use router_core::{HeadConfig, LengthHead};
-use router_core::candle_nn::VarBuilder;
+use router_core::HeadConfig;
 
 use crate::data::Record;
 use crate::error::{Result, TrainingError};
@@ -183,20 +184,20 @@ impl LengthFit {
         LengthFit { weights: vec![vec![0.0; dim]; models], biases, strength: f64::INFINITY }
     }
 
-    /// The head as [`LengthHead`] tensors (`layers.0.weight`, `layers.0.bias`) on the CPU, with
-    /// its shape for the manifest.
-    pub fn to_head(&self) -> Result<(LengthHead, HeadConfig, Vec<(String, Tensor)>)> {
+    /// The head's tensors as [`LengthHead`] reads them (`layers.0.weight`, `layers.0.bias`), on
+    /// the CPU; the manifest's shape for it is [`LengthFit::shape`].
+    pub fn to_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let dim = self.weights.first().map_or(0, Vec::len);
         let flat: Vec<f32> = self.weights.iter().flatten().copied().collect();
-        let tensors = vec![
+        Ok(HashMap::from([
             ("layers.0.weight".to_string(), Tensor::from_vec(flat, (self.weights.len(), dim), &Device::Cpu)?),
             ("layers.0.bias".to_string(), Tensor::from_vec(self.biases.clone(), self.biases.len(), &Device::Cpu)?),
-        ];
-        let shape = HeadConfig { hidden: Vec::new() };
-        let map = tensors.iter().cloned().collect();
-        let vb = VarBuilder::from_tensors(map, router_core::candle_core::DType::F32, &Device::Cpu);
-        let head = LengthHead::load(vb, &shape, dim, self.weights.len())?;
-        Ok((head, shape, tensors))
+        ]))
+    }
+
+    /// The head's shape for the manifest's `output_length`: linear, no hidden layer.
+    pub fn shape() -> HeadConfig {
+        HeadConfig { hidden: Vec::new() }
     }
 }
 
@@ -300,6 +301,11 @@ mod tests {
         let tasks = vec![""; y.len()];
         let side = Side { y: &y, tasks: &tasks };
         let report = report(&fit, side, &x, side, &["a".into(), "b".into()]);
+        // The tensors load as the router's LengthHead and predict exp of the fitted law.
+        let vb = router_core::candle_nn::VarBuilder::from_tensors(fit.to_tensors().unwrap(), router_core::candle_core::DType::F32, &Device::Cpu);
+        let head = router_core::LengthHead::load(vb, &LengthFit::shape(), 2, 2).unwrap();
+        let tokens = head.predict(&[vec![0.5, 0.0]], &Device::Cpu).unwrap();
+        assert!((tokens[0][0] - 3.5f32.exp()).abs() < 1e-2 && (tokens[0][1] - 4f32.exp()).abs() < 1e-2, "{tokens:?}");
         assert!(report.head_log_mae[0] < 1e-3 && report.mean_log_mae[0] > 0.5);
         assert!(report.mean_log_mae[1] < 1e-9);
     }

@@ -171,7 +171,7 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
     } else {
         None
     };
-    let val_lengths: Option<Vec<Vec<f32>>> = length.as_ref().map(|(fit, _, _)| {
+    let val_lengths: Option<Vec<Vec<f32>>> = length.as_ref().map(|(fit, _)| {
         val_x.iter().map(|x| fit.predict_log(x).into_iter().map(|l| l.exp() as f32).collect()).collect()
     });
     let validation = if val_records.is_empty() {
@@ -195,7 +195,7 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
     };
 
     let mut config = config;
-    config.output_length = length.as_ref().map(|(_, shape, _)| shape.clone());
+    config.output_length = length.as_ref().map(|_| length::LengthFit::shape());
     config.training = Some(TrainingRecord {
         data: options.data.clone(),
         seed: options.seed,
@@ -212,7 +212,7 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
             "batch_size": options.batch_size,
             "task_shrinkage": options.task_shrinkage,
             "validation": validation.as_ref().map(|v| &v.report),
-            "output_length": length.as_ref().map(|(fit, _, report)| serde_json::json!({
+            "output_length": length.as_ref().map(|(fit, report)| serde_json::json!({
                 "model": "ridge regression of ln(output tokens) on the embedding, per model",
                 "ridge_strength": fit.strength,
                 "validation": report,
@@ -220,11 +220,11 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
         }),
     });
     write_bundle(out_dir, &config, &encoder, &teacher_dir, &fit.varmap, options, validation.as_ref())?;
-    if let Some((fit, _, report)) = &length {
+    if let Some((fit, report)) = &length {
         write_length_head(out_dir, fit, report.as_ref())?;
     }
     let router = Router::load(out_dir)?;
-    let output_length = length.and_then(|(_, _, report)| report);
+    let output_length = length.and_then(|(_, report)| report);
     Ok(TrainOutcome { router, validation, epochs: fit.epochs, best_loss: fit.best_loss, output_length })
 }
 
@@ -236,7 +236,7 @@ fn fit_length_head(
     train_x: &[Vec<f32>],
     val_x: &[Vec<f32>],
     models: &[String],
-) -> Result<Option<(length::LengthFit, HeadConfig, Option<length::LengthReport>)>> {
+) -> Result<Option<(length::LengthFit, Option<length::LengthReport>)>> {
     if !length::has_lengths(train_records, models) {
         return Ok(None);
     }
@@ -249,7 +249,7 @@ fn fit_length_head(
         let train_side = length::Side { y: &train_y, tasks: &train_tasks };
         length::report(&fit, train_side, val_x, length::Side { y: &val_y, tasks: &val_tasks }, models)
     });
-    Ok(Some((fit, HeadConfig { hidden: Vec::new() }, report)))
+    Ok(Some((fit, report)))
 }
 
 /// Reads a catalog file.
@@ -351,10 +351,11 @@ fn lengths_out_of_fold(
     let mut reports = Vec::with_capacity(folds);
     for fold in 0..folds {
         let (held, kept): (Vec<usize>, Vec<usize>) = (0..x.len()).partition(|&i| fold_of[i] == fold);
-        let pick = |index: &[usize]| -> (Vec<Vec<f32>>, Vec<Vec<Option<f64>>>, Vec<&str>) {
-            (index.iter().map(|&i| x[i].clone()).collect(), index.iter().map(|&i| y[i].clone()).collect(), index.iter().map(|&i| tasks[i]).collect())
-        };
-        let ((kept_x, kept_y, kept_tasks), (held_x, held_y, held_tasks)) = (pick(&kept), pick(&held));
+        let rows = |index: &[usize]| -> Vec<Vec<f32>> { index.iter().map(|&i| x[i].clone()).collect() };
+        let lengths = |index: &[usize]| -> Vec<Vec<Option<f64>>> { index.iter().map(|&i| y[i].clone()).collect() };
+        let task_of = |index: &[usize]| -> Vec<&str> { index.iter().map(|&i| tasks[i]).collect() };
+        let (kept_x, kept_y, kept_tasks) = (rows(&kept), lengths(&kept), task_of(&kept));
+        let (held_x, held_y, held_tasks) = (rows(&held), lengths(&held), task_of(&held));
         let fit = length::fit(&kept_x, &kept_y)?;
         for (&i, row) in held.iter().zip(&held_x) {
             predicted[i] = fit.predict_log(row).into_iter().map(|l| l.exp() as f32).collect();
@@ -670,9 +671,8 @@ fn write_bundle(
 
 /// Writes the output-length head into the bundle and appends its measurement to the model card.
 fn write_length_head(out_dir: &Path, fit: &length::LengthFit, report: Option<&length::LengthReport>) -> Result<()> {
-    let (_, _, tensors) = fit.to_head()?;
+    let tensors = fit.to_tensors()?;
     let path = out_dir.join(files::LENGTH_HEAD);
-    let tensors: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
     router_core::candle_core::safetensors::save(&tensors, &path)
         .map_err(|e| TrainingError::Format { path: path.clone(), message: e.to_string() })?;
     let card_path = out_dir.join(files::MODEL_CARD);
