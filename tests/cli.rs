@@ -114,7 +114,8 @@ fn route_json_shows_the_predicted_output_lengths() {
     assert!(table.lines().next().is_some_and(|l| l.contains("output tokens predicted per model")), "{table}");
     let chosen = decision["model"].as_str().expect("model");
     let row = table.lines().find(|l| l.starts_with(&format!("* {chosen} "))).expect("the chosen row");
-    assert!(row.split_whitespace().any(|cell| cell == lengths[chosen].to_string()), "{row}");
+    let charged = lengths[chosen].to_string();
+    assert!(row.split_whitespace().any(|cell| cell == charged), "{row}");
 }
 
 /// Without its length head (the manifest's `output_length` removed), the same bundle charges
