@@ -7,6 +7,10 @@
 //! prompt into an L2-normalised embedding, and a [`Head`] (an MLP) maps it to one sigmoid output
 //! per underlying model, in the order of [`Router::models`].
 //!
+//! A bundle may also carry a [`LengthHead`] (`length.safetensors`): over the same embedding, the
+//! output tokens each model is expected to write for the prompt, which the policy charges in its
+//! cost estimate; [`Router::predict`] returns both from one encoder pass.
+//!
 //! Two encoder tiers:
 //! - **static** ([`StaticEncoder`]): a token-embedding table, averaged over the prompt's word
 //!   pieces. Microseconds per prompt; the table is derived from a BERT encoder by

@@ -42,7 +42,11 @@
 //!   tokens. Output tokens are `min(max_tokens, expected_output_tokens)` when the request gives
 //!   `max_tokens` (a cap bounds the answer but does not predict it), else
 //!   `expected_output_tokens` (default [`DEFAULT_EXPECTED_OUTPUT_TOKENS`]). The context-window
-//!   check instead reserves the whole `max_tokens`, as the backend does.
+//!   check instead reserves the whole `max_tokens`, as the backend does. When the bundle
+//!   predicts each model's output length for the prompt ([`Policy::decide_with_output_tokens`]),
+//!   that prediction replaces `expected_output_tokens` (the rule is
+//!   [`ModelSpec::billed_output_tokens_for`]); the decision lists it in
+//!   [`Decision::predicted_output_tokens`].
 //!
 //! # Validation
 //!
