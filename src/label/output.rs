@@ -83,7 +83,7 @@ fn label_line<'a>(prompt: &LabelPrompt, text: &str, results: &[(&'a String, &Pai
         if let (Some(score), Some(answer)) = (result.score, &result.answer) {
             line.record.scores.insert(model.to_string(), score);
             line.record.costs.insert(model.to_string(), answer.cost_usd);
-            line.record.output_tokens.insert(model.to_string(), answer.output_tokens as f64);
+            line.record.output_tokens.insert(model.to_string(), answer.output_tokens);
             line.latency_ms.insert(model.as_str(), answer.latency_ms);
         }
     }

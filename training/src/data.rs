@@ -48,7 +48,7 @@
 //!     task: "math".into(),
 //!     scores: BTreeMap::from([("small".into(), 1.0), ("big".into(), 1.0)]),
 //!     costs: BTreeMap::new(),
-//!     output_tokens: BTreeMap::from([("small".into(), 12.0), ("big".into(), 30.0)]),
+//!     output_tokens: BTreeMap::from([("small".into(), 12), ("big".into(), 30)]),
 //! };
 //! data::write_jsonl(&[record.clone()], &path).unwrap();
 //! let dataset = data::load(Format::Jsonl, &[path], None).unwrap();
@@ -155,7 +155,7 @@ pub struct Record {
     /// Model -> the length of that model's own answer to this prompt, in tokens, where the data
     /// has it (ZeroEval's `output_tokens`); what the output-length head learns from.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub output_tokens: BTreeMap<String, f64>,
+    pub output_tokens: BTreeMap<String, u64>,
 }
 
 /// The input formats [`load`] reads.
@@ -799,7 +799,7 @@ fn record_from_json(
     let output_tokens = match object.get("output_tokens") {
         Some(Value::Object(lengths)) => lengths
             .iter()
-            .map(|(model, tokens)| Ok((model.clone(), cost_from_json(tokens)?)))
+            .map(|(model, tokens)| Ok((model.clone(), tokens_from_json(tokens)?)))
             .collect::<RowResult<BTreeMap<_, _>>>()?,
         None | Some(Value::Null) => BTreeMap::new(),
         Some(_) => return Err(SkipReason::MalformedRow),
@@ -853,6 +853,15 @@ fn cost_from_text(text: &str) -> RowResult<f64> {
 
 fn cost_from_json(value: &Value) -> RowResult<f64> {
     checked_cost(value.as_f64().ok_or(SkipReason::BadCost)?)
+}
+
+/// A token count: a whole number >= 0 (a float such as `12.0` that is one is accepted).
+fn tokens_from_json(value: &Value) -> RowResult<u64> {
+    match (value.as_u64(), value.as_f64()) {
+        (Some(tokens), _) => Ok(tokens),
+        (None, Some(tokens)) if tokens >= 0.0 && tokens.fract() == 0.0 && tokens < u64::MAX as f64 => Ok(tokens as u64),
+        _ => Err(SkipReason::MalformedRow),
+    }
 }
 
 /// Decodes a Python list literal of string literals (`['turn', "turn"]`, as Python's `repr` writes

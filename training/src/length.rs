@@ -66,7 +66,7 @@ impl std::fmt::Display for LengthReport {
 pub fn log_lengths(records: &[Record], models: &[String]) -> Vec<Vec<Option<f64>>> {
     records
         .iter()
-        .map(|r| models.iter().map(|m| r.output_tokens.get(m).map(|t| t.max(1.0).ln())).collect())
+        .map(|r| models.iter().map(|m| r.output_tokens.get(m).map(|&t| (t.max(1) as f64).ln())).collect())
         .collect()
 }
 
