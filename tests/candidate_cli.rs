@@ -51,7 +51,7 @@ fn train_without_left_out(dir: &Path, data: &Path) -> PathBuf {
     let others: Vec<&str> = ROUTERBENCH_MODELS.iter().copied().filter(|m| *m != LEFT_OUT).collect();
     ok(&[
         "train", "--data", &arg(data), "--out", &arg(&bundle), "--encoder", "static", "--hidden", "32", "--epochs", "30",
-        "--catalog", CATALOG, "--models", &others.join(","),
+        "--catalog", CATALOG, "--models", &others.join(","), "--version", "2026-11-01",
     ]);
     bundle
 }
