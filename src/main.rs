@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use model_router::{load_catalog, load_router};
-use router_core::Router;
-use router_policy::{estimate_tokens, Mode, Policy, PolicyDefaults, RouteRequest};
+use router_embed::{RouteInput, Routing};
+use router_policy::{Mode, PolicyDefaults};
 use router_training::data::{self, Dataset, Format};
 use router_training::embed::{self, BertSource};
 use router_training::eval::{self, EvalInput};
@@ -378,23 +378,23 @@ fn read_stdin() -> Result<String> {
 fn route(args: RouteArgs) -> Result<()> {
     let router = load_router(args.model.as_deref())?;
     let catalog = load_catalog(&router, args.catalog.as_deref())?;
-    let policy = Policy::new(catalog, router.models().to_vec(), PolicyDefaults::new(args.mode))?;
-    let request = |prompt: &str| {
-        let mut request = RouteRequest::new(estimate_tokens(prompt));
-        request.max_tokens = args.max_tokens;
-        request.band = args.band;
-        request.subset = args.subset.clone();
-        request
+    // One way to route: the same `Routing` an embedder or the Python package uses.
+    let routing = Routing::from_parts(router, catalog, PolicyDefaults::new(args.mode))?;
+    let input = |prompt: String| {
+        let mut input = RouteInput::prompt(prompt);
+        input.max_tokens = args.max_tokens;
+        input.band = args.band;
+        input.subset = args.subset.clone();
+        input
     };
     if args.jsonl {
-        return route_jsonl(&router, &policy, &request);
+        return route_jsonl(&routing, &input);
     }
     let prompt = match args.prompt {
         Some(prompt) => prompt,
         None => read_stdin()?,
     };
-    let prediction = router.predict(&prompt)?;
-    let decision = policy.decide_with_output_tokens(&prediction.scores, prediction.output_tokens.as_deref(), &request(&prompt))?;
+    let decision = routing.route(&input(prompt))?;
     if args.json {
         print_line(serde_json::to_string(&decision)?)?;
     } else {
@@ -406,7 +406,7 @@ fn route(args: RouteArgs) -> Result<()> {
 
 /// Batch routing: prompts are scored in batches, and a bad line prints an error object in its
 /// place instead of stopping the run.
-fn route_jsonl(router: &Router, policy: &Policy, request: &dyn Fn(&str) -> RouteRequest) -> Result<()> {
+fn route_jsonl(routing: &Routing, input: &dyn Fn(String) -> RouteInput) -> Result<()> {
     const BATCH: usize = 64;
     let stdin = std::io::stdin();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -421,23 +421,18 @@ fn route_jsonl(router: &Router, policy: &Policy, request: &dyn Fn(&str) -> Route
                 prompt_of_line(&line).with_context(|| format!("line {}", number + 1))
             })
             .collect();
-        let prompts: Vec<&str> = parsed.iter().filter_map(|p| p.as_deref().ok()).collect();
-        let mut predictions = router.predict_batch(&prompts)?.into_iter();
+        let inputs: Vec<RouteInput> = parsed.iter().filter_map(|p| p.as_ref().ok()).map(|p| input(p.clone())).collect();
+        let mut decisions = routing.route_batch(&inputs)?.into_iter();
         for item in &parsed {
-            let line = match item {
-                Ok(prompt) => {
-                    let prediction = predictions.next().ok_or_else(|| anyhow!("the router returned too few rows"))?;
-                    match policy.decide_with_output_tokens(&prediction.scores, prediction.output_tokens.as_deref(), &request(prompt)) {
-                        Ok(decision) => serde_json::to_string(&decision)?,
-                        Err(error) => {
-                            failed += 1;
-                            serde_json::json!({ "error": error.to_string() }).to_string()
-                        }
-                    }
-                }
+            let decided = match item {
+                Ok(_) => decisions.next().ok_or_else(|| anyhow!("the router returned too few rows"))?.map_err(anyhow::Error::from),
+                Err(error) => Err(anyhow!(error_message(error))),
+            };
+            let line = match decided {
+                Ok(decision) => serde_json::to_string(&decision)?,
                 Err(error) => {
                     failed += 1;
-                    serde_json::json!({ "error": error_message(error) }).to_string()
+                    serde_json::json!({ "error": error.to_string() }).to_string()
                 }
             };
             writeln!(out, "{line}")?;
