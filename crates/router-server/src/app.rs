@@ -525,12 +525,21 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
         "id": state.config.router_name, "object": "model", "created": 0, "owned_by": "model-router",
         "bundle": routing.name(), "version": routing.version(),
     })];
-    if let Some(subset) = &routing.policy().defaults().subset {
-        for name in subset {
-            data.push(
-                json!({"id": name, "object": "model", "created": 0, "owned_by": "model-router"}),
-            );
-        }
+    let routed = routing
+        .policy()
+        .defaults()
+        .subset
+        .clone()
+        .unwrap_or_default();
+    // Then the deployed models the bundle does not predict: served when named, never routed to.
+    let named_only = routing
+        .catalog()
+        .models
+        .iter()
+        .filter(|m| !m.deployments.is_empty() && !routed.contains(&m.name))
+        .map(|m| m.name.clone());
+    for name in routed.iter().cloned().chain(named_only) {
+        data.push(json!({"id": name, "object": "model", "created": 0, "owned_by": "model-router"}));
     }
     Json(json!({"object": "list", "data": data}))
 }
@@ -765,7 +774,11 @@ async fn decide(
     let request = route_request(conv, o);
     let decision = routing
         .policy()
-        .decide_with_output_tokens(&prediction.scores, prediction.output_tokens.as_deref(), &request)
+        .decide_with_output_tokens(
+            &prediction.scores,
+            prediction.output_tokens.as_deref(),
+            &request,
+        )
         .map_err(policy_error)?;
     state.metrics.routing(start.elapsed());
     Ok((prediction, request, decision))
@@ -845,7 +858,8 @@ async fn send_routed(
     mut p: Prepared<'_>,
     ctx: &mut Ctx,
 ) -> Result<Response, ApiError> {
-    let (prediction, mut request, mut decision) = decide(state, routing, &p.conv, &p.overrides).await?;
+    let (prediction, mut request, mut decision) =
+        decide(state, routing, &p.conv, &p.overrides).await?;
     let mut retry_after: Option<Duration> = None;
     loop {
         ctx.model = decision.model.clone();
@@ -889,7 +903,11 @@ async fn send_routed(
         }
         request.exclude.push(decision.model.clone());
         state.metrics.reroute();
-        match routing.policy().decide_with_output_tokens(&prediction.scores, prediction.output_tokens.as_deref(), &request) {
+        match routing.policy().decide_with_output_tokens(
+            &prediction.scores,
+            prediction.output_tokens.as_deref(),
+            &request,
+        ) {
             Ok(next) => decision = next,
             Err(PolicyError::NoEligibleModel { .. }) => {
                 ctx.model = "none".into();

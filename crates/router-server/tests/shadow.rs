@@ -503,6 +503,11 @@ async fn a_model_the_bundle_does_not_predict_is_shadowed_and_served_by_name_but_
     assert_eq!(shadows.len(), 1);
     assert_eq!(answer_text(&shadows[0]), "answer from up-cx");
 
+    // Listed among the models a client may name.
+    let models = json_of(send(env.server.get("/v1/models")).await).await;
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
+    assert!(ids.contains(&CANDIDATE) && ids.contains(&GPT35), "{ids:?}");
+
     // Named, it is served like any deployed model.
     let named = send(
         env.server
