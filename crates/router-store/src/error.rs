@@ -119,6 +119,9 @@ pub enum StoreError {
     /// Writing an export failed.
     #[error("writing the export: {0}")]
     Write(#[source] std::io::Error),
+    /// A usage file could not be read.
+    #[error("reading usage: {0}")]
+    Read(#[source] std::io::Error),
 }
 
 /// The client's message with its cause (`db error` or `error connecting to server` alone say

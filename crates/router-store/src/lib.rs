@@ -103,7 +103,8 @@
 //!   matching record and counts what it skipped: no grade, grade below the minimum, no answer.
 //! - **Schema.** (Both backends.) Tables `completions` (one row per record, JSON in text columns), `metadata`
 //!   (one row per key, indexed by key and value for the filters, deleted with its record) and
-//!   `stats` (the byte total); SQLite's `PRAGMA user_version` is its schema version.
+//!   `stats` (the byte total), and `usage_minutes` (usage per deployment and minute, see
+//!   [`UsageRow`]); SQLite's `PRAGMA user_version` is its schema version.
 //! - **Concurrency.** SQLite: one connection behind a mutex: SQLite serialises writers anyway,
 //!   and a query takes milliseconds. Other processes (the `store export` command) may open the
 //!   same file at the same time; WAL lets them read while the server writes.
@@ -127,6 +128,7 @@ mod pg;
 mod record;
 mod sqlite;
 mod store;
+mod usage;
 
 pub use error::StoreError;
 pub use location::{Location, PostgresUrl};
@@ -139,4 +141,7 @@ pub use store::{
     ListQuery, MessageQuery, NewCompletion, OnFull, Order, Page, Store, StoreOptions, StoreStats,
     Synchronous, Usage, ANONYMOUS_OWNER, DEFAULT_LIMIT, DEFAULT_MAX_BYTES, MAX_LIMIT,
     RECORD_OVERHEAD_BYTES, ROUTER_OWNER,
+};
+pub use usage::{
+    minute_of_ms, read_usage_jsonl, write_usage_jsonl, SkippedLine, UsageLines, UsageRow,
 };

@@ -17,13 +17,14 @@ use crate::record::{
     PreparedInsert, RawRow,
 };
 use crate::store::Backend;
+use crate::usage::{USAGE_COLUMNS, USAGE_SUMS};
 use crate::{
     ExportFilter, Inserted, ListQuery, Metadata, Order, PostgresUrl, StoreError, StoreOptions,
-    Synchronous,
+    Synchronous, UsageRow,
 };
 
 /// The newest schema this build knows (`model_router.schema_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// Connections per store: a request holds one for one short transaction.
 const POOL_SIZE: usize = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,7 +35,7 @@ const METADATA_OBJECT: &str =
 
 /// Migrations, each taking the schema from the version before to its own; they run in the one
 /// transaction that holds [`MIGRATION_LOCK`].
-const MIGRATIONS: [(i64, &str); 1] = [(
+const MIGRATIONS: [(i64, &str); 2] = [(
     1,
     "CREATE TABLE model_router.completions (
          seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -70,6 +71,21 @@ const MIGRATIONS: [(i64, &str); 1] = [(
          bytes BIGINT NOT NULL
      );
      INSERT INTO model_router.stats (id, bytes) VALUES (1, 0);",
+), (
+    // Usage per deployment and minute (see `crate::usage`).
+    2,
+    "CREATE TABLE model_router.usage_minutes (
+         minute BIGINT NOT NULL,
+         deployment TEXT NOT NULL,
+         model TEXT NOT NULL,
+         spillover_from TEXT NOT NULL,
+         requests BIGINT NOT NULL,
+         input_tokens BIGINT NOT NULL,
+         output_tokens BIGINT NOT NULL,
+         estimated BIGINT NOT NULL,
+         throttled BIGINT NOT NULL,
+         PRIMARY KEY (minute, deployment, model, spillover_from)
+     );",
 )];
 
 /// Stored completions in one PostgreSQL database.
@@ -618,6 +634,68 @@ impl Backend for PgBackend {
             let (records, used, size): (i64, i64, i64) =
                 (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
             Ok((to_u64(records), to_u64(used), to_u64(size)))
+        })
+    }
+    fn add_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
+        // No write lock: usage is outside the byte cap, and an upsert on the key is atomic, so
+        // replicas adding the same minute at once sum correctly.
+        let sql = format!(
+            "INSERT INTO usage_minutes ({USAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (minute, deployment, model, spillover_from) DO UPDATE SET {USAGE_SUMS}"
+        );
+        self.with_conn(|conn| {
+            let mut tx = conn.transaction()?;
+            for row in rows {
+                tx.execute(
+                    &sql,
+                    &[
+                        &row.minute,
+                        &row.deployment,
+                        &row.model,
+                        &row.spillover_from,
+                        &sql_u64(row.requests),
+                        &sql_u64(row.input_tokens),
+                        &sql_u64(row.output_tokens),
+                        &sql_u64(row.estimated),
+                        &sql_u64(row.throttled),
+                    ],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn usage(&self, since: i64) -> Result<Vec<UsageRow>, StoreError> {
+        let sql = format!(
+            "SELECT {USAGE_COLUMNS} FROM usage_minutes WHERE minute >= $1
+             ORDER BY minute, deployment, model, spillover_from"
+        );
+        self.with_conn(|conn| {
+            conn.client
+                .query(&sql, &[&since])?
+                .iter()
+                .map(|r| {
+                    Ok(UsageRow {
+                        minute: r.try_get(0)?,
+                        deployment: r.try_get(1)?,
+                        model: r.try_get(2)?,
+                        spillover_from: r.try_get(3)?,
+                        requests: to_u64(r.try_get(4)?),
+                        input_tokens: to_u64(r.try_get(5)?),
+                        output_tokens: to_u64(r.try_get(6)?),
+                        estimated: to_u64(r.try_get(7)?),
+                        throttled: to_u64(r.try_get(8)?),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn prune_usage(&self, before: i64) -> Result<u64, StoreError> {
+        self.with_conn(|conn| {
+            Ok(conn
+                .client
+                .execute("DELETE FROM usage_minutes WHERE minute < $1", &[&before])?)
         })
     }
 }

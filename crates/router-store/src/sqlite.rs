@@ -12,11 +12,13 @@ use crate::record::{
     PreparedInsert, RawRow,
 };
 use crate::store::Backend;
+use crate::usage::{USAGE_COLUMNS, USAGE_SUMS};
 use crate::{
     ExportFilter, Inserted, ListQuery, Metadata, Order, StoreError, StoreOptions, Synchronous,
+    UsageRow,
 };
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const METADATA_OBJECT: &str =
     "SELECT json_group_object(m.key, m.value) FROM metadata m WHERE m.seq = c.seq";
@@ -63,6 +65,23 @@ const SCHEMA_V2: &str = "BEGIN IMMEDIATE;
      ALTER TABLE completions ADD COLUMN shadow_of TEXT;
      CREATE INDEX IF NOT EXISTS completions_shadow_of ON completions (shadow_of);
      PRAGMA user_version = 2;
+     COMMIT;";
+
+/// Version 3: usage per deployment and minute (see `crate::usage`).
+const SCHEMA_V3: &str = "BEGIN IMMEDIATE;
+     CREATE TABLE IF NOT EXISTS usage_minutes (
+         minute INTEGER NOT NULL,
+         deployment TEXT NOT NULL,
+         model TEXT NOT NULL,
+         spillover_from TEXT NOT NULL,
+         requests INTEGER NOT NULL,
+         input_tokens INTEGER NOT NULL,
+         output_tokens INTEGER NOT NULL,
+         estimated INTEGER NOT NULL,
+         throttled INTEGER NOT NULL,
+         PRIMARY KEY (minute, deployment, model, spillover_from)
+     ) WITHOUT ROWID;
+     PRAGMA user_version = 3;
      COMMIT;";
 
 /// Stored completions in one SQLite file.
@@ -215,7 +234,7 @@ impl SqliteBackend {
                 supported: SCHEMA_VERSION,
             });
         }
-        for (target, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+        for (target, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
             if version < target {
                 conn.execute_batch(sql).map_err(open_err)?;
             }
@@ -428,5 +447,61 @@ impl Backend for SqliteBackend {
         let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         Ok((to_u64(records), used, to_u64(pages.saturating_mul(page_size))))
+    }
+    fn add_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(&format!(
+                "INSERT INTO usage_minutes ({USAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (minute, deployment, model, spillover_from) DO UPDATE SET {USAGE_SUMS}"
+            ))?;
+            for row in rows {
+                stmt.execute(params![
+                    row.minute,
+                    row.deployment,
+                    row.model,
+                    row.spillover_from,
+                    sql_u64(row.requests),
+                    sql_u64(row.input_tokens),
+                    sql_u64(row.output_tokens),
+                    sql_u64(row.estimated),
+                    sql_u64(row.throttled),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn usage(&self, since: i64) -> Result<Vec<UsageRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {USAGE_COLUMNS} FROM usage_minutes WHERE minute >= ?1
+             ORDER BY minute, deployment, model, spillover_from"
+        ))?;
+        let rows = stmt
+            .query_map([since], |r| {
+                Ok(UsageRow {
+                    minute: r.get(0)?,
+                    deployment: r.get(1)?,
+                    model: r.get(2)?,
+                    spillover_from: r.get(3)?,
+                    requests: to_u64(r.get(4)?),
+                    input_tokens: to_u64(r.get(5)?),
+                    output_tokens: to_u64(r.get(6)?),
+                    estimated: to_u64(r.get(7)?),
+                    throttled: to_u64(r.get(8)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn prune_usage(&self, before: i64) -> Result<u64, StoreError> {
+        let deleted = self
+            .lock()
+            .execute("DELETE FROM usage_minutes WHERE minute < ?1", [before])?;
+        Ok(deleted as u64)
     }
 }

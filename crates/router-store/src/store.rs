@@ -511,6 +511,12 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
     ) -> Result<(), StoreError>;
     /// (records, bytes used against the cap, the database's size).
     fn sizes(&self) -> Result<(u64, u64, u64), StoreError>;
+    /// Upserts usage rows, summing into existing ones (one transaction).
+    fn add_usage(&self, rows: &[crate::UsageRow]) -> Result<(), StoreError>;
+    /// The usage rows from minute `since` on, in key order.
+    fn usage(&self, since: i64) -> Result<Vec<crate::UsageRow>, StoreError>;
+    /// Deletes the usage rows before minute `before`; how many.
+    fn prune_usage(&self, before: i64) -> Result<u64, StoreError>;
 }
 
 /// Stored chat completions in one database: an SQLite file (WAL mode, the embedded default) or
@@ -518,7 +524,7 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
 /// it behind an `Arc`; its methods block (an async server calls them from `spawn_blocking`).
 #[derive(Debug)]
 pub struct Store {
-    backend: Box<dyn Backend>,
+    pub(crate) backend: Box<dyn Backend>,
     options: StoreOptions,
     location: Location,
 }

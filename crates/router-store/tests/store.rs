@@ -47,6 +47,7 @@ on_both_backends!(
     shadows_link_to_their_original_and_stay_out_of_lists,
     a_newer_schema_is_refused,
     two_stores_on_one_database_share_the_cap,
+    usage_rows_sum_per_key_and_prune_by_minute,
 );
 
 fn request(prompt: &str) -> Map<String, Value> {
@@ -921,4 +922,40 @@ fn without_the_postgres_feature_a_url_is_refused_clearly() {
     let location = router_store::Location::parse("postgres://router@127.0.0.1:1/db", None).unwrap();
     let e = Store::open_location(&location, StoreOptions::default()).unwrap_err();
     assert!(e.to_string().contains("feature `postgres`"), "{e}");
+}
+
+/// Usage rows (issue #15): an upsert sums into the row of the same (minute, deployment,
+/// model, spillover source), from one store or two on the same database; reads are in key
+/// order from a minute on; pruning deletes the minutes before one; usage does not count
+/// against the byte cap.
+fn usage_rows_sum_per_key_and_prune_by_minute(place: Place) {
+    use router_store::UsageRow;
+    let row = |minute: i64, deployment: &str, from: &str, requests: u64, tokens: u64| UsageRow {
+        spillover_from: from.to_string(),
+        requests,
+        input_tokens: tokens,
+        output_tokens: tokens / 2,
+        estimated: 1,
+        throttled: 2,
+        ..UsageRow::new(minute, deployment, "gpt-4")
+    };
+    let a = place.open(1 << 20, OnFull::Refuse);
+    let b = place.open(1 << 20, OnFull::Refuse);
+    a.add_usage(&[row(10, "ptu", "", 1, 100), row(10, "paygo", "ptu", 1, 40), row(11, "ptu", "", 2, 10)])
+        .unwrap();
+    b.add_usage(&[row(10, "ptu", "", 3, 300)]).unwrap();
+    a.add_usage(&[]).unwrap();
+    let all = b.usage(None).unwrap();
+    let keys: Vec<(i64, &str, &str)> =
+        all.iter().map(|r| (r.minute, r.deployment.as_str(), r.spillover_from.as_str())).collect();
+    assert_eq!(keys, [(10, "paygo", "ptu"), (10, "ptu", ""), (11, "ptu", "")]);
+    let summed = &all[1];
+    assert_eq!(
+        (summed.requests, summed.input_tokens, summed.output_tokens, summed.estimated, summed.throttled),
+        (4, 400, 200, 2, 4)
+    );
+    assert_eq!(a.usage(Some(11)).unwrap().len(), 1);
+    assert_eq!(a.stats().unwrap().used_bytes, 0, "usage is outside the cap");
+    assert_eq!(a.prune_usage(11).unwrap(), 2);
+    assert_eq!(b.usage(None).unwrap(), [row(11, "ptu", "", 2, 10)]);
 }
