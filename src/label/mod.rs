@@ -266,7 +266,7 @@ fn read_prompts(args: &LabelArgs, recent_turns: usize) -> Result<Inputs> {
             Ok(conversation) => {
                 prepared.push(Arc::new(Prepared { text: conversation.routing_text, estimated_tokens: conversation.prompt_tokens, prompt }))
             }
-            Err(error) => skipped.push((origin_line(&prompt.origin), format!("{}: {}", prompt.origin, error.message))),
+            Err(error) => skipped.push((origin_line(&prompt.origin), format!("{}: {}", prompt.origin, error))),
         }
     }
     Ok(Inputs { prompts: prepared, skipped, duplicates: set.duplicates })

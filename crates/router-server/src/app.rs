@@ -70,7 +70,8 @@ impl AppState {
         };
         let dispatcher = Dispatcher::new(config.deployments.clone(), config.dispatch.clone())
             .map_err(|e| bad("deployments", e.to_string()))?;
-        let routing = Routing::load(&config, &dispatcher)?;
+        let metrics = Metrics::default();
+        let routing = Routing::load(&config, &dispatcher, &metrics)?;
         let store = match &config.store {
             Some(s) => Some(Arc::new(
                 Store::open_location(&s.location, s.options).map_err(|e| {
@@ -92,7 +93,7 @@ impl AppState {
             routing: RwLock::new(Arc::new(routing)),
             reloading: tokio::sync::Mutex::new(()),
             dispatcher,
-            metrics: Metrics::default(),
+            metrics,
             store,
             shadows,
         })
@@ -125,7 +126,7 @@ impl AppState {
                 Some(path) => ServerConfig::load(path)?,
                 None => state.config.clone(),
             };
-            Routing::load(&config, &state.dispatcher)
+            Routing::load(&config, &state.dispatcher, &state.metrics)
         })
         .await
         .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))
@@ -212,14 +213,7 @@ pub fn build_app(state: Arc<AppState>) -> axum::Router {
 fn overflow_app(state: Arc<AppState>) -> axum::Router {
     axum::Router::new()
         .route("/health", get(health))
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "The router is serving as many connections as it may; retry shortly.",
-            )
-            .code("too_many_connections")
-        })
+        .fallback(|| async { ApiError::TooManyConnections })
         .with_state(state)
 }
 
@@ -235,22 +229,11 @@ async fn read_body(State(state): State<Arc<AppState>>, request: Request, next: N
             let request = Request::from_parts(parts, Body::from(collected.to_bytes()));
             return next.run(request).await;
         }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            format!("the request body is larger than {limit} bytes"),
-        )
-        .code("request_too_large"),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            ApiError::RequestTooLarge(format!("the request body is larger than {limit} bytes"))
+        }
         Ok(Err(_)) => ApiError::invalid("the request body broke off", None),
-        Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "invalid_request_error",
-            format!(
-                "the request body did not arrive within {} ms",
-                state.config.body_timeout.as_millis()
-            ),
-        )
-        .code("request_timeout"),
+        Err(_) => ApiError::BodyTimeout(state.config.body_timeout),
     };
     failed.into_response()
 }
@@ -423,7 +406,10 @@ async fn auth(State(state): State<Arc<AppState>>, mut request: Request, next: Ne
             next.run(request).await
         }
         given => {
-            let response = unauthorised(given.is_some()).into_response();
+            let response = ApiError::Unauthorized {
+                key_given: given.is_some(),
+            }
+            .into_response();
             let id = request.extensions().get::<RequestId>().cloned();
             let ctx = Ctx::new(&id.unwrap_or(RequestId("-".into())));
             record(
@@ -456,16 +442,6 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         })
 }
 
-fn unauthorised(key_given: bool) -> ApiError {
-    let message = if key_given {
-        "Incorrect API key provided."
-    } else {
-        "Missing API key: send `Authorization: Bearer KEY` or `api-key: KEY`."
-    };
-    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
-        .code("invalid_api_key")
-}
-
 /// `POST /admin/reload`: [`AppState::reload`], authorised by `server.admin_key_env`'s key
 /// (not a proxy key). Without an admin key the endpoint does not exist (404). Answers
 /// `{"status": "reloaded", "old", "new"}`, or 422 `bundle_refused` with the reason.
@@ -475,7 +451,10 @@ async fn admin_reload(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     };
     match presented_key(&headers) {
         Some(key) if key_matches(std::slice::from_ref(admin_key), key.as_bytes()) => {}
-        given => return unauthorised(given.is_some()).into_response(),
+        given => {
+            let key_given = given.is_some();
+            return ApiError::Unauthorized { key_given }.into_response();
+        }
     }
     match state.reload().await {
         Ok(reloaded) => Json(json!({
@@ -484,13 +463,7 @@ async fn admin_reload(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
             "new": reloaded.new,
         }))
         .into_response(),
-        Err(e) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request_error",
-            format!("the bundle was refused and the old one keeps serving: {e}"),
-        )
-        .code("bundle_refused")
-        .into_response(),
+        Err(e) => ApiError::BundleRefused(e.to_string()).into_response(),
     }
 }
 
@@ -511,12 +484,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        "Unknown path.",
-    )
-    .code("not_found")
+    ApiError::UnknownPath
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -547,13 +515,9 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
 pub(crate) fn parse_body(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Map<String, Value>, ApiError> {
-    let bytes = body.map_err(|rejection| {
-        let status = rejection.status();
-        let mut e = ApiError::new(status, "invalid_request_error", rejection.body_text());
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            e = e.code("request_too_large");
-        }
-        e
+    let bytes = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::RequestTooLarge(rejection.body_text()),
+        _ => ApiError::invalid(rejection.body_text(), None),
     })?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
@@ -579,55 +543,24 @@ fn route_request(conv: &Conversation, o: &Overrides) -> RouteRequest {
 
 fn policy_error(e: PolicyError) -> ApiError {
     match e {
-        PolicyError::NoEligibleModel { .. } => {
-            ApiError::invalid(e.to_string(), None).code("no_eligible_model")
-        }
+        PolicyError::NoEligibleModel { .. } => ApiError::NoEligibleModel(e.to_string()),
         other => ApiError::invalid(other.to_string(), Some("router")),
     }
 }
 
 fn score_error(e: ScoreError) -> ApiError {
     match e {
-        ScoreError::Busy => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            e.to_string(),
-        )
-        .code("overloaded"),
-        other => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            other.to_string(),
-        ),
+        ScoreError::Busy => ApiError::Overloaded(e.to_string()),
+        other => ApiError::Internal(other.to_string()),
     }
 }
 
 fn dispatch_error(e: DispatchError) -> ApiError {
     match e {
-        DispatchError::UnknownDeployment(name) => {
-            let mut err = ApiError::invalid(
-                format!("unknown deployment `{name}`"),
-                Some("x-ms-spillover-deployment"),
-            );
-            err.code = Some("deployment_not_found");
-            err
-        }
-        DispatchError::Saturated { retry_after, .. } => {
-            let mut err = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                "Every deployment of the model is rate-limited; retry later.",
-            )
-            .code("rate_limit_exceeded");
-            err.retry_after = retry_after;
-            err
-        }
-        DispatchError::Timeout { .. } => {
-            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "server_error", e.to_string())
-                .code("gateway_timeout")
-        }
-        other => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", other.to_string())
-            .code("upstream_error"),
+        DispatchError::UnknownDeployment(name) => ApiError::DeploymentNotFound(name),
+        DispatchError::Saturated { retry_after, .. } => ApiError::RateLimited { retry_after },
+        DispatchError::Timeout { .. } => ApiError::GatewayTimeout(e.to_string()),
+        other => ApiError::Upstream(other.to_string()),
     }
 }
 
@@ -930,26 +863,15 @@ async fn send_named(
     ctx: &mut Ctx,
 ) -> Result<Response, ApiError> {
     let Some(spec) = routing.catalog().get(requested) else {
-        let mut e = ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            format!(
-                "The model `{requested}` does not exist: use `{}` or a model of GET /v1/models.",
-                state.config.router_name
-            ),
-        )
-        .code("model_not_found");
-        e.param = Some("model".into());
-        return Err(e);
+        return Err(ApiError::ModelNotFound {
+            model: requested.to_string(),
+            router: state.config.router_name.clone(),
+        });
     };
     ctx.model = requested.to_string();
     ctx.mode = "bypass".into();
     if spec.deployments.is_empty() {
-        return Err(ApiError::invalid(
-            format!("model `{requested}` has no deployments"),
-            Some("model"),
-        )
-        .code("model_not_deployed"));
+        return Err(ApiError::ModelNotDeployed(requested.to_string()));
     }
     let cost = estimated_cost(
         spec,

@@ -352,7 +352,7 @@ mod tests {
             json!({"messages": [{"role": "user", "content": 5}]}),
             json!({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}),
         ] {
-            assert_eq!(analyse(&obj(bad), 6).unwrap_err().status, 400);
+            assert_eq!(analyse(&obj(bad), 6).unwrap_err().status(), 400);
         }
     }
 
@@ -371,8 +371,7 @@ mod tests {
         assert_eq!(
             overrides(&mut body, &axum::http::HeaderMap::new())
                 .unwrap_err()
-                .param
-                .as_deref(),
+                .param(),
             Some("router.mood")
         );
     }

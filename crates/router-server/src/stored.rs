@@ -8,7 +8,6 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, RawQuery, State};
-use axum::http::StatusCode;
 use axum::Json;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
@@ -58,16 +57,14 @@ pub(crate) fn take_store_fields(
     };
     let metadata = match body.remove("metadata") {
         None => Metadata::default(),
-        Some(value) => Metadata::from_json(&value).map_err(|e| {
-            ApiError::invalid(e.to_string(), Some("metadata")).code("invalid_metadata")
-        })?,
+        Some(value) => {
+            Metadata::from_json(&value).map_err(|e| ApiError::InvalidMetadata(e.to_string()))?
+        }
     };
     if store && !configured {
-        return Err(ApiError::invalid(
-            "`store: true` but this server stores no completions: its config has no [store] section",
-            Some("store"),
-        )
-        .code("store_not_configured"));
+        return Err(ApiError::StoreNotConfigured {
+            param: Some("store"),
+        });
     }
     Ok((store, metadata))
 }
@@ -504,39 +501,10 @@ pub(crate) fn tap(
 pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::InvalidQuery { param, .. } => ApiError::invalid(e.to_string(), Some(param)),
-        StoreError::Metadata(_) => {
-            ApiError::invalid(e.to_string(), Some("metadata")).code("invalid_metadata")
-        }
-        StoreError::Full { .. } | StoreError::TooLarge { .. } => ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "server_error",
-            e.to_string(),
-        )
-        .code("store_full"),
-        other => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            other.to_string(),
-        )
-        .code("store_error"),
+        StoreError::Metadata(_) => ApiError::InvalidMetadata(e.to_string()),
+        StoreError::Full { .. } | StoreError::TooLarge { .. } => ApiError::StoreFull(e.to_string()),
+        other => ApiError::StoreFailed(other.to_string()),
     }
-}
-
-fn not_configured() -> ApiError {
-    ApiError::invalid(
-        "stored completions are off: this server's config has no [store] section",
-        None,
-    )
-    .code("store_not_configured")
-}
-
-fn not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        format!("No stored chat completion found with id `{id}`."),
-    )
-    .code("not_found")
 }
 
 /// Runs `f` on the store off the async runtime.
@@ -545,16 +513,13 @@ where
     T: Send + 'static,
     F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 {
-    let store = state.store().cloned().ok_or_else(not_configured)?;
+    let store = state
+        .store()
+        .cloned()
+        .ok_or(ApiError::StoreNotConfigured { param: None })?;
     tokio::task::spawn_blocking(move || f(&store))
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                format!("the store task failed: {e}"),
-            )
-        })?
+        .map_err(|e| ApiError::Internal(format!("the store task failed: {e}")))?
         .map_err(store_error)
 }
 
@@ -641,7 +606,7 @@ pub(crate) async fn get_one(
     let found = blocking(&state, move |s| s.get(Some(&caller.0), &key)).await?;
     found
         .map(|c| Json(c.to_openai()))
-        .ok_or_else(|| not_found(&id))
+        .ok_or(ApiError::CompletionNotFound(id))
 }
 
 /// `GET /v1/chat/completions/{id}/messages`: the request messages, paged.
@@ -659,7 +624,7 @@ pub(crate) async fn messages(
     };
     let key = id.clone();
     let page = blocking(&state, move |s| s.messages(Some(&caller.0), &key, &query)).await?;
-    let page = page.ok_or_else(|| not_found(&id))?;
+    let page = page.ok_or(ApiError::CompletionNotFound(id))?;
     Ok(Json(openai_list(page.data, page.has_more)))
 }
 
@@ -683,8 +648,8 @@ pub(crate) async fn update(
             Some("metadata"),
         ));
     };
-    let metadata = Metadata::from_json(value)
-        .map_err(|e| ApiError::invalid(e.to_string(), Some("metadata")).code("invalid_metadata"))?;
+    let metadata =
+        Metadata::from_json(value).map_err(|e| ApiError::InvalidMetadata(e.to_string()))?;
     let key = id.clone();
     let updated = blocking(&state, move |s| {
         s.update_metadata(Some(&caller.0), &key, &metadata)
@@ -692,7 +657,7 @@ pub(crate) async fn update(
     .await?;
     updated
         .map(|c| Json(c.to_openai()))
-        .ok_or_else(|| not_found(&id))
+        .ok_or(ApiError::CompletionNotFound(id))
 }
 
 /// `DELETE /v1/chat/completions/{id}`.
@@ -707,7 +672,7 @@ pub(crate) async fn delete(
             json!({"object": "chat.completion.deleted", "id": id, "deleted": true}),
         ))
     } else {
-        Err(not_found(&id))
+        Err(ApiError::CompletionNotFound(id))
     }
 }
 
@@ -813,14 +778,14 @@ mod tests {
         let mut body = json!({"store": true}).as_object().cloned().unwrap();
         let e = take_store_fields(&mut body, false).unwrap_err();
         assert_eq!(
-            (e.status.as_u16(), e.code),
+            (e.status().as_u16(), e.code()),
             (400, Some("store_not_configured"))
         );
         let mut body = json!({"metadata": {"a": 1}}).as_object().cloned().unwrap();
         assert_eq!(
             take_store_fields(&mut body, true)
                 .unwrap_err()
-                .param
+                .param()
                 .as_deref(),
             Some("metadata")
         );
@@ -828,7 +793,7 @@ mod tests {
         assert_eq!(
             take_store_fields(&mut body, true)
                 .unwrap_err()
-                .param
+                .param()
                 .as_deref(),
             Some("store")
         );
@@ -866,31 +831,31 @@ mod tests {
         assert_eq!(
             parse_query(Some("metadata[a]=1&metadata[a]=2"), true)
                 .err()
-                .and_then(|e| e.param),
+                .and_then(|e| e.param().map(str::to_string)),
             Some("metadata".into())
         );
         assert_eq!(
             parse_query(Some("limit=ten"), true)
                 .err()
-                .and_then(|e| e.param),
+                .and_then(|e| e.param().map(str::to_string)),
             Some("limit".into())
         );
         assert_eq!(
             parse_query(Some("order=up"), true)
                 .err()
-                .and_then(|e| e.param),
+                .and_then(|e| e.param().map(str::to_string)),
             Some("order".into())
         );
         assert_eq!(
             parse_query(Some("model=m"), false)
                 .err()
-                .and_then(|e| e.param),
+                .and_then(|e| e.param().map(str::to_string)),
             Some("model".into())
         );
         assert_eq!(
             parse_query(Some("colour=red"), true)
                 .err()
-                .and_then(|e| e.param),
+                .and_then(|e| e.param().map(str::to_string)),
             Some("colour".into())
         );
     }

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
 use crate::ApiError;
@@ -66,46 +65,31 @@ impl Failure {
 
     /// What the client gets: the router's own message, never the backend's body.
     pub(crate) fn error(&self, deployment: &str) -> ApiError {
-        let (status, code, message) = match self {
-            Failure::Credentials(status) => (
-                StatusCode::BAD_GATEWAY,
-                "upstream_auth_failed",
-                format!(
-                    "deployment `{deployment}` refused the router's credentials (HTTP {status}); \
-                     the router's operator must check its key"
-                ),
-            ),
-            Failure::ServerError(status) => (
-                StatusCode::BAD_GATEWAY,
-                "upstream_error",
-                format!("deployment `{deployment}` failed with HTTP {status}"),
-            ),
-            Failure::NotACompletion(why) => (
-                StatusCode::BAD_GATEWAY,
-                "invalid_upstream_answer",
-                format!("deployment `{deployment}` answered success with {why}"),
-            ),
-            Failure::Broken => (
-                StatusCode::BAD_GATEWAY,
-                "upstream_error",
-                format!("deployment `{deployment}` broke off its response"),
-            ),
-            Failure::TimedOut(limit) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "gateway_timeout",
-                format!(
-                    "deployment `{deployment}` did not finish its response within {} ms",
-                    limit.as_millis()
-                ),
-            ),
-        };
-        ApiError::new(status, "server_error", message).code(code)
+        let deployment = deployment.to_string();
+        match self {
+            Failure::Credentials(status) => ApiError::UpstreamAuthFailed {
+                deployment,
+                status: *status,
+            },
+            Failure::ServerError(status) => ApiError::Upstream(format!(
+                "deployment `{deployment}` failed with HTTP {status}"
+            )),
+            Failure::NotACompletion(why) => ApiError::InvalidUpstreamAnswer { deployment, why },
+            Failure::Broken => {
+                ApiError::Upstream(format!("deployment `{deployment}` broke off its response"))
+            }
+            Failure::TimedOut(limit) => ApiError::GatewayTimeout(format!(
+                "deployment `{deployment}` did not finish its response within {} ms",
+                limit.as_millis()
+            )),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[test]
     fn only_chat_completions_pass() {
@@ -118,7 +102,7 @@ mod tests {
             b"",
         ] {
             let failure = Failure::completion(bad).unwrap_err();
-            assert_eq!(failure.error("d").status, StatusCode::BAD_GATEWAY);
+            assert_eq!(failure.error("d").status(), StatusCode::BAD_GATEWAY);
         }
     }
 
@@ -128,7 +112,7 @@ mod tests {
         assert_eq!(Failure::of_status(400), None);
         assert_eq!(Failure::of_status(403), Some(Failure::Credentials(403)));
         assert_eq!(
-            Failure::of_status(503).map(|f| f.error("d").code),
+            Failure::of_status(503).map(|f| f.error("d").code()),
             Some(Some("upstream_error"))
         );
     }

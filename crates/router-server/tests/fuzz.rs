@@ -111,8 +111,8 @@ fn parse(mut body: Map<String, Value>) -> Result<(), TestCaseError> {
         Err(_) => Err(TestCaseError::fail("the parser panicked")),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => {
-            prop_assert_eq!(e.status.as_u16(), 400);
-            prop_assert!(!e.message.is_empty());
+            prop_assert_eq!(e.status().as_u16(), 400);
+            prop_assert!(!e.to_string().is_empty());
             Ok(())
         }
     }
