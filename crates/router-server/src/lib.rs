@@ -87,8 +87,10 @@
 //!
 //! # Design
 //!
-//! - Inference runs on a dedicated thread ([`Scorer`]) that batches concurrent prompts; the
-//!   async runtime only parses, decides and forwards.
+//! - Prompts are tokenised on their request's task, so that work spreads over the runtime's
+//!   threads. The static tier on the CPU then scores right there (microseconds); the BERT tier's
+//!   inference runs on a dedicated thread ([`Scorer`]) that batches concurrent prompts and skips
+//!   those whose client has gone (`model_router_scorer_skipped_total`).
 //! - A stream is forwarded chunk by chunk as it arrives (reqwest's byte stream becomes the axum
 //!   body): nothing is buffered, so time to first token is the backend's.
 //! - When every deployment of the chosen model is saturated (429 or cooling down), the policy
@@ -110,18 +112,24 @@ mod shadow;
 mod sse;
 mod stored;
 mod upstream;
+mod usage;
 mod worker;
 
 #[cfg(unix)]
 pub use app::reload_on_sighup;
 pub use app::{build_app, run, run_blocking, start, AppState, Reloaded, RunningServer};
-pub use chat::{analyse, overrides, Conversation, Overrides};
-pub use config::{
-    ServerConfig, ShadowConfig, StoreConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_ROUTER_NAME,
+pub use chat::{
+    analyse, ChatRequest, Content, Conversation, FunctionDef, Message, Overrides, Part,
+    ResponseFormat, Tool, ToolCall, Turn, IMAGE_TOKENS,
 };
+pub use config::{
+    ConfigFile, DeploymentSection, DispatchSection, LogFormat, RouterSection, ServerConfig,
+    ServerConfigBuilder, ServerSection, ShadowConfig, ShadowSection, StoreConfig, StoreSection,
+    DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_ROUTER_NAME,
+};
+pub use config::{UsageConfig, UsageSection, DEFAULT_USAGE_FLUSH, DEFAULT_USAGE_RETENTION_DAYS};
 pub use error::{ApiError, ServerError, DEFAULT_RETRY_AFTER};
 pub use metrics::Metrics;
 pub use router_store;
 pub use routing::{Routing, PROBE_PROMPTS};
-pub use worker::{ScoreError, Scorer};
+pub use worker::{ScoreError, Scorer, INLINE_TOKENIZE_BYTES};
