@@ -33,6 +33,7 @@ use crate::shadow::{self, ShadowJob, Shadows};
 use crate::sse;
 use crate::stored::{self, StoreJob};
 use crate::upstream::Failure;
+use crate::usage::UsageLog;
 use crate::{ApiError, Metrics, Routing, ScoreError, ServerConfig, ServerError};
 
 /// Everything the handlers share.
@@ -46,6 +47,8 @@ pub struct AppState {
     metrics: Metrics,
     store: Option<Arc<Store>>,
     shadows: Option<Shadows>,
+    /// Usage per deployment and minute, when recorded (`[store]` or `[usage]`).
+    usage: Option<Arc<UsageLog>>,
     access_log: Sink,
 }
 
@@ -85,6 +88,8 @@ impl AppState {
             None => None,
         };
         let shadows = config.shadow.clone().map(Shadows::new);
+        let usage = UsageLog::open(config.usage.as_ref(), store.as_ref())
+            .map_err(|e| bad("usage.path", e.to_string()))?;
         let access_log = Sink::open(config.access_log, config.access_log_path.as_deref())
             .map_err(|e| bad("server.access_log_path", e.to_string()))?;
         Ok(AppState {
@@ -96,6 +101,7 @@ impl AppState {
             metrics,
             store,
             shadows,
+            usage,
         })
     }
 
@@ -265,6 +271,9 @@ impl RunningServer {
         if tokio::time::timeout(grace, &mut self.task).await.is_err() {
             self.task.abort();
         }
+        if let Some(usage) = &self.state.usage {
+            usage.close().await;
+        }
     }
 }
 
@@ -277,6 +286,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let state = Arc::new(state);
     if let Some(shadows) = state.shadows() {
         shadows.start_workers(Arc::downgrade(&state));
+    }
+    if let Some(usage) = &state.usage {
+        usage.start_flusher();
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -585,6 +597,8 @@ struct Ctx {
     model: String,
     mode: String,
     spillover: bool,
+    /// The router's estimate of the prompt's tokens (usage when the backend reports none).
+    prompt_tokens: u64,
 }
 
 impl Ctx {
@@ -595,6 +609,7 @@ impl Ctx {
             model: "none".into(),
             mode: "none".into(),
             spillover: false,
+            prompt_tokens: 0,
         }
     }
 }
@@ -748,6 +763,7 @@ async fn chat_inner(
     let overrides = chat::overrides(&mut body, headers)?;
     let (asked, metadata) = stored::take_store_fields(&mut body, state.store.is_some())?;
     let conv = chat::analyse(&body, state.config.recent_turns)?;
+    ctx.prompt_tokens = conv.prompt_tokens as u64;
     let spillover = header_str(headers, "x-ms-spillover-deployment");
     if let Some(name) = spillover {
         if state.dispatcher.deployment(name).is_none() {
@@ -948,6 +964,7 @@ async fn respond(
     ctx: &mut Ctx,
 ) -> Result<Response, ApiError> {
     ctx.spillover = d.spillover_from.is_some();
+    let usage = state.usage.as_ref().map(|u| u.dispatched(&d, model, ctx.prompt_tokens));
     state.metrics.upstream(&d.deployment, d.latency);
     let status = d.response.status();
     let mut headers = HeaderMap::new();
@@ -972,7 +989,11 @@ async fn respond(
     let body = if stream && status.is_success() {
         state.metrics.cost(model, cost);
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        let events = sse::with_model(d.response.bytes_stream().boxed(), model.to_string());
+        let mut events = d.response.bytes_stream().boxed();
+        if let Some(usage) = usage {
+            events = usage.stream(events);
+        }
+        let events = sse::with_model(events, model.to_string());
         match job.take() {
             None => Body::from_stream(events),
             Some(job) => {
@@ -1006,6 +1027,9 @@ async fn respond(
                 }
             };
             state.metrics.cost(model, cost);
+            if let Some(usage) = usage {
+                usage.json(&object);
+            }
             let answer = Answer {
                 model,
                 deployment: &deployment,
