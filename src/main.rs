@@ -1,6 +1,7 @@
 //! The `model-router` command line.
 
 mod bench;
+mod capacity;
 mod grading;
 mod judge;
 mod label;
@@ -57,6 +58,12 @@ enum Command {
     /// Stored completions: `store export` writes a fine-tuning JSONL from a server's database.
     #[command(subcommand)]
     Store(store_cli::StoreCommand),
+    /// Size provisioned throughput per deployment from the usage a server recorded: tokens per
+    /// minute (p50 … max, by hour), and the monthly cost of each size with spillover.
+    Capacity(capacity::CapacityArgs),
+    /// Recorded usage: `usage export` writes it as JSON lines (what `capacity --usage` reads).
+    #[command(subcommand)]
+    Usage(capacity::UsageCommand),
     /// Grade outputs against references (OpenAI's string_check and text_similarity graders).
     Grade(grading::GradeArgs),
     /// Add an underlying model to a bundle from graded samples.
@@ -320,6 +327,8 @@ fn main() {
         Command::Distill(args) => distill(args),
         Command::Bench(args) => bench::run(args),
         Command::Store(command) => store_cli::run(command),
+        Command::Capacity(args) => capacity::run(args),
+        Command::Usage(command) => capacity::run_usage(command),
         Command::Grade(args) => grading::grade(args),
         Command::Candidate(grading::CandidateCommand::Add(args)) => grading::candidate_add(args),
         Command::Label(args) => label::run(args),

@@ -26,6 +26,7 @@
 
 pub mod baselines;
 pub mod candidate;
+pub mod capacity;
 pub mod data;
 pub mod embed;
 pub mod error;

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::access::{AccessLine, Sink};
-use crate::chat::{self, Conversation, Overrides};
+use crate::chat::{ChatRequest, Conversation, Overrides};
 use crate::error::ErrorCode;
 use crate::listen::{self, Limits};
 use crate::record::Outcome;
@@ -527,11 +527,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
 pub(crate) fn parse_body(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Map<String, Value>, ApiError> {
-    let bytes = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::RequestTooLarge(rejection.body_text()),
-        _ => ApiError::invalid(rejection.body_text(), None),
-    })?;
-    match serde_json::from_slice::<Value>(&bytes) {
+    match serde_json::from_slice::<Value>(&body?) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::invalid(
             "the request body must be a JSON object",
@@ -754,16 +750,20 @@ async fn chat_inner(
     ctx: &mut Ctx,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let mut body = parse_body(body)?;
-    let requested = match deployment {
-        Some(d) => d,
-        None => requested_model(&body)?,
+    let request = ChatRequest::from_slice(&body?)?;
+    let requested = match deployment.or_else(|| request.model.clone()) {
+        Some(name) => name,
+        None => {
+            let missing = "missing required parameter: `model`";
+            return Err(ApiError::invalid(missing, Some("model")));
+        }
     };
     let routing = state.routing();
-    let overrides = chat::overrides(&mut body, headers)?;
-    let (asked, metadata) = stored::take_store_fields(&mut body, state.store.is_some())?;
-    let conv = chat::analyse(&body, state.config.recent_turns)?;
+    let overrides = request.overrides(headers)?;
+    let asked = stored::asked_to_store(&request, state.store.is_some())?;
+    let conv = request.conversation(state.config.recent_turns);
     ctx.prompt_tokens = conv.prompt_tokens as u64;
+    let body = request.forwarded();
     let spillover = header_str(headers, "x-ms-spillover-deployment");
     if let Some(name) = spillover {
         if state.dispatcher.deployment(name).is_none() {
@@ -777,7 +777,7 @@ async fn chat_inner(
     let shadowed = routed && state.shadows().is_some_and(Shadows::sample);
     let job = (asked || shadowed).then(|| StoreJob {
         owner: caller.0,
-        metadata,
+        metadata: request.metadata,
         request: body.clone(),
         decision: None,
         started,
@@ -914,18 +914,6 @@ fn shortest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-/// The body's `model`: the router's name or a catalog model.
-fn requested_model(body: &Map<String, Value>) -> Result<String, ApiError> {
-    match body.get("model") {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(ApiError::invalid("`model` must be a string", Some("model"))),
-        None => Err(ApiError::invalid(
-            "missing required parameter: `model`",
-            Some("model"),
-        )),
     }
 }
 
@@ -1161,9 +1149,9 @@ async fn route(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Decision>, ApiError> {
-    let mut body = parse_body(body)?;
-    let overrides = chat::overrides(&mut body, &headers)?;
-    let conv = chat::analyse(&body, state.config.recent_turns)?;
+    let request = ChatRequest::from_slice(&body?)?;
+    let overrides = request.overrides(&headers)?;
+    let conv = request.conversation(state.config.recent_turns);
     let (_, _, decision) = decide(&state, &state.routing(), &conv, &overrides).await?;
     Ok(Json(decision))
 }

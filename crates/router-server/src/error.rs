@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -327,6 +328,16 @@ impl ApiError {
                 "code": self.code(),
             }
         })
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    /// A body that could not be read: too large (413), else a 400.
+    fn from(rejection: BytesRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::RequestTooLarge(rejection.body_text()),
+            _ => ApiError::invalid(rejection.body_text(), None),
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use router_store::{
 use serde_json::{json, Map, Value};
 
 use crate::app::{parse_body, AppState, Caller};
+use crate::chat::ChatRequest;
 use crate::record::{cost_of, insert, Outcome};
 use crate::shadow::{Original, ShadowJob};
 use crate::ApiError;
@@ -38,35 +39,16 @@ pub(crate) struct StoreJob {
     pub shadow: Option<usize>,
 }
 
-/// Takes `store` and `metadata` out of the body (they are the router's: never forwarded).
-/// Invalid metadata, a non-boolean `store`, or `store: true` without a configured store is a
-/// 400. Returns whether the request is to be stored, and its metadata.
-pub(crate) fn take_store_fields(
-    body: &mut Map<String, Value>,
-    configured: bool,
-) -> Result<(bool, Metadata), ApiError> {
-    let store = match body.remove("store") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => b,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "`store` must be a boolean",
-                Some("store"),
-            ))
-        }
-    };
-    let metadata = match body.remove("metadata") {
-        None => Metadata::default(),
-        Some(value) => {
-            Metadata::from_json(&value).map_err(|e| ApiError::InvalidMetadata(e.to_string()))?
-        }
-    };
-    if store && !configured {
+/// Whether the client asked to store the exchange (`store: true`); a 400 on a server without
+/// `[store]`. (`store` and `metadata` are the router's: [`ChatRequest`] never forwards them.)
+pub(crate) fn asked_to_store(request: &ChatRequest, configured: bool) -> Result<bool, ApiError> {
+    let asked = request.store.unwrap_or(false);
+    if asked && !configured {
         return Err(ApiError::StoreNotConfigured {
             param: Some("store"),
         });
     }
-    Ok((store, metadata))
+    Ok(asked)
 }
 
 /// The record of an exchange, by `job.owner`.
@@ -766,47 +748,18 @@ mod tests {
     }
 
     #[test]
-    fn store_fields_are_taken_out() {
-        let mut body = json!({"model": "m", "store": true, "metadata": {"a": "b"}})
-            .as_object()
-            .cloned()
-            .unwrap();
-        let (store, m) = take_store_fields(&mut body, true).unwrap();
-        assert!(store);
-        assert_eq!(m.get("a"), Some("b"));
-        assert!(!body.contains_key("store") && !body.contains_key("metadata"));
-        let mut body = json!({"store": true}).as_object().cloned().unwrap();
-        let e = take_store_fields(&mut body, false).unwrap_err();
+    fn store_true_needs_a_store() {
+        let parse = |v: Value| ChatRequest::from_slice(v.to_string().as_bytes()).unwrap();
+        let asked = parse(json!({"messages": [{"role": "user"}], "store": true}));
+        assert_eq!(asked_to_store(&asked, true), Ok(true));
+        let e = asked_to_store(&asked, false).unwrap_err();
         assert_eq!(
-            (e.status().as_u16(), e.code()),
-            (400, Some("store_not_configured"))
+            (e.status().as_u16(), e.code(), e.param()),
+            (400, Some("store_not_configured"), Some("store"))
         );
-        let mut body = json!({"metadata": {"a": 1}}).as_object().cloned().unwrap();
-        assert_eq!(
-            take_store_fields(&mut body, true)
-                .unwrap_err()
-                .param()
-                .as_deref(),
-            Some("metadata")
-        );
-        let mut body = json!({"store": "yes"}).as_object().cloned().unwrap();
-        assert_eq!(
-            take_store_fields(&mut body, true)
-                .unwrap_err()
-                .param()
-                .as_deref(),
-            Some("store")
-        );
-        let mut body = json!({"metadata": {"a": "b"}})
-            .as_object()
-            .cloned()
-            .unwrap();
-        let (store, m) = take_store_fields(&mut body, false).unwrap();
-        assert!(!store && m.get("a") == Some("b"));
-        assert!(
-            body.is_empty(),
-            "metadata is not forwarded without store either"
-        );
+        let not_asked = parse(json!({"messages": [{"role": "user"}], "metadata": {"a": "b"}}));
+        assert_eq!(asked_to_store(&not_asked, false), Ok(false));
+        assert!(not_asked.forwarded().get("metadata").is_none());
     }
 
     #[test]
