@@ -62,7 +62,7 @@ pub use cpu_head::CpuHead;
 pub use head::Head;
 pub use length::LengthHead;
 pub use packed::PackedLinear;
-pub use router::{bert_dir_from_hub, default_device, Prediction, Router, DEFAULT_REVISION};
+pub use router::{bert_dir_from_hub, default_device, Prediction, Router, TokenizedPrompt, DEFAULT_REVISION};
 pub use tokenize::PromptTokenizer;
 
 /// Re-exported so that users of the crate build devices and tensors with the same candle version.

@@ -113,9 +113,48 @@ impl Router {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
-        let embeddings = self.encoder.embed_batch(prompts)?;
-        let scores = self.score_embeddings(&embeddings)?;
-        let lengths = self.output_tokens_embeddings(&embeddings)?;
+        self.predict_embeddings(&self.encoder.embed_batch(prompts)?)
+    }
+
+    /// A prompt's token ids, as this bundle's encoder reads them: the first half of
+    /// [`Router::predict`], split off so that a server can tokenise on many threads and batch
+    /// only the encoder (see [`Router::predict_tokenized`]).
+    ///
+    /// ```
+    /// # fn main() -> router_core::Result<()> {
+    /// let router = router_core::Router::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/routerbench"))?;
+    /// let prompts = ["What is 2 + 2?", "Prove that there are infinitely many primes."];
+    /// let tokenized = prompts.iter().map(|p| router.tokenize(p)).collect::<router_core::Result<Vec<_>>>()?;
+    /// // One encoder pass for the batch; each prompt gets what `predict` gives it alone.
+    /// let batch = router.predict_tokenized(&tokenized)?;
+    /// assert_eq!(batch[1], router.predict(prompts[1])?);
+    /// # Ok(()) }
+    /// ```
+    pub fn tokenize(&self, prompt: &str) -> Result<TokenizedPrompt> {
+        Ok(TokenizedPrompt { ids: self.encoder.tokenizer().encode(prompt)? })
+    }
+
+    /// [`Router::predict_batch`] for prompts tokenised by [`Router::tokenize`] of this router:
+    /// one encoder pass (a BERT batch is padded only to its longest prompt), and each prompt gets
+    /// the same prediction alone or in a batch.
+    pub fn predict_tokenized(&self, prompts: &[TokenizedPrompt]) -> Result<Vec<Prediction>> {
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let embeddings = match &self.encoder {
+            Encoder::Static(encoder) => prompts.iter().map(|p| encoder.embed_ids(&p.ids)).collect(),
+            Encoder::Bert(encoder) => {
+                let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+                encoder.embed_ids(&ids)?
+            }
+        };
+        self.predict_embeddings(&embeddings)
+    }
+
+    /// The quality and output-length heads on embeddings, one [`Prediction`] per row.
+    fn predict_embeddings(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Prediction>> {
+        let scores = self.score_embeddings(embeddings)?;
+        let lengths = self.output_tokens_embeddings(embeddings)?;
         let mut lengths = lengths.map(Vec::into_iter);
         Ok(scores
             .into_iter()
@@ -199,6 +238,30 @@ impl Router {
         }
         let input = Tensor::from_vec(flat, (embeddings.len(), dim), &self.device)?;
         Ok(self.head.forward(&input)?.to_dtype(DType::F32)?.to_vec2()?)
+    }
+}
+
+/// A prompt's token ids from [`Router::tokenize`] (special tokens included, truncated to the
+/// bundle's length): what [`Router::predict_tokenized`] scores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedPrompt {
+    ids: Vec<u32>,
+}
+
+impl TokenizedPrompt {
+    /// The token ids.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// The number of tokens (what a batch of BERT prompts costs grows with).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether it has no tokens (an empty prompt for a static encoder).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
     }
 }
 
