@@ -5,7 +5,7 @@ use std::fmt;
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
-use crate::DispatchError;
+use crate::{Capacity, DispatchError};
 
 /// The API flavour of a deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,10 +60,15 @@ pub struct Deployment {
     pub spillover: Option<String>,
     /// The `api-version` query parameter (required for `azure`).
     pub api_version: Option<String>,
+    /// Declared tokens per minute (see [`crate::tokens_to_charge`] for what a request counts).
+    pub capacity_tpm: Option<u64>,
+    /// Declared requests per minute.
+    pub capacity_rpm: Option<u64>,
 }
 
 impl Deployment {
-    /// A deployment with no key, not provisioned, no spillover, no api-version.
+    /// A deployment with no key, not provisioned, no spillover, no api-version, no declared
+    /// capacity.
     pub fn new(
         name: impl Into<String>,
         kind: DeploymentKind,
@@ -79,6 +84,16 @@ impl Deployment {
             provisioned: false,
             spillover: None,
             api_version: None,
+            capacity_tpm: None,
+            capacity_rpm: None,
+        }
+    }
+
+    /// Its declared capacity.
+    pub fn capacity(&self) -> Capacity {
+        Capacity {
+            tpm: self.capacity_tpm,
+            rpm: self.capacity_rpm,
         }
     }
 
@@ -99,6 +114,12 @@ impl Deployment {
         }
         if self.model.is_empty() {
             return Err(invalid("model is empty".into()));
+        }
+        if self.capacity_tpm == Some(0) || self.capacity_rpm == Some(0) {
+            return Err(invalid(
+                "capacity_tpm and capacity_rpm must be at least 1 (leave them out for no limit)"
+                    .into(),
+            ));
         }
         if self.kind == DeploymentKind::Azure
             && self.api_version.as_deref().unwrap_or("").is_empty()

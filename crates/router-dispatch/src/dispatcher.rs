@@ -42,6 +42,10 @@ pub struct DispatchOptions {
     /// rate-limit headers leave no room for a request is skipped before sending. Off, only
     /// 429s and cooldowns decide (the behaviour before capacity awareness).
     pub capacity_aware: bool,
+    /// The sliding window declared capacities are enforced over, the per-minute figures scaled
+    /// to it ([`crate::Capacity::over`]); a minute by default. A shorter one also smooths
+    /// bursts inside the minute, as backends that enforce limits per 10 seconds do.
+    pub capacity_window: Duration,
 }
 
 impl Default for DispatchOptions {
@@ -57,6 +61,7 @@ impl Default for DispatchOptions {
             max_cooldown: Duration::from_secs(300),
             probe_interval: Duration::from_secs(1),
             capacity_aware: true,
+            capacity_window: crate::WINDOW,
         }
     }
 }
@@ -199,8 +204,9 @@ impl<'d> InFlight<'d> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.dispatcher
-            .with_local(self.deployment, |s| s.in_flight = s.in_flight.saturating_sub(1));
+        self.dispatcher.with_local(self.deployment, |s| {
+            s.in_flight = s.in_flight.saturating_sub(1)
+        });
     }
 }
 
@@ -264,11 +270,12 @@ impl Dispatcher {
         let mut names: Vec<String> = self.deployments.keys().cloned().collect();
         names.sort();
         let queried = names.clone();
+        let length = self.options.capacity_window;
         let shared = self
             .call_limits(move |limits| {
                 queried
                     .iter()
-                    .map(|n| Ok((limits.usage(n)?, limits.cooldown_left(n)?)))
+                    .map(|n| Ok((limits.usage(n, length)?, limits.cooldown_left(n)?)))
                     .collect::<Result<Vec<_>, DispatchError>>()
             })
             .await
@@ -279,7 +286,11 @@ impl Dispatcher {
             .into_iter()
             .zip(shared)
             .map(|(name, (usage, cooling))| {
-                let capacity = self.deployments.get(&name).map(Deployment::capacity).unwrap_or_default();
+                let capacity = self
+                    .deployments
+                    .get(&name)
+                    .map(Deployment::capacity)
+                    .unwrap_or_default();
                 let state = map.get(&name);
                 let (headroom_tokens, headroom_requests) = state
                     .and_then(|s| s.headroom)
@@ -289,7 +300,7 @@ impl Dispatcher {
                     window_tokens: usage.tokens,
                     window_requests: usage.requests,
                     in_flight: state.map_or(0, |s| s.in_flight),
-                    utilisation: capacity.utilisation(usage),
+                    utilisation: capacity.over(length).utilisation(usage),
                     headroom_tokens,
                     headroom_requests,
                     cooling,
@@ -336,16 +347,20 @@ impl Dispatcher {
         let now = Instant::now();
         let name = deployment.name.as_str();
         if let Some(tokens) = charge {
-            let refused = self.with_local(name, |s| s.headroom.and_then(|h| h.refuses(now, tokens)));
+            let refused =
+                self.with_local(name, |s| s.headroom.and_then(|h| h.refuses(now, tokens)));
             if let Some(wait) = refused {
                 return Gate::Skip(SpillReason::PredictedFull, Some(wait));
             }
         }
-        let capacity = charge.map(|_| deployment.capacity()).unwrap_or_default();
+        let limit = charge
+            .map(|_| deployment.capacity())
+            .unwrap_or_default()
+            .over(self.options.capacity_window);
         let tokens = charge.unwrap_or(0);
         let owned = name.to_string();
         let admission = self
-            .call_limits(move |limits| limits.admit(&owned, capacity, tokens))
+            .call_limits(move |limits| limits.admit(&owned, limit, tokens))
             .await
             .unwrap_or(Admission::Admitted);
         match admission {

@@ -62,4 +62,9 @@ pub enum DispatchError {
         /// Attempts made.
         attempts: u32,
     },
+
+    /// The shared capacity windows and cooldowns could not be read or written (a database
+    /// error); the dispatcher admits the request then.
+    #[error("shared limits: {0}")]
+    Limits(String),
 }

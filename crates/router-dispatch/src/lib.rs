@@ -43,10 +43,19 @@
 //! headers marked sensitive, never in URLs, so no error or log line of this crate can show one.
 #![deny(missing_docs)]
 
+mod capacity;
 mod deployment;
 mod dispatcher;
 mod error;
+mod limits;
+mod load;
 
+pub use capacity::{
+    parse_reset, tokens_to_charge, Capacity, Limit, RateLimitHeaders, Reservation, Window,
+    WindowUsage, WINDOW,
+};
 pub use deployment::{ApiKey, Deployment, DeploymentKind};
 pub use dispatcher::{DispatchOptions, DispatchRequest, Dispatched, Dispatcher};
 pub use error::DispatchError;
+pub use limits::{Admission, LocalLimits, SharedLimits};
+pub use load::{DeploymentLoad, SpillCounts, SpillReason};
