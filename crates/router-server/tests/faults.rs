@@ -7,7 +7,6 @@
 // A test's unwrap is its assertion (the workspace lints forbid it in library code).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ mod fault_backend;
 
 #[tokio::test]
 async fn upstream_non_answers_are_502_counted_and_never_stored() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     let store = json!({"store": true});
     for (fault, code, kind) in [
         (
@@ -86,7 +85,7 @@ async fn upstream_non_answers_are_502_counted_and_never_stored() {
 
 #[tokio::test]
 async fn timeouts_are_504_and_refused_connections_502() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     let started = Instant::now();
     env.mock.set("m", Fault::Hang);
     let (status, body, _) = openai_error(env.chat(MIXTRAL, json!({"store": true})).await).await;
@@ -135,9 +134,7 @@ async fn timeouts_are_504_and_refused_connections_502() {
             .with_state(mock.clone()),
     )
     .await;
-    let text = config_text(backend.addr, dead_port().await, "", "")
-        .replace("deployments = [\"m\"]", "deployments = [\"dead\"]");
-    let server = Server::start(&text, "faults.toml", Path::new("."), |_| None).await;
+    let server = Server::start(config(backend.addr, dead_port().await, "dead")).await;
     let body = json!({"model": MIXTRAL, "messages": [{"role": "user", "content": "Hi"}]});
     let r = send(
         server
@@ -159,7 +156,7 @@ async fn timeouts_are_504_and_refused_connections_502() {
 
 #[tokio::test]
 async fn a_429_tries_everything_that_can_serve_before_the_client_sees_one() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     // The model's other deployment.
     env.mock.set("a1", Fault::TooMany(Some(1)));
     let r = env.chat(GPT4, json!({})).await;
@@ -186,7 +183,7 @@ async fn a_429_tries_everything_that_can_serve_before_the_client_sees_one() {
 
 #[tokio::test]
 async fn a_cooling_deployment_lets_a_probe_through() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     env.mock.set("c", Fault::TooManyTwice);
     // The client gets the backend's Retry-After; one 429 does not cool, the second does.
     for _ in 0..2 {
@@ -207,7 +204,7 @@ async fn a_cooling_deployment_lets_a_probe_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_percent_of_429s_do_not_reach_the_clients() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     for d in ["a1", "a2", "b", "b-spill", "c", "m"] {
         env.mock.set(d, Fault::TooManyEvery(50));
     }
@@ -250,7 +247,7 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<St
 
 #[tokio::test]
 async fn idle_half_header_and_half_body_clients_are_closed() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     let chat =
         "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n";
     for (name, sent) in [
@@ -285,7 +282,7 @@ async fn idle_half_header_and_half_body_clients_are_closed() {
 #[tokio::test]
 async fn at_the_connection_cap_health_still_answers() {
     // Long header timeout: the idle connections stay for the whole test.
-    let env = Env::start("max_connections = 8\nheader_timeout_ms = 20000").await;
+    let env = Env::start(|c| c.server(|s| { s.max_connections = Some(8); s.header_timeout_ms = Some(20_000); })).await;
     let mut idle = Vec::new();
     for _ in 0..200 {
         if let Ok(s) = TcpStream::connect(env.addr()).await {
@@ -327,7 +324,7 @@ async fn at_the_connection_cap_health_still_answers() {
 
 #[tokio::test]
 async fn log_fields_are_escaped() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     let forged = "%0D%0Aaccess%20ts=1%20status=200%20path=%22forged%22%0A";
     let http = reqwest::Client::new();
     let r = http
@@ -378,8 +375,9 @@ async fn log_fields_are_escaped() {
 
 #[tokio::test]
 async fn unauthorised_requests_are_logged_and_counted() {
-    let env = Env::start_with("api_keys_env = \"KEYS\"", |name| {
-        (name == "KEYS").then(|| "key-1".to_string())
+    let env = Env::start(|c| {
+        c.api_keys_env("KEYS")
+            .env(|name| (name == "KEYS").then(|| "key-1".to_string()))
     })
     .await;
     let r = send(
@@ -408,11 +406,10 @@ async fn unauthorised_requests_are_logged_and_counted() {
 async fn address_in_use_names_the_address() {
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = taken.local_addr().unwrap();
-    let text = config_text(dead_port().await, dead_port().await, "", "")
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""));
-    let config =
-        router_server::ServerConfig::from_toml_str(&text, "f.toml", Path::new("."), |_| None)
-            .unwrap();
+    let config = config(dead_port().await, dead_port().await, "m")
+        .listen(addr)
+        .build()
+        .unwrap();
     let error = router_server::start(config)
         .await
         .err()
@@ -422,7 +419,7 @@ async fn address_in_use_names_the_address() {
 
 #[tokio::test]
 async fn request_ids_are_kept_or_made_sent_upstream_returned_and_logged() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     let body = json!({"model": MIXTRAL, "messages": [{"role": "user", "content": "Hi"}]});
     let post = || {
         env.server

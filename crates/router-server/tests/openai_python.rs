@@ -14,6 +14,8 @@ use axum::body::{Body, Bytes};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use common::{bundle, Backend, Server};
+use router_policy::ModelSpec;
+use router_server::{DeploymentSection, ServerConfig, ServerConfigBuilder, StoreSection};
 use serde_json::{json, Value};
 
 mod common;
@@ -90,12 +92,22 @@ async fn mock_backend() -> Backend {
     Backend::serve(axum::Router::new().route("/v1/chat/completions", post(answer))).await
 }
 
-/// The server for `text`, with relative paths against `dir` and the scripts' proxy key.
-async fn start_server(text: &str, dir: &Path) -> Server {
-    Server::start(text, "py.toml", dir, |v| {
-        (v == "KEYS").then(|| "proxy-key".into())
-    })
-    .await
+/// The config of the scripts: the proxy key, relative paths against `dir`, and each model with
+/// one deployment (`d0`, `d1`, ...) on the mock backend `mock`.
+fn config(mock: std::net::SocketAddr, dir: &Path, models: &[(&str, f64, &str)]) -> ServerConfigBuilder {
+    let mut config = ServerConfig::builder(bundle())
+        .named("py.toml")
+        .base_dir(dir)
+        .env(|v| (v == "KEYS").then(|| "proxy-key".into()))
+        .listen("127.0.0.1:0".parse().unwrap())
+        .api_keys_env("KEYS");
+    for (i, (name, price, upstream)) in models.iter().enumerate() {
+        let deployment = format!("d{i}");
+        config = config
+            .model(ModelSpec::new(*name, *price, *price, 32_000).deployments([deployment.as_str()]))
+            .deployment(DeploymentSection::openai(deployment, format!("http://{mock}/v1"), *upstream));
+    }
+    config
 }
 
 /// Runs `script` with the server's `/v1` URL as its argument (for at most 60 s), stops the
@@ -141,18 +153,8 @@ async fn official_openai_python_client() {
     let backend = mock_backend().await;
     let mock = backend.addr;
     let models = ["gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat"];
-    let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\napi_keys_env = \"KEYS\"\n[router]\nbundle = \"{}\"\n",
-        bundle().display()
-    );
-    for (i, m) in models.iter().enumerate() {
-        text.push_str(&format!(
-            "[[models]]\nname = \"{m}\"\ninput_price = {p}\noutput_price = {p}\ncontext_window = 32000\ndeployments = [\"d{i}\"]\n\
-             [[deployments]]\nname = \"d{i}\"\nkind = \"openai\"\nbase_url = \"http://{mock}/v1\"\nmodel = \"{m}\"\n",
-            p = 10.0 / (i as f64 + 1.0)
-        ));
-    }
-    let server = start_server(&text, Path::new(".")).await;
+    let priced = [(models[0], 10.0, models[0]), (models[1], 5.0, models[1])];
+    let server = Server::start(config(mock, Path::new("."), &priced)).await;
     let result = run_script(python, SCRIPT, server).await;
     assert!(
         models.contains(&result["model"].as_str().unwrap()),
@@ -199,14 +201,9 @@ async fn official_openai_python_client_stored_completions() {
     let backend = mock_backend().await;
     let mock = backend.addr;
     let dir = tempfile::TempDir::new().unwrap();
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\napi_keys_env = \"KEYS\"\n[router]\nbundle = \"{}\"\n\
-         [[models]]\nname = \"gpt-4-1106-preview\"\ninput_price = 1.0\noutput_price = 1.0\ncontext_window = 32000\ndeployments = [\"d\"]\n\
-         [[deployments]]\nname = \"d\"\nkind = \"openai\"\nbase_url = \"http://{mock}/v1\"\nmodel = \"up\"\n\
-         [store]\npath = \"stored.db\"\n",
-        bundle().display()
-    );
-    let server = start_server(&text, dir.path()).await;
+    let config = config(mock, dir.path(), &[("gpt-4-1106-preview", 1.0, "up")])
+        .store(StoreSection::sqlite("stored.db"));
+    let server = Server::start(config).await;
     let r = run_script(python, STORED_SCRIPT, server).await;
     let ids: Vec<String> = serde_json::from_value(r["ids"].clone()).unwrap();
     assert_eq!(ids[0], "x", "the first answer keeps the backend's id");

@@ -10,6 +10,8 @@ use std::path::Path;
 use axum::routing::post;
 use axum::Json;
 use common::{header, json_of, send, Backend, Server};
+use router_policy::{Mode, ModelSpec};
+use router_server::{DeploymentSection, ServerConfig, ServerConfigBuilder};
 use serde_json::{json, Value};
 
 mod common;
@@ -25,53 +27,23 @@ async fn answer(Json(body): Json<Value>) -> Json<Value> {
     }))
 }
 
-fn config(backend: std::net::SocketAddr) -> String {
+fn config(backend: std::net::SocketAddr) -> ServerConfigBuilder {
     let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/zeroeval");
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[router]
-bundle = "{bundle}"
-mode = "cost"
-
-[[models]]
-name = "{GPT4O}"
-input_price = 2.5
-output_price = 10.0
-context_window = 128000
-expected_output_tokens = 217
-deployments = ["gpt4o"]
-
-[[models]]
-name = "{MINI}"
-input_price = 0.15
-output_price = 0.6
-context_window = 128000
-expected_output_tokens = 217
-deployments = ["mini"]
-
-[[deployments]]
-name = "gpt4o"
-kind = "openai"
-base_url = "http://{backend}/v1"
-model = "{GPT4O}"
-
-[[deployments]]
-name = "mini"
-kind = "openai"
-base_url = "http://{backend}/v1"
-model = "{MINI}"
-"#,
-        bundle = bundle.display()
-    )
+    let url = format!("http://{backend}/v1");
+    ServerConfig::builder(bundle)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .mode(Mode::Cost)
+        .env(|_| None)
+        .model(ModelSpec::new(GPT4O, 2.5, 10.0, 128_000).expected_output_tokens(217).deployments(["gpt4o"]))
+        .model(ModelSpec::new(MINI, 0.15, 0.6, 128_000).expected_output_tokens(217).deployments(["mini"]))
+        .deployment(DeploymentSection::openai("gpt4o", &url, GPT4O))
+        .deployment(DeploymentSection::openai("mini", &url, MINI))
 }
 
 #[tokio::test]
 async fn the_explained_decision_charges_predicted_output_lengths() {
     let backend = Backend::serve(axum::Router::new().route("/v1/chat/completions", post(answer))).await;
-    let server = Server::start(&config(backend.addr), "serve.toml", Path::new("."), |_| None).await;
+    let server = Server::start(config(backend.addr)).await;
     let body = json!({"model": "model-router", "messages": [{"role": "user", "content": "What is the capital of France?"}]});
     let response = send(server.request(reqwest::Method::POST, "/v1/chat/completions").header("x-router-explain", "true").json(&body)).await;
     assert_eq!(response.status(), 200);

@@ -14,6 +14,8 @@ use std::time::Duration;
 use axum::extract::Json;
 use axum::routing::post;
 use common::{bundle, json_of, send, Backend, Server};
+use router_policy::ModelSpec;
+use router_server::{DeploymentSection, ServerConfig, ServerConfigBuilder};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -66,44 +68,16 @@ async fn answer(Json(request): Json<Value>) -> Json<Value> {
     }))
 }
 
-fn config_text(bundle: &Path, backend: std::net::SocketAddr, admin: bool) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-access_log = false
-{admin}
-
-[router]
-bundle = "{bundle}"
-
-[[models]]
-name = "gpt-4-1106-preview"
-input_price = 10.0
-output_price = 30.0
-context_window = 128000
-deployments = ["d"]
-
-[[models]]
-name = "gpt-3.5-turbo-1106"
-input_price = 1.0
-output_price = 2.0
-context_window = 16385
-deployments = ["d"]
-
-[[deployments]]
-name = "d"
-kind = "openai"
-base_url = "http://{backend}/v1"
-model = "up"
-"#,
-        admin = if admin {
-            "admin_key_env = \"ADMIN_KEY\""
-        } else {
-            ""
-        },
-        bundle = bundle.display(),
-    )
+/// Two models on one deployment `d` at `backend`, without an access log.
+fn config(bundle: &Path, backend: std::net::SocketAddr) -> ServerConfigBuilder {
+    ServerConfig::builder(bundle)
+        .named("reload-test.toml")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .access_log(false)
+        .env(|var| (var == "ADMIN_KEY").then(|| ADMIN_KEY.to_string()))
+        .model(ModelSpec::new("gpt-4-1106-preview", 10.0, 30.0, 128_000).deployments(["d"]))
+        .model(ModelSpec::new("gpt-3.5-turbo-1106", 1.0, 2.0, 16_385).deployments(["d"]))
+        .deployment(DeploymentSection::openai("d", format!("http://{backend}/v1"), "up"))
 }
 
 struct Env {
@@ -119,11 +93,8 @@ impl Env {
             Backend::serve(axum::Router::new().route("/v1/chat/completions", post(answer))).await;
         let dir = TempDir::new().unwrap();
         let bundle = copy_bundle(dir.path());
-        let text = config_text(&bundle, backend.addr, admin);
-        let server = Server::start(&text, "reload-test.toml", dir.path(), |var| {
-            (var == "ADMIN_KEY").then(|| ADMIN_KEY.to_string())
-        })
-        .await;
+        let config = config(&bundle, backend.addr);
+        let server = Server::start(if admin { config.admin_key_env("ADMIN_KEY") } else { config }).await;
         Env {
             server,
             bundle,
@@ -253,10 +224,7 @@ async fn a_bundle_with_nan_weights_does_not_start() {
     let dir = TempDir::new().unwrap();
     let bundle = copy_bundle(dir.path());
     poison_head(&bundle);
-    let text = config_text(&bundle, "127.0.0.1:9".parse().unwrap(), false);
-    let config =
-        router_server::ServerConfig::from_toml_str(&text, "nan.toml", dir.path(), |_| None)
-            .unwrap();
+    let config = config(&bundle, "127.0.0.1:9".parse().unwrap()).build().unwrap();
     let error = match router_server::start(config).await {
         Ok(_) => panic!("a NaN head started"),
         Err(e) => e.to_string(),
@@ -332,25 +300,24 @@ async fn reload_reads_the_config_file_again() {
     std::fs::rename(copy_bundle(&dir.path().join("tmp")), &second).unwrap();
     set_version(&second, "2099-02-02");
     let file = dir.path().join("model-router.toml");
-    let text = config_text(&first, backend.addr, false);
-    std::fs::write(&file, &text).unwrap();
+    let written = config(&first, backend.addr);
+    std::fs::write(&file, written.to_toml().unwrap()).unwrap();
     let config = router_server::ServerConfig::load(&file).unwrap();
     let running = router_server::start(config).await.unwrap();
     let state = running.state().clone();
 
     // `router.bundle` now names another directory.
-    let moved = text.replace(&first.display().to_string(), &second.display().to_string());
-    std::fs::write(&file, &moved).unwrap();
+    let moved = written.router(|r| r.bundle = second.clone());
+    std::fs::write(&file, moved.to_toml().unwrap()).unwrap();
     let reloaded = state.reload().await.unwrap();
     assert_eq!(reloaded.new, "routerbench@2099-02-02");
     assert_eq!(state.routing().version(), "2099-02-02");
 
     // A catalog that needs a deployment the running server does not have is refused.
-    let extra = moved.replace(
-        "[[deployments]]",
-        "[[models]]\nname = \"claude-v2\"\ninput_price = 8.0\noutput_price = 24.0\ncontext_window = 100000\ndeployments = [\"new\"]\n\n[[deployments]]\nname = \"new\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"c\"\n\n[[deployments]]",
-    );
-    std::fs::write(&file, extra).unwrap();
+    let extra = moved
+        .model(ModelSpec::new("claude-v2", 8.0, 24.0, 100_000).deployments(["new"]))
+        .deployment(DeploymentSection::openai("new", "http://127.0.0.1:9/v1", "c"));
+    std::fs::write(&file, extra.to_toml().unwrap()).unwrap();
     let error = state.reload().await.unwrap_err().to_string();
     assert!(
         error.contains("models.claude-v2.deployments") && error.contains("running server"),

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +19,8 @@ use axum::routing::post;
 use common::{
     assert_has_metric, bundle, collect_stream, header, json_of, send, text_of, Backend, Server,
 };
-use router_server::ServerConfig;
+use router_policy::{Capabilities, Capability, Mode, ModelSpec};
+use router_server::{DeploymentSection, ServerConfig, ServerConfigBuilder};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -230,107 +230,41 @@ async fn mock(
     .into_response()
 }
 
-fn config_text(mock: SocketAddr, server_extra: &str) -> String {
+/// Four models and six deployments on the mock backend `mock`: gpt4-ptu spills over to
+/// gpt4-paygo, gpt35 is an Azure deployment, claude has a key, alt serves no model.
+fn config(mock: SocketAddr) -> ServerConfigBuilder {
     let base = |dep: &str| format!("http://{mock}/d/{dep}/v1");
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-{server_extra}
-
-[router]
-bundle = "{bundle}"
-mode = "balanced"
-
-[dispatch]
-timeout_ms = 1500
-connect_timeout_ms = 1000
-max_retries = 2
-backoff_ms = 10
-max_backoff_ms = 50
-
-[[models]]
-name = "{GPT4}"
-input_price = 10.0
-output_price = 30.0
-context_window = 128000
-expected_output_tokens = 64
-tools = true
-deployments = ["gpt4-ptu", "gpt4-paygo"]
-
-[[models]]
-name = "{GPT35}"
-input_price = 1.0
-output_price = 2.0
-context_window = 16385
-expected_output_tokens = 64
-tools = true
-deployments = ["gpt35"]
-
-[[models]]
-name = "{CLAUDE}"
-input_price = 0.8
-output_price = 2.4
-context_window = 100000
-expected_output_tokens = 64
-deployments = ["claude"]
-
-[[models]]
-name = "{MIXTRAL}"
-input_price = 0.6
-output_price = 0.6
-context_window = 32768
-expected_output_tokens = 64
-deployments = ["mixtral"]
-
-[[deployments]]
-name = "gpt4-ptu"
-kind = "openai"
-base_url = "{gpt4ptu}"
-model = "gpt-4-upstream"
-provisioned = true
-spillover = "gpt4-paygo"
-
-[[deployments]]
-name = "gpt4-paygo"
-kind = "openai"
-base_url = "{gpt4paygo}"
-model = "gpt-4-upstream"
-
-[[deployments]]
-name = "gpt35"
-kind = "azure"
-base_url = "http://{mock}/d/gpt35"
-model = "gpt35-azure-deployment"
-api_version = "2024-10-21"
-api_key_env = "AZ_KEY"
-
-[[deployments]]
-name = "claude"
-kind = "openai"
-base_url = "{claude}"
-model = "{CLAUDE}"
-api_key_env = "OAI_KEY"
-
-[[deployments]]
-name = "mixtral"
-kind = "openai"
-base_url = "{mixtral}"
-model = "{MIXTRAL}"
-
-[[deployments]]
-name = "alt"
-kind = "openai"
-base_url = "{alt}"
-model = "alt-upstream"
-"#,
-        bundle = bundle().display(),
-        gpt4ptu = base("gpt4-ptu"),
-        gpt4paygo = base("gpt4-paygo"),
-        claude = base("claude"),
-        mixtral = base("mixtral"),
-        alt = base("alt"),
-    )
+    let model = |name: &str, input: f64, output: f64, window: u64, deployments: &[&str]| {
+        ModelSpec::new(name, input, output, window)
+            .expected_output_tokens(64)
+            .deployments(deployments.iter().copied())
+    };
+    let tools = Capabilities::default().with(Capability::Tools);
+    ServerConfig::builder(bundle())
+        .named("test.toml")
+        .env(env)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .mode(Mode::Balanced)
+        .dispatch(|d| {
+            d.timeout_ms = Some(1500);
+            d.connect_timeout_ms = Some(1000);
+            d.max_retries = Some(2);
+            d.backoff_ms = Some(10);
+            d.max_backoff_ms = Some(50);
+        })
+        .model(model(GPT4, 10.0, 30.0, 128_000, &["gpt4-ptu", "gpt4-paygo"]).capabilities(tools))
+        .model(model(GPT35, 1.0, 2.0, 16_385, &["gpt35"]).capabilities(tools))
+        .model(model(CLAUDE, 0.8, 2.4, 100_000, &["claude"]))
+        .model(model(MIXTRAL, 0.6, 0.6, 32_768, &["mixtral"]))
+        .deployment(DeploymentSection::openai("gpt4-ptu", base("gpt4-ptu"), "gpt-4-upstream").provisioned("gpt4-paygo"))
+        .deployment(DeploymentSection::openai("gpt4-paygo", base("gpt4-paygo"), "gpt-4-upstream"))
+        .deployment(
+            DeploymentSection::azure("gpt35", format!("http://{mock}/d/gpt35"), "gpt35-azure-deployment", "2024-10-21")
+                .api_key_env("AZ_KEY"),
+        )
+        .deployment(DeploymentSection::openai("claude", base("claude"), CLAUDE).api_key_env("OAI_KEY"))
+        .deployment(DeploymentSection::openai("mixtral", base("mixtral"), MIXTRAL))
+        .deployment(DeploymentSection::openai("alt", base("alt"), "alt-upstream"))
 }
 
 fn env(name: &str) -> Option<String> {
@@ -348,10 +282,10 @@ struct Env {
 }
 
 impl Env {
-    async fn start(server_extra: &str) -> Env {
+    /// Starts the mock and the server with `config` edited by `edit`.
+    async fn start(edit: impl FnOnce(ServerConfigBuilder) -> ServerConfigBuilder) -> Env {
         let mock = Mock::start().await;
-        let text = config_text(mock.backend.addr, server_extra);
-        let server = Server::start(&text, "test.toml", Path::new("."), env).await;
+        let server = Server::start(edit(config(mock.backend.addr))).await;
         Env { mock, server }
     }
 
@@ -381,13 +315,8 @@ impl Env {
 }
 
 /// A config whose deployments point at a port nothing answers on: for tests that never send.
-fn config_text_without_mock() -> String {
-    config_text("127.0.0.1:9".parse().unwrap(), "")
-}
-
-/// The config from `text` as the file serve.toml, or the error's message.
-fn parse_config(text: &str) -> Result<ServerConfig, String> {
-    ServerConfig::from_toml_str(text, "serve.toml", Path::new("."), env).map_err(|e| e.to_string())
+fn config_without_mock() -> ServerConfigBuilder {
+    config("127.0.0.1:9".parse().unwrap())
 }
 
 fn chat(model: &str, prompt: &str) -> Value {
@@ -442,7 +371,7 @@ fn deployment_of(model: &str) -> &'static str {
 
 #[tokio::test]
 async fn routes_and_explains() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     let prompt = "Write a Python function that reverses a linked list.";
     let r = env
         .completions(
@@ -489,7 +418,7 @@ async fn routes_and_explains() {
 
 #[tokio::test]
 async fn routes_on_the_conversation_and_capabilities() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     // Tools: only gpt-4 and gpt-3.5 have the capability.
     let body = json!({"model": "model-router", "messages": [
         {"role": "system", "content": "You call tools."}, {"role": "user", "content": "What is the weather in Paris?"}],
@@ -509,7 +438,7 @@ async fn routes_on_the_conversation_and_capabilities() {
 
 #[tokio::test]
 async fn bypass_and_azure_paths() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     let r = env
         .completions(chat(MIXTRAL, "Hello"), &[("x-router-explain", "true")])
         .await;
@@ -583,7 +512,7 @@ async fn bypass_and_azure_paths() {
 
 #[tokio::test]
 async fn overrides_by_body_and_headers() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     let prompt = "Explain the proof that there are infinitely many primes.";
     let body = chat_with_router_field(prompt, json!({"subset": [CLAUDE], "mode": "quality"}));
     let r = env.completions(body, &[("x-router-explain", "true")]).await;
@@ -660,7 +589,7 @@ async fn stream_chat(env: &Env, model: &str, prompt: &str) -> (String, Option<St
 
 #[tokio::test]
 async fn streams_without_buffering() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     let (text, model) = stream_chat(&env, MIXTRAL, "Count to three.").await;
     assert_eq!(model.as_deref(), Some(MIXTRAL));
     // Every event names the model that answered, as a JSON response does.
@@ -686,7 +615,7 @@ async fn streams_without_buffering() {
 
 #[tokio::test]
 async fn spillover_by_config_and_cooldown() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     env.mock.set("gpt4-ptu", Behaviour::TooMany(30));
     let r = env.completions(chat(GPT4, "Hi"), &[]).await;
     assert_eq!(r.status(), 200);
@@ -736,7 +665,7 @@ async fn spillover_by_config_and_cooldown() {
 
 #[tokio::test]
 async fn spillover_by_header() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     env.mock.set("gpt4-ptu", Behaviour::TooMany(5));
     let r = env
         .completions(chat(GPT4, "Hi"), &[("x-ms-spillover-deployment", "alt")])
@@ -767,7 +696,7 @@ async fn spillover_by_header() {
 
 #[tokio::test]
 async fn reroutes_when_saturated() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     let prompt = "Summarise the plot of Hamlet in two sentences.";
     let body = chat_with_router_field(
         prompt,
@@ -821,7 +750,7 @@ async fn reroutes_when_saturated() {
 
 #[tokio::test]
 async fn retries_5xx_and_times_out_hanging_backends() {
-    let env = Env::start("").await;
+    let env = Env::start(|c| c).await;
     env.mock.set("mixtral", Behaviour::FailFirst(2));
     let r = env.completions(chat(MIXTRAL, "Hi"), &[]).await;
     assert_eq!(r.status(), 200);
@@ -855,7 +784,7 @@ async fn auth_with_proxy_keys() {
             .await
             .status()
     }
-    let env = Env::start("api_keys_env = \"PROXY_KEYS\"").await;
+    let env = Env::start(|c| c.api_keys_env("PROXY_KEYS")).await;
     expect_openai_error(env.completions(chat(MIXTRAL, "Hi"), &[]).await, 401).await;
     let wrong = status_with(&env, ("authorization", "Bearer wrong")).await;
     assert_eq!(wrong, 401);
@@ -877,7 +806,7 @@ async fn auth_with_proxy_keys() {
 
 #[tokio::test]
 async fn malformed_requests_are_openai_style_4xx() {
-    let env = Env::start("max_body_bytes = 4096").await;
+    let env = Env::start(|c| c.server(|s| s.max_body_bytes = Some(4096))).await;
     let raw = |body: &'static str| {
         env.server
             .request(reqwest::Method::POST, "/v1/chat/completions")
@@ -929,34 +858,32 @@ async fn malformed_requests_are_openai_style_4xx() {
 
 #[test]
 fn refuses_public_listen_without_keys_and_names_file_key_reason() {
-    let text = config_text_without_mock().replace("127.0.0.1:0", "0.0.0.0:0");
-    let e = parse_config(&text).unwrap_err();
+    let e = config_without_mock()
+        .listen("0.0.0.0:0".parse().unwrap())
+        .build()
+        .unwrap_err()
+        .to_string();
     assert!(
-        e.contains("serve.toml") && e.contains("server.api_keys_env") && e.contains("refusing"),
+        e.contains("test.toml") && e.contains("server.api_keys_env") && e.contains("refusing"),
         "{e}"
     );
-    let text = config_text_without_mock().replace("kind = \"azure\"", "kind = \"gcp\"");
-    let e = parse_config(&text).unwrap_err();
-    assert!(e.contains("serve.toml") && e.contains("gcp"), "{e}");
+    let e = config_without_mock()
+        .deployment(DeploymentSection::openai("bad", "not a url", "m"))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("test.toml") && e.contains("deployments[6].base_url"), "{e}");
 }
 
 #[tokio::test]
 async fn bad_bundle_fails_at_start() {
-    let text =
-        config_text_without_mock().replace(&bundle().display().to_string(), "/nonexistent/bundle");
-    // The catalog is in the config, so parsing succeeds; loading the bundle fails.
-    let e = match parse_config(&text) {
-        Ok(c) => router_server::start(c)
-            .await
-            .err()
-            .expect("start fails")
-            .to_string(),
-        Err(e) => e,
-    };
-    assert!(
-        e.contains("serve.toml") && e.contains("router.bundle"),
-        "{e}"
-    );
+    // The catalog is in the config, so it validates; loading the bundle fails.
+    let config = config_without_mock()
+        .router(|r| r.bundle = "/nonexistent/bundle".into())
+        .build()
+        .unwrap();
+    let e = router_server::start(config).await.err().expect("start fails").to_string();
+    assert!(e.contains("test.toml") && e.contains("router.bundle"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -966,7 +893,7 @@ async fn scorer_batches_concurrent_prompts_with_the_same_scores() {
         .map(|i| format!("Question {i}: what is {i} times {}?", i + 3))
         .collect();
     let alone: Vec<Vec<f32>> = prompts.iter().map(|p| router.score(p).unwrap()).collect();
-    let scorer = router_server::Scorer::spawn(router, 8, 4096, 64).unwrap();
+    let scorer = router_server::Scorer::spawn(router, 8, 4096, 64, Default::default()).unwrap();
     let handles: Vec<_> = prompts
         .iter()
         .map(|p| {

@@ -15,6 +15,8 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use common::{bundle, collect_stream, header, json_of, send, text_of, Backend, Server};
+use router_policy::ModelSpec;
+use router_server::{DeploymentSection, ServerConfig, ShadowSection, StoreSection};
 use router_store::{Completion, ListQuery, Store, StoreOptions, ROUTER_OWNER};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -113,47 +115,40 @@ struct Env {
 }
 
 impl Env {
-    /// A server whose `[shadow]` section is `shadow` (none when empty), routing to GPT-3.5
-    /// only (the `x-router-subset` of [`Env::chat`]), with models GPT-4, GPT-3.5 and Mixtral.
-    async fn start(mock: Arc<Mock>, shadow: &str) -> Env {
+    /// A server whose `[shadow]` section is `shadow`, routing to GPT-3.5 only (the
+    /// `x-router-subset` of [`Env::chat`]), with models GPT-4, GPT-3.5 and Mixtral.
+    async fn start(mock: Arc<Mock>, shadow: Option<ShadowSection>) -> Env {
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(backend))
             .with_state(mock.clone());
         let backend = Backend::serve(app).await;
-        let addr = backend.addr;
+        let url = format!("http://{}/v1", backend.addr);
         let dir = TempDir::new().unwrap();
-        let mut text = format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-access_log = false
-
-[router]
-bundle = "{bundle}"
-
-[dispatch]
-timeout_ms = 20000
-max_retries = 0
-
-[store]
-path = "completions.db"
-"#,
-            bundle = bundle().display(),
-        );
+        let mut config = ServerConfig::builder(bundle())
+            .named("shadow-test.toml")
+            .base_dir(dir.path())
+            .env(|_| None)
+            .listen("127.0.0.1:0".parse().unwrap())
+            .access_log(false)
+            .dispatch(|d| {
+                d.timeout_ms = Some(20_000);
+                d.max_retries = Some(0);
+            })
+            .store(StoreSection::sqlite("completions.db"));
         for (name, deployment, upstream, price) in [
             (GPT4, "d4", "up-4", 10.0),
             (GPT35, "d35", "up-35", 1.0),
             (MIXTRAL, "dmx", "up-mx", 0.5),
             (CANDIDATE, "dcx", "up-cx", 2.0),
         ] {
-            text.push_str(&format!(
-                "\n[[models]]\nname = \"{name}\"\ninput_price = {price}\noutput_price = {price}\ncontext_window = 16000\ndeployments = [\"{deployment}\"]\n\n[[deployments]]\nname = \"{deployment}\"\nkind = \"openai\"\nbase_url = \"http://{addr}/v1\"\nmodel = \"{upstream}\"\n"
-            ));
+            config = config
+                .model(ModelSpec::new(name, price, price, 16_000).deployments([deployment]))
+                .deployment(DeploymentSection::openai(deployment, &url, upstream));
         }
-        if !shadow.is_empty() {
-            text.push_str(&format!("\n[shadow]\n{shadow}\n"));
+        if let Some(shadow) = shadow {
+            config = config.shadow(shadow);
         }
-        let server = Server::start(&text, "shadow-test.toml", dir.path(), |_| None).await;
+        let server = Server::start(config).await;
         Env {
             mock,
             _backend: backend,
@@ -210,6 +205,16 @@ path = "completions.db"
     }
 }
 
+/// `[shadow]` of every routed request to `models`, within `max_cost_per_day` USD.
+fn shadow_all(models: &[&str], max_cost_per_day: f64) -> Option<ShadowSection> {
+    Some(ShadowSection {
+        rate: 1.0,
+        models: models.iter().map(|m| m.to_string()).collect(),
+        max_cost_per_day,
+        ..ShadowSection::default()
+    })
+}
+
 fn answer_text(record: &Completion) -> String {
     record.response["choices"][0]["message"]["content"]
         .as_str()
@@ -235,12 +240,10 @@ fn client_view(mut body: Value) -> Value {
 async fn every_routed_request_is_shadowed_stored_and_linked_and_the_client_answer_is_unchanged() {
     let env = Env::start(
         Mock::new(None),
-        &format!(
-            "rate = 1.0\nmodels = [\"{GPT4}\", \"{GPT35}\", \"{MIXTRAL}\"]\nmax_cost_per_day = 5.0"
-        ),
+        shadow_all(&[GPT4, GPT35, MIXTRAL], 5.0),
     )
     .await;
-    let plain = Env::start(Mock::new(None), "").await;
+    let plain = Env::start(Mock::new(None), None).await;
     let question =
         json!({"messages": [{"role": "user", "content": "What is 2+2?"}], "stream": false});
 
@@ -361,7 +364,7 @@ async fn every_routed_request_is_shadowed_stored_and_linked_and_the_client_answe
 async fn a_hanging_shadow_backend_does_not_hold_up_the_client() {
     let env = Env::start(
         Mock::new(Some("up-4")),
-        &format!("rate = 1.0\nmodels = [\"{GPT4}\"]\nmax_cost_per_day = 5.0\nworkers = 2"),
+        shadow_all(&[GPT4], 5.0).map(|s| ShadowSection { workers: Some(2), ..s }),
     )
     .await;
     let question = json!({"messages": [{"role": "user", "content": "What is 2+2?"}]});
@@ -392,9 +395,7 @@ async fn a_hanging_shadow_backend_does_not_hold_up_the_client() {
 async fn a_full_queue_drops_shadows_and_counts_them() {
     let env = Env::start(
         Mock::new(Some("up-4")),
-        &format!(
-            "rate = 1.0\nmodels = [\"{GPT4}\"]\nmax_cost_per_day = 5.0\nqueue = 1\nworkers = 1"
-        ),
+        shadow_all(&[GPT4], 5.0).map(|s| ShadowSection { queue: Some(1), workers: Some(1), ..s }),
     )
     .await;
     let question = json!({"messages": [{"role": "user", "content": "What is 2+2?"}]});
@@ -421,7 +422,7 @@ async fn shadows_stop_at_the_daily_budget() {
     // budget of $0.00005 (nothing spent yet), and spends it; the rest of the day is dropped.
     let env = Env::start(
         Mock::new(None),
-        &format!("rate = 1.0\nmodels = [\"{GPT4}\"]\nmax_cost_per_day = 0.00005\nworkers = 1"),
+        shadow_all(&[GPT4], 0.00005).map(|s| ShadowSection { workers: Some(1), ..s }),
     )
     .await;
     let question = json!({"messages": [{"role": "user", "content": "What is 2+2?"}]});
@@ -449,7 +450,7 @@ async fn shadows_stop_at_the_daily_budget() {
 async fn a_stream_is_shadowed_after_it_ended_and_reaches_the_client_unchanged() {
     let env = Env::start(
         Mock::new(None),
-        &format!("rate = 1.0\nmodels = [\"{GPT4}\"]\nmax_cost_per_day = 5.0"),
+        shadow_all(&[GPT4], 5.0),
     )
     .await;
     let r = env
@@ -485,7 +486,7 @@ async fn a_stream_is_shadowed_after_it_ended_and_reaches_the_client_unchanged() 
 async fn a_model_the_bundle_does_not_predict_is_shadowed_and_served_by_name_but_never_routed_to() {
     let env = Env::start(
         Mock::new(None),
-        &format!("rate = 1.0\nmodels = [\"{CANDIDATE}\"]\nmax_cost_per_day = 5.0"),
+        shadow_all(&[CANDIDATE], 5.0),
     )
     .await;
     // Routed among every deployed model: the candidate is not one of them.

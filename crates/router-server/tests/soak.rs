@@ -76,7 +76,7 @@ async fn settle_fds(level: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_and_file_descriptors_come_back_after_thousands_of_faulty_requests() {
-    let env = Env::start("access_log = false").await;
+    let env = Env::start(|c| c.access_log(false)).await;
     for d in ["a1", "a2", "b", "b-spill", "c", "m"] {
         env.mock.set(d, Fault::Mixed);
     }

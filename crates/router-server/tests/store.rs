@@ -17,6 +17,8 @@ use axum::routing::post;
 use common::{
     assert_has_metric, bundle, collect_stream, header, json_of, send, text_of, Backend, Server,
 };
+use router_policy::ModelSpec;
+use router_server::{DeploymentSection, ServerConfig, StoreSection};
 use router_store::{ExportFilter, Store, StoreOptions};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -112,8 +114,9 @@ struct Env {
 }
 
 impl Env {
-    /// A server with proxy keys A and B; `store` is the `[store]` body (`None`: no store).
-    async fn start(store: Option<&str>) -> Env {
+    /// A server with proxy keys A and B; `store` is the `[store]` section, its path set to
+    /// `completions.db` in the test's directory (`None`: no store).
+    async fn start(store: Option<StoreSection>) -> Env {
         let mock = Arc::new(Mock::default());
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(backend))
@@ -122,60 +125,29 @@ impl Env {
         let addr = backend.addr;
         let dir = TempDir::new().unwrap();
         let db = dir.path().join("completions.db");
-        let store_section = match store {
-            Some(extra) => format!("[store]\npath = \"completions.db\"\n{extra}\n"),
-            None => String::new(),
-        };
-        let text = format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-api_keys_env = "PROXY_KEYS"
-
-[router]
-bundle = "{bundle}"
-
-[dispatch]
-timeout_ms = 5000
-max_retries = 0
-
-[[models]]
-name = "{GPT4}"
-input_price = 10.0
-output_price = 30.0
-context_window = 128000
-expected_output_tokens = 64
-deployments = ["d4"]
-
-[[models]]
-name = "{GPT35}"
-input_price = 1.0
-output_price = 2.0
-context_window = 16385
-expected_output_tokens = 64
-deployments = ["d35"]
-
-[[deployments]]
-name = "d4"
-kind = "openai"
-base_url = "http://{addr}/v1"
-model = "up-4"
-
-[[deployments]]
-name = "d35"
-kind = "openai"
-base_url = "http://{addr}/v1"
-model = "up-35"
-
-{store_section}
-"#,
-            bundle = bundle().display(),
-        );
+        let url = format!("http://{addr}/v1");
+        let mut config = ServerConfig::builder(bundle())
+            .named("store-test.toml")
+            .base_dir(dir.path())
+            .env(|v| (v == "PROXY_KEYS").then(|| format!("{KEY_A},{KEY_B}")))
+            .listen("127.0.0.1:0".parse().unwrap())
+            .api_keys_env("PROXY_KEYS")
+            .dispatch(|d| {
+                d.timeout_ms = Some(5000);
+                d.max_retries = Some(0);
+            })
+            .model(ModelSpec::new(GPT4, 10.0, 30.0, 128_000).expected_output_tokens(64).deployments(["d4"]))
+            .model(ModelSpec::new(GPT35, 1.0, 2.0, 16_385).expected_output_tokens(64).deployments(["d35"]))
+            .deployment(DeploymentSection::openai("d4", &url, "up-4"))
+            .deployment(DeploymentSection::openai("d35", &url, "up-35"));
         // Relative store paths resolve against the config's directory.
-        let server = Server::start(&text, "store-test.toml", dir.path(), |v| {
-            (v == "PROXY_KEYS").then(|| format!("{KEY_A},{KEY_B}"))
-        })
-        .await;
+        if let Some(store) = store {
+            config = config.store(StoreSection {
+                path: Some("completions.db".into()),
+                ..store
+            });
+        }
+        let server = Server::start(config).await;
         Env {
             mock,
             _backend: backend,
@@ -291,7 +263,7 @@ fn ids(list: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_list_get_messages_update_delete_export() {
-    let env = Env::start(Some("max_bytes = 10000000")).await;
+    let env = Env::start(Some(StoreSection { max_bytes: Some(10_000_000), ..StoreSection::default() })).await;
 
     // 1. A bypassed JSON request, stored with metadata.
     let r = env
@@ -541,7 +513,7 @@ async fn store_list_get_messages_update_delete_export() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_are_visible_only_to_the_key_that_stored_them() {
-    let env = Env::start(Some("")).await;
+    let env = Env::start(Some(StoreSection::default())).await;
     let r = env
         .chat(KEY_A, json!({"model": GPT35, "store": true, "messages": [{"role": "user", "content": "mine"}]}))
         .await;
@@ -579,7 +551,7 @@ async fn records_are_visible_only_to_the_key_that_stored_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_refuses_but_the_request_succeeds() {
-    let env = Env::start(Some("max_bytes = 3000\non_full = \"refuse\"")).await;
+    let env = Env::start(Some(StoreSection { max_bytes: Some(3000), on_full: Some("refuse".into()), ..StoreSection::default() })).await;
     let mut stored = Vec::new();
     let mut refused = None;
     for i in 0..10 {
@@ -625,7 +597,7 @@ async fn a_full_store_refuses_but_the_request_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evicting_store_keeps_the_newest() {
-    let env = Env::start(Some("max_bytes = 3000\non_full = \"evict_oldest\"")).await;
+    let env = Env::start(Some(StoreSection { max_bytes: Some(3000), on_full: Some("evict_oldest".into()), ..StoreSection::default() })).await;
     let mut all = Vec::new();
     for i in 0..8 {
         let r = env

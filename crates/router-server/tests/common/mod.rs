@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use router_server::{RunningServer, ServerConfig};
+use router_server::{RunningServer, ServerConfigBuilder};
 use serde_json::Value;
 
 /// The router bundle shipped with the repository.
@@ -50,15 +50,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Parses `text` as the config file `file` in `dir` (with `env` for environment variables)
-    /// and starts the server.
-    pub async fn start(
-        text: &str,
-        file: &str,
-        dir: &Path,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Server {
-        let config = ServerConfig::from_toml_str(text, file, dir, env).expect("valid config");
+    /// Builds the config (validated as a file would be) and starts the server.
+    pub async fn start(config: ServerConfigBuilder) -> Server {
+        let config = config.build().expect("valid config");
         let running = router_server::start(config).await.expect("server starts");
         let base = format!("http://{}", running.local_addr());
         let http = reqwest::Client::builder()

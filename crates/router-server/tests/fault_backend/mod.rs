@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +15,8 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use router_policy::ModelSpec;
+use router_server::{DeploymentSection, ServerConfig, ServerConfigBuilder, StoreSection};
 use serde_json::{json, Value};
 
 use crate::common::{header, json_of, send, text_of, Backend, Server};
@@ -209,109 +210,35 @@ async fn answer(fault: Fault, body: &Value) -> Response {
 }
 
 /// The deployments: `a1` and `a2` serve GPT4, `b` GPT35 (provisioned, spilling to `b-spill`),
-/// `c` CLAUDE, `m` MIXTRAL, `dead` is a port nobody listens on.
-pub fn config_text(mock: SocketAddr, dead: SocketAddr, extra_server: &str, store: &str) -> String {
+/// `c` CLAUDE, `m` MIXTRAL, `dead` is a port nobody listens on; `mixtral` names MIXTRAL's
+/// deployment (`m`, or `dead` for a model nobody answers for).
+pub fn config(mock: SocketAddr, dead: SocketAddr, mixtral: &str) -> ServerConfigBuilder {
     let url = |d: &str| format!("http://{mock}/d/{d}/v1");
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-{extra_server}
-
-[router]
-bundle = "{bundle}"
-
-[dispatch]
-timeout_ms = 400
-read_timeout_ms = 300
-connect_timeout_ms = 300
-max_retries = 1
-backoff_ms = 5
-max_backoff_ms = 10
-probe_interval_ms = 200
-
-{store}
-
-[[models]]
-name = "{GPT4}"
-input_price = 10.0
-output_price = 30.0
-context_window = 128000
-deployments = ["a1", "a2"]
-
-[[models]]
-name = "{GPT35}"
-input_price = 1.0
-output_price = 2.0
-context_window = 16385
-deployments = ["b"]
-
-[[models]]
-name = "{CLAUDE}"
-input_price = 0.8
-output_price = 2.4
-context_window = 100000
-deployments = ["c"]
-
-[[models]]
-name = "{MIXTRAL}"
-input_price = 0.6
-output_price = 0.6
-context_window = 32768
-deployments = ["m"]
-
-[[deployments]]
-name = "a1"
-kind = "openai"
-base_url = "{a1}"
-model = "up-a1"
-
-[[deployments]]
-name = "a2"
-kind = "openai"
-base_url = "{a2}"
-model = "up-a2"
-
-[[deployments]]
-name = "b"
-kind = "openai"
-base_url = "{b}"
-model = "up-b"
-provisioned = true
-spillover = "b-spill"
-
-[[deployments]]
-name = "b-spill"
-kind = "openai"
-base_url = "{bspill}"
-model = "up-b"
-
-[[deployments]]
-name = "c"
-kind = "openai"
-base_url = "{c}"
-model = "up-c"
-
-[[deployments]]
-name = "m"
-kind = "openai"
-base_url = "{m}"
-model = "up-m"
-
-[[deployments]]
-name = "dead"
-kind = "openai"
-base_url = "http://{dead}/v1"
-model = "up-dead"
-"#,
-        bundle = crate::common::bundle().display(),
-        a1 = url("a1"),
-        a2 = url("a2"),
-        b = url("b"),
-        bspill = url("b-spill"),
-        c = url("c"),
-        m = url("m"),
-    )
+    let openai = |name: &str| DeploymentSection::openai(name, url(name), format!("up-{name}"));
+    ServerConfig::builder(crate::common::bundle())
+        .named("faults.toml")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .env(|_| None)
+        .dispatch(|d| {
+            d.timeout_ms = Some(400);
+            d.read_timeout_ms = Some(300);
+            d.connect_timeout_ms = Some(300);
+            d.max_retries = Some(1);
+            d.backoff_ms = Some(5);
+            d.max_backoff_ms = Some(10);
+            d.probe_interval_ms = Some(200);
+        })
+        .model(ModelSpec::new(GPT4, 10.0, 30.0, 128_000).deployments(["a1", "a2"]))
+        .model(ModelSpec::new(GPT35, 1.0, 2.0, 16_385).deployments(["b"]))
+        .model(ModelSpec::new(CLAUDE, 0.8, 2.4, 100_000).deployments(["c"]))
+        .model(ModelSpec::new(MIXTRAL, 0.6, 0.6, 32_768).deployments([mixtral]))
+        .deployment(openai("a1"))
+        .deployment(openai("a2"))
+        .deployment(openai("b").provisioned("b-spill"))
+        .deployment(DeploymentSection::openai("b-spill", url("b-spill"), "up-b"))
+        .deployment(openai("c"))
+        .deployment(openai("m"))
+        .deployment(DeploymentSection::openai("dead", format!("http://{dead}/v1"), "up-dead"))
 }
 
 pub struct Env {
@@ -328,30 +255,23 @@ pub async fn dead_port() -> SocketAddr {
 }
 
 impl Env {
-    pub async fn start(extra_server: &str) -> Env {
-        Env::start_with(extra_server, |_| None).await
-    }
-
-    pub async fn start_with(extra_server: &str, env: impl Fn(&str) -> Option<String>) -> Env {
+    /// The mock, and the router in front of it with a store, an access log file and short
+    /// client timeouts, then `edit`.
+    pub async fn start(edit: impl FnOnce(ServerConfigBuilder) -> ServerConfigBuilder) -> Env {
         let mock = Arc::new(Mock::default());
         let app = axum::Router::new()
             .route("/d/{dep}/v1/chat/completions", post(mock_backend))
             .with_state(mock.clone());
         let backend = Backend::serve(app).await;
         let dir = tempfile::tempdir().unwrap();
-        let store = format!("[store]\npath = \"{}\"", dir.path().join("s.db").display());
-        // Short client timeouts, unless the test sets its own.
-        let limits = if extra_server.contains("header_timeout_ms") {
-            ""
-        } else {
-            "header_timeout_ms = 300\nbody_timeout_ms = 300"
-        };
-        let log = format!(
-            "access_log_path = \"{}\"\n{limits}\n{extra_server}",
-            dir.path().join("access.log").display()
-        );
-        let text = config_text(backend.addr, dead_port().await, &log, &store);
-        let server = Server::start(&text, "faults.toml", Path::new("."), env).await;
+        let config = config(backend.addr, dead_port().await, "m")
+            .store(StoreSection::sqlite(dir.path().join("s.db")))
+            .access_log_path(dir.path().join("access.log"))
+            .server(|s| {
+                s.header_timeout_ms = Some(300);
+                s.body_timeout_ms = Some(300);
+            });
+        let server = Server::start(edit(config)).await;
         Env {
             mock,
             _backend: backend,
