@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use crate::access::{AccessLine, Sink};
+use crate::access::{AccessLine, AccessLog};
 use crate::chat::{ChatRequest, Conversation, Overrides};
 use crate::error::ErrorCode;
 use crate::listen::{self, Limits};
@@ -32,6 +32,7 @@ use crate::request_id::{self, RequestId};
 use crate::shadow::{self, ShadowJob, Shadows};
 use crate::sse;
 use crate::stored::{self, StoreJob};
+use crate::streamed;
 use crate::upstream::Failure;
 use crate::usage::UsageLog;
 use crate::{ApiError, Metrics, Routing, ScoreError, ServerConfig, ServerError};
@@ -49,7 +50,7 @@ pub struct AppState {
     shadows: Option<Shadows>,
     /// Usage per deployment and minute, when recorded (`[store]` or `[usage]`).
     usage: Option<Arc<UsageLog>>,
-    access_log: Sink,
+    access_log: AccessLog,
 }
 
 /// What a reload swapped: `name@version` of the bundle before and after.
@@ -90,7 +91,11 @@ impl AppState {
         let shadows = config.shadow.clone().map(Shadows::new);
         let usage = UsageLog::open(config.usage.as_ref(), store.as_ref())
             .map_err(|e| bad("usage.path", e.to_string()))?;
-        let access_log = Sink::open(config.access_log, config.access_log_path.as_deref())
+        let access_log = AccessLog::open(
+            config.access_log,
+            config.access_log_path.as_deref(),
+            config.log_format,
+        )
             .map_err(|e| bad("server.access_log_path", e.to_string()))?;
         Ok(AppState {
             access_log,
@@ -981,17 +986,16 @@ async fn respond(
         if let Some(usage) = usage {
             events = usage.stream(events);
         }
-        let events = sse::with_model(events, model.to_string());
         match job.take() {
-            None => Body::from_stream(events),
+            None => Body::from_stream(sse::with_model(events, model.to_string())),
             Some(job) => {
                 if job.asked {
                     // Stored at the end of the stream, before the held `data: [DONE]`.
                     set_header(&mut headers, "x-router-store", "pending");
                 }
-                Body::from_stream(stored::tap(
+                Body::from_stream(streamed::tap(
                     state.clone(),
-                    events,
+                    sse::lines(events, model.to_string()),
                     job,
                     model.to_string(),
                     d.deployment.clone(),

@@ -111,6 +111,7 @@ mod routing;
 mod shadow;
 mod sse;
 mod stored;
+mod streamed;
 mod upstream;
 mod usage;
 mod worker;
@@ -129,6 +130,7 @@ pub use config::{
 };
 pub use config::{UsageConfig, UsageSection, DEFAULT_USAGE_FLUSH, DEFAULT_USAGE_RETENTION_DAYS};
 pub use error::{ApiError, ServerError, DEFAULT_RETRY_AFTER};
+pub use access::{AccessLayer, ACCESS_TARGET};
 pub use metrics::Metrics;
 pub use router_store;
 pub use routing::{Routing, PROBE_PROMPTS};
