@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const ROUTING_BUCKETS: &[f64] = &[
@@ -78,6 +79,9 @@ struct Inner {
 #[derive(Debug)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// Prompts the scorer did not score because their caller had gone; shared with each
+    /// bundle's scorer (see [`Metrics::scorer_skipped`]), so it survives reloads.
+    scorer_skipped: Arc<AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -97,6 +101,7 @@ impl Default for Metrics {
                 shadow_cost: 0.0,
                 reloads: BTreeMap::new(),
             }),
+            scorer_skipped: Arc::default(),
         }
     }
 }
@@ -194,6 +199,11 @@ impl Metrics {
         *self.lock().reloads.entry(result).or_insert(0) += 1;
     }
 
+    /// The counter of prompts not scored because their caller had gone, for the scorer to add to.
+    pub fn scorer_skipped(&self) -> Arc<AtomicU64> {
+        self.scorer_skipped.clone()
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let inner = self.lock();
@@ -265,6 +275,10 @@ impl Metrics {
         for (result, n) in &inner.reloads {
             let _ = writeln!(out, "model_router_reloads_total{{result=\"{result}\"}} {n}");
         }
+        out.push_str("# HELP model_router_scorer_skipped_total Prompts not scored because their client had gone.\n");
+        out.push_str("# TYPE model_router_scorer_skipped_total counter\n");
+        let skipped = self.scorer_skipped.load(Ordering::Relaxed);
+        let _ = writeln!(out, "model_router_scorer_skipped_total {skipped}");
         out.push_str("# HELP model_router_routing_seconds Time to decide (scoring and policy).\n");
         out.push_str("# TYPE model_router_routing_seconds histogram\n");
         inner

@@ -1,9 +1,10 @@
-//! The router in use: one loaded bundle's scorer thread and policy, with its name and version.
+//! The router in use: one loaded bundle's scorer and policy, with its name and version.
 //!
 //! A request takes an `Arc` of the current [`Routing`] when it starts and keeps it to its end,
 //! so a reload (`POST /admin/reload`, SIGHUP) swaps the server to a new bundle without touching
-//! requests in flight: they finish on the old one, whose scorer thread stops when the last of
-//! them lets go of it (the thread ends when its queue's last sender is dropped).
+//! requests in flight: they finish on the old one, whose scorer (and its batching thread, for
+//! the BERT tier) stops when the last of them lets go of it (the thread ends when its queue's
+//! last sender is dropped).
 
 use std::path::Path;
 
@@ -11,7 +12,7 @@ use router_core::Router;
 use router_dispatch::Dispatcher;
 use router_policy::{Catalog, Policy, PolicyDefaults};
 
-use crate::{Scorer, ServerConfig, ServerError};
+use crate::{Metrics, Scorer, ServerConfig, ServerError};
 
 /// Prompts every bundle must score before it serves: each model's prediction on each of them
 /// must be a finite number (a head with NaN or infinite weights fails here, not on traffic).
@@ -22,7 +23,7 @@ pub const PROBE_PROMPTS: &[&str] = &[
     "Summarise the causes of the First World War in three paragraphs for a history exam.",
 ];
 
-/// A loaded bundle ready to route: its scorer thread and the policy over its columns.
+/// A loaded bundle ready to route: its scorer and the policy over its columns.
 pub struct Routing {
     scorer: Scorer,
     policy: Policy,
@@ -49,8 +50,13 @@ fn routed_catalog(catalog: &Catalog, columns: &[String]) -> Catalog {
 impl Routing {
     /// Loads `config.bundle`, checks it against the catalog (every bundle column priced, the
     /// subset known, every model's deployments known to `dispatcher`), scores
-    /// [`PROBE_PROMPTS`], and starts its scorer thread. Blocking (it reads the bundle).
-    pub fn load(config: &ServerConfig, dispatcher: &Dispatcher) -> Result<Routing, ServerError> {
+    /// [`PROBE_PROMPTS`], and starts its [`Scorer`] (which counts the prompts it skips in
+    /// `metrics`). Blocking (it reads the bundle).
+    pub fn load(
+        config: &ServerConfig,
+        dispatcher: &Dispatcher,
+        metrics: &Metrics,
+    ) -> Result<Routing, ServerError> {
         let file = config.file.clone();
         let bad = |key: &str, reason: String| ServerError::Config {
             file: file.clone(),
@@ -113,7 +119,13 @@ impl Routing {
         probe(&router, &config.bundle)?;
         let name = router.config().name.clone();
         let version = router.config().version.clone();
-        let scorer = Scorer::spawn(router, config.max_batch, config.batch_tokens, config.queue)?;
+        let scorer = Scorer::spawn(
+            router,
+            config.max_batch,
+            config.batch_tokens,
+            config.queue,
+            metrics.scorer_skipped(),
+        )?;
         Ok(Routing {
             scorer,
             policy,
