@@ -1,11 +1,14 @@
 //! Request ids: the client's `x-request-id` is kept (when it is 1 to 128 visible ASCII
 //! characters), else one is generated; the id goes upstream with every attempt, comes back in
-//! the response's `x-request-id`, and is written in the access log.
+//! the response's `x-request-id`, and is written in the access log. The request runs in a
+//! `tracing` span `request` that carries the id, its method and path, so every event logged
+//! while it is served (by the router, the dispatcher or their HTTP stacks) names its request.
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::Instrument;
 
 /// The id of the request being served (a request extension).
 #[derive(Debug, Clone)]
@@ -23,7 +26,13 @@ pub(crate) async fn assign(mut request: Request, next: Next) -> Response {
         .filter(|v| acceptable(v))
         .map_or_else(generate, str::to_string);
     request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(request).await;
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use axum::routing::post;
 use common::{header, send, text_of, Backend, Server};
 use fault_backend::*;
+use router_server::LogFormat;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -322,9 +323,9 @@ async fn at_the_connection_cap_health_still_answers() {
     env.stop().await;
 }
 
-#[tokio::test]
-async fn log_fields_are_escaped() {
-    let env = Env::start(|c| c).await;
+/// Sends three requests whose path, model and request id try to forge log lines, each a 404,
+/// and returns the access log.
+async fn hostile_requests(env: &Env) -> String {
     let forged = "%0D%0Aaccess%20ts=1%20status=200%20path=%22forged%22%0A";
     let http = reqwest::Client::new();
     let r = http
@@ -349,7 +350,13 @@ async fn log_fields_are_escaped() {
     )
     .await;
     assert_eq!(r.status(), 404);
-    let log = env.access_log();
+    env.access_log()
+}
+
+#[tokio::test]
+async fn log_fields_are_escaped() {
+    let env = Env::start(|c| c).await;
+    let log = hostile_requests(&env).await;
     eprintln!("{log}");
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.len(), 3, "{log}");
@@ -367,6 +374,28 @@ async fn log_fields_are_escaped() {
         "{}",
         lines[2]
     );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn json_log_fields_are_escaped() {
+    let env = Env::start(|c| c.log_format(LogFormat::Json)).await;
+    let log = hostile_requests(&env).await;
+    eprintln!("{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    for line in &lines {
+        assert_eq!((&line["event"], &line["status"]), (&json!("access"), &json!(404)), "{line}");
+    }
+    assert_eq!(
+        lines[0]["path"],
+        "/openai/deployments/\r\naccess ts=1 status=200 path=\"forged\"\n/chat/completions"
+    );
+    assert_eq!(lines[1]["model"], "none", "an unknown model is not logged as one");
+    assert_eq!(lines[2]["request_id"], "a\"b=status=200");
     env.stop().await;
 }
 
