@@ -377,13 +377,15 @@ impl Dispatcher {
     }
 
     /// Whether this request is the probe of cooling deployment `name` (one per
-    /// `probe_interval`).
+    /// `probe_interval`). A cooldown this process learnt from shared limits counts as a strike,
+    /// so a 429 to its probe cools the deployment again.
     fn takes_probe(&self, name: &str, now: Instant) -> bool {
         self.with_local(name, |s| {
             if s.next_probe.is_some_and(|next| now < next) {
                 return false;
             }
             s.next_probe = Some(now + self.options.probe_interval);
+            s.strikes = s.strikes.max(1);
             true
         })
     }
