@@ -3,6 +3,7 @@
 //! candle-transformers BERT forward on the same weights, the BERT tier's own matmuls), all measured
 //! in the same run so that their ratios hold on any machine.
 
+mod capacity;
 mod server;
 mod workload;
 
@@ -72,6 +73,14 @@ pub struct BenchArgs {
     /// print each prompt with its figures (what `scripts/onnx-compare.sh` feeds ONNX Runtime).
     #[arg(long, value_delimiter = ',', conflicts_with = "server")]
     lengths: Vec<usize>,
+    /// Measure dispatch instead: cooldown-only against capacity-aware dispatch in one run, on
+    /// loopback mocks of a provisioned deployment with a tokens-per-minute limit and its
+    /// pay-as-you-go spillover, under a bursty load of `--capacity-seconds`.
+    #[arg(long, conflicts_with_all = ["server", "lengths"])]
+    capacity: bool,
+    /// Seconds of the `--capacity` load.
+    #[arg(long, default_value_t = 30.0, requires = "capacity")]
+    capacity_seconds: f64,
 }
 
 /// The cargo profile this binary was built with: `release` when debug assertions are off (the
@@ -210,6 +219,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.server {
         return run_server(&args);
+    }
+    if args.capacity {
+        return capacity::print(capacity::run(args.capacity_seconds)?, args.json);
     }
     if !args.lengths.is_empty() {
         return run_lengths(&args);
