@@ -198,6 +198,10 @@ struct HeadArgs {
     /// catalog's expected_output_tokens).
     #[arg(long)]
     no_length_head: bool,
+    /// Fit a task gate: a task recogniser and, per task, how far the head's scores are blended
+    /// towards the task's training means, chosen by an inner cross-validation of the training side.
+    #[arg(long)]
+    task_gate: bool,
 }
 
 /// Hidden layer widths (a named type: clap treats a bare `Vec` as a repeated argument).
@@ -223,6 +227,7 @@ impl HeadArgs {
             max_epochs: self.epochs,
             task_shrinkage: self.task_shrinkage,
             length_head: !self.no_length_head,
+            task_gate: self.task_gate,
             data: data.data.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect(),
             catalog: self.catalog,
             ..TrainOptions::default()
@@ -585,6 +590,9 @@ fn train_command(args: TrainArgs) -> Result<()> {
     if let Some(report) = &outcome.output_length {
         eprintln!("{report}");
     }
+    if let Some(report) = &outcome.task_gate {
+        eprint!("{report}");
+    }
     if let Some(validation) = &outcome.validation {
         if args.json {
             print_line(serde_json::to_string(&validation.report)?)?;
@@ -669,6 +677,9 @@ fn cv_command(args: CvArgs) -> Result<()> {
     eprintln!("{} folds; epochs per fold: {:?}", args.folds, outcome.epochs);
     if let Some(report) = &outcome.output_length {
         eprintln!("{report}");
+    }
+    if let Some(gate) = &outcome.task_gate {
+        eprint!("{gate}");
     }
     if let Some(plot) = &args.plot {
         eval::plot_svg(&outcome.evaluation, plot)?;

@@ -6,6 +6,8 @@
 //! - [`metrics`]: the evaluation words of `DESIGN.md`: quality and cost of a routing, best single,
 //!   oracle, the band router, AIQ, APGR / CPT, cost at parity.
 //! - [`baselines`]: kNN over prompt embeddings, uniformly random routing.
+//! - [`gate`]: the task gate: a task recogniser and, per task, a blend of the head's scores
+//!   towards the task's means, chosen by inner cross-validation of the training side.
 //! - [`eval`]: the evaluation report (JSON and table) and its cost–quality plot.
 //! - [`grade`]: graders that score an output against a reference (OpenAI's `string_check` and
 //!   `text_similarity`), one at a time or over a JSON-lines file.
@@ -31,6 +33,7 @@ pub mod data;
 pub mod embed;
 pub mod error;
 pub mod eval;
+pub mod gate;
 pub mod grade;
 pub mod length;
 pub mod metrics;

@@ -24,6 +24,7 @@ use crate::data::Record;
 use crate::embed::{self, BertSource};
 use crate::error::{Result, TrainingError};
 use crate::eval::{self, EvalInput, Evaluation};
+use crate::gate;
 use crate::length;
 use crate::metrics::Matrix;
 
@@ -85,6 +86,8 @@ pub struct TrainOptions {
     pub command: Option<String>,
     /// Whether to fit an output-length head when every record has every model's output length.
     pub length_head: bool,
+    /// Whether to fit a task gate ([`crate::gate`]) on the training side and ship it.
+    pub task_gate: bool,
 }
 
 impl Default for TrainOptions {
@@ -110,6 +113,7 @@ impl Default for TrainOptions {
             cache_dir: embed::cache_dir(),
             command: None,
             length_head: true,
+            task_gate: false,
         }
     }
 }
@@ -139,6 +143,8 @@ pub struct TrainOutcome {
     pub best_loss: f64,
     /// The output-length head's validation report, when one was fitted and measured.
     pub output_length: Option<length::LengthReport>,
+    /// The task gate's inner cross-validation, when one was fitted ([`TrainOptions::task_gate`]).
+    pub task_gate: Option<gate::GateReport>,
 }
 
 /// Trains a head on `records` (scores for `models`, in that order) and writes a complete bundle to
@@ -174,28 +180,29 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
     let val_lengths: Option<Vec<Vec<f32>>> = length.as_ref().map(|(fit, _)| {
         val_x.iter().map(|x| fit.predict_log(x).into_iter().map(|l| l.exp() as f32).collect()).collect()
     });
+    let train_side = test_matrix(&train_records, models, catalog.as_ref(), None)?;
+    let task_gate = if options.task_gate {
+        Some(gate::fit_gate(&train_keys, &train_x, &train_side, options, "training")?)
+    } else {
+        None
+    };
     let validation = if val_records.is_empty() {
         None
     } else {
         let test = test_matrix(&val_records, models, catalog.as_ref(), val_lengths.as_deref())?;
-        let predictions = predict(&fit.head, &val_x)?;
-        let knn = baselines::knn(&train_x, &train_y, &val_x, baselines::DEFAULT_K)?;
-        let train_tasks: Vec<&str> = train_keys.iter().map(|(task, _)| *task).collect();
-        let val_tasks: Vec<&str> = val_records.iter().map(|r| r.task.as_str()).collect();
-        let task_best = baselines::task_best(&test_matrix(&train_records, models, catalog.as_ref(), None)?, &train_tasks, &val_tasks)?;
-        Some(eval::evaluate(&EvalInput {
-            test: &test,
-            skipped: 0,
-            predictions: &predictions,
-            knn_predictions: &knn,
-            tasks: &val_tasks,
-            task_best: &task_best,
-            seed: options.seed,
-        })?)
+        let mut predictions = predict(&fit.head, &val_x)?;
+        if let Some((task_gate, _)) = &task_gate {
+            for (row, x) in predictions.iter_mut().zip(&val_x) {
+                task_gate.apply(x, row);
+            }
+        }
+        let side = TrainingSide { keys: &train_keys, x: &train_x, y: &train_y, matrix: &train_side };
+        Some(validate(&side, &val_records, &val_x, &test, &predictions, options.seed)?)
     };
 
     let mut config = config;
     config.output_length = length.as_ref().map(|_| length::LengthFit::shape());
+    config.task_gate = task_gate.as_ref().map(|(task_gate, _)| task_gate.config().clone());
     config.training = Some(TrainingRecord {
         data: options.data.clone(),
         seed: options.seed,
@@ -217,15 +224,47 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
                 "ridge_strength": fit.strength,
                 "validation": report,
             })),
+            "task_gate": task_gate.as_ref().map(|(_, report)| report),
         }),
     });
     write_bundle(out_dir, &config, &encoder, &teacher_dir, &fit.varmap, options, validation.as_ref())?;
     if let Some((fit, report)) = &length {
         write_length_head(out_dir, fit, report.as_ref())?;
     }
+    if let Some((task_gate, report)) = &task_gate {
+        write_task_gate(out_dir, task_gate, report)?;
+    }
     let router = Router::load(out_dir)?;
     let output_length = length.and_then(|(_, report)| report);
-    Ok(TrainOutcome { router, validation, epochs: fit.epochs, best_loss: fit.best_loss, output_length })
+    let task_gate = task_gate.map(|(_, report)| report);
+    Ok(TrainOutcome { router, validation, epochs: fit.epochs, best_loss: fit.best_loss, output_length, task_gate })
+}
+
+/// What a validation report needs of the training side: its records' `(task, prompt)` keys,
+/// embeddings, scores, and its matrix of scores and routing costs.
+struct TrainingSide<'a> {
+    keys: &'a [(&'a str, &'a str)],
+    x: &'a [Vec<f32>],
+    y: &'a [Vec<f64>],
+    matrix: &'a Matrix,
+}
+
+/// The validation report: `predictions` of the held-out records judged on `test`, beside the kNN
+/// and per-task-best baselines learned on the training side.
+fn validate(train: &TrainingSide<'_>, val_records: &[Record], val_x: &[Vec<f32>], test: &Matrix, predictions: &[Vec<f32>], seed: u64) -> Result<Evaluation> {
+    let knn = baselines::knn(train.x, train.y, val_x, baselines::DEFAULT_K)?;
+    let train_tasks: Vec<&str> = train.keys.iter().map(|(task, _)| *task).collect();
+    let val_tasks: Vec<&str> = val_records.iter().map(|r| r.task.as_str()).collect();
+    let task_best = baselines::task_best(train.matrix, &train_tasks, &val_tasks)?;
+    eval::evaluate(&EvalInput {
+        test,
+        skipped: 0,
+        predictions,
+        knn_predictions: &knn,
+        tasks: &val_tasks,
+        task_best: &task_best,
+        seed,
+    })
 }
 
 /// The output-length head fitted on the training side and measured on the validation side, when
@@ -275,6 +314,9 @@ pub struct CrossValidation {
     /// side), when the data has output lengths; the routing costs of `evaluation` then charge the
     /// out-of-fold predicted lengths.
     pub output_length: Option<length::LengthReport>,
+    /// With [`TrainOptions::task_gate`]: each fold's gate, fitted on its training side only, and
+    /// its recogniser's accuracy on the held-out prompts.
+    pub task_gate: Option<gate::CvGate>,
 }
 
 /// K-fold cross-validation of training with `options` on `records`: folds stratified by task and
@@ -299,9 +341,17 @@ pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOpti
     let prompts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
     let x = embed::embed_cached(&encoder, fingerprint, &prompts, &options.cache_dir)?;
     let y = &score_rows(records, models)?;
+    let tasks: Vec<&str> = keys.iter().map(|(task, _)| *task).collect();
+    let lengths = if options.length_head && length::has_lengths(records, models) {
+        Some(lengths_out_of_fold(&x, &length::log_lengths(records, models), &tasks, &fold_of, folds, models)?)
+    } else {
+        None
+    };
+    let test = test_matrix(records, models, catalog.as_ref(), lengths.as_ref().map(|(rows, _)| rows.as_slice()))?;
 
     let mut predictions = vec![Vec::new(); records.len()];
     let mut epochs = Vec::with_capacity(folds);
+    let mut gates = options.task_gate.then(gate::CvGate::default);
     for fold in 0..folds {
         let (held, kept): (Vec<usize>, Vec<usize>) = (0..records.len()).partition(|&i| fold_of[i] == fold);
         let rows = |index: &[usize]| -> Vec<Vec<f32>> { index.iter().map(|&i| x[i].clone()).collect() };
@@ -311,17 +361,16 @@ pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOpti
         let label = format!("fold {}/{folds}", fold + 1);
         let fit = fit_early_stopped(&kept_keys, &kept_x, &kept_y, models.len(), options, &label)?;
         epochs.push(fit.epochs);
-        for (&i, row) in held.iter().zip(predict(&fit.head, &held_x)?) {
+        let mut held_predictions = predict(&fit.head, &held_x)?;
+        if let Some(gates) = gates.as_mut() {
+            let (task_gate, report) = gate::fit_gate(&kept_keys, &kept_x, &test.select(&kept)?, options, &label)?;
+            let held_tasks: Vec<&str> = held.iter().map(|&i| tasks[i]).collect();
+            gates.add_fold(&task_gate, report, &held_x, &held_tasks, &mut held_predictions);
+        }
+        for (&i, row) in held.iter().zip(held_predictions) {
             predictions[i] = row;
         }
     }
-    let tasks: Vec<&str> = keys.iter().map(|(task, _)| *task).collect();
-    let lengths = if options.length_head && length::has_lengths(records, models) {
-        Some(lengths_out_of_fold(&x, &length::log_lengths(records, models), &tasks, &fold_of, folds, models)?)
-    } else {
-        None
-    };
-    let test = test_matrix(records, models, catalog.as_ref(), lengths.as_ref().map(|(rows, _)| rows.as_slice()))?;
     let knn = baselines::knn_out_of_fold(&x, y, &fold_of, folds)?;
     let task_best = baselines::task_best_out_of_fold(&test, &tasks, &fold_of, folds)?;
     let evaluation = eval::evaluate(&EvalInput {
@@ -333,7 +382,8 @@ pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOpti
         task_best: &task_best,
         seed: options.seed,
     })?;
-    Ok(CrossValidation { evaluation, epochs, folds: fold_of, predictions, output_length: lengths.map(|(_, report)| report) })
+    let output_length = lengths.map(|(_, report)| report);
+    Ok(CrossValidation { evaluation, epochs, folds: fold_of, predictions, output_length, task_gate: gates })
 }
 
 /// Out-of-fold predicted output tokens of every record (each from a length head fitted on the
@@ -378,6 +428,7 @@ fn router_config(options: &TrainOptions, models: &[String], encoder: EncoderConf
         truncation: options.truncation,
         head: HeadConfig { hidden: options.hidden.clone() },
         output_length: None,
+        task_gate: None,
         training: None,
     }
 }
@@ -472,8 +523,8 @@ fn build_encoder(options: &TrainOptions) -> Result<(Encoder, EncoderConfig, Path
     }
 }
 
-struct FittedHead {
-    head: Head,
+pub(crate) struct FittedHead {
+    pub(crate) head: Head,
     varmap: VarMap,
     epochs: usize,
     best_loss: f64,
@@ -483,7 +534,7 @@ struct FittedHead {
 /// Fits a head on the rows `x`, `y` (of records with these `(task, prompt)` keys), early-stopping
 /// on a task-stratified, prompt-grouped share (`options.early_stop_fraction`) of them that the
 /// optimiser never steps on.
-fn fit_early_stopped(
+pub(crate) fn fit_early_stopped(
     keys: &[(&str, &str)],
     x: &[Vec<f32>],
     y: &[Vec<f64>],
@@ -667,6 +718,21 @@ fn write_bundle(
     let card = model_card(config, options, validation);
     let card_path = out_dir.join(files::MODEL_CARD);
     std::fs::write(&card_path, card).map_err(io(&card_path))
+}
+
+/// Writes the task gate into the bundle and appends its inner cross-validation to the model card.
+fn write_task_gate(out_dir: &Path, task_gate: &router_core::TaskGate, report: &gate::GateReport) -> Result<()> {
+    task_gate.save(&out_dir.join(files::TASK_GATE))?;
+    let card_path = out_dir.join(files::MODEL_CARD);
+    let mut card = std::fs::read_to_string(&card_path).map_err(|source| TrainingError::Io { path: card_path.clone(), source })?;
+    card.push_str(&format!(
+        "\n## Task gate\n\n`{}`: a softmax regression recognises the prompt's task; a prompt recognised with probability \
+         ≥ {} has its scores blended towards its task's training means by the task's blend, chosen by an inner \
+         cross-validation of the training side (Quality mode, observed scores):\n\n```text\n{report}```\n",
+        files::TASK_GATE,
+        gate::MIN_CONFIDENCE
+    ));
+    std::fs::write(&card_path, card).map_err(|source| TrainingError::Io { path: card_path, source })
 }
 
 /// Writes the output-length head into the bundle and appends its measurement to the model card.

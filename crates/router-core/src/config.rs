@@ -21,6 +21,8 @@ pub mod files {
     pub const HEAD: &str = "head.safetensors";
     /// The output-length head's weights (only in bundles whose manifest has `output_length`).
     pub const LENGTH_HEAD: &str = "length.safetensors";
+    /// The task gate's tensors (only in bundles whose manifest has `task_gate`).
+    pub const TASK_GATE: &str = "gate.safetensors";
     /// The model card.
     pub const MODEL_CARD: &str = "README.md";
 }
@@ -56,6 +58,10 @@ pub struct RouterConfig {
     /// for a bundle without one, whose costs use the catalog's expected output lengths.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_length: Option<HeadConfig>,
+    /// The task gate's tasks and threshold ([`crate::TaskGate`], in [`files::TASK_GATE`]); `None`
+    /// for a bundle without one, whose scores are the head's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_gate: Option<crate::gate::TaskGateConfig>,
     /// How the head was trained; `None` for a bundle whose weights were never trained.
     #[serde(default)]
     pub training: Option<TrainingRecord>,

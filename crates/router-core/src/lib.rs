@@ -11,6 +11,11 @@
 //! output tokens each model is expected to write for the prompt, which the policy charges in its
 //! cost estimate; [`Router::predict`] returns both from one encoder pass.
 //!
+//! And a [`TaskGate`] (`gate.safetensors`): a task recogniser over the embedding and, per known
+//! task, how far the head's scores are blended towards that task's training means (chosen by
+//! cross-validation when the bundle was trained); [`Router::score`] and the other scoring methods
+//! return the gated scores, and [`Prediction::task_gate`] says when the gate chose.
+//!
 //! Two encoder tiers:
 //! - **static** ([`StaticEncoder`]): a token-embedding table, averaged over the prompt's word
 //!   pieces. Microseconds per prompt; the table is derived from a BERT encoder by
@@ -48,6 +53,7 @@ mod encoder;
 mod error;
 mod cpu_head;
 mod cpu_layer;
+mod gate;
 mod head;
 mod length;
 mod packed;
@@ -59,6 +65,7 @@ pub use config::{EncoderConfig, HeadConfig, Pooling, RouterConfig, TrainingRecor
 pub use encoder::{save_static_table, BertEncoder, Encoder, StaticEncoder, STATIC_TABLE_TENSOR};
 pub use error::{CoreError, Result};
 pub use cpu_head::CpuHead;
+pub use gate::{tensors as gate_tensors, GateChoice, TaskGate, TaskGateConfig, TaskGateParts};
 pub use head::Head;
 pub use length::LengthHead;
 pub use packed::PackedLinear;

@@ -8,6 +8,7 @@ use crate::config::{files, EncoderConfig, RouterConfig};
 use crate::cpu_head::CpuHead;
 use crate::encoder::{load_safetensors, BertEncoder, Encoder, StaticEncoder};
 use crate::error::{CoreError, Result};
+use crate::gate::{GateChoice, TaskGate};
 use crate::head::Head;
 use crate::length::LengthHead;
 use crate::hub::hub_file;
@@ -23,6 +24,8 @@ pub struct Router {
     head: Head,
     /// The output-length head, when the bundle has one.
     length_head: Option<LengthHead>,
+    /// The task gate, when the bundle has one: it blends the head's scores (see [`TaskGate`]).
+    task_gate: Option<TaskGate>,
     /// The head as plain `f32` rows when running on the CPU (see [`CpuHead`]).
     cpu_head: Option<CpuHead>,
     device: Device,
@@ -52,7 +55,11 @@ impl Router {
             })?),
             None => None,
         };
-        Ok(Self { config, encoder, head, length_head, cpu_head, device: device.clone(), dir: dir.to_path_buf() })
+        let task_gate = match &config.task_gate {
+            Some(gate) => Some(TaskGate::load(&dir.join(files::TASK_GATE), gate, config.encoder.dim(), config.models.len())?),
+            None => None,
+        };
+        Ok(Self { config, encoder, head, length_head, task_gate, cpu_head, device: device.clone(), dir: dir.to_path_buf() })
     }
 
     /// Loads a bundle published as a Hugging Face model repo, through the hub cache: with a filled
@@ -66,6 +73,9 @@ impl Router {
         if config.output_length.is_some() {
             hub_file(repo_id, revision, files::LENGTH_HEAD)?;
         }
+        if config.task_gate.is_some() {
+            hub_file(repo_id, revision, files::TASK_GATE)?;
+        }
         if matches!(config.encoder, EncoderConfig::Static { .. }) {
             hub_file(repo_id, revision, files::STATIC_ENCODER)?;
         }
@@ -76,8 +86,9 @@ impl Router {
     /// Builds a router from parts already in memory (used by training, before a bundle is written),
     /// without an output-length head (see [`Router::with_length_head`]).
     pub fn from_parts(mut config: RouterConfig, encoder: Encoder, head: Head, device: Device) -> Result<Self> {
-        // The manifest must not promise a length head this router does not have.
+        // The manifest must not promise a length head or a gate this router does not have.
         config.output_length = None;
+        config.task_gate = None;
         config.validate().map_err(CoreError::Invalid)?;
         if encoder.dim() != config.encoder.dim() {
             return Err(CoreError::Invalid(format!(
@@ -87,7 +98,7 @@ impl Router {
             )));
         }
         let cpu_head = cpu_head_for(&head, &device)?;
-        Ok(Self { config, encoder, head, length_head: None, cpu_head, device, dir: PathBuf::new() })
+        Ok(Self { config, encoder, head, length_head: None, task_gate: None, cpu_head, device, dir: PathBuf::new() })
     }
 
     /// Adds an output-length head of shape `shape` (recorded in the manifest's `output_length`).
@@ -95,6 +106,22 @@ impl Router {
         self.config.output_length = Some(shape);
         self.length_head = Some(length_head);
         self
+    }
+
+    /// Adds a task gate (recorded in the manifest's `task_gate`); its shapes must match this
+    /// router's embedding and models.
+    pub fn with_task_gate(mut self, gate: TaskGate) -> Result<Self> {
+        if !gate.fits(self.encoder.dim(), self.config.models.len()) {
+            return Err(CoreError::Invalid("the task gate's shapes do not match the router's".into()));
+        }
+        self.config.task_gate = Some(gate.config().clone());
+        self.task_gate = Some(gate);
+        Ok(self)
+    }
+
+    /// The task gate, if the bundle has one.
+    pub fn task_gate(&self) -> Option<&TaskGate> {
+        self.task_gate.as_ref()
     }
 
     /// The output-length head, if the bundle has one.
@@ -153,12 +180,13 @@ impl Router {
 
     /// The quality and output-length heads on embeddings, one [`Prediction`] per row.
     fn predict_embeddings(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Prediction>> {
-        let scores = self.score_embeddings(embeddings)?;
+        let (scores, gate) = self.score_and_gate(embeddings)?;
         let lengths = self.output_tokens_embeddings(embeddings)?;
         let mut lengths = lengths.map(Vec::into_iter);
         Ok(scores
             .into_iter()
-            .map(|scores| Prediction { scores, output_tokens: lengths.as_mut().and_then(Iterator::next) })
+            .zip(gate)
+            .map(|(scores, task_gate)| Prediction { scores, output_tokens: lengths.as_mut().and_then(Iterator::next), task_gate })
             .collect())
     }
 
@@ -166,9 +194,10 @@ impl Router {
     /// length head) from one encoder pass.
     pub fn predict(&self, prompt: &str) -> Result<Prediction> {
         let embedding = [self.encoder.embed(prompt)?];
-        let scores = self.score_embeddings(&embedding)?.pop();
+        let (mut scores, mut gate) = self.score_and_gate(&embedding)?;
         let output_tokens = self.output_tokens_embeddings(&embedding)?.and_then(|mut rows| rows.pop());
-        Ok(Prediction { scores: scores.ok_or_else(|| CoreError::Invalid("the head returned no row".into()))?, output_tokens })
+        let scores = scores.pop().ok_or_else(|| CoreError::Invalid("the head returned no row".into()))?;
+        Ok(Prediction { scores, output_tokens, task_gate: gate.pop().flatten() })
     }
 
     /// The manifest.
@@ -222,8 +251,25 @@ impl Router {
         self.score_embeddings(&embeddings)
     }
 
-    /// Runs the head on embeddings computed earlier (e.g. cached for evaluation).
+    /// Runs the head (and the task gate, when the bundle has one) on embeddings computed earlier
+    /// (e.g. cached for evaluation).
     pub fn score_embeddings(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.score_and_gate(embeddings)?.0)
+    }
+
+    /// The gated scores of each embedding and what the gate did for it (`None` where it left the
+    /// head's scores alone).
+    fn score_and_gate(&self, embeddings: &[Vec<f32>]) -> Result<(Vec<Vec<f32>>, Vec<Option<GateChoice>>)> {
+        let mut scores = self.head_scores(embeddings)?;
+        let gate = match &self.task_gate {
+            Some(gate) => scores.iter_mut().zip(embeddings).map(|(row, embedding)| gate.apply(embedding, row)).collect(),
+            None => vec![None; scores.len()],
+        };
+        Ok((scores, gate))
+    }
+
+    /// The head's own scores, before any task gate.
+    pub fn head_scores(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
         if embeddings.is_empty() {
             return Ok(Vec::new());
         }
@@ -272,6 +318,9 @@ pub struct Prediction {
     pub scores: Vec<f32>,
     /// Predicted output tokens of each underlying model; `None` without a length head.
     pub output_tokens: Option<Vec<f32>>,
+    /// What the task gate did: `Some` when it recognised the prompt's task and blended the
+    /// head's scores towards that task's means; `None` without a gate or when it left them alone.
+    pub task_gate: Option<GateChoice>,
 }
 
 /// The CPU copy of `head` when the router runs on the CPU.

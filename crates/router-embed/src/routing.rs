@@ -97,9 +97,16 @@ impl Routing {
 
     /// The policy step on a [`Prediction`] computed earlier by [`Routing::predict`]: its qualities,
     /// and its output lengths when the bundle predicts them (as [`Routing::route`] decides), e.g.
-    /// to decide again with a saturated model added to [`RouteInput::exclude`].
+    /// to decide again with a saturated model added to [`RouteInput::exclude`]. When the bundle's
+    /// task gate blended the scores, the decision says so ([`Decision::task_gate`]).
     pub fn decide_prediction(&self, prediction: &Prediction, input: &RouteInput) -> Result<Decision, RoutingError> {
-        Ok(self.policy.decide_with_output_tokens(&prediction.scores, prediction.output_tokens.as_deref(), &input.request())?)
+        let mut decision = self.policy.decide_with_output_tokens(&prediction.scores, prediction.output_tokens.as_deref(), &input.request())?;
+        decision.task_gate = prediction.task_gate.as_ref().map(|gate| router_policy::TaskGateNote {
+            task: gate.task.clone(),
+            confidence: gate.confidence,
+            blend: gate.blend,
+        });
+        Ok(decision)
     }
 
     /// The policy step alone, on scores computed earlier by [`Routing::scores`]: for a caller

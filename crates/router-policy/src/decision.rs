@@ -119,6 +119,22 @@ pub struct Decision {
     pub eligible: BTreeMap<String, EligibleModel>,
     /// The models that did not, each with the first filter that removed it.
     pub excluded: BTreeMap<String, Exclusion>,
+    /// Set when the bundle's task gate recognised the prompt's task and blended the scores
+    /// towards that task's training means (the scores above are the blended ones). The policy
+    /// leaves it `None`; whoever scored the prompt fills it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_gate: Option<TaskGateNote>,
+}
+
+/// What a bundle's task gate did to the scores of one prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskGateNote {
+    /// The task the gate recognised.
+    pub task: String,
+    /// The recogniser's probability of that task.
+    pub confidence: f32,
+    /// How much of the task's training means replaced the head's scores (1: all of them).
+    pub blend: f32,
 }
 
 impl Decision {
@@ -149,6 +165,13 @@ impl fmt::Display for Decision {
             if self.predicted_output_tokens.is_empty() { "from the catalog" } else { "predicted per model" },
             self.estimated_cost
         )?;
+        if let Some(gate) = &self.task_gate {
+            writeln!(
+                f,
+                "task gate: recognised as {} (p {:.2}); scores blended {:.2} towards that task's training means",
+                gate.task, gate.confidence, gate.blend
+            )?;
+        }
 
         let mut eligible: Vec<(&String, &EligibleModel)> = self.eligible.iter().collect();
         eligible.sort_by(|a, b| {

@@ -121,7 +121,7 @@ pub use band::{choose_in_band, BandCandidate, BandChoice};
 pub use catalog::{
     estimated_cost, Capabilities, Capability, Catalog, ModelSpec, DEFAULT_EXPECTED_OUTPUT_TOKENS,
 };
-pub use decision::{Decision, EligibleModel, Exclusion};
+pub use decision::{Decision, EligibleModel, Exclusion, TaskGateNote};
 pub use error::PolicyError;
 pub use mode::Mode;
 pub use policy::{Policy, PolicyDefaults, RouteRequest};

@@ -321,6 +321,7 @@ impl Policy {
             predicted_output_tokens,
             eligible,
             excluded,
+            task_gate: None,
         })
     }
 

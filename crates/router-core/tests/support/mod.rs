@@ -11,7 +11,8 @@ use router_core::candle_core::{DType, Device, Tensor};
 use router_core::candle_nn::{VarBuilder, VarMap};
 use router_core::config::files;
 use router_core::{
-    BertEncoder, EncoderConfig, Head, HeadConfig, Pooling, RouterConfig, StaticEncoder, Truncation, FORMAT_VERSION,
+    BertEncoder, EncoderConfig, Head, HeadConfig, Pooling, RouterConfig, StaticEncoder, Truncation,
+    FORMAT_VERSION,
 };
 use tempfile::TempDir;
 
@@ -25,8 +26,8 @@ pub const MODELS: [&str; 2] = ["small-model", "large-model"];
 /// The tiny WordPiece vocabulary; a token's id is its index. Special tokens first, as in BERT.
 pub const TINY_VOCAB: [&str; 30] = [
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", //
-    "the", "a", "write", "python", "function", "that", "reverse", "list", "hello", "world", "code", "math",
-    "prove", "sum", "of", "is", "what", "how", ",", ".", "?", //
+    "the", "a", "write", "python", "function", "that", "reverse", "list", "hello", "world", "code",
+    "math", "prove", "sum", "of", "is", "what", "how", ",", ".", "?", //
     "##s", "##ing", "##ed", "##er",
 ];
 
@@ -41,14 +42,19 @@ impl Lcg {
 
     /// Uniform in [-1, 1).
     pub fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         // The top 24 bits: exactly representable in an f32.
         (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 
     /// A tensor of values uniform in [center - scale, center + scale).
     fn tensor(&mut self, shape: &[usize], center: f32, scale: f32) -> Tensor {
-        let values: Vec<f32> = (0..shape.iter().product()).map(|_| center + scale * self.next_f32()).collect();
+        let values: Vec<f32> = (0..shape.iter().product())
+            .map(|_| center + scale * self.next_f32())
+            .collect();
         Tensor::from_vec(values, shape, &Device::Cpu).expect("tensor of the given shape")
     }
 }
@@ -61,7 +67,8 @@ struct RandomWeights {
 
 impl RandomWeights {
     fn put(&mut self, name: &str, shape: &[usize], center: f32, scale: f32) {
-        self.tensors.insert(name.to_string(), self.rng.tensor(shape, center, scale));
+        self.tensors
+            .insert(name.to_string(), self.rng.tensor(shape, center, scale));
     }
 
     /// A Hugging Face `nn.Linear`: weight `[out, in]`.
@@ -80,8 +87,11 @@ impl RandomWeights {
 /// Writes a BERT WordPiece `tokenizer.json` over [`TINY_VOCAB`], laid out as the one of
 /// all-MiniLM-L6-v2 (lowercasing normaliser, `[CLS] … [SEP]` template), with no padding or truncation.
 pub fn write_tiny_tokenizer(path: &Path) {
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        TINY_VOCAB.iter().enumerate().map(|(id, token)| (token.to_string(), id.into())).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = TINY_VOCAB
+        .iter()
+        .enumerate()
+        .map(|(id, token)| (token.to_string(), id.into()))
+        .collect();
     let added_tokens: Vec<serde_json::Value> = TINY_VOCAB[..5]
         .iter()
         .enumerate()
@@ -92,7 +102,8 @@ pub fn write_tiny_tokenizer(path: &Path) {
             })
         })
         .collect();
-    let special = |token: &str| serde_json::json!({ "SpecialToken": { "id": token, "type_id": 0 } });
+    let special =
+        |token: &str| serde_json::json!({ "SpecialToken": { "id": token, "type_id": 0 } });
     let sequence = |id: &str, type_id: u32| serde_json::json!({ "Sequence": { "id": id, "type_id": type_id } });
     let tokenizer = serde_json::json!({
         "version": "1.0",
@@ -144,10 +155,28 @@ pub fn write_tiny_bert(dir: &Path, seed: u64) {
     });
     std::fs::write(dir.join("config.json"), config.to_string()).expect("write config.json");
 
-    let mut weights = RandomWeights { rng: Lcg::new(seed), tensors: HashMap::new() };
-    weights.put("embeddings.word_embeddings.weight", &[TINY_VOCAB.len(), hidden], 0.0, 1.0);
-    weights.put("embeddings.position_embeddings.weight", &[TINY_POSITIONS, hidden], 0.0, 0.3);
-    weights.put("embeddings.token_type_embeddings.weight", &[2, hidden], 0.0, 0.3);
+    let mut weights = RandomWeights {
+        rng: Lcg::new(seed),
+        tensors: HashMap::new(),
+    };
+    weights.put(
+        "embeddings.word_embeddings.weight",
+        &[TINY_VOCAB.len(), hidden],
+        0.0,
+        1.0,
+    );
+    weights.put(
+        "embeddings.position_embeddings.weight",
+        &[TINY_POSITIONS, hidden],
+        0.0,
+        0.3,
+    );
+    weights.put(
+        "embeddings.token_type_embeddings.weight",
+        &[2, hidden],
+        0.0,
+        0.3,
+    );
     weights.layer_norm("embeddings.LayerNorm", hidden);
     for i in 0..layers {
         let layer = format!("encoder.layer.{i}");
@@ -188,13 +217,21 @@ impl TinyBert {
 
     /// The encoder, on the CPU, mean-pooled.
     pub fn encoder(&self) -> BertEncoder {
-        BertEncoder::load(self.dir(), &self.tokenizer_path(), TINY_POSITIONS, Truncation::Right, Pooling::Mean, &Device::Cpu)
-            .expect("load the tiny BERT")
+        BertEncoder::load(
+            self.dir(),
+            &self.tokenizer_path(),
+            TINY_POSITIONS,
+            Truncation::Right,
+            Pooling::Mean,
+            &Device::Cpu,
+        )
+        .expect("load the tiny BERT")
     }
 
     /// A 4-dimensional static encoder distilled from it.
     pub fn distilled(&self) -> StaticEncoder {
-        router_core::distill::distill_static(&self.encoder(), 4, &mut |_, _| {}).expect("distil the tiny BERT")
+        router_core::distill::distill_static(&self.encoder(), 4, &mut |_, _| {})
+            .expect("distil the tiny BERT")
     }
 }
 
@@ -211,6 +248,7 @@ pub fn manifest(encoder: EncoderConfig, models: &[&str]) -> RouterConfig {
         truncation: Truncation::Right,
         head: HeadConfig { hidden: vec![6] },
         output_length: None,
+        task_gate: None,
         training: None,
     }
 }
@@ -229,27 +267,51 @@ pub fn write_random_head(path: &Path, config: &HeadConfig, input_dim: usize, out
 pub fn write_bundle(dir: &Path, config: &RouterConfig, tokenizer: &Path) {
     config.save(dir).expect("write router.json");
     std::fs::copy(tokenizer, dir.join(files::TOKENIZER)).expect("copy tokenizer.json");
-    write_random_head(&dir.join(files::HEAD), &config.head, config.encoder.dim(), config.models.len());
-    std::fs::write(dir.join(files::MODEL_CARD), "# tiny-test\n\nRandom weights, for tests only.\n")
-        .expect("write README.md");
+    write_random_head(
+        &dir.join(files::HEAD),
+        &config.head,
+        config.encoder.dim(),
+        config.models.len(),
+    );
+    std::fs::write(
+        dir.join(files::MODEL_CARD),
+        "# tiny-test\n\nRandom weights, for tests only.\n",
+    )
+    .expect("write README.md");
 }
 
 /// A complete static bundle for [`MODELS`] over a table distilled from `bert`.
 pub fn static_bundle(bert: &TinyBert) -> TempDir {
     let dir = TempDir::new().expect("tempdir");
     let encoder = bert.distilled();
-    let config = manifest(EncoderConfig::Static { dim: encoder.dim(), derived_from: Some("tiny-bert".into()) }, &MODELS);
+    let config = manifest(
+        EncoderConfig::Static {
+            dim: encoder.dim(),
+            derived_from: Some("tiny-bert".into()),
+        },
+        &MODELS,
+    );
     write_bundle(dir.path(), &config, &bert.tokenizer_path());
-    encoder.save_table(&dir.path().join(files::STATIC_ENCODER)).expect("write encoder.safetensors");
+    encoder
+        .save_table(&dir.path().join(files::STATIC_ENCODER))
+        .expect("write encoder.safetensors");
     dir
 }
 
 /// A complete BERT bundle for [`MODELS`] whose encoder is `bert`, referenced by its path.
 pub fn bert_bundle(bert: &TinyBert) -> TempDir {
     let dir = TempDir::new().expect("tempdir");
-    let encoder =
-        EncoderConfig::Bert { repo: None, revision: None, path: Some(bert.dir().to_path_buf()), dim: TINY_HIDDEN };
-    write_bundle(dir.path(), &manifest(encoder, &MODELS), &bert.tokenizer_path());
+    let encoder = EncoderConfig::Bert {
+        repo: None,
+        revision: None,
+        path: Some(bert.dir().to_path_buf()),
+        dim: TINY_HIDDEN,
+    };
+    write_bundle(
+        dir.path(),
+        &manifest(encoder, &MODELS),
+        &bert.tokenizer_path(),
+    );
     dir
 }
 
@@ -258,7 +320,8 @@ pub fn bert_bundle(bert: &TinyBert) -> TempDir {
 pub fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join(files::MANIFEST);
     let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("read router.json")).expect("parse router.json");
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read router.json"))
+            .expect("parse router.json");
     edit(&mut json);
     std::fs::write(&path, json.to_string()).expect("write router.json");
 }
@@ -266,7 +329,10 @@ pub fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 /// The largest absolute difference between two equally long vectors.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "vectors of different lengths");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 pub fn norm(v: &[f32]) -> f32 {
