@@ -106,11 +106,15 @@ mod error;
 mod listen;
 mod metrics;
 mod record;
+mod pipeline;
 mod request_id;
 mod routing;
+mod request_log;
+mod respond;
 mod shadow;
 mod sse;
 mod stored;
+mod state;
 mod streamed;
 mod upstream;
 mod usage;
@@ -118,7 +122,7 @@ mod worker;
 
 #[cfg(unix)]
 pub use app::reload_on_sighup;
-pub use app::{build_app, run, run_blocking, start, AppState, Reloaded, RunningServer};
+pub use app::{build_app, run, run_blocking, start, RunningServer};
 pub use chat::{
     analyse, ChatRequest, Content, Conversation, FunctionDef, Message, Overrides, Part,
     ResponseFormat, Tool, ToolCall, Turn, IMAGE_TOKENS,
@@ -135,3 +139,4 @@ pub use metrics::Metrics;
 pub use router_store;
 pub use routing::{Routing, PROBE_PROMPTS};
 pub use worker::{ScoreError, Scorer, INLINE_TOKENIZE_BYTES};
+pub use state::{AppState, Reloaded};

@@ -20,7 +20,7 @@ use router_store::{now_ms, NewCompletion, Usage, ROUTER_OWNER};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::config::ShadowConfig;
 use crate::record::{cost_of, insert};
 

@@ -128,7 +128,7 @@ pub(crate) fn lines(
 }
 
 /// The lines' bytes, one after the other.
-pub(crate) fn join(lines: Vec<Line>) -> Bytes {
+fn join(lines: Vec<Line>) -> Bytes {
     Bytes::from(lines.into_iter().flat_map(|l| l.bytes).collect::<Vec<u8>>())
 }
 

@@ -14,10 +14,10 @@ use router_store::{
 };
 use serde_json::{json, Map, Value};
 
-use crate::app::{parse_body, AppState, Caller};
 use crate::chat::ChatRequest;
 use crate::record::{cost_of, insert, Outcome};
 use crate::shadow::{Original, ShadowJob};
+use crate::state::{AppState, Caller};
 use crate::ApiError;
 
 /// What becomes of an exchange once its answer is complete: stored (`"store": true`),
@@ -213,6 +213,21 @@ fn parse_query(raw: Option<&str>, filters: bool) -> Result<Query, ApiError> {
         }
     }
     Ok(q)
+}
+
+/// A JSON object body.
+fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(&body?) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::invalid(
+            "the request body must be a JSON object",
+            None,
+        )),
+        Err(e) => Err(ApiError::invalid(
+            format!("the request body is not valid JSON: {e}"),
+            None,
+        )),
+    }
 }
 
 /// `GET /v1/chat/completions`: the caller's stored completions.

@@ -10,9 +10,9 @@ use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Map, Value};
 
-use crate::app::AppState;
 use crate::shadow::ShadowJob;
 use crate::sse::{Event, Line};
+use crate::state::AppState;
 use crate::stored::{finish, skipped, StoreJob};
 
 #[derive(Default)]
