@@ -450,3 +450,96 @@ impl fmt::Display for CvGate {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn unit(v: [f32; 4]) -> Vec<f32> {
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / norm).collect()
+    }
+
+    /// Task `a`: which of two models answers is readable from the embedding (its sign in the third
+    /// dimension), so the head's per-prompt differences hold and the gate keeps them (blend < 1).
+    /// Task `b`: each model answers at random (0.8 and 0.4) whatever the prompt, so nothing beats
+    /// the task's best model and the gate routes by the task's means (blend 1).
+    #[test]
+    fn the_blend_keeps_the_head_only_where_it_beats_the_task_best_model() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (mut keys, mut x, mut scores) = (Vec::new(), Vec::new(), Vec::new());
+        let prompts: Vec<String> = (0..400).map(|i| format!("prompt {i}")).collect();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let sign = if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+            let noise = rng.random_range(-0.2..0.2);
+            if i % 2 == 0 {
+                keys.push(("a", prompt.as_str()));
+                x.push(unit([1.0, noise, 0.6 * sign, 0.0]));
+                scores.push(if sign > 0.0 {
+                    vec![1.0, 0.0]
+                } else {
+                    vec![0.0, 1.0]
+                });
+            } else {
+                keys.push(("b", prompt.as_str()));
+                x.push(unit([noise, 1.0, 0.0, 0.6 * sign]));
+                scores.push(vec![
+                    f64::from(u8::from(rng.random_bool(0.8))),
+                    f64::from(u8::from(rng.random_bool(0.4))),
+                ]);
+            }
+        }
+        let side = Matrix::new(
+            vec!["m0".into(), "m1".into()],
+            scores,
+            vec![vec![1.0, 1.0]; 400],
+        )
+        .unwrap();
+        let options = TrainOptions {
+            hidden: vec![],
+            max_epochs: 60,
+            learning_rate: 3e-2,
+            ..TrainOptions::default()
+        };
+        let (gate, report) = fit_gate(&keys, &x, &side, &options, "test").unwrap();
+        let blend = |task: &str| report.tasks.iter().find(|t| t.task == task).unwrap().blend;
+        assert!(blend("a") < 1.0, "{report}");
+        assert_eq!(blend("b"), 1.0, "{report}");
+        assert!(report.tasks.iter().all(|t| t.recognised > 0.9), "{report}");
+        assert_eq!(gate.blend(), &[blend("a"), blend("b")]);
+        // Task b's prompts are routed by its means: m0, whatever the head says.
+        let mut row = vec![0.1, 0.9];
+        let choice = gate.apply(&x[1], &mut row).unwrap();
+        assert_eq!(choice.task, "b");
+        assert!(row[0] > row[1], "{row:?}");
+    }
+
+    #[test]
+    fn the_recogniser_separates_separable_tasks() {
+        let x: Vec<Vec<f32>> = (0..40)
+            .map(|i| {
+                unit(if i % 2 == 0 {
+                    [1.0, 0.1, 0.0, 0.0]
+                } else {
+                    [0.1, 1.0, 0.0, 0.0]
+                })
+            })
+            .collect();
+        let labels: Vec<usize> = (0..40).map(|i| i % 2).collect();
+        let (weight, bias) = fit_recogniser(&x, &labels, 2).unwrap();
+        for (row, label) in x.iter().zip(&labels) {
+            let logits: Vec<f32> = weight
+                .iter()
+                .zip(&bias)
+                .map(|(w, b)| w.iter().zip(row).map(|(a, b)| a * b).sum::<f32>() + b)
+                .collect();
+            assert_eq!(usize::from(logits[1] > logits[0]), *label);
+        }
+        assert!(
+            fit_recogniser(&x, &labels, 1).is_err(),
+            "a label out of range is refused"
+        );
+    }
+}
