@@ -196,3 +196,49 @@ fn usage_needs_a_store_or_a_file() {
     let none = config(dir.path(), "http://127.0.0.1:9/v1").build().unwrap();
     assert!(none.usage.is_none(), "neither [store] nor [usage]: not recorded");
 }
+
+/// The cost of recording usage, measured (run by hand: `cargo test -p router-server --test usage
+/// -- --ignored --nocapture`): sequential requests to a model by name, in alternating rounds,
+/// straight to the mock, through a server without usage and through one writing a usage file
+/// (flushed every 100 ms, so the flushes fall inside the measurement). The proxy overhead is a
+/// server's median latency minus the mock's; recording must move it by less than 10 %.
+#[tokio::test]
+#[ignore = "a measurement: run by hand with --ignored --nocapture"]
+async fn recording_usage_moves_the_proxy_overhead_by_less_than_ten_percent() {
+    let (_backend, url) = mock().await;
+    let dir = TempDir::new().unwrap();
+    let plain = Server::start(config(dir.path(), &url)).await;
+    let usage = UsageSection { path: Some("usage.db".into()), retention_days: None, flush_interval_ms: Some(100) };
+    let recording = Server::start(config(dir.path(), &url).usage(usage)).await;
+    let http = reqwest::Client::new();
+    let targets = [format!("{url}/chat/completions"), plain.url("/v1/chat/completions"), recording.url("/v1/chat/completions")];
+    let mut latencies_us: [Vec<f64>; 3] = Default::default();
+    for round in 0..40 {
+        for (target, samples) in targets.iter().zip(latencies_us.iter_mut()) {
+            for i in 0..50 {
+                let body = message(GPT35, &format!("question {round} {i}"));
+                let start = std::time::Instant::now();
+                let r = http.post(target).json(&body).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+                samples.push(start.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [direct, without, with] = latencies_us.map(|mut v| median(&mut v));
+    let (overhead_without, overhead_with) = (without - direct, with - direct);
+    println!(
+        "median latency (µs): mock {direct:.0}, server {without:.0}, server recording usage {with:.0}; \
+         proxy overhead {overhead_without:.0} → {overhead_with:.0} ({:+.1} %)",
+        (overhead_with / overhead_without - 1.0) * 100.0
+    );
+    plain.stop().await;
+    recording.stop().await;
+    let rows = Store::open(dir.path().join("usage.db"), StoreOptions::default()).unwrap().usage(None).unwrap();
+    assert_eq!(rows.iter().map(|r| r.requests).sum::<u64>(), 2000, "every request recorded");
+    assert!(overhead_with < overhead_without * 1.1, "usage recording moved the overhead by 10 % or more");
+}
