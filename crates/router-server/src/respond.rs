@@ -127,29 +127,20 @@ async fn whole_body(
     headers: &mut HeaderMap,
 ) -> Result<Body, Response> {
     let deployment = d.deployment.clone();
-    let bytes = match read_answer(state, d).await {
-        Ok(bytes) => bytes,
-        Err(failure) => {
-            let headers = std::mem::take(headers);
-            return Err(upstream_failed(
-                state,
-                reply.job,
-                &deployment,
-                failure,
-                headers,
-            ));
+    let completion = match read_answer(state, d).await {
+        Ok(bytes) if !status.is_success() => {
+            // The backend's own 4xx (a context too long, a bad parameter): the client's to read.
+            if reply.job.take().is_some_and(|job| job.asked) {
+                let why = format!("the backend answered {}", status.as_u16());
+                let outcome = stored::skipped(state, why);
+                set_header(headers, "x-router-store", &outcome.header_value());
+            }
+            return Ok(Body::from(bytes));
         }
+        Ok(bytes) => Failure::completion(&bytes),
+        Err(failure) => Err(failure),
     };
-    if !status.is_success() {
-        // The backend's own 4xx (a context too long, a bad parameter): the client's to read.
-        if reply.job.take().is_some_and(|job| job.asked) {
-            let why = format!("the backend answered {}", status.as_u16());
-            let outcome = stored::skipped(state, why);
-            set_header(headers, "x-router-store", &outcome.header_value());
-        }
-        return Ok(Body::from(bytes));
-    }
-    let object = match Failure::completion(&bytes) {
+    let object = match completion {
         Ok(object) => object,
         Err(failure) => {
             let headers = std::mem::take(headers);

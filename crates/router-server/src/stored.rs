@@ -370,35 +370,15 @@ mod tests {
             (q.after.as_deref(), q.limit, q.order),
             (Some("x"), Some(5), Order::Desc)
         );
-        assert_eq!(
-            parse_query(Some("metadata[a]=1&metadata[a]=2"), true)
-                .err()
-                .and_then(|e| e.param().map(str::to_string)),
-            Some("metadata".into())
-        );
-        assert_eq!(
-            parse_query(Some("limit=ten"), true)
-                .err()
-                .and_then(|e| e.param().map(str::to_string)),
-            Some("limit".into())
-        );
-        assert_eq!(
-            parse_query(Some("order=up"), true)
-                .err()
-                .and_then(|e| e.param().map(str::to_string)),
-            Some("order".into())
-        );
-        assert_eq!(
-            parse_query(Some("model=m"), false)
-                .err()
-                .and_then(|e| e.param().map(str::to_string)),
-            Some("model".into())
-        );
-        assert_eq!(
-            parse_query(Some("colour=red"), true)
-                .err()
-                .and_then(|e| e.param().map(str::to_string)),
-            Some("colour".into())
-        );
+        for (query, filters, param) in [
+            ("metadata[a]=1&metadata[a]=2", true, "metadata"),
+            ("limit=ten", true, "limit"),
+            ("order=up", true, "order"),
+            ("model=m", false, "model"),
+            ("colour=red", true, "colour"),
+        ] {
+            let e = parse_query(Some(query), filters).err();
+            assert_eq!(e.as_ref().and_then(ApiError::param), Some(param), "{query}");
+        }
     }
 }
