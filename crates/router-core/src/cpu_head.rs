@@ -49,7 +49,15 @@ impl CpuHead {
     /// Predicted qualities in [0, 1] for `rows` embeddings of [`CpuHead::inputs`] values each,
     /// concatenated: `[rows, outputs]`, row-major.
     pub fn forward(&self, embeddings: &[f32]) -> Vec<f32> {
-        let mut activations = match self.layers.split_first() {
+        let mut activations = self.forward_logits(embeddings);
+        activations.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
+        activations
+    }
+
+    /// [`CpuHead::forward`] without the final sigmoid, as [`Head::forward_logits`] (what an
+    /// output-length head reads: `ln(output tokens)`).
+    pub fn forward_logits(&self, embeddings: &[f32]) -> Vec<f32> {
+        match self.layers.split_first() {
             None => embeddings.to_vec(),
             Some((first, rest)) => {
                 let mut activations = first.apply(embeddings);
@@ -60,9 +68,7 @@ impl CpuHead {
                 }
                 activations
             }
-        };
-        activations.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
-        activations
+        }
     }
 }
 

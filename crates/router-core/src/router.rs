@@ -28,6 +28,10 @@ pub struct Router {
     task_gate: Option<TaskGate>,
     /// The head as plain `f32` rows when running on the CPU (see [`CpuHead`]).
     cpu_head: Option<CpuHead>,
+    /// The output-length head likewise: candle's matmul costs tens of µs per call at one prompt
+    /// (it reads `/proc/cpuinfo` to size its thread pool each time), more than the whole static
+    /// tier.
+    cpu_length_head: Option<CpuHead>,
     device: Device,
     dir: PathBuf,
 }
@@ -59,7 +63,22 @@ impl Router {
             Some(gate) => Some(TaskGate::load(&dir.join(files::TASK_GATE), gate, config.encoder.dim(), config.models.len())?),
             None => None,
         };
-        Ok(Self { config, encoder, head, length_head, task_gate, cpu_head, device: device.clone(), dir: dir.to_path_buf() })
+        let cpu_length_head = match &length_head {
+            Some(length) => cpu_head_for(length.head(), device)
+                .map_err(|e| CoreError::bundle(dir.join(files::LENGTH_HEAD), e.to_string()))?,
+            None => None,
+        };
+        Ok(Self {
+            config,
+            encoder,
+            head,
+            length_head,
+            task_gate,
+            cpu_head,
+            cpu_length_head,
+            device: device.clone(),
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Loads a bundle published as a Hugging Face model repo, through the hub cache: with a filled
@@ -98,12 +117,24 @@ impl Router {
             )));
         }
         let cpu_head = cpu_head_for(&head, &device)?;
-        Ok(Self { config, encoder, head, length_head: None, task_gate: None, cpu_head, device, dir: PathBuf::new() })
+        Ok(Self {
+            config,
+            encoder,
+            head,
+            length_head: None,
+            task_gate: None,
+            cpu_head,
+            cpu_length_head: None,
+            device,
+            dir: PathBuf::new(),
+        })
     }
 
     /// Adds an output-length head of shape `shape` (recorded in the manifest's `output_length`).
     pub fn with_length_head(mut self, length_head: LengthHead, shape: crate::config::HeadConfig) -> Self {
         self.config.output_length = Some(shape);
+        // Weights that cannot be packed keep the candle path: the same function, slower.
+        self.cpu_length_head = cpu_head_for(length_head.head(), &self.device).ok().flatten();
         self.length_head = Some(length_head);
         self
     }
@@ -132,7 +163,17 @@ impl Router {
     /// Predicted output tokens of each underlying model for each embedding, in [`Router::models`]
     /// order; `None` when the bundle has no output-length head.
     pub fn output_tokens_embeddings(&self, embeddings: &[Vec<f32>]) -> Result<Option<Vec<Vec<f32>>>> {
-        self.length_head.as_ref().map(|head| head.predict(embeddings, &self.device)).transpose()
+        let (Some(length_head), Some(cpu)) = (&self.length_head, &self.cpu_length_head) else {
+            return self.length_head.as_ref().map(|head| head.predict(embeddings, &self.device)).transpose();
+        };
+        let dim = cpu.inputs();
+        if embeddings.iter().any(|e| e.len() != dim) {
+            return length_head.predict(embeddings, &self.device).map(Some);
+        }
+        let flat: Vec<f32> = embeddings.iter().flatten().copied().collect();
+        let mut tokens = cpu.forward_logits(&flat);
+        tokens.iter_mut().for_each(|v| *v = v.exp());
+        Ok(Some(tokens.chunks_exact(self.config.models.len().max(1)).map(<[f32]>::to_vec).collect()))
     }
 
     /// [`Router::predict`] for many prompts with one encoder pass.

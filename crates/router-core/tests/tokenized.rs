@@ -105,3 +105,17 @@ fn shipped_bundle_with_a_length_head_predicts_lengths_from_tokens() {
     let prediction = router.predict_tokenized(&tokenize_all(&router)).expect("predict");
     assert!(prediction.iter().all(|p| p.output_tokens.as_ref().is_some_and(|t| t.len() == router.models().len())));
 }
+
+#[test]
+fn output_lengths_on_the_cpu_match_the_candle_length_head() {
+    let router = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/zeroeval"));
+    let embeddings: Vec<Vec<f32>> = PROMPTS.iter().map(|p| router.embed(p).expect("embed")).collect();
+    let packed = router.output_tokens_embeddings(&embeddings).expect("predict").expect("a length head");
+    let length_head = router.length_head().expect("models/zeroeval ships an output-length head");
+    let candle = length_head.predict(&embeddings, &Device::Cpu).expect("candle");
+    for (row, expected) in packed.iter().zip(&candle) {
+        for (got, want) in row.iter().zip(expected) {
+            assert!((got - want).abs() <= 1e-5 * want.abs(), "{got} vs {want}");
+        }
+    }
+}
