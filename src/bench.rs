@@ -68,6 +68,15 @@ pub struct BenchArgs {
     /// with shadows on over off.
     #[arg(long, requires = "server")]
     shadow: bool,
+    /// With --server: find the highest open-loop request rate whose p99 latency stays within
+    /// `--p99-ms`, calling the backend directly, through a bare forwarding proxy and through the
+    /// router (each rate tried runs for `--seconds`), and report the router's share of the
+    /// direct rate.
+    #[arg(long, requires = "server", conflicts_with_all = ["rate", "shadow"])]
+    find_max: bool,
+    /// With --find-max: the p99 latency bound, milliseconds.
+    #[arg(long, default_value_t = 50.0, requires = "find_max")]
+    p99_ms: f64,
     /// Measure only the BERT encoder (all-MiniLM-L6-v2 from the hub cache: tokenize, forward, mean
     /// pool, normalise) on one prompt of each of these token counts, e.g. `16,32,128,512`, and
     /// print each prompt with its figures (what `scripts/onnx-compare.sh` feeds ONNX Runtime).
@@ -375,6 +384,11 @@ fn run_server(args: &BenchArgs) -> Result<()> {
     let (source, prompts) = workload_prompts(args)?;
     let bundle_dir = router.dir().to_path_buf();
     drop(router);
+    if args.find_max {
+        let find = server::FindMax { p99_ms: args.p99_ms, seconds: args.seconds };
+        let report = server::find_max(&bundle_dir, &catalog, &prompts, &find)?;
+        return print_find_max(args, &source, report);
+    }
     let load = server::ServerLoad { rate: args.rate, seconds: args.seconds, shadow: args.shadow };
     let report = server::run(&bundle_dir, &catalog, &prompts, &load)?;
     let report = json!({
@@ -419,6 +433,60 @@ fn run_server(args: &BenchArgs) -> Result<()> {
             number(&server["shadows_dropped_queue_full"])
         );
     }
+    Ok(())
+}
+
+/// Prints `--find-max`'s report: each side's highest rate and the figures at it, their ratio,
+/// and where the router's time goes.
+fn print_find_max(args: &BenchArgs, source: &str, report: Value) -> Result<()> {
+    let report = json!({
+        "profile": build_profile(),
+        "workload": source,
+        "find_max": report,
+    });
+    if args.json {
+        println!("{report}");
+        return Ok(());
+    }
+    let found = &report["find_max"];
+    let number = |value: &Value| value.as_f64().unwrap_or(f64::NAN);
+    println!(
+        "model-router bench --server --find-max ({} build): the highest open-loop rate with p99 <= {} ms, {} s per rate ({source})",
+        build_profile(),
+        found["p99_bound_ms"],
+        found["seconds_per_rate"]
+    );
+    println!("  {:<8} {:>12} {:>9} {:>10} {:>10} {:>14}", "path", "max req/s", "tried", "p50 µs", "p99 µs", "CPU µs/req");
+    for name in ["direct", "proxy", "router"] {
+        let side = &found[name];
+        let at_least = if side["at_least"].as_bool() == Some(true) { ">=" } else { "" };
+        println!(
+            "  {name:<8} {:>12} {:>9} {:>10.0} {:>10.0} {:>14.1}",
+            format!("{at_least}{:.0}", number(&side["max_rate_per_s"])),
+            side["steps"].as_array().map_or(0, Vec::len),
+            number(&side["p50_us"]),
+            number(&side["p99_us"]),
+            number(&side["cpu_us_per_request"]),
+        );
+    }
+    let (stages, cpu) = (&found["stages"], &found["cpu_us_per_request_over_direct"]);
+    println!(
+        "  router / direct: {:.2} of the direct rate (a bare axum + reqwest proxy: {:.2}; router / proxy {:.2})",
+        number(&found["ratio"]),
+        number(&found["proxy_ratio"]),
+        number(&found["router_over_proxy"])
+    );
+    println!(
+        "  CPU per request over the direct call's (the whole process: load generator, server, backend): proxy {:.1} µs, router {:.1} µs",
+        number(&cpu["proxy"]),
+        number(&cpu["router"])
+    );
+    println!(
+        "  router stages, mean over the search: decide (tokenise, score, policy) {:.1} µs, backend response headers {:.1} µs, prompts skipped (client gone) {:.0}",
+        number(&stages["decide_mean_us"]),
+        number(&stages["upstream_mean_us"]),
+        number(&stages["scorer_skipped"])
+    );
     Ok(())
 }
 
