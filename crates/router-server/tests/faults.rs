@@ -427,7 +427,7 @@ async fn unauthorised_requests_are_logged_and_counted() {
             .header("authorization", "Bearer key-1"),
     )
     .await;
-    assert!(metrics.contains("model_router_requests_total{model=\"none\",mode=\"none\",status=\"401\",spillover=\"false\"} 1"), "{metrics}");
+    assert!(metrics.contains("model_router_requests_total{mode=\"none\",model=\"none\",spillover=\"false\",status=\"401\"} 1"), "{metrics}");
     env.stop().await;
 }
 

@@ -259,7 +259,7 @@ async fn requests_running_across_reloads_all_succeed() {
     assert_eq!(env.version().await, "2099-01-06");
     let metrics = common::text_of(env.server.get("/metrics")).await;
     assert!(
-        metrics.contains("status=\"200\",spillover=\"false\"} 100"),
+        metrics.contains("spillover=\"false\",status=\"200\"} 100"),
         "{metrics}"
     );
     let env = Arc::into_inner(env).expect("the clients are done");

@@ -654,7 +654,7 @@ async fn spillover_by_config_and_cooldown() {
     let dispatcher = env.server.running.state().dispatcher();
     assert!(dispatcher.cooldown_left("gpt4-ptu").unwrap() > Duration::from_secs(20));
     let metrics = env.metrics().await;
-    assert_has_metric(&metrics, &format!("model_router_requests_total{{model=\"{GPT4}\",mode=\"bypass\",status=\"200\",spillover=\"true\"}} 3"));
+    assert_has_metric(&metrics, &format!("model_router_requests_total{{mode=\"bypass\",model=\"{GPT4}\",spillover=\"true\",status=\"200\"}} 3"));
     assert_has_metric(
         &metrics,
         "model_router_upstream_seconds_count{deployment=\"gpt4-paygo\"} 3",
