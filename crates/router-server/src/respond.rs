@@ -94,14 +94,14 @@ fn stream_body(
 ) -> Body {
     state.metrics.cost(reply.model, reply.cost);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    let mut events = d.response.bytes_stream().boxed();
+    let events = d.response.bytes_stream().boxed();
+    let mut lines = sse::lines(events, reply.model.to_string());
     if let Some(usage) = usage {
-        events = usage.stream(events);
+        lines = usage.stream(lines);
     }
     let Some(job) = reply.job.take() else {
-        return Body::from_stream(sse::with_model(events, reply.model.to_string()));
+        return Body::from_stream(lines.map(|lines| lines.map(sse::join)));
     };
-    let lines = sse::lines(events, reply.model.to_string());
     if job.asked {
         // Stored at the end of the stream, before the held `data: [DONE]`.
         set_header(headers, "x-router-store", "pending");

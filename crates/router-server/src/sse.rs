@@ -1,5 +1,6 @@
 //! Server-sent events from a backend, read once: line by line, each `data:` line parsed once,
-//! for both the model-name rewrite and the store's assembly of a streamed answer.
+//! for the model-name rewrite, the usage count (`crate::usage`) and the store's assembly of a
+//! streamed answer (`crate::streamed`).
 //!
 //! A JSON response gets the catalog name of the model that answered in its `model` field; a stream
 //! gets the same in every `data:` event, so that streamed and unstreamed answers say the same thing
@@ -128,16 +129,8 @@ pub(crate) fn lines(
 }
 
 /// The lines' bytes, one after the other.
-fn join(lines: Vec<Line>) -> Bytes {
+pub(crate) fn join(lines: Vec<Line>) -> Bytes {
     Bytes::from(lines.into_iter().flat_map(|l| l.bytes).collect::<Vec<u8>>())
-}
-
-/// `upstream` with each `data:` JSON event's `model` set to `model`; every other byte as it came.
-pub(crate) fn with_model(
-    upstream: BoxStream<'static, reqwest::Result<Bytes>>,
-    model: String,
-) -> BoxStream<'static, reqwest::Result<Bytes>> {
-    lines(upstream, model).map(|lines| lines.map(join)).boxed()
 }
 
 #[cfg(test)]
@@ -153,8 +146,8 @@ mod tests {
     }
 
     async fn run(chunks: &[&str]) -> (Vec<String>, String) {
-        let out: Vec<String> = with_model(upstream(chunks), "catalog-name".into())
-            .map(|chunk| String::from_utf8(chunk.expect("ok").to_vec()).expect("utf-8"))
+        let out: Vec<String> = lines(upstream(chunks), "catalog-name".into())
+            .map(|lines| String::from_utf8(join(lines.expect("ok")).to_vec()).expect("utf-8"))
             .collect()
             .await;
         let all = out.concat();

@@ -22,7 +22,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
 use router_dispatch::Dispatched;
 use router_store::{minute_of_ms, now_ms, Store, StoreError, StoreOptions, Usage, UsageRow};
@@ -30,6 +29,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::UsageConfig;
+use crate::sse::{Event, Line};
 
 /// The key of a row: (minute, deployment, model, spillover source).
 type Key = (i64, String, String, String);
@@ -218,26 +218,25 @@ impl Answering {
         self.count(Tokens::of(usage, self.prompt_tokens, &text));
     }
 
-    /// A successful stream, passed through unchanged; counted when it ends or is dropped
-    /// (the client went away), from the last `usage` a chunk reported, else estimated from
-    /// the text that passed.
+    /// A successful stream, read through the one SSE reader ([`crate::sse::lines`]) and passed
+    /// on unchanged; counted when it ends or is dropped (the client went away), from the last
+    /// `usage` a chunk reported, else estimated from the text that passed.
     pub(crate) fn stream(
         self,
-        events: BoxStream<'static, reqwest::Result<Bytes>>,
-    ) -> BoxStream<'static, reqwest::Result<Bytes>> {
+        lines: BoxStream<'static, reqwest::Result<Vec<Line>>>,
+    ) -> BoxStream<'static, reqwest::Result<Vec<Line>>> {
         let mut tally = StreamTally {
             answering: Some(self),
-            partial: Vec::new(),
             usage: None,
             text: String::new(),
         };
-        events
-            .map(move |chunk| {
-                match &chunk {
-                    Ok(bytes) => tally.feed(bytes),
+        lines
+            .map(move |batch| {
+                match &batch {
+                    Ok(lines) => tally.read(lines),
                     Err(_) => tally.broken(),
                 }
-                chunk
+                batch
             })
             .boxed()
     }
@@ -246,26 +245,20 @@ impl Answering {
 /// What a stream has shown so far; counts itself when dropped.
 struct StreamTally {
     answering: Option<Answering>,
-    partial: Vec<u8>,
     usage: Option<Usage>,
     text: String,
 }
 
 impl StreamTally {
-    fn feed(&mut self, bytes: &[u8]) {
-        self.partial.extend_from_slice(bytes);
-        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
-            return;
-        };
-        let rest = self.partial.split_off(end + 1);
-        let lines = std::mem::replace(&mut self.partial, rest);
-        for line in lines.split(|&b| b == b'\n') {
-            let Some(payload) = line.strip_prefix(b"data:") else { continue };
-            let Ok(chunk) = serde_json::from_slice::<Chunk>(payload.trim_ascii()) else { continue };
-            if let Some(usage) = chunk.usage.as_ref().and_then(usage_of) {
+    /// The events of `lines`: each chunk's `usage` (the last one wins) and its deltas' text.
+    fn read(&mut self, lines: &[Line]) {
+        for line in lines {
+            let Event::Data(chunk) = &line.event else { continue };
+            if let Some(usage) = chunk.get("usage").and_then(usage_of) {
                 self.usage = Some(usage);
             }
-            for choice in &chunk.choices {
+            let choices = chunk.get("choices").map(Vec::<ChunkChoice>::deserialize);
+            for choice in choices.into_iter().flatten().flatten() {
                 choice.delta.push_text(&mut self.text);
             }
         }
@@ -338,14 +331,7 @@ fn answer_text(choices: &[AnswerChoice]) -> String {
     text
 }
 
-/// A streamed chunk: its deltas and, in the last one when asked for, `usage`.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Chunk {
-    choices: Vec<ChunkChoice>,
-    usage: Option<Value>,
-}
-
+/// A streamed chunk's choice.
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct ChunkChoice {
@@ -356,6 +342,7 @@ struct ChunkChoice {
 mod tests {
     use super::*;
     use crate::config::DEFAULT_USAGE_FLUSH;
+    use bytes::Bytes;
     use futures_util::stream;
 
     fn log() -> (tempfile::TempDir, Arc<UsageLog>) {
@@ -406,7 +393,8 @@ mod tests {
         let without = ["data: {\"choices\":[{\"delta\":{\"content\":\"hello world\"}}]}\n\n", "data: [DONE]\n\n"];
         for chunks in [&with_usage[..], &without[..]] {
             let upstream: Vec<reqwest::Result<Bytes>> = chunks.iter().map(|c| Ok(Bytes::from(*c))).collect();
-            let out: Vec<_> = answering(&log, "").stream(stream::iter(upstream).boxed()).collect().await;
+            let lines = crate::sse::lines(stream::iter(upstream).boxed(), "m".into());
+            let out: Vec<_> = answering(&log, "").stream(lines).collect().await;
             assert_eq!(out.len(), chunks.len(), "passed through unchanged");
         }
         let rows = log.pending_rows();
