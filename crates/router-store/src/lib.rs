@@ -121,6 +121,8 @@
 #![deny(missing_docs)]
 
 mod error;
+#[cfg(feature = "postgres")]
+mod limits;
 mod location;
 mod metadata;
 #[cfg(feature = "postgres")]
@@ -131,6 +133,8 @@ mod store;
 mod usage;
 
 pub use error::StoreError;
+#[cfg(feature = "postgres")]
+pub use limits::{LimitVerdict, SharedWindows};
 pub use location::{Location, PostgresUrl};
 pub use metadata::{
     Metadata, MetadataError, GRADE_KEY, MAX_METADATA_KEYS, MAX_METADATA_KEY_CHARS,

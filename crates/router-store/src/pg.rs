@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// The newest schema this build knows (`model_router.schema_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 /// Connections per store: a request holds one for one short transaction.
 const POOL_SIZE: usize = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,7 +35,7 @@ const METADATA_OBJECT: &str =
 
 /// Migrations, each taking the schema from the version before to its own; they run in the one
 /// transaction that holds [`MIGRATION_LOCK`].
-const MIGRATIONS: [(i64, &str); 2] = [(
+const MIGRATIONS: [(i64, &str); 3] = [(
     1,
     "CREATE TABLE model_router.completions (
          seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -86,6 +86,10 @@ const MIGRATIONS: [(i64, &str); 2] = [(
          throttled BIGINT NOT NULL,
          PRIMARY KEY (minute, deployment, model, spillover_from)
      );",
+), (
+    // Capacity windows and cooldowns shared by replicas (see `crate::limits`).
+    3,
+    crate::limits::MIGRATION,
 )];
 
 /// Stored completions in one PostgreSQL database.
@@ -119,12 +123,32 @@ impl Drop for PgBackend {
 /// A connection and the statements prepared on it, by SQL text: a statement is parsed once per
 /// connection rather than on every call (the client's `query(&str)` prepares each time, a round
 /// trip). Only fixed SQL texts go through the cache, so it stays as small as the code's set.
-struct Conn {
+pub(crate) struct Conn {
     client: Client,
     statements: HashMap<String, Statement>,
 }
 
 impl Conn {
+    /// Runs `sql` (a fixed text, prepared once per connection) on its own, outside a transaction.
+    pub(crate) fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let statement = prepared(&mut self.client, &mut self.statements, sql)?;
+        Ok(self.client.query(&statement, params)?)
+    }
+
+    /// [`Conn::query`] for a statement that returns exactly one row (else an error).
+    pub(crate) fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, StoreError> {
+        let statement = prepared(&mut self.client, &mut self.statements, sql)?;
+        Ok(self.client.query_one(&statement, params)?)
+    }
+
     fn transaction(&mut self) -> Result<Tx<'_>, StoreError> {
         Ok(Tx {
             tx: self.client.transaction()?,
@@ -405,7 +429,7 @@ impl PgBackend {
             })
     }
 
-    fn with_conn<T>(
+    pub(crate) fn with_conn<T>(
         &self,
         f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
