@@ -208,7 +208,7 @@ impl Answering {
 
     /// A successful JSON answer: its `usage`, else the estimate of its text.
     pub(crate) fn json(self, completion: &Map<String, Value>) {
-        let usage = completion.get("usage").and_then(|u| usage_of(u));
+        let usage = completion.get("usage").and_then(usage_of);
         let text = match (usage, completion.get("choices")) {
             (None, Some(choices)) => Vec::<AnswerChoice>::deserialize(choices)
                 .map(|choices| answer_text(&choices))
