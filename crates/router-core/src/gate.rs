@@ -116,7 +116,7 @@ impl TaskGate {
     /// assert_eq!(gate.apply(&[0.0, 1.0], &mut scores), None);
     /// assert_eq!(scores, vec![0.2, 0.5]);
     /// // A prompt far from every task's centroid is recognised as none.
-    /// assert_eq!(gate.recognise(&[0.6, -0.8]), None);
+    /// assert_eq!(gate.recognise(&[-0.6, -0.8]), None);
     /// # Ok::<(), router_core::CoreError>(())
     /// ```
     pub fn new(parts: TaskGateParts, dim: usize, models: usize) -> Result<Self> {
