@@ -23,6 +23,7 @@ use crate::listen::{self, Limits};
 use crate::pipeline::{azure_chat_completions, chat_completions, route};
 use crate::request_id::{self, RequestId};
 use crate::request_log::{record, Ctx};
+use crate::shadow_worker;
 use crate::state::{AppState, Caller};
 use crate::stored;
 use crate::{ApiError, ServerConfig, ServerError};
@@ -129,9 +130,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .await
         .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))??;
     let state = Arc::new(state);
-    if let Some(shadows) = state.shadows() {
-        shadows.start_workers(Arc::downgrade(&state));
-    }
+    shadow_worker::start(&state);
     if let Some(usage) = &state.usage {
         usage.start_flusher();
     }

@@ -13,7 +13,8 @@ use serde_json::{Map, Value};
 
 use crate::record::Outcome;
 use crate::request_log::Ctx;
-use crate::shadow::{self, ShadowJob};
+use crate::shadow::ShadowJob;
+use crate::shadow_worker;
 use crate::sse;
 use crate::state::AppState;
 use crate::stored::{self, StoreJob};
@@ -235,7 +236,7 @@ async fn json_answer(
     let bytes = Bytes::from(serde_json::to_vec(&object).unwrap_or_default());
     match shadow {
         None => Body::from(bytes),
-        Some(job) => Body::from_stream(shadow::then_shadow(
+        Some(job) => Body::from_stream(shadow_worker::then_shadow(
             futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]),
             state.clone(),
             Some(job),

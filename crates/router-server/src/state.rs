@@ -40,7 +40,7 @@ pub struct Reloaded {
 impl AppState {
     /// Builds the dispatcher, loads and probes the bundle ([`Routing::load`]), starts its
     /// scorer thread, opens the store. Blocking (it reads the bundle). Shadow workers start
-    /// with [`start`].
+    /// with [`crate::start`].
     pub fn new(config: ServerConfig) -> Result<Self, ServerError> {
         let bad = |key: &str, reason: String| ServerError::Config {
             file: config.file.clone(),

@@ -236,7 +236,7 @@ pub(crate) fn tap(
             TapState::Passing(tap) => tap,
             TapState::Ended(state, shadow) => {
                 if let (Some(shadows), Some(job)) = (state.shadows(), shadow) {
-                    shadows.submit(&state, *job);
+                    shadows.submit(&state.metrics, *job);
                 }
                 return None;
             }
