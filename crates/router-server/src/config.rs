@@ -260,6 +260,8 @@ pub struct DispatchSection {
     pub probe_interval_ms: Option<u64>,
     /// `false` turns capacity-aware dispatch off (only 429s and cooldowns decide).
     pub capacity_aware: Option<bool>,
+    /// The sliding window declared capacities are enforced over (default 60000: a minute).
+    pub capacity_window_ms: Option<u64>,
 }
 
 /// `[store]`: `path` (SQLite) or `url` (PostgreSQL); see [`StoreConfig`].
@@ -997,6 +999,7 @@ fn dispatch_options(d: &DispatchSection) -> Result<DispatchOptions, Invalid> {
             defaults.probe_interval,
         )?,
         capacity_aware: d.capacity_aware.unwrap_or(defaults.capacity_aware),
+        capacity_window: positive_ms("dispatch.capacity_window_ms", d.capacity_window_ms, defaults.capacity_window)?,
         ..defaults
     })
 }
