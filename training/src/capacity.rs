@@ -393,6 +393,9 @@ pub fn plot_svg(title: &str, sizing: &Sizing, path: &Path) -> Result<()> {
     chart
         .configure_mesh()
         .x_desc("provisioned units")
+        // Whole units: about one label per unit up to ten, else ten.
+        .x_labels((max_units as usize + 1).min(10))
+        .x_label_formatter(&|units| format!("{units:.0}"))
         .y_desc("USD per month (provisioned + spilled pay-as-you-go)")
         .light_line_style(RGBColor(238, 238, 238))
         .draw()
