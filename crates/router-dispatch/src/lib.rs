@@ -32,6 +32,35 @@
 //!    The result says which deployment it spilled from ([`Dispatched::spillover_from`]).
 //! 5. Any other answer (2xx, 4xx) is returned as is: the caller streams or reads its body.
 //!
+//! # Capacity-aware dispatch
+//!
+//! With [`DispatchOptions::capacity_aware`] (the default), a deployment known to be full is
+//! skipped *before* sending, exactly where a cooling one is (step 1): a provisioned one spills
+//! over directly, any other moves on, and [`Dispatched::spill_reason`] says
+//! [`SpillReason::PredictedFull`]. It is known to be full when
+//!
+//! - its last rate-limit headers (`x-ratelimit-remaining-tokens`/`-requests`, with
+//!   `x-ratelimit-reset-*` as an OpenAI duration such as `6m0s` or `20ms`, or Azure's seconds)
+//!   leave less than the request's charge, less what this process sent there since; with
+//!   `x-ratelimit-limit-*` the figure refills linearly until its reset, without it stays until
+//!   the reset (1 s without a reset header); or
+//! - it declares `capacity_tpm`/`capacity_rpm` ([`Deployment::capacity_tpm`]) and the sliding
+//!   window ([`DispatchOptions::capacity_window`], a minute by default, the per-minute figures
+//!   scaled to it) holds too much to add this request ([`Window::reserve`]: an empty window
+//!   admits any request).
+//!
+//! A request is charged [`tokens_to_charge`]: its prompt's estimate plus `max_tokens` (or the
+//! default expected output), which is what OpenAI and Azure count when they admit a request;
+//! the tokens the answer really used are not read back. Only requests sent count in the window.
+//! 429s, cooldowns and probes keep the rules above: capacity awareness is an earlier check.
+//!
+//! Windows and cooldown ends live behind [`SharedLimits`]: in the process by default
+//! ([`LocalLimits`]), or in a database replicas share (router-server uses router-store's
+//! PostgreSQL one when the store is PostgreSQL), so that N replicas respect one capacity
+//! together and all skip a cooling deployment. A failing shared store admits the request
+//! ([`Dispatcher::limits_errors`] counts it). [`Dispatcher::load_snapshot`] reports each
+//! deployment's in-flight requests, window, utilisation, headroom and spills by reason.
+//!
 //! When every deployment is saturated the result is [`DispatchError::Saturated`], with the time
 //! until the first one is free again: the server then runs the policy again with the model in
 //! its `exclude` list. Other failures after the retries are [`DispatchError::Upstream`] or

@@ -73,7 +73,7 @@ pub struct DeploymentLoad {
     pub window_requests: u64,
     /// Requests of this process sent and waiting for their response headers.
     pub in_flight: u64,
-    /// The window's share of the declared capacity ([`Capacity::utilisation`]).
+    /// The window's share of the declared capacity ([`crate::Limit::utilisation`]).
     pub utilisation: Option<f64>,
     /// Tokens left by the last rate-limit headers, less what was sent since, until their reset.
     pub headroom_tokens: Option<u64>,
