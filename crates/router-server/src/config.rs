@@ -1,5 +1,5 @@
 //! The server's config: the TOML file's typed form ([`ConfigFile`]: `[server]`, `[router]`,
-//! `[dispatch]`, `[store]`, `[shadow]`, `[[models]]`, `[[deployments]]`), parsed from text or
+//! `[dispatch]`, `[store]`, `[shadow]`, `[usage]`, `[[models]]`, `[[deployments]]`), parsed from text or
 //! built in code ([`ServerConfig::builder`]), and validated once, by one function, into a
 //! [`ServerConfig`].
 

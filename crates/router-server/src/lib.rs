@@ -76,6 +76,15 @@
 //! `model_router_shadow_dropped_total{reason}`; nothing a shadow does reaches the client or the
 //! router's own request metrics.
 //!
+//! # Usage
+//!
+//! Every answered request's usage is recorded per deployment and UTC minute (requests, input
+//! and output tokens, how many were estimated, 429s met, the deployment it spilled from), for
+//! `model-router capacity`: aggregated in memory, written once a flush interval (a minute) and
+//! at shutdown into the store's database (`router_store::UsageRow`), or without `[store]` into
+//! the SQLite file of `[usage] path` ([`UsageConfig`]); rows older than `retention_days` are
+//! deleted. Neither `[store]` nor `[usage]`: nothing is recorded.
+//!
 //! # Reload
 //!
 //! `POST /admin/reload` and SIGHUP ([`AppState::reload`]) load the configured bundle again.
