@@ -88,6 +88,27 @@ fn bench_server_reports_direct_and_routed_latency() {
 }
 
 #[test]
+fn bench_server_find_max_searches_each_path_down_to_its_floor_under_an_impossible_bound() {
+    // No request answers within 1 µs: each search halves from 250/s until below its floor of
+    // 10/s (250, 125, 62.5, 31.25, 15.6), every rate failing twice, so the run stays short.
+    let report = ok(&["bench", "--server", "--find-max", "--p99-ms", "0.001", "--seconds", "0.1", "--json"]).json();
+    let found = &report["find_max"];
+    for path in ["direct", "proxy", "router"] {
+        assert!(found[path]["max_rate_per_s"].is_null(), "{path}: {found}");
+        let steps = found[path]["steps"].as_array().unwrap_or_else(|| panic!("{path} has no steps: {found}"));
+        let rates: Vec<f64> = steps.iter().filter_map(|s| s["rate_per_s"].as_f64()).collect();
+        assert_eq!(rates, [250.0, 250.0, 125.0, 125.0, 62.5, 62.5, 31.25, 31.25, 15.625, 15.625], "{path}");
+        for (i, _) in steps.iter().enumerate() {
+            assert_eq!(steps[i]["passed"], false, "{path}: {found}");
+            assert_eq!(steps[i]["errors"], 0, "{path}: {found}");
+            positive(&report, &format!("/find_max/{path}/steps/{i}/p99_us"));
+        }
+    }
+    assert!(found["ratio"].is_null(), "no rate passed, so there is no ratio: {found}");
+    assert_eq!(found["p99_bound_ms"], 0.001);
+}
+
+#[test]
 fn bench_server_rejects_a_zero_rate() {
     let run = common::fails(&["bench", "--server", "--rate", "0"]);
     common::assert_mentions(&run.stderr, &["--rate"]);
