@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::routing::post;
 use axum::Json;
-use common::{arg, assert_mentions, routerbench_bundle, fails, ok};
+use common::{arg, assert_mentions, fails, ok};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -67,16 +67,7 @@ impl Judge {
 
     /// A server config whose catalog has `judge-model`, served by this backend.
     fn config(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("model-router.toml");
-        let text = format!(
-            "[router]\nbundle = \"{bundle}\"\n\n[dispatch]\ntimeout_ms = 10000\nmax_retries = 0\n\n\
-             [[models]]\nname = \"judge-model\"\ninput_price = 1.0\noutput_price = 2.0\ncontext_window = 16385\ndeployments = [\"judge\"]\n\n\
-             [[deployments]]\nname = \"judge\"\nkind = \"openai\"\nbase_url = \"http://{addr}/v1\"\nmodel = \"upstream-judge\"\n",
-            bundle = routerbench_bundle().display(),
-            addr = self.addr,
-        );
-        std::fs::write(&path, text).unwrap();
-        path
+        common::write_config(dir, "model-router.toml", &common::one_model_config("judge-model", "judge", self.addr, "upstream-judge"))
     }
 }
 

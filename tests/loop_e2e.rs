@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{arg, ok, prepare};
-use label_common::{read_lines, write_config, Candidate, MockBackend, Reply};
+use label_common::{candidates_config, read_lines, write_config, Candidate, MockBackend, Reply};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -154,12 +154,15 @@ fn labels_train_a_router_that_beats_the_strong_model_on_cost_and_reload_promotes
 fn serve_and_reload(dir: &Path, backend: std::net::SocketAddr, candidates: &[Candidate<'_>], v1: &Path, v2: &Path) {
     let current = dir.join("current");
     copy_dir(v1, &current);
-    let serve_dir = dir.join("serve");
-    std::fs::create_dir_all(&serve_dir).unwrap();
-    let config = write_config(&serve_dir, backend, candidates);
-    let text = std::fs::read_to_string(config).unwrap().replace("[router]\n", "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\nadmin_key_env = \"ADMIN\"\n\n[router]\n");
-    let text = with_bundle(&text, &current);
-    let config = router_server::ServerConfig::from_toml_str(&text, "loop.toml", dir, |v| (v == "ADMIN").then(|| ADMIN_KEY.to_string())).expect("a valid config");
+    let config = candidates_config(backend, candidates)
+        .router(|r| r.bundle = current.clone())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .access_log(false)
+        .admin_key_env("ADMIN")
+        .env(|v| (v == "ADMIN").then(|| ADMIN_KEY.to_string()))
+        .named("loop.toml")
+        .build()
+        .expect("a valid config");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
         let server = router_server::start(config).await.expect("the server starts");
@@ -215,13 +218,6 @@ async fn health(http: &reqwest::Client, base: &str) -> Value {
 }
 
 /// The config text with `router.bundle` pointing at `bundle`.
-fn with_bundle(text: &str, bundle: &Path) -> String {
-    text.lines()
-        .map(|line| if line.starts_with("bundle = ") { format!("bundle = {:?}", bundle.to_string_lossy()) } else { line.to_string() })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

@@ -16,7 +16,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{command, routerbench_bundle};
+use common::command;
 use thread_backend::{read_message, start_backend, IO_TIMEOUT};
 use router_store::{owner_of_key, Location, Store, StoreOptions};
 use serde_json::{json, Value};
@@ -135,44 +135,13 @@ fn start_replica(config: &std::path::Path) -> (Child, SocketAddr) {
     }
 }
 
+/// The replicas' config: keys from `REPLICA_KEYS`, the store at the PostgreSQL `url`.
 fn write_config(dir: &std::path::Path, backend: SocketAddr, url: &str) -> std::path::PathBuf {
-    let config = dir.join("serve.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-api_keys_env = "REPLICA_KEYS"
-
-[router]
-bundle = "{bundle}"
-
-[dispatch]
-timeout_ms = 10000
-max_retries = 0
-
-[[models]]
-name = "{MODEL}"
-input_price = 1.0
-output_price = 2.0
-context_window = 16385
-deployments = ["backend"]
-
-[[deployments]]
-name = "backend"
-kind = "openai"
-base_url = "http://{backend}/v1"
-model = "upstream"
-
-[store]
-url = "{url}"
-"#,
-            bundle = routerbench_bundle().display()
-        ),
-    )
-    .expect("write the config");
-    config
+    let config = common::one_model_config(MODEL, "backend", backend, "upstream")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .api_keys_env("REPLICA_KEYS")
+        .store(router_server::StoreSection { url: Some(url.to_string()), ..Default::default() });
+    common::write_config(dir, "serve.toml", &config)
 }
 
 /// Sends `per_client` stored requests from each of `clients` threads, spread over the
@@ -301,4 +270,122 @@ fn two_replicas_share_one_postgres_store_and_a_kill_loses_nothing_acknowledged()
     assert!(run.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("wrote {records} lines")), "{stderr}");
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count() as u64, records);
+}
+
+/// The tokens-per-minute limit of the provisioned mock, declared as the deployment's `capacity_tpm`.
+const PTU_TPM: u64 = 2_000;
+
+/// A provisioned deployment (`/ptu/v1/...`) that admits at most [`PTU_TPM`] tokens in all (the
+/// test runs well inside its minute) and answers 429 above, counting each request as a provider
+/// admits it: `max_tokens` plus 10 for the short prompt; and a pay-as-you-go one (`/payg/v1/...`)
+/// without a limit. Returns the address and the (admitted tokens, 429s) of the provisioned one.
+fn start_capacity_backend(stop: Arc<AtomicBool>) -> (SocketAddr, Arc<Mutex<(u64, u64)>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the backend");
+    let addr = listener.local_addr().expect("backend address");
+    let ptu = Arc::new(Mutex::new((0u64, 0u64)));
+    let counts = ptu.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(mut stream) = stream else { continue };
+            let counts = counts.clone();
+            thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+                let Ok((head, body)) = read_message(&mut stream) else { return };
+                let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let tokens = request["max_tokens"].as_u64().unwrap_or(0) + 10;
+                let admitted = !head.contains("/ptu/") || {
+                    let mut c = counts.lock().unwrap();
+                    let fits = c.0 + tokens <= PTU_TPM;
+                    if fits { c.0 += tokens } else { c.1 += 1 }
+                    fits
+                };
+                thread::sleep(Duration::from_millis(20));
+                let (status, answer) = if admitted {
+                    ("200 OK", json!({"id": "chatcmpl-cap", "object": "chat.completion", "created": 1, "model": request["model"],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}))
+                } else {
+                    ("429 Too Many Requests", json!({"error": {"message": "rate limited", "type": "rate_limit"}}))
+                };
+                let answer = answer.to_string();
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = stream.write_all(response.as_bytes());
+            });
+        }
+    });
+    (addr, ptu)
+}
+
+/// Two replicas, a provisioned deployment declaring the mock's `capacity_tpm`, spilling over to
+/// pay-as-you-go; `store` on PostgreSQL or none.
+fn write_capacity_config(dir: &std::path::Path, name: &str, backend: SocketAddr, store: Option<&str>) -> std::path::PathBuf {
+    let mut ptu = router_server::DeploymentSection::openai("ptu", format!("http://{backend}/ptu/v1"), "upstream").provisioned("payg");
+    ptu.capacity_tpm = Some(PTU_TPM);
+    let mut config = router_server::ServerConfig::builder(common::routerbench_bundle())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .dispatch(|d| d.max_retries = Some(0))
+        .model(router_policy::ModelSpec::new(MODEL, 1.0, 2.0, 16_385).deployments(["ptu"]))
+        .deployment(ptu)
+        .deployment(router_server::DeploymentSection::openai("payg", format!("http://{backend}/payg/v1"), "upstream"));
+    if let Some(url) = store {
+        config = config.store(router_server::StoreSection { url: Some(url.to_string()), ..Default::default() });
+    }
+    common::write_config(dir, name, &config)
+}
+
+/// Sends 40 requests of `max_tokens` 100, alternating between the replicas from 4 threads;
+/// every one must be answered (the overflow by pay-as-you-go).
+fn capacity_load(replicas: [SocketAddr; 2]) {
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            thread::spawn(move || {
+                for j in 0..10 {
+                    let i = t * 10 + j;
+                    let body = json!({"model": MODEL, "max_tokens": 100, "messages": [{"role": "user", "content": format!("capacity request {i}")}]});
+                    let answer = http(replicas[i % 2], "POST", "/v1/chat/completions", "none", Some(&body));
+                    assert!(matches!(answer, Some((200, _))), "request {i}: {answer:?}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("load thread");
+    }
+}
+
+/// Issue #16: with the PostgreSQL store, the replicas' capacity windows are one, so together they
+/// send the provisioned mock no more than its limit (stated tolerance: 0 tokens over it, because
+/// each request is charged at least what the mock counts); each on its own window, they overshoot.
+#[test]
+fn two_replicas_on_postgres_share_one_capacity_window() {
+    let Some(db) = TestDatabase::create() else { return };
+    let dir = TempDir::new().unwrap();
+    for (name, store) in [("shared.toml", Some(db.url.as_str())), ("alone.toml", None)] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (backend, ptu) = start_capacity_backend(stop.clone());
+        let config = write_capacity_config(dir.path(), name, backend, store);
+        let (mut first, a) = start_replica(&config);
+        let (mut second, b) = start_replica(&config);
+        capacity_load([a, b]);
+        for child in [&mut first, &mut second] {
+            child.kill().expect("stop a replica");
+            child.wait().expect("reap it");
+        }
+        stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(backend);
+        let (tokens, refused) = *ptu.lock().unwrap();
+        eprintln!("{name}: the provisioned mock admitted {tokens} of {PTU_TPM} tokens and answered {refused} 429s");
+        if store.is_some() {
+            assert_eq!(refused, 0, "shared windows: no request beyond the limit reached the provisioned mock");
+            assert!(tokens <= PTU_TPM && tokens >= PTU_TPM * 3 / 4, "{tokens} tokens: the limit is respected and mostly used");
+        } else {
+            assert!(refused > 0, "without a shared store each replica fills the window on its own: {tokens} tokens, {refused} 429s");
+        }
+    }
 }

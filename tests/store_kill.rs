@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{command, routerbench_bundle};
+use common::command;
 use thread_backend::{read_message, start_backend, IO_TIMEOUT};
 use router_store::{Store, StoreOptions};
 use serde_json::{json, Value};
@@ -56,42 +56,10 @@ fn sigkill_mid_burst_loses_no_acknowledged_record() {
     let dir = TempDir::new().unwrap();
     let stop_backend = Arc::new(AtomicBool::new(false));
     let backend = start_backend(stop_backend.clone(), "kill", Duration::from_millis(15));
-    let config = dir.path().join("serve.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-
-[router]
-bundle = "{bundle}"
-
-[dispatch]
-timeout_ms = 10000
-max_retries = 0
-
-[[models]]
-name = "{MODEL}"
-input_price = 1.0
-output_price = 2.0
-context_window = 16385
-deployments = ["backend"]
-
-[[deployments]]
-name = "backend"
-kind = "openai"
-base_url = "http://{backend}/v1"
-model = "upstream"
-
-[store]
-path = "completions.db"
-max_bytes = 100000000
-"#,
-            bundle = routerbench_bundle().display()
-        ),
-    )
-    .unwrap();
+    let config = common::one_model_config(MODEL, "backend", backend, "upstream")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .store(router_server::StoreSection { max_bytes: Some(100_000_000), ..router_server::StoreSection::sqlite("completions.db") });
+    let config = common::write_config(dir.path(), "serve.toml", &config);
 
     let mut child = command()
         .args(["serve", "--config"])

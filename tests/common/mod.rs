@@ -48,10 +48,23 @@ pub fn ensure_minilm() {
     static DONE: OnceLock<PathBuf> = OnceLock::new();
     DONE.get_or_init(|| {
         let script = repo_root().join("scripts/fetch-minilm.sh");
-        let output = Command::new("bash").arg(&script).output().expect("run scripts/fetch-minilm.sh");
-        assert!(output.status.success(), "fetch-minilm.sh failed: {}", String::from_utf8_lossy(&output.stderr));
+        let output = Command::new("bash")
+            .arg(&script)
+            .output()
+            .expect("run scripts/fetch-minilm.sh");
+        assert!(
+            output.status.success(),
+            "fetch-minilm.sh failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let stdout = String::from_utf8(output.stdout).expect("utf-8 path");
-        PathBuf::from(stdout.lines().last().expect("the script prints the snapshot path").trim())
+        PathBuf::from(
+            stdout
+                .lines()
+                .last()
+                .expect("the script prints the snapshot path")
+                .trim(),
+        )
     });
 }
 
@@ -67,7 +80,8 @@ pub struct Run {
 impl Run {
     /// stdout parsed as one JSON value (the whole of it).
     pub fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {:?}", self.stdout))
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {:?}", self.stdout))
     }
 }
 
@@ -75,7 +89,10 @@ impl Run {
 /// from the repository root.
 pub fn command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_model-router"));
-    command.env_remove("MODEL_ROUTER_MODEL").env("MODEL_ROUTER_CACHE", cache_dir()).current_dir(repo_root());
+    command
+        .env_remove("MODEL_ROUTER_MODEL")
+        .env("MODEL_ROUTER_CACHE", cache_dir())
+        .current_dir(repo_root());
     command
 }
 
@@ -109,22 +126,43 @@ pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
 }
 
 fn show<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
-    args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+    args.iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Runs the binary and asserts that it succeeded.
 pub fn ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
     let run = run(args);
-    assert!(run.success, "`model-router {}` failed ({:?}):\n{}", show(args), run.code, run.stderr);
+    assert!(
+        run.success,
+        "`model-router {}` failed ({:?}):\n{}",
+        show(args),
+        run.code,
+        run.stderr
+    );
     run
 }
 
 /// Runs the binary and asserts that it failed with a non-zero code and a message on stderr.
 pub fn fails<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
     let run = run(args);
-    assert!(!run.success, "`model-router {}` should fail but printed:\n{}", show(args), run.stdout);
-    assert!(matches!(run.code, Some(code) if code != 0), "a failure exits with a non-zero code: {:?}", run.code);
-    assert!(!run.stderr.trim().is_empty(), "a failure says why on stderr");
+    assert!(
+        !run.success,
+        "`model-router {}` should fail but printed:\n{}",
+        show(args),
+        run.stdout
+    );
+    assert!(
+        matches!(run.code, Some(code) if code != 0),
+        "a failure exits with a non-zero code: {:?}",
+        run.code
+    );
+    assert!(
+        !run.stderr.trim().is_empty(),
+        "a failure says why on stderr"
+    );
     run
 }
 
@@ -160,7 +198,14 @@ pub const ROUTERBENCH_MODELS: [&str; 11] = [
 pub fn import_slice(format: &str, files: &[PathBuf], per_task: usize) -> Vec<String> {
     let dir = TempDir::new().unwrap();
     let out = dir.path().join("all.jsonl");
-    let mut args = vec!["data".to_owned(), "import".into(), "--format".into(), format.into(), "--out".into(), arg(&out)];
+    let mut args = vec![
+        "data".to_owned(),
+        "import".into(),
+        "--format".into(),
+        format.into(),
+        "--out".into(),
+        arg(&out),
+    ];
     args.extend(files.iter().map(|f| arg(f)));
     ok(&args);
     let text = std::fs::read_to_string(&out).expect("the imported JSONL");
@@ -169,7 +214,9 @@ pub fn import_slice(format: &str, files: &[PathBuf], per_task: usize) -> Vec<Str
         .lines()
         .filter(|line| {
             let record: Value = serde_json::from_str(line).expect("a canonical JSON line");
-            let count = kept.entry(record["task"].as_str().expect("a task").to_owned()).or_default();
+            let count = kept
+                .entry(record["task"].as_str().expect("a task").to_owned())
+                .or_default();
             *count += 1;
             *count <= per_task
         })
@@ -183,8 +230,12 @@ pub fn import_slice(format: &str, files: &[PathBuf], per_task: usize) -> Vec<Str
 pub fn routerbench_slice() -> &'static [String] {
     static SLICE: OnceLock<Vec<String>> = OnceLock::new();
     SLICE.get_or_init(|| {
-        let files = ["arc_challenge_train.csv", "mbpp_train.csv", "winograde_train.csv"]
-            .map(|f| data_file(&format!("routerbench/{f}")));
+        let files = [
+            "arc_challenge_train.csv",
+            "mbpp_train.csv",
+            "winograde_train.csv",
+        ]
+        .map(|f| data_file(&format!("routerbench/{f}")));
         let slice = import_slice("routerbench", &files, 50);
         assert_eq!(slice.len(), 150);
         slice
@@ -209,12 +260,56 @@ pub fn prepare() {
             })
             .collect();
         let data = write_jsonl(dir.path(), "warm.jsonl", &lines);
-        ok(&["train", "--data", &arg(&data), "--hidden", "8", "--epochs", "1", "--out", &arg(&dir.path().join("warm"))]);
+        ok(&[
+            "train",
+            "--data",
+            &arg(&data),
+            "--hidden",
+            "8",
+            "--epochs",
+            "1",
+            "--out",
+            &arg(&dir.path().join("warm")),
+        ]);
     });
 }
 
 pub fn write_jsonl(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// A server config of one catalog model `model` (1 and 2 USD per 1M input and output tokens,
+/// 16,385-token window) served by the deployment `deployment` at the loopback `backend`
+/// (upstream model `upstream`), routing with the RouterBench bundle, one attempt of at most
+/// 10 s per request.
+pub fn one_model_config(
+    model: &str,
+    deployment: &str,
+    backend: std::net::SocketAddr,
+    upstream: &str,
+) -> router_server::ServerConfigBuilder {
+    router_server::ServerConfig::builder(routerbench_bundle())
+        .dispatch(|d| {
+            d.timeout_ms = Some(10_000);
+            d.max_retries = Some(0);
+        })
+        .model(router_policy::ModelSpec::new(model, 1.0, 2.0, 16_385).deployments([deployment]))
+        .deployment(router_server::DeploymentSection::openai(
+            deployment,
+            format!("http://{backend}/v1"),
+            upstream,
+        ))
+}
+
+/// Writes `config` as the file `dir/name`, for `--config`.
+pub fn write_config(
+    dir: &Path,
+    name: &str,
+    config: &router_server::ServerConfigBuilder,
+) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, config.to_toml().expect("a config as TOML")).expect("write the config");
     path
 }

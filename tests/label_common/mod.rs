@@ -14,6 +14,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
+use router_policy::ModelSpec;
+use router_server::{DeploymentSection, ServerConfig, ServerConfigBuilder};
 use serde_json::{json, Value};
 
 /// What the mock answers to one request.
@@ -114,25 +116,33 @@ pub struct Candidate<'a> {
     pub output_price: f64,
 }
 
-/// Writes `dir/model-router.toml`: one deployment per candidate on the mock, fast retries (one
-/// retry, 10 ms backoff) so failing pairs fail quickly.
-pub fn write_config(dir: &Path, addr: SocketAddr, candidates: &[Candidate<'_>]) -> PathBuf {
+/// One deployment per candidate on the mock at `addr` (`NAME-dep`, sending the candidate's
+/// name upstream), fast retries (one retry, 10 ms backoff) so failing pairs fail quickly.
+pub fn candidates_config(addr: SocketAddr, candidates: &[Candidate<'_>]) -> ServerConfigBuilder {
     let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/routerbench");
-    let mut text = format!(
-        "[router]\nbundle = {:?}\n\n[dispatch]\nmax_retries = 1\nbackoff_ms = 10\nmax_backoff_ms = 20\ntimeout_ms = 20000\n\n",
-        bundle.to_string_lossy()
-    );
+    let mut config = ServerConfig::builder(bundle).dispatch(|d| {
+        d.max_retries = Some(1);
+        d.backoff_ms = Some(10);
+        d.max_backoff_ms = Some(20);
+        d.timeout_ms = Some(20_000);
+    });
     for c in candidates {
-        text.push_str(&format!(
-            "[[models]]\nname = \"{0}\"\ninput_price = {1:?}\noutput_price = {2:?}\ncontext_window = 100000\nexpected_output_tokens = 20\ndeployments = [\"{0}-dep\"]\n\n",
-            c.name, c.input_price, c.output_price
-        ));
-        text.push_str(&format!(
-            "[[deployments]]\nname = \"{0}-dep\"\nkind = \"openai\"\nbase_url = \"http://{1}/v1\"\nmodel = \"{0}\"\n\n",
-            c.name, addr
-        ));
+        let deployment = format!("{}-dep", c.name);
+        config = config
+            .model(
+                ModelSpec::new(c.name, c.input_price, c.output_price, 100_000)
+                    .expected_output_tokens(20)
+                    .deployments([deployment.as_str()]),
+            )
+            .deployment(DeploymentSection::openai(deployment.as_str(), format!("http://{addr}/v1"), c.name));
     }
+    config
+}
+
+/// Writes [`candidates_config`] as `dir/model-router.toml`.
+pub fn write_config(dir: &Path, addr: SocketAddr, candidates: &[Candidate<'_>]) -> PathBuf {
     let path = dir.join("model-router.toml");
+    let text = candidates_config(addr, candidates).to_toml().expect("a config as TOML");
     std::fs::write(&path, text).expect("write the config");
     path
 }
