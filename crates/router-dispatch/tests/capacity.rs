@@ -3,6 +3,11 @@
 //! window slides, and replicas sharing one `SharedLimits` see each other's cooldowns. Nothing
 //! here asserts a duration.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test scaffolding: a failure there is the test's failure"
+)]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

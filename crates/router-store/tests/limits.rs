@@ -3,6 +3,11 @@
 //! is atomic across them (threads racing for one window never overshoot it), cooldowns set by
 //! one are seen by the other, and the window slides.
 #![cfg(feature = "postgres")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test scaffolding: a failure there is the test's failure"
+)]
 
 #[allow(dead_code)] // the shared test scaffolding: this file uses its PostgreSQL part only
 mod place;
