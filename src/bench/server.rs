@@ -28,7 +28,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use axum::routing::post;
 use model_router::router_policy::Catalog;
-use router_server::{DeploymentSection, ServerConfig, ServerConfigBuilder, ShadowSection, StoreSection};
+use router_server::{
+    DeploymentSection, ServerConfig, ServerConfigBuilder, ShadowSection, StoreSection,
+};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
@@ -48,8 +50,14 @@ pub struct ServerLoad {
 const WARM_UP_SECONDS: f64 = 1.0;
 
 /// Runs the measurement for the bundle in `bundle_dir` (its catalog prices the models).
-pub fn run(bundle_dir: &Path, catalog: &Catalog, prompts: &[String], load: &ServerLoad) -> Result<Value> {
-    if !(load.rate > 0.0 && load.rate.is_finite() && load.seconds > 0.0 && load.seconds.is_finite()) {
+pub fn run(
+    bundle_dir: &Path,
+    catalog: &Catalog,
+    prompts: &[String],
+    load: &ServerLoad,
+) -> Result<Value> {
+    if !(load.rate > 0.0 && load.rate.is_finite() && load.seconds > 0.0 && load.seconds.is_finite())
+    {
         return Err(anyhow!("--rate and --seconds must be positive"));
     }
     if prompts.is_empty() {
@@ -62,34 +70,61 @@ pub fn run(bundle_dir: &Path, catalog: &Catalog, prompts: &[String], load: &Serv
     runtime.block_on(measure(bundle_dir, catalog, prompts, load))
 }
 
-async fn measure(bundle_dir: &Path, catalog: &Catalog, prompts: &[String], load: &ServerLoad) -> Result<Value> {
+async fn measure(
+    bundle_dir: &Path,
+    catalog: &Catalog,
+    prompts: &[String],
+    load: &ServerLoad,
+) -> Result<Value> {
     let backend = start_backend().await?;
     let server = router_server::start(server_config(bundle_dir, catalog, backend).build()?).await?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
     let mut targets = vec![
         (format!("http://{backend}/v1/chat/completions"), "backend"),
-        (format!("http://{}/v1/chat/completions", server.local_addr()), "model-router"),
+        (
+            format!("http://{}/v1/chat/completions", server.local_addr()),
+            "model-router",
+        ),
     ];
     let shadowing = match load.shadow {
         true => {
-            let store_dir = std::env::temp_dir().join(format!("model-router-bench-{}", std::process::id()));
-            let config = shadowing_config(server_config(bundle_dir, catalog, backend), catalog, &store_dir)?;
+            let store_dir =
+                std::env::temp_dir().join(format!("model-router-bench-{}", std::process::id()));
+            let config = shadowing_config(
+                server_config(bundle_dir, catalog, backend),
+                catalog,
+                &store_dir,
+            )?;
             let server = router_server::start(config.build()?).await?;
-            targets.push((format!("http://{}/v1/chat/completions", server.local_addr()), "model-router"));
+            targets.push((
+                format!("http://{}/v1/chat/completions", server.local_addr()),
+                "model-router",
+            ));
             Some((server, store_dir))
         }
         false => None,
     };
 
     run_load(&client, &targets, prompts, load.rate, WARM_UP_SECONDS).await?;
-    let mut streams = run_load(&client, &targets, prompts, load.rate, load.seconds).await?.into_iter();
+    let mut streams = run_load(&client, &targets, prompts, load.rate, load.seconds)
+        .await?
+        .into_iter();
     server.shutdown(Duration::from_secs(1)).await;
-    let (direct, routed) = (streams.next().unwrap_or_default(), streams.next().unwrap_or_default());
+    let (direct, routed) = (
+        streams.next().unwrap_or_default(),
+        streams.next().unwrap_or_default(),
+    );
     let shadowed = match shadowing {
         Some((server, store_dir)) => {
-            let metrics = reqwest::get(format!("http://{}/metrics", server.local_addr())).await?.text().await?;
+            let metrics = reqwest::get(format!("http://{}/metrics", server.local_addr()))
+                .await?
+                .text()
+                .await?;
             server.shutdown(Duration::from_secs(1)).await;
-            std::fs::remove_dir_all(&store_dir).with_context(|| format!("removing {}", store_dir.display()))?;
+            std::fs::remove_dir_all(&store_dir)
+                .with_context(|| format!("removing {}", store_dir.display()))?;
             Some((streams.next().unwrap_or_default(), metrics))
         }
         None => None,
@@ -120,25 +155,47 @@ async fn measure(bundle_dir: &Path, catalog: &Catalog, prompts: &[String], load:
     if let Some((stream, metrics)) = shadowed {
         let shadowed_summary = summary(&stream);
         let sample = |name: &str| {
-            metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
         };
         report["shadowed"] = shadowed_summary.clone();
-        report["shadow_latency_ratio_p50"] = json!(number(&shadowed_summary["p50_us"]) / number(&routed_summary["p50_us"]));
-        report["shadow_latency_ratio_p99"] = json!(number(&shadowed_summary["p99_us"]) / number(&routed_summary["p99_us"]));
+        report["shadow_latency_ratio_p50"] =
+            json!(number(&shadowed_summary["p50_us"]) / number(&routed_summary["p50_us"]));
+        report["shadow_latency_ratio_p99"] =
+            json!(number(&shadowed_summary["p99_us"]) / number(&routed_summary["p99_us"]));
         report["shadows_sent"] = json!(sample("model_router_shadow_sent_total"));
-        report["shadows_dropped_queue_full"] = json!(sample("model_router_shadow_dropped_total{reason=\"queue_full\"}"));
+        report["shadows_dropped_queue_full"] = json!(sample(
+            "model_router_shadow_dropped_total{reason=\"queue_full\"}"
+        ));
     }
     Ok(report)
 }
 
 /// `[store]` in `store_dir` and `[shadow]`: every request to the first two catalog models.
-fn shadowing_config(builder: ServerConfigBuilder, catalog: &Catalog, store_dir: &Path) -> Result<ServerConfigBuilder> {
-    let models: Vec<String> = catalog.models.iter().take(2).map(|m| m.name.clone()).collect();
+fn shadowing_config(
+    builder: ServerConfigBuilder,
+    catalog: &Catalog,
+    store_dir: &Path,
+) -> Result<ServerConfigBuilder> {
+    let models: Vec<String> = catalog
+        .models
+        .iter()
+        .take(2)
+        .map(|m| m.name.clone())
+        .collect();
     if models.len() < 2 {
         return Err(anyhow!("--shadow needs a catalog of at least two models"));
     }
-    let shadow = ShadowSection { rate: 1.0, models, max_cost_per_day: 1e6, ..ShadowSection::default() };
-    Ok(builder.store(StoreSection::sqlite(store_dir.join("completions.db"))).shadow(shadow))
+    let shadow = ShadowSection {
+        rate: 1.0,
+        models,
+        max_cost_per_day: 1e6,
+        ..ShadowSection::default()
+    };
+    Ok(builder
+        .store(StoreSection::sqlite(store_dir.join("completions.db")))
+        .shadow(shadow))
 }
 
 #[derive(Default)]
@@ -160,7 +217,8 @@ async fn run_load(
     seconds: f64,
 ) -> Result<Vec<Stream>> {
     let n = targets.len();
-    let streams: Arc<Vec<Mutex<Stream>>> = Arc::new((0..n).map(|_| Mutex::new(Stream::default())).collect());
+    let streams: Arc<Vec<Mutex<Stream>>> =
+        Arc::new((0..n).map(|_| Mutex::new(Stream::default())).collect());
     let requests = (rate * seconds).ceil() as usize * n;
     let period = Duration::from_secs_f64(1.0 / (rate * n as f64));
     let start = tokio::time::Instant::now();
@@ -191,7 +249,8 @@ async fn run_load(
     for task in tasks {
         task.await.context("a load task failed")?;
     }
-    let streams = Arc::try_unwrap(streams).map_err(|_| anyhow!("load tasks still hold the results"))?;
+    let streams =
+        Arc::try_unwrap(streams).map_err(|_| anyhow!("load tasks still hold the results"))?;
     Ok(streams.into_iter().map(Mutex::into_inner).collect())
 }
 
@@ -207,7 +266,9 @@ async fn start_backend() -> Result<SocketAddr> {
             "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
         }))
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the bench backend")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the bench backend")?;
     let addr = listener.local_addr()?;
     let app = axum::Router::new().route("/v1/chat/completions", post(answer));
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -220,7 +281,11 @@ fn server_config(bundle_dir: &Path, catalog: &Catalog, backend: SocketAddr) -> S
     let mut builder = ServerConfig::builder(bundle_dir)
         .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
         .access_log(false)
-        .deployment(DeploymentSection::openai("backend", format!("http://{backend}/v1"), "backend"));
+        .deployment(DeploymentSection::openai(
+            "backend",
+            format!("http://{backend}/v1"),
+            "backend",
+        ));
     for model in &catalog.models {
         builder = builder.model(model.clone().deployments(["backend"]));
     }
@@ -293,8 +358,17 @@ struct Target {
 
 /// Runs `--find-max` for the bundle in `bundle_dir`: the highest open-loop rate with p99 under
 /// the bound, calling the backend directly and through the router, and their ratio.
-pub fn find_max(bundle_dir: &Path, catalog: &Catalog, prompts: &[String], find: &FindMax) -> Result<Value> {
-    if !(find.p99_ms > 0.0 && find.p99_ms.is_finite() && find.seconds > 0.0 && find.seconds.is_finite()) {
+pub fn find_max(
+    bundle_dir: &Path,
+    catalog: &Catalog,
+    prompts: &[String],
+    find: &FindMax,
+) -> Result<Value> {
+    if !(find.p99_ms > 0.0
+        && find.p99_ms.is_finite()
+        && find.seconds > 0.0
+        && find.seconds.is_finite())
+    {
         return Err(anyhow!("--p99-ms and --seconds must be positive"));
     }
     if prompts.is_empty() {
@@ -307,27 +381,54 @@ pub fn find_max(bundle_dir: &Path, catalog: &Catalog, prompts: &[String], find: 
     runtime.block_on(search(bundle_dir, catalog, prompts, find))
 }
 
-async fn search(bundle_dir: &Path, catalog: &Catalog, prompts: &[String], find: &FindMax) -> Result<Value> {
+async fn search(
+    bundle_dir: &Path,
+    catalog: &Catalog,
+    prompts: &[String],
+    find: &FindMax,
+) -> Result<Value> {
     let backend = start_backend().await?;
     let server = router_server::start(server_config(bundle_dir, catalog, backend).build()?).await?;
     let proxy = start_proxy(backend).await?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).timeout(REQUEST_TIMEOUT).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(REQUEST_TIMEOUT)
+        .build()?;
     let url = |addr: SocketAddr| format!("http://{addr}/v1/chat/completions");
     let targets = [
-        Target { name: "direct", url: url(backend), model: "backend" },
-        Target { name: "proxy", url: url(proxy), model: "backend" },
-        Target { name: "router", url: url(server.local_addr()), model: "model-router" },
+        Target {
+            name: "direct",
+            url: url(backend),
+            model: "backend",
+        },
+        Target {
+            name: "proxy",
+            url: url(proxy),
+            model: "backend",
+        },
+        Target {
+            name: "router",
+            url: url(server.local_addr()),
+            model: "model-router",
+        },
     ];
-    let warm_up: Vec<(String, &'static str)> = targets.iter().map(|t| (t.url.clone(), t.model)).collect();
+    let warm_up: Vec<(String, &'static str)> =
+        targets.iter().map(|t| (t.url.clone(), t.model)).collect();
     run_load(&client, &warm_up, prompts, FIRST_RATE, WARM_UP_SECONDS).await?;
-    let mut searches = [RateSearch::default(), RateSearch::default(), RateSearch::default()];
+    let mut searches = [
+        RateSearch::default(),
+        RateSearch::default(),
+        RateSearch::default(),
+    ];
     let mut steps: [Vec<Value>; 3] = Default::default();
     let bar = progress_bar(3 * MAX_STEPS, "rates tried");
     // The searches take turns, so that all meet the same machine (other load comes and goes).
     loop {
         let mut tried = false;
         for ((target, search), steps) in targets.iter().zip(&mut searches).zip(&mut steps) {
-            let Some(rate) = search.next_rate() else { continue };
+            let Some(rate) = search.next_rate() else {
+                continue;
+            };
             tried = true;
             bar.set_message(format!("{} {rate:.0}/s", target.name));
             let mut step = measure_rate(&client, target, prompts, rate, find).await?;
@@ -348,10 +449,17 @@ async fn search(bundle_dir: &Path, catalog: &Catalog, prompts: &[String], find: 
     bar.finish_and_clear();
     // Through the load's own client: its pooled connections count against the router's
     // `max_connections`, so a new one could be refused after a heavy step.
-    let metrics = client.get(format!("http://{}/metrics", server.local_addr())).send().await?;
+    let metrics = client
+        .get(format!("http://{}/metrics", server.local_addr()))
+        .send()
+        .await?;
     let metrics = metrics.error_for_status()?.text().await?;
     server.shutdown(Duration::from_secs(1)).await;
-    let sides: Vec<Value> = searches.iter().zip(&steps).map(|(search, steps)| side_report(search, steps)).collect();
+    let sides: Vec<Value> = searches
+        .iter()
+        .zip(&steps)
+        .map(|(search, steps)| side_report(search, steps))
+        .collect();
     let rate = |side: &Value| side["max_rate_per_s"].as_f64().unwrap_or(f64::NAN);
     let cpu = |side: &Value| side["cpu_us_per_request"].as_f64().unwrap_or(f64::NAN);
     Ok(json!({
@@ -380,23 +488,36 @@ fn passed(step: &Value) -> bool {
 /// back, with the same HTTP crates as the router (axum, reqwest) and nothing else. What any
 /// router built on them pays for the second hop, without routing.
 async fn start_proxy(backend: SocketAddr) -> Result<SocketAddr> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
     let url = format!("http://{backend}/v1/chat/completions");
     let forward = move |body: axum::body::Bytes| {
         let (client, url) = (client.clone(), url.clone());
         async move {
-            let sent = client.post(&url).header("content-type", "application/json").body(body).send().await;
+            let sent = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
             match sent {
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    let status = axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+                    let status = axum::http::StatusCode::from_u16(status)
+                        .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
                     (status, response.bytes().await.unwrap_or_default())
                 }
-                Err(_) => (axum::http::StatusCode::BAD_GATEWAY, axum::body::Bytes::new()),
+                Err(_) => (
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    axum::body::Bytes::new(),
+                ),
             }
         }
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the bench proxy")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the bench proxy")?;
     let addr = listener.local_addr()?;
     let app = axum::Router::new().route("/v1/chat/completions", post(forward));
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -406,12 +527,24 @@ async fn start_proxy(backend: SocketAddr) -> Result<SocketAddr> {
 /// One rate against one target: a short warm-up, then `find.seconds` measured; it passes when
 /// every request was answered and p99 is within the bound. Also the process's CPU time per
 /// request (load generator, router and backend together: they share this process).
-async fn measure_rate(client: &reqwest::Client, target: &Target, prompts: &[String], rate: f64, find: &FindMax) -> Result<Value> {
+async fn measure_rate(
+    client: &reqwest::Client,
+    target: &Target,
+    prompts: &[String],
+    rate: f64,
+    find: &FindMax,
+) -> Result<Value> {
     let targets = [(target.url.clone(), target.model)];
     run_load(client, &targets, prompts, rate, STEP_WARM_UP_SECONDS).await?;
     let cpu_before = super::process_cpu_seconds();
-    let stream = run_load(client, &targets, prompts, rate, find.seconds).await?.into_iter().next().unwrap_or_default();
-    let cpu_seconds = cpu_before.zip(super::process_cpu_seconds()).map(|(before, after)| after - before);
+    let stream = run_load(client, &targets, prompts, rate, find.seconds)
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let cpu_seconds = cpu_before
+        .zip(super::process_cpu_seconds())
+        .map(|(before, after)| after - before);
     let requests = stream.latencies_us.len() + stream.errors;
     let samples = Samples::sorted(stream.latencies_us);
     let p99_us = samples.percentile(0.99);
@@ -429,10 +562,12 @@ async fn measure_rate(client: &reqwest::Client, target: &Target, prompts: &[Stri
 /// A search's result: the highest passing rate (null when none passed), whether the search
 /// stopped at [`MAX_RATE`] still passing, the figures at that rate, and every step.
 fn side_report(search: &RateSearch, steps: &[Value]) -> Value {
-    let best = steps
-        .iter()
-        .filter(|s| passed(s))
-        .max_by(|a, b| a["rate_per_s"].as_f64().unwrap_or(0.0).total_cmp(&b["rate_per_s"].as_f64().unwrap_or(0.0)));
+    let best = steps.iter().filter(|s| passed(s)).max_by(|a, b| {
+        a["rate_per_s"]
+            .as_f64()
+            .unwrap_or(0.0)
+            .total_cmp(&b["rate_per_s"].as_f64().unwrap_or(0.0))
+    });
     let at_best = |key: &str| best.map_or(Value::Null, |s| s[key].clone());
     json!({
         "max_rate_per_s": search.passed,
@@ -449,7 +584,16 @@ fn side_report(search: &RateSearch, steps: &[Value]) -> Value {
 /// in microseconds.
 fn stage_means(metrics: &str) -> Value {
     let sample = |name: &str| {
-        metrics.lines().filter_map(|l| l.strip_prefix(name)?.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>()
+        metrics
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix(name)?
+                    .rsplit(' ')
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .sum::<f64>()
     };
     let mean_us = |histogram: &str| {
         let count = sample(&format!("{histogram}_count"));
@@ -480,7 +624,10 @@ mod tests {
         for limit in [37.0, 250.0, 999.0, 4321.0, 61_000.0] {
             let search = search_for(limit);
             let (passed, failed) = (search.passed.unwrap(), search.failed.unwrap());
-            assert!(passed <= limit && limit < failed, "{limit}: {passed}..{failed}");
+            assert!(
+                passed <= limit && limit < failed,
+                "{limit}: {passed}..{failed}"
+            );
             assert!(failed / passed <= RESOLUTION, "{limit}: {passed}..{failed}");
             assert!(search.steps <= MAX_STEPS);
         }
@@ -489,7 +636,12 @@ mod tests {
     #[test]
     fn the_search_stops_at_its_bounds() {
         let fast = search_for(f64::INFINITY);
-        assert!(fast.failed.is_none() && fast.passed.is_some_and(|p| p <= MAX_RATE && p * 2.0 > MAX_RATE));
+        assert!(
+            fast.failed.is_none()
+                && fast
+                    .passed
+                    .is_some_and(|p| p <= MAX_RATE && p * 2.0 > MAX_RATE)
+        );
         let slow = search_for(0.0);
         assert!(slow.passed.is_none() && slow.failed.is_some_and(|f| f >= MIN_RATE));
     }

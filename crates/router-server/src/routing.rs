@@ -114,8 +114,8 @@ impl Routing {
         if let Some(band) = config.band {
             defaults = defaults.band(band);
         }
-        let policy = Policy::new(routed, columns, defaults)
-            .map_err(|e| bad("router", e.to_string()))?;
+        let policy =
+            Policy::new(routed, columns, defaults).map_err(|e| bad("router", e.to_string()))?;
         probe(&router, &config.bundle)?;
         let name = router.config().name.clone();
         let version = router.config().version.clone();

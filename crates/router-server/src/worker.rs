@@ -75,7 +75,10 @@ impl Scorer {
             true => None,
             false => {
                 let (tx, rx) = mpsc::sync_channel(queue.max(1));
-                let limits = BatchLimits { prompts: max_batch.max(1), tokens: batch_tokens.max(1) };
+                let limits = BatchLimits {
+                    prompts: max_batch.max(1),
+                    tokens: batch_tokens.max(1),
+                };
                 let router = router.clone();
                 std::thread::Builder::new()
                     .name("router-scorer".into())
@@ -98,7 +101,9 @@ impl Scorer {
         let prompt = self.tokenize(prompt).await?;
         let Some(queue) = &self.batcher else {
             let mut predictions = predict(&self.router, std::slice::from_ref(&prompt))?;
-            return predictions.pop().ok_or_else(|| ScoreError::Model("no prediction for the prompt".into()));
+            return predictions
+                .pop()
+                .ok_or_else(|| ScoreError::Model("no prediction for the prompt".into()));
         };
         let (reply, answer) = oneshot::channel();
         queue.try_send(Job { prompt, reply }).map_err(|e| match e {
@@ -111,7 +116,10 @@ impl Scorer {
     /// The prompt's token ids: on this task, or on the blocking pool for a long prompt.
     async fn tokenize(&self, prompt: String) -> Result<TokenizedPrompt, ScoreError> {
         if prompt.len() <= INLINE_TOKENIZE_BYTES {
-            return self.router.tokenize(&prompt).map_err(|e| ScoreError::Model(e.to_string()));
+            return self
+                .router
+                .tokenize(&prompt)
+                .map_err(|e| ScoreError::Model(e.to_string()));
         }
         let router = self.router.clone();
         tokio::task::spawn_blocking(move || router.tokenize(&prompt))
@@ -130,8 +138,9 @@ struct BatchLimits {
 
 /// Predictions for `prompts`; a panic in the model becomes an error, not a dead thread or task.
 fn predict(router: &Router, prompts: &[TokenizedPrompt]) -> Result<Vec<Prediction>, ScoreError> {
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| router.predict_tokenized(prompts)));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        router.predict_tokenized(prompts)
+    }));
     match result {
         Ok(Ok(predictions)) if predictions.len() == prompts.len() => Ok(predictions),
         Ok(Ok(predictions)) => Err(ScoreError::Model(format!(
@@ -155,7 +164,9 @@ fn run(router: &Router, rx: &Receiver<Job>, limits: BatchLimits, skipped: &Atomi
                 Err(_) => return,
             },
         };
-        let Some(first) = still_wanted(first, skipped) else { continue };
+        let Some(first) = still_wanted(first, skipped) else {
+            continue;
+        };
         let mut tokens = first.prompt.len();
         let mut batch = vec![first];
         while batch.len() < limits.prompts {
@@ -163,7 +174,9 @@ fn run(router: &Router, rx: &Receiver<Job>, limits: BatchLimits, skipped: &Atomi
                 Ok(job) => job,
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
             };
-            let Some(job) = still_wanted(job, skipped) else { continue };
+            let Some(job) = still_wanted(job, skipped) else {
+                continue;
+            };
             if tokens.saturating_add(job.prompt.len()) > limits.tokens {
                 carry = Some(job);
                 break;
@@ -203,7 +216,11 @@ mod tests {
     use super::*;
 
     fn shipped_router() -> Router {
-        Router::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/routerbench")).expect("the shipped bundle")
+        Router::load(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/routerbench"
+        ))
+        .expect("the shipped bundle")
     }
 
     /// The loop itself, on this thread: jobs queued, some of their callers gone, the queue closed;
@@ -211,12 +228,21 @@ mod tests {
     #[test]
     fn the_batching_loop_skips_prompts_whose_caller_has_gone_and_answers_the_rest() {
         let router = shipped_router();
-        let prompts = ["Hello!", "What is 17 * 23?", "Prove Fermat's little theorem.", "Write a haiku.", "Sort a list in Rust."];
+        let prompts = [
+            "Hello!",
+            "What is 17 * 23?",
+            "Prove Fermat's little theorem.",
+            "Write a haiku.",
+            "Sort a list in Rust.",
+        ];
         let (queue, rx) = mpsc::sync_channel(prompts.len());
         let mut waiting = Vec::new();
         for (i, prompt) in prompts.iter().enumerate() {
             let (reply, answer) = oneshot::channel();
-            let job = Job { prompt: router.tokenize(prompt).expect("tokenize"), reply };
+            let job = Job {
+                prompt: router.tokenize(prompt).expect("tokenize"),
+                reply,
+            };
             queue.send(job).expect("queue");
             match i % 2 {
                 0 => waiting.push((prompt, answer)),
@@ -225,7 +251,15 @@ mod tests {
         }
         drop(queue);
         let skipped = AtomicU64::new(0);
-        run(&router, &rx, BatchLimits { prompts: 2, tokens: 4096 }, &skipped);
+        run(
+            &router,
+            &rx,
+            BatchLimits {
+                prompts: 2,
+                tokens: 4096,
+            },
+            &skipped,
+        );
         assert_eq!(skipped.load(Ordering::Relaxed), 2);
         for (prompt, mut answer) in waiting {
             let got = answer.try_recv().expect("answered").expect("scored");

@@ -2,6 +2,7 @@
 //! within 1e-5 of what `Router::predict` gives it alone: a padded batch takes the masked
 //! attention path), the static tier scores on the request's task (exactly what `predict` gives);
 //! a long prompt, tokenised on the blocking pool, too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../../router-core/tests/support/mod.rs"]
 mod support;
