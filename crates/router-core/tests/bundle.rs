@@ -1,6 +1,9 @@
 //! Router bundles on disk: a valid one loads and scores, a broken one fails with an error that
 //! names the file and the problem, and a prompt scores the same alone and inside a batch.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::Path;

@@ -1,5 +1,8 @@
 //! Shared test set-up: all-MiniLM-L6-v2 in the hub cache, through the project's own script.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

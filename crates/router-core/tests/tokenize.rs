@@ -3,6 +3,9 @@
 //! Reads the shipped all-MiniLM-L6-v2 `tokenizer.json` (models/routerbench) and, for real text,
 //! the questions of `../shared/data/llmrouter/train.json` and `../shared/data/routerdc/*.json`.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

@@ -5,6 +5,9 @@
 //! the unpadded prompt's in the last bit), whatever else shares the batch, with an
 //! output-length head too.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::Path;

@@ -1,6 +1,9 @@
 //! `Routing` on the shipped default bundle (models/routerbench): one call per prompt or chat,
 //! batches, the chat rule, errors.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use router_embed::{routing_text, ChatMessage, Mode, PolicyDefaults, RouteInput, Routing, RoutingError};

@@ -1,5 +1,8 @@
 //! Catalog parsing and validation: every invalid catalog fails with a message naming the problem.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use router_policy::{
     Capabilities, Catalog, Mode, ModelSpec, Policy, PolicyDefaults, PolicyError,
     DEFAULT_EXPECTED_OUTPUT_TOKENS,

@@ -1,5 +1,8 @@
 //! Predicted output lengths in the cost estimate: exact cases with hand-computed numbers.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use router_policy::{Catalog, Mode, ModelSpec, Policy, PolicyDefaults, PolicyError, RouteRequest};
 
 /// Two models with the same catalog length (300 tokens); `verbose` is cheaper per output token

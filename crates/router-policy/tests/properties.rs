@@ -1,5 +1,8 @@
 //! Properties over random predictions, catalogs and requests.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 use router_policy::{
     estimate_tokens, Capabilities, Catalog, Decision, Mode, ModelSpec, Policy, PolicyDefaults,

@@ -1,5 +1,8 @@
 //! Exact tests of each rule and filter, with hand-computed numbers.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 
 use router_policy::{

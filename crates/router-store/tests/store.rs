@@ -4,6 +4,9 @@
 //! filters, order and `after` pagination, owners, metadata updates, deletes, messages, the
 //! export, shadows, schema versions and two stores sharing one database.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod place;
 
 use std::collections::BTreeMap;

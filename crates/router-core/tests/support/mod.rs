@@ -3,6 +3,8 @@
 //!
 //! Each test binary uses a different part of this module.
 #![allow(dead_code)]
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -2,8 +2,9 @@
 //! in-process on 127.0.0.1:0, requests to the router, and reading what comes back. Every wait is
 //! bounded.
 
-// Each test file is its own crate and uses only some of these.
-#![allow(dead_code)]
+// Each test file is its own crate and uses only some of these; a test's unwrap is its
+// assertion (the workspace lints forbid it in library code).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
