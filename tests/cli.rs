@@ -325,7 +325,7 @@ fn model_dir_without_a_bundle_fails_naming_the_file() {
 /// catalog.toml (none when None).
 fn bundle_with_catalog(catalog: Option<&str>) -> TempDir {
     let dir = TempDir::new().unwrap();
-    for file in ["router.json", "tokenizer.json", "encoder.safetensors", "head.safetensors", "length.safetensors"] {
+    for file in ["router.json", "tokenizer.json", "encoder.safetensors", "head.safetensors", "length.safetensors", "gate.safetensors"] {
         let from = routerbench_bundle().join(file);
         if std::os::unix::fs::symlink(&from, dir.path().join(file)).is_err() {
             std::fs::copy(&from, dir.path().join(file)).unwrap();

@@ -726,11 +726,14 @@ fn write_task_gate(out_dir: &Path, task_gate: &router_core::TaskGate, report: &g
     let card_path = out_dir.join(files::MODEL_CARD);
     let mut card = std::fs::read_to_string(&card_path).map_err(|source| TrainingError::Io { path: card_path.clone(), source })?;
     card.push_str(&format!(
-        "\n## Task gate\n\n`{}`: a softmax regression recognises the prompt's task; a prompt recognised with probability \
-         ≥ {} has its scores blended towards its task's training means by the task's blend, chosen by an inner \
-         cross-validation of the training side (Quality mode, observed scores):\n\n```text\n{report}```\n",
+        "\n## Task gate\n\n`{}`: a softmax regression recognises the prompt's task. A prompt recognised with probability \
+         ≥ {}, and at least as similar to the task's centroid as {} % of the task's training prompts (so a prompt unlike \
+         every task is recognised as none), has its scores blended towards its task's training means by the task's \
+         blend, chosen by an inner cross-validation of the training side (Quality mode, observed scores; blend 1, the \
+         per-task-best rule, unless a smaller one beats it by more than a standard error):\n\n```text\n{report}```\n",
         files::TASK_GATE,
-        gate::MIN_CONFIDENCE
+        gate::MIN_CONFIDENCE,
+        100.0 * (1.0 - gate::SIMILARITY_QUANTILE)
     ));
     std::fs::write(&card_path, card).map_err(|source| TrainingError::Io { path: card_path, source })
 }
