@@ -47,7 +47,9 @@ impl TestDatabase {
                 return None;
             }
         };
-        let name = format!("replicas_{}", std::process::id());
+        // One database per test: the tests of this file run in parallel in one process.
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("replicas_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
         let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls)
             .unwrap_or_else(|e| panic!("{PG_URL_VAR}={admin_url}: cannot connect: {e:?}"));
         for sql in [format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), format!("CREATE DATABASE {name}")] {
