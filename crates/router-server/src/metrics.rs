@@ -51,45 +51,25 @@ pub struct Metrics {
 /// the crate refuses, which the unit test would show.
 fn registered(registry: Registry) -> prometheus::Result<Metrics> {
     let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
-        let c = IntCounter::new(name, help)?;
-        registry.register(Box::new(c.clone()))?;
-        Ok(c)
+        register(&registry, IntCounter::new(name, help)?)
     };
     let counters = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-        let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-        registry.register(Box::new(c.clone()))?;
-        Ok(c)
+        register(
+            &registry,
+            IntCounterVec::new(Opts::new(name, help), labels)?,
+        )
     };
-    let cost = CounterVec::new(
-        Opts::new(
-            "model_router_estimated_cost_usd_total",
-            "Estimated cost of the dispatched requests, USD.",
-        ),
-        &["model"],
-    )?;
-    registry.register(Box::new(cost.clone()))?;
+    let cost = Opts::new(
+        "model_router_estimated_cost_usd_total",
+        "Estimated cost of the dispatched requests, USD.",
+    );
+    let cost = register(&registry, CounterVec::new(cost, &["model"])?)?;
     let shadow_cost = Counter::new(
         "model_router_shadow_cost_usd_total",
         "Cost of the shadow answers (reported usage x catalog prices), USD.",
     )?;
-    registry.register(Box::new(shadow_cost.clone()))?;
-    let routing = Histogram::with_opts(
-        HistogramOpts::new(
-            "model_router_routing_seconds",
-            "Time to decide (scoring and policy).",
-        )
-        .buckets(ROUTING_BUCKETS.to_vec()),
-    )?;
-    registry.register(Box::new(routing.clone()))?;
-    let upstream = HistogramVec::new(
-        HistogramOpts::new(
-            "model_router_upstream_seconds",
-            "Time to the deployment's response headers.",
-        )
-        .buckets(UPSTREAM_BUCKETS.to_vec()),
-        &["deployment"],
-    )?;
-    registry.register(Box::new(upstream.clone()))?;
+    let shadow_cost = register(&registry, shadow_cost)?;
+    let (routing, upstream) = timings(&registry)?;
     let scorer_skipped = Arc::new(AtomicU64::new(0));
     registry.register(Box::new(AtomicCounter::new(
         SCORER_SKIPPED,
@@ -146,6 +126,33 @@ fn registered(registry: Registry) -> prometheus::Result<Metrics> {
         load: LoadMetrics::register(&registry)?,
         registry,
     })
+}
+
+/// Registers `collector` in `registry` and hands it back.
+fn register<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> prometheus::Result<C> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
+/// `model_router_routing_seconds` and `model_router_upstream_seconds{deployment}`, registered.
+fn timings(registry: &Registry) -> prometheus::Result<(Histogram, HistogramVec)> {
+    let routing = HistogramOpts::new(
+        "model_router_routing_seconds",
+        "Time to decide (scoring and policy).",
+    )
+    .buckets(ROUTING_BUCKETS.to_vec());
+    let upstream = HistogramOpts::new(
+        "model_router_upstream_seconds",
+        "Time to the deployment's response headers.",
+    )
+    .buckets(UPSTREAM_BUCKETS.to_vec());
+    Ok((
+        register(registry, Histogram::with_opts(routing)?)?,
+        register(registry, HistogramVec::new(upstream, &["deployment"])?)?,
+    ))
 }
 
 impl Default for Metrics {
