@@ -452,6 +452,9 @@ impl ServerConfig {
     }
 }
 
+/// Where a builder looks up the variables that the `*_env` keys name.
+type EnvLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Builds a [`ServerConfig`] in code (see [`ServerConfig::builder`]): it fills a
 /// [`ConfigFile`] and validates it with [`ConfigFile::validate`], the same check a file gets.
 /// Environment variables come from the process unless [`ServerConfigBuilder::env`] says
@@ -461,7 +464,7 @@ pub struct ServerConfigBuilder {
     file: ConfigFile,
     name: String,
     base_dir: PathBuf,
-    env: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    env: EnvLookup,
 }
 
 impl From<ConfigFile> for ServerConfigBuilder {
@@ -1000,7 +1003,6 @@ fn dispatch_options(d: &DispatchSection) -> Result<DispatchOptions, Invalid> {
         )?,
         capacity_aware: d.capacity_aware.unwrap_or(defaults.capacity_aware),
         capacity_window: positive_ms("dispatch.capacity_window_ms", d.capacity_window_ms, defaults.capacity_window)?,
-        ..defaults
     })
 }
 
