@@ -415,11 +415,10 @@ impl CvGate {
             entry.0 += n;
             entry.1 += hit;
         }
-        self.gated += x
+        self.gated += gate
+            .apply_batch(x, predictions)
             .iter()
-            .zip(predictions.iter_mut())
-            .map(|(e, row)| gate.apply(e, row))
-            .filter(Option::is_some)
+            .filter(|choice| choice.is_some())
             .count();
         self.prompts += x.len();
         self.folds.push(report);

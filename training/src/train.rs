@@ -181,20 +181,14 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
         val_x.iter().map(|x| fit.predict_log(x).into_iter().map(|l| l.exp() as f32).collect()).collect()
     });
     let train_side = test_matrix(&train_records, models, catalog.as_ref(), None)?;
-    let task_gate = if options.task_gate {
-        Some(gate::fit_gate(&train_keys, &train_x, &train_side, options, "training")?)
-    } else {
-        None
-    };
+    let task_gate = options.task_gate.then(|| gate::fit_gate(&train_keys, &train_x, &train_side, options, "training")).transpose()?;
     let validation = if val_records.is_empty() {
         None
     } else {
         let test = test_matrix(&val_records, models, catalog.as_ref(), val_lengths.as_deref())?;
         let mut predictions = predict(&fit.head, &val_x)?;
         if let Some((task_gate, _)) = &task_gate {
-            for (row, x) in predictions.iter_mut().zip(&val_x) {
-                task_gate.apply(x, row);
-            }
+            task_gate.apply_batch(&val_x, &mut predictions);
         }
         let side = TrainingSide { keys: &train_keys, x: &train_x, y: &train_y, matrix: &train_side };
         Some(validate(&side, &val_records, &val_x, &test, &predictions, options.seed)?)

@@ -309,4 +309,17 @@ impl TaskGate {
             blend,
         })
     }
+
+    /// [`TaskGate::apply`] to each row of `scores` with its embedding: what the gate did per row.
+    pub fn apply_batch(
+        &self,
+        embeddings: &[Vec<f32>],
+        scores: &mut [Vec<f32>],
+    ) -> Vec<Option<GateChoice>> {
+        scores
+            .iter_mut()
+            .zip(embeddings)
+            .map(|(row, embedding)| self.apply(embedding, row))
+            .collect()
+    }
 }

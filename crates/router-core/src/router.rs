@@ -300,10 +300,10 @@ impl Router {
 
     /// The gated scores of each embedding and what the gate did for it (`None` where it left the
     /// head's scores alone).
-    fn score_and_gate(&self, embeddings: &[Vec<f32>]) -> Result<(Vec<Vec<f32>>, Vec<Option<GateChoice>>)> {
+    fn score_and_gate(&self, embeddings: &[Vec<f32>]) -> Result<GatedScores> {
         let mut scores = self.head_scores(embeddings)?;
         let gate = match &self.task_gate {
-            Some(gate) => scores.iter_mut().zip(embeddings).map(|(row, embedding)| gate.apply(embedding, row)).collect(),
+            Some(gate) => gate.apply_batch(embeddings, &mut scores),
             None => vec![None; scores.len()],
         };
         Ok((scores, gate))
@@ -351,6 +351,9 @@ impl TokenizedPrompt {
         self.ids.is_empty()
     }
 }
+
+/// Each embedding's scores after the task gate, and what the gate did for it.
+type GatedScores = (Vec<Vec<f32>>, Vec<Option<GateChoice>>);
 
 /// What a bundle predicts for one prompt.
 #[derive(Debug, Clone, PartialEq)]
