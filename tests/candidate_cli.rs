@@ -5,6 +5,9 @@
 //! note and training record, and predicts the new model's scores on held-out prompts better
 //! than a constant.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;

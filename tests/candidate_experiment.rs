@@ -16,6 +16,9 @@
 //! writes it, with every bundle and sample file, under `target/tmp/candidate-experiment/`. The
 //! commands it runs are printed as it runs them.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

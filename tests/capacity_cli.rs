@@ -3,6 +3,9 @@
 //! database alike; broken lines are skipped with their numbers; a deployment without traffic
 //! needs nothing; a model without a price is a clear error; the plot marks the recommendation.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

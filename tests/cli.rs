@@ -2,6 +2,9 @@
 //! `--model` / `--catalog` errors and `data import`, on the shipped default bundle
 //! (models/zeroeval). No test here needs all-MiniLM-L6-v2: the bundle ships its static table.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,9 @@
 //! number, the JSON summary, and the errors that name the missing flag. Needs no data file; the
 //! cosine case uses the shipped default bundle's encoder.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,9 @@
 //! given inline; and the run's hygiene: an input whose every row is bad exits non-zero, a
 //! byte-order mark is accepted, a row whose grading fails is reported by line, not scored 0.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,9 @@
 //! bad input lines counted, a failing backend recorded as an error (not a 0), the budget stop, the
 //! store source whose stored answers are not asked again, and refused settings changes.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod label_common;
 

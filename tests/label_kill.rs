@@ -3,6 +3,9 @@
 //! run (latency aside: it is measured, so it differs from run to run). And Ctrl-C (SIGINT): the
 //! pairs in flight finish, the outputs are written, and the run says it was interrupted.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod label_common;
 

@@ -8,6 +8,9 @@
 //! ten of every kind and costs ~30× more. The mix is half arithmetic, half prose requests, which
 //! a static-embedding router tells apart.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod label_common;
 

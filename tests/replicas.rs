@@ -5,6 +5,9 @@
 //! a `kill -9` of one replica in the middle of a burst loses nothing it acknowledged; `store
 //! export --db URL` reads the shared database.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod thread_backend;
 

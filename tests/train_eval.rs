@@ -7,6 +7,9 @@
 //! derive, so all tests share one cache directory (see `common::cache_dir`) and the first test
 //! derives it, once, before any other trains.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

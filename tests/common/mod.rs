@@ -1,6 +1,8 @@
 //! Shared set-up of the end-to-end tests: running the `model-router` binary, the shared cache,
 //! all-MiniLM-L6-v2 in the hub cache, and the routing data beside the checkout.
 #![allow(dead_code)]
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::io::Write;

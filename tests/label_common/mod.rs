@@ -2,6 +2,8 @@
 //! own tokio runtime) whose answers follow a rule on the model and the prompt, which counts the
 //! requests per (prompt, model); and the server config that points `label` at it.
 #![allow(dead_code)]
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

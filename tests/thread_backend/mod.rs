@@ -2,6 +2,8 @@
 //! run the `model-router` binary as a child process and kill it: no async runtime in the test
 //! process to keep alive across the kill.
 #![allow(dead_code)]
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
