@@ -127,11 +127,13 @@ impl Visit for Fields {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.push((field.name(), FieldValue::Number(value.into())));
+        self.0
+            .push((field.name(), FieldValue::Number(value.into())));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.push((field.name(), FieldValue::Number(value.into())));
+        self.0
+            .push((field.name(), FieldValue::Number(value.into())));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
