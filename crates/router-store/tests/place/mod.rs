@@ -2,6 +2,9 @@
 //! on the PostgreSQL server of `MODEL_ROUTER_TEST_PG_URL`, created for the test and dropped
 //! after it.
 
+// A test's unwrap is its assertion (the workspace lints forbid it in library code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use router_store::{Location, OnFull, Store, StoreOptions, Synchronous};
 use tempfile::TempDir;
 
@@ -42,9 +45,7 @@ impl Place {
         match self {
             Place::Sqlite(dir) => Location::Sqlite(dir.path().join("s.db")),
             #[cfg(feature = "postgres")]
-            Place::Postgres(db) => {
-                Location::parse(&db.url, None).expect("the test database's URL")
-            }
+            Place::Postgres(db) => Location::parse(&db.url, None).expect("the test database's URL"),
         }
     }
 
@@ -120,7 +121,10 @@ impl TestDatabase {
         let mut admin = postgres::Client::connect(admin_url, postgres::NoTls)
             .unwrap_or_else(|e| panic!("{PG_URL_VAR}={admin_url}: cannot connect: {e:?}"));
         // Two statements: a multi-statement batch is one transaction, which these refuse.
-        for sql in [format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), format!("CREATE DATABASE {name}")] {
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
             admin
                 .batch_execute(&sql)
                 .unwrap_or_else(|e| panic!("creating the test database {name}: {e:?}"));
@@ -141,7 +145,10 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let Ok(mut admin) = postgres::Client::connect(&self.admin_url, postgres::NoTls) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
@@ -149,9 +156,13 @@ impl Drop for TestDatabase {
 /// `url` with its database (the path) replaced by `name`, its query kept.
 #[cfg(feature = "postgres")]
 fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let authority_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
     let mut out = format!("{}/{name}", &base[..authority_end]);
     if let Some(query) = query {
         out.push('?');
