@@ -29,8 +29,8 @@ use anyhow::{bail, Result};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use model_router::router_core::{BertEncoder, Encoder};
 use workload::{
-    bert_forward_flops, bert_model_dir, minilm_tier_like, prompt_of_tokens, read_bert_config, MatmulWorkload,
-    RoutingTier,
+    bert_forward_flops, bert_model_dir, minilm_tier_like, prompt_of_tokens, read_bert_config,
+    MatmulWorkload, RoutingTier,
 };
 
 // As in the binary: the allocator changes the BERT tier's latency (DESIGN.md, performance notes).
@@ -59,7 +59,9 @@ fn bench_latency(criterion: &mut Criterion, name: &str, tier: &RoutingTier) -> R
         let prompt = prompt_of_tokens(tier.tokenizer(), tokens)?;
         // Fail here, not silently inside the timing loop.
         tier.route(&prompt)?;
-        group.bench_with_input(BenchmarkId::new("tokens", tokens), &prompt, |b, prompt| b.iter(|| tier.route(prompt)));
+        group.bench_with_input(BenchmarkId::new("tokens", tokens), &prompt, |b, prompt| {
+            b.iter(|| tier.route(prompt))
+        });
     }
     group.finish();
     Ok(())
@@ -72,7 +74,9 @@ fn bench_batches(criterion: &mut Criterion, name: &str, tier: &RoutingTier) -> R
         let batch: Vec<&str> = vec![prompt.as_str(); size];
         tier.route_batch(&batch)?;
         group.throughput(Throughput::Elements(size as u64));
-        group.bench_with_input(BenchmarkId::new("prompts", size), &batch, |b, batch| b.iter(|| tier.route_batch(batch)));
+        group.bench_with_input(BenchmarkId::new("prompts", size), &batch, |b, batch| {
+            b.iter(|| tier.route_batch(batch))
+        });
     }
     group.finish();
     Ok(())
@@ -107,7 +111,9 @@ fn bench_gflops(criterion: &mut Criterion, tier: &RoutingTier) -> Result<()> {
         group.bench_function("tier_route", |b| b.iter(|| tier.route(&prompt)));
         group.bench_function("encoder_forward", |b| b.iter(|| encoder.embed_ids(&ids)));
         group.bench_function("matmuls_alone", |b| b.iter(|| matmuls.run()));
-        group.bench_function("matmuls_candle_general", |b| b.iter(|| matmuls.run_general()));
+        group.bench_function("matmuls_candle_general", |b| {
+            b.iter(|| matmuls.run_general())
+        });
         group.finish();
 
         let (forward_us, matmul_us) = interleaved_medians(
@@ -124,7 +130,10 @@ fn bench_gflops(criterion: &mut Criterion, tier: &RoutingTier) -> Result<()> {
             forward_us / matmul_us,
         ));
     }
-    println!("\nBERT tier vs its own matmuls ({} thread(s)):", model_router::router_core::candle_core::utils::get_num_threads());
+    println!(
+        "\nBERT tier vs its own matmuls ({} thread(s)):",
+        model_router::router_core::candle_core::utils::get_num_threads()
+    );
     for summary in summaries {
         println!("  {summary}");
     }
@@ -155,7 +164,10 @@ fn main() -> Result<()> {
     let mut criterion = short_criterion();
     let static_tier = RoutingTier::new(model_router::load_router(None)?, None)?;
     let bert_tier = match minilm_tier_like(&static_tier.router) {
-        Ok(router) => Some(RoutingTier::new(router, Some(static_tier.policy.catalog().clone()))?),
+        Ok(router) => Some(RoutingTier::new(
+            router,
+            Some(static_tier.policy.catalog().clone()),
+        )?),
         Err(error) => {
             eprintln!("skipping the BERT tier: {error:#}");
             None

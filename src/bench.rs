@@ -16,14 +16,16 @@ use clap::Args;
 use indicatif::ProgressBar;
 use model_router::load_router;
 use model_router::router_core::candle_core;
-use model_router::router_core::{bert_dir_from_hub, BertEncoder, Pooling, Truncation, DEFAULT_REVISION};
+use model_router::router_core::{
+    bert_dir_from_hub, BertEncoder, Pooling, Truncation, DEFAULT_REVISION,
+};
 use model_router::router_training::data::{self, Format};
 use model_router::router_training::embed::progress_bar;
 use serde_json::{json, Value};
 
 use workload::{
-    bert_forward_flops, bert_model_dir, minilm_tier_like, prompt_of_tokens, read_bert_config, MatmulWorkload,
-    RoutingTier, StockBert, BUILT_IN_PROMPTS, MINILM_REPO,
+    bert_forward_flops, bert_model_dir, minilm_tier_like, prompt_of_tokens, read_bert_config,
+    MatmulWorkload, RoutingTier, StockBert, BUILT_IN_PROMPTS, MINILM_REPO,
 };
 
 /// The prompt length of the headline one-prompt numbers.
@@ -114,7 +116,10 @@ impl Samples {
     /// The nearest-rank percentile (`quantile` in [0, 1]).
     fn percentile(&self, quantile: f64) -> f64 {
         let rank = (quantile * self.0.len() as f64).ceil() as usize;
-        self.0.get(rank.clamp(1, self.0.len().max(1)) - 1).copied().unwrap_or(f64::NAN)
+        self.0
+            .get(rank.clamp(1, self.0.len().max(1)) - 1)
+            .copied()
+            .unwrap_or(f64::NAN)
     }
 
     fn p50(&self) -> f64 {
@@ -155,7 +160,10 @@ fn measure_interleaved(
             run()?;
         }
     }
-    let mut samples: Vec<Vec<f64>> = runs.iter().map(|_| Vec::with_capacity(iterations)).collect();
+    let mut samples: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|_| Vec::with_capacity(iterations))
+        .collect();
     for _ in 0..iterations {
         for (run, times) in runs.iter_mut().zip(&mut samples) {
             let start = Instant::now();
@@ -208,7 +216,10 @@ fn load_tiers(model: Option<&str>) -> Result<(RoutingTier, RoutingTier)> {
 
 fn workload_prompts(args: &BenchArgs) -> Result<(String, Vec<String>)> {
     let Some(path) = &args.data else {
-        return Ok(("built-in".into(), BUILT_IN_PROMPTS.iter().map(|p| p.to_string()).collect()));
+        return Ok((
+            "built-in".into(),
+            BUILT_IN_PROMPTS.iter().map(|p| p.to_string()).collect(),
+        ));
     };
     let format = match args.format {
         Some(format) => format,
@@ -218,7 +229,10 @@ fn workload_prompts(args: &BenchArgs) -> Result<(String, Vec<String>)> {
     if dataset.records.is_empty() {
         bail!("{} has no usable records", path.display());
     }
-    Ok((path.display().to_string(), dataset.records.into_iter().map(|r| r.prompt).collect()))
+    Ok((
+        path.display().to_string(),
+        dataset.records.into_iter().map(|r| r.prompt).collect(),
+    ))
 }
 
 /// Runs the benchmark and prints its report.
@@ -249,7 +263,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let tokenizer = static_tier.tokenizer();
 
     // Static trio, long static trio, BERT quartet, static workload, BERT workload pair, batch pair.
-    let bar = progress_bar(iterations * (3 + 3 + 4 + 1 + 2) + (iterations / 10).max(1) * 2, "benchmarking");
+    let bar = progress_bar(
+        iterations * (3 + 3 + 4 + 1 + 2) + (iterations / 10).max(1) * 2,
+        "benchmarking",
+    );
     // The static tier next to the two tokenizers, on one prompt.
     let measure_static = |prompt: &str| {
         measure_interleaved(
@@ -269,14 +286,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         &bar,
         &mut [
             &mut || consume(bert_tier.route(&bert_prompt)?),
-            &mut || consume(bert_tier.route_embedding(&bert_prompt, stock_bert.embed(&bert_prompt)?)?),
+            &mut || {
+                consume(bert_tier.route_embedding(&bert_prompt, stock_bert.embed(&bert_prompt)?)?)
+            },
             &mut || matmuls.run(),
             &mut || matmuls.run_general(),
         ],
     )?;
     // Each side cycles through the workload on its own, so every side routes the same prompts.
-    let (mut static_prompts, mut bert_prompts, mut stock_prompts) =
-        (workload.iter().cycle(), workload.iter().cycle(), workload.iter().cycle());
+    let (mut static_prompts, mut bert_prompts, mut stock_prompts) = (
+        workload.iter().cycle(),
+        workload.iter().cycle(),
+        workload.iter().cycle(),
+    );
     let no_prompt = || anyhow!("the workload has no prompts");
     let mut static_workload_samples = measure_interleaved(
         iterations,
@@ -308,14 +330,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
 
-    let (bert, stock, matmul, general_matmul) =
-        (bert_samples.remove(0), bert_samples.remove(0), bert_samples.remove(0), bert_samples.remove(0));
-    let (static_route, tokenize, tokenize_crate) =
-        (static_samples.remove(0), static_samples.remove(0), static_samples.remove(0));
-    let (static_long, tokenize_long, tokenize_long_crate) =
-        (static_long_samples.remove(0), static_long_samples.remove(0), static_long_samples.remove(0));
+    let (bert, stock, matmul, general_matmul) = (
+        bert_samples.remove(0),
+        bert_samples.remove(0),
+        bert_samples.remove(0),
+        bert_samples.remove(0),
+    );
+    let (static_route, tokenize, tokenize_crate) = (
+        static_samples.remove(0),
+        static_samples.remove(0),
+        static_samples.remove(0),
+    );
+    let (static_long, tokenize_long, tokenize_long_crate) = (
+        static_long_samples.remove(0),
+        static_long_samples.remove(0),
+        static_long_samples.remove(0),
+    );
     let static_workload = static_workload_samples.remove(0);
-    let (bert_workload, stock_workload) = (bert_workload_samples.remove(0), bert_workload_samples.remove(0));
+    let (bert_workload, stock_workload) = (
+        bert_workload_samples.remove(0),
+        bert_workload_samples.remove(0),
+    );
     let (static_batch, bert_batch) = (batch_samples.remove(0), batch_samples.remove(0));
     let batch_throughput = |samples: &Samples, tokens: usize| {
         json!({
@@ -385,11 +420,18 @@ fn run_server(args: &BenchArgs) -> Result<()> {
     let bundle_dir = router.dir().to_path_buf();
     drop(router);
     if args.find_max {
-        let find = server::FindMax { p99_ms: args.p99_ms, seconds: args.seconds };
+        let find = server::FindMax {
+            p99_ms: args.p99_ms,
+            seconds: args.seconds,
+        };
         let report = server::find_max(&bundle_dir, &catalog, &prompts, &find)?;
         return print_find_max(args, &source, report);
     }
-    let load = server::ServerLoad { rate: args.rate, seconds: args.seconds, shadow: args.shadow };
+    let load = server::ServerLoad {
+        rate: args.rate,
+        seconds: args.seconds,
+        shadow: args.shadow,
+    };
     let report = server::run(&bundle_dir, &catalog, &prompts, &load)?;
     let report = json!({
         "profile": build_profile(),
@@ -408,15 +450,26 @@ fn run_server(args: &BenchArgs) -> Result<()> {
         build_profile(),
         server["rate_per_s"], server["seconds"], prompts.len()
     );
-    println!("  {:<10} {:>9} {:>7} {:>10} {:>10} {:>10} {:>10}", "path", "requests", "errors", "p50 µs", "p90 µs", "p99 µs", "max µs");
-    for (name, row) in [("direct", &server["direct"]), ("routed", &server["routed"]), ("shadowed", &server["shadowed"])] {
+    println!(
+        "  {:<10} {:>9} {:>7} {:>10} {:>10} {:>10} {:>10}",
+        "path", "requests", "errors", "p50 µs", "p90 µs", "p99 µs", "max µs"
+    );
+    for (name, row) in [
+        ("direct", &server["direct"]),
+        ("routed", &server["routed"]),
+        ("shadowed", &server["shadowed"]),
+    ] {
         if row.is_null() {
             continue;
         }
         println!(
             "  {name:<10} {:>9} {:>7} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
             row["requests"].as_u64().unwrap_or(0),
-            row["errors"].as_u64().unwrap_or(0), number(&row["p50_us"]), number(&row["p90_us"]), number(&row["p99_us"]), number(&row["max_us"]),
+            row["errors"].as_u64().unwrap_or(0),
+            number(&row["p50_us"]),
+            number(&row["p90_us"]),
+            number(&row["p99_us"]),
+            number(&row["max_us"]),
         );
     }
     println!(
@@ -456,10 +509,17 @@ fn print_find_max(args: &BenchArgs, source: &str, report: Value) -> Result<()> {
         found["p99_bound_ms"],
         found["seconds_per_rate"]
     );
-    println!("  {:<8} {:>12} {:>9} {:>10} {:>10} {:>14}", "path", "max req/s", "tried", "p50 µs", "p99 µs", "CPU µs/req");
+    println!(
+        "  {:<8} {:>12} {:>9} {:>10} {:>10} {:>14}",
+        "path", "max req/s", "tried", "p50 µs", "p99 µs", "CPU µs/req"
+    );
     for name in ["direct", "proxy", "router"] {
         let side = &found[name];
-        let at_least = if side["at_least"].as_bool() == Some(true) { ">=" } else { "" };
+        let at_least = if side["at_least"].as_bool() == Some(true) {
+            ">="
+        } else {
+            ""
+        };
         println!(
             "  {name:<8} {:>12} {:>9} {:>10.0} {:>10.0} {:>14.1}",
             format!("{at_least}{:.0}", number(&side["max_rate_per_s"])),
@@ -494,8 +554,9 @@ fn print_find_max(args: &BenchArgs, source: &str, report: Value) -> Result<()> {
 /// another runtime can be timed on exactly the same input.
 fn run_lengths(args: &BenchArgs) -> Result<()> {
     let longest = args.lengths.iter().copied().max().unwrap_or(0);
-    let model_dir = bert_dir_from_hub(MINILM_REPO, DEFAULT_REVISION)
-        .with_context(|| format!("--lengths needs {MINILM_REPO} in the hub cache (scripts/fetch-minilm.sh fills it)"))?;
+    let model_dir = bert_dir_from_hub(MINILM_REPO, DEFAULT_REVISION).with_context(|| {
+        format!("--lengths needs {MINILM_REPO} in the hub cache (scripts/fetch-minilm.sh fills it)")
+    })?;
     let encoder = BertEncoder::load(
         &model_dir,
         &model_dir.join("tokenizer.json"),
@@ -513,9 +574,15 @@ fn run_lengths(args: &BenchArgs) -> Result<()> {
     let mut rows = Vec::with_capacity(prompts.len());
     for (prompt, &tokens) in prompts.iter().zip(&args.lengths) {
         let cpu_before = process_cpu_seconds();
-        let samples = measure_interleaved(args.iterations, &bar, &mut [&mut || consume(encoder.embed_batch(&[prompt])?)])?;
+        let samples = measure_interleaved(
+            args.iterations,
+            &bar,
+            &mut [&mut || consume(encoder.embed_batch(&[prompt])?)],
+        )?;
         let calls = (args.iterations + warm_up_runs(args.iterations)) as f64;
-        let cpu_us = cpu_before.zip(process_cpu_seconds()).map(|(before, after)| (after - before) * 1e6 / calls);
+        let cpu_us = cpu_before
+            .zip(process_cpu_seconds())
+            .map(|(before, after)| (after - before) * 1e6 / calls);
         let mut row = samples[0].summary(Some(tokens));
         if let Some(object) = row.as_object_mut() {
             object.insert("prompt".into(), json!(prompt));
@@ -540,7 +607,10 @@ fn run_lengths(args: &BenchArgs) -> Result<()> {
         build_profile(),
         report["threads"]
     );
-    println!("  {:>6} {:>10} {:>10} {:>10} {:>12}", "tokens", "p50 µs", "p90 µs", "p99 µs", "CPU µs/call");
+    println!(
+        "  {:>6} {:>10} {:>10} {:>10} {:>12}",
+        "tokens", "p50 µs", "p90 µs", "p99 µs", "CPU µs/call"
+    );
     for row in &rows {
         let number = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
         println!(
@@ -558,7 +628,10 @@ fn run_lengths(args: &BenchArgs) -> Result<()> {
 fn print_report(report: &Value) {
     let number = |value: &Value| value.as_f64().unwrap_or(f64::NAN);
     let row = |name: &str, summary: &Value| {
-        let tokens = summary["tokens"].as_u64().map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+        let tokens = summary["tokens"]
+            .as_u64()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into());
         println!(
             "  {name:<12} {tokens:>6} {:>10.1} {:>10.1} {:>10.1} {:>12.0}",
             number(&summary["p50_us"]),
@@ -575,7 +648,10 @@ fn print_report(report: &Value) {
         report["catalog"].as_str().unwrap_or("?")
     );
     println!("\none prompt, end to end (tokenizer + encoder + head + policy)");
-    println!("  {:<12} {:>6} {:>10} {:>10} {:>10} {:>12}", "tier", "tokens", "p50 µs", "p90 µs", "p99 µs", "prompts/s");
+    println!(
+        "  {:<12} {:>6} {:>10} {:>10} {:>10} {:>12}",
+        "tier", "tokens", "p50 µs", "p90 µs", "p99 µs", "prompts/s"
+    );
     row("static", &report["tiers"]["static"]);
     row("static", &report["static_128"]);
     row("bert", &report["tiers"]["bert"]);
@@ -622,9 +698,15 @@ fn print_report(report: &Value) {
         workload["source"].as_str().unwrap_or("?"),
         workload["prompts"]
     );
-    println!("  {:<12} {:>6} {:>10} {:>10} {:>10} {:>12}", "tier", "", "p50 µs", "p90 µs", "p99 µs", "prompts/s");
+    println!(
+        "  {:<12} {:>6} {:>10} {:>10} {:>10} {:>12}",
+        "tier", "", "p50 µs", "p90 µs", "p99 µs", "prompts/s"
+    );
     row("static", &workload["static"]);
     row("bert", &workload["bert"]);
     row("stock bert", &workload["stock_bert"]);
-    println!("  BERT tier vs stock: {:.2}x", number(&workload["bert_speedup_vs_stock"]));
+    println!(
+        "  BERT tier vs stock: {:.2}x",
+        number(&workload["bert_speedup_vs_stock"])
+    );
 }

@@ -28,7 +28,12 @@ const MAX_WINDOW_DAYS: usize = 400;
 pub struct CapacityArgs {
     /// The recorded usage: a store database or usage file (`[store] path`, `[usage] path`) or a
     /// PostgreSQL URL (`[store] url`).
-    #[arg(long, value_name = "PATH|URL", required_unless_present = "usage", conflicts_with = "usage")]
+    #[arg(
+        long,
+        value_name = "PATH|URL",
+        required_unless_present = "usage",
+        conflicts_with = "usage"
+    )]
     db: Option<String>,
     /// The environment variable holding the PostgreSQL password (`[store] password_env`).
     #[arg(long, value_name = "VAR")]
@@ -82,9 +87,11 @@ pub struct UsageExportArgs {
 pub fn run_usage(command: UsageCommand) -> Result<()> {
     let UsageCommand::Export(args) = command;
     let rows = open_for_reading(&args.db, args.password_env.as_deref())?.usage(None)?;
-    let file = std::fs::File::create(&args.out).with_context(|| format!("{}: cannot create it", args.out.display()))?;
+    let file = std::fs::File::create(&args.out)
+        .with_context(|| format!("{}: cannot create it", args.out.display()))?;
     let mut out = BufWriter::new(file);
-    write_usage_jsonl(&rows, &mut out).with_context(|| format!("{}: writing", args.out.display()))?;
+    write_usage_jsonl(&rows, &mut out)
+        .with_context(|| format!("{}: writing", args.out.display()))?;
     eprintln!("wrote {} usage rows to {}", rows.len(), args.out.display());
     Ok(())
 }
@@ -146,11 +153,17 @@ pub fn run(args: CapacityArgs) -> Result<()> {
         );
     }
     let catalog = read_catalog(args.catalog.as_deref())?;
-    let unit = Unit { tpm: args.unit_tpm, monthly_price: args.unit_price };
+    let unit = Unit {
+        tpm: args.unit_tpm,
+        monthly_price: args.unit_price,
+    };
     let mut deployments = deployments_in(&rows);
     if let Some(name) = &args.deployment {
         if !deployments.contains_key(name) {
-            bail!("no usage recorded for deployment `{name}` (deployments with usage: {})", names(&deployments));
+            bail!(
+                "no usage recorded for deployment `{name}` (deployments with usage: {})",
+                names(&deployments)
+            );
         }
         deployments.retain(|d, _| d == name);
     }
@@ -164,7 +177,13 @@ pub fn run(args: CapacityArgs) -> Result<()> {
     let report = Report {
         window,
         unit,
-        skipped_lines: skipped.into_iter().map(|s| SkippedJson { line: s.line, reason: s.reason }).collect(),
+        skipped_lines: skipped
+            .into_iter()
+            .map(|s| SkippedJson {
+                line: s.line,
+                reason: s.reason,
+            })
+            .collect(),
         deployments: reports,
     };
     let mut stdout = std::io::stdout().lock();
@@ -180,13 +199,24 @@ pub fn run(args: CapacityArgs) -> Result<()> {
 /// The usage rows of `--db` or `--usage`, and the lines `--usage` skipped (reported on stderr).
 fn read_rows(args: &CapacityArgs) -> Result<(Vec<UsageRow>, Vec<SkippedLine>)> {
     if let Some(db) = &args.db {
-        return Ok((open_for_reading(db, args.password_env.as_deref())?.usage(None)?, Vec::new()));
+        return Ok((
+            open_for_reading(db, args.password_env.as_deref())?.usage(None)?,
+            Vec::new(),
+        ));
     }
-    let Some(path) = &args.usage else { bail!("give --db or --usage") };
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open it", path.display()))?;
-    let read = read_usage_jsonl(BufReader::new(file)).with_context(|| path.display().to_string())?;
+    let Some(path) = &args.usage else {
+        bail!("give --db or --usage")
+    };
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open it", path.display()))?;
+    let read =
+        read_usage_jsonl(BufReader::new(file)).with_context(|| path.display().to_string())?;
     if !read.skipped.is_empty() {
-        eprintln!("{}: skipped {} lines that are not usage rows:", path.display(), read.skipped.len());
+        eprintln!(
+            "{}: skipped {} lines that are not usage rows:",
+            path.display(),
+            read.skipped.len()
+        );
         for s in read.skipped.iter().take(10) {
             eprintln!("  line {}: {}", s.line, s.reason);
         }
@@ -220,24 +250,34 @@ fn window_of(rows: &[UsageRow]) -> Option<Window> {
 fn deployments_in(rows: &[UsageRow]) -> BTreeMap<String, String> {
     let mut deployments = BTreeMap::new();
     for row in rows {
-        deployments.entry(row.deployment.clone()).or_insert_with(|| row.model.clone());
+        deployments
+            .entry(row.deployment.clone())
+            .or_insert_with(|| row.model.clone());
         if !row.spillover_from.is_empty() {
-            deployments.entry(row.spillover_from.clone()).or_insert_with(|| row.model.clone());
+            deployments
+                .entry(row.spillover_from.clone())
+                .or_insert_with(|| row.model.clone());
         }
     }
     deployments
 }
 
 fn names(deployments: &BTreeMap<String, String>) -> String {
-    deployments.keys().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
+    deployments
+        .keys()
+        .map(|d| format!("`{d}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn read_catalog(path: Option<&Path>) -> Result<Catalog> {
     let path = path
         .map(Path::to_path_buf)
         .unwrap_or_else(|| model_router::default_model_dir().join(model_router::CATALOG_FILE));
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the catalog", path.display()))?;
-    Catalog::from_toml_str(&text).with_context(|| format!("{}: not a valid catalog", path.display()))
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read the catalog", path.display()))?;
+    Catalog::from_toml_str(&text)
+        .with_context(|| format!("{}: not a valid catalog", path.display()))
 }
 
 /// The demand on `deployment` per minute of the window, its counts, and its sizing.
@@ -255,7 +295,10 @@ fn report(
              give one that has it with --catalog"
         );
     };
-    let prices = Prices { input_per_million: spec.input_price, output_per_million: spec.output_price };
+    let prices = Prices {
+        input_per_million: spec.input_price,
+        output_per_million: spec.output_price,
+    };
     let mut minutes = vec![MinuteDemand::default(); window.minutes];
     let mut totals = UsageRow::new(0, deployment, model);
     let mut spilled_requests = 0;
@@ -294,10 +337,18 @@ fn plot_each(path: &Path, reports: &[DeploymentReport]) -> Result<()> {
         let file = if reports.len() == 1 {
             path.to_path_buf()
         } else {
-            let stem = path.file_stem().map_or("capacity".into(), |s| s.to_string_lossy().into_owned());
-            path.with_file_name(format!("{stem}-{}.svg", r.deployment.replace(['/', '\\'], "_")))
+            let stem = path
+                .file_stem()
+                .map_or("capacity".into(), |s| s.to_string_lossy().into_owned());
+            path.with_file_name(format!(
+                "{stem}-{}.svg",
+                r.deployment.replace(['/', '\\'], "_")
+            ))
         };
-        let title = format!("{} ({}): monthly cost by provisioned size", r.deployment, r.model);
+        let title = format!(
+            "{} ({}): monthly cost by provisioned size",
+            r.deployment, r.model
+        );
         capacity::plot_svg(&title, &r.sizing, &file)?;
         eprintln!("wrote {}", file.display());
     }
@@ -322,7 +373,11 @@ fn write_table(out: &mut dyn Write, report: &Report) -> Result<()> {
         report.unit.monthly_price
     )?;
     if !report.skipped_lines.is_empty() {
-        writeln!(out, "skipped {} lines of the usage file that are not usage rows", report.skipped_lines.len())?;
+        writeln!(
+            out,
+            "skipped {} lines of the usage file that are not usage rows",
+            report.skipped_lines.len()
+        )?;
     }
     for d in &report.deployments {
         write_deployment(out, d)?;
@@ -337,7 +392,11 @@ fn write_deployment(out: &mut dyn Write, d: &DeploymentReport) -> Result<()> {
         "\n{} ({}): {} requests, {} input + {} output tokens ({} requests estimated), {} 429s, {} spilled",
         d.deployment, d.model, d.requests, d.input_tokens, d.output_tokens, d.estimated_requests, d.throttled, d.spilled_requests
     )?;
-    let tpm = s.tpm.named().map(|(name, v)| format!("{name} {v}")).join("  ");
+    let tpm = s
+        .tpm
+        .named()
+        .map(|(name, v)| format!("{name} {v}"))
+        .join("  ");
     writeln!(out, "  tokens per minute: {tpm}")?;
     if s.tpm.max == 0 {
         writeln!(out, "  no traffic in the window: nothing to provision")?;
@@ -345,7 +404,11 @@ fn write_deployment(out: &mut dyn Write, d: &DeploymentReport) -> Result<()> {
     }
     writeln!(out, "  units  tokens/min  covers  spilled tokens  minutes spilling  provisioned $/mo  spilled $/mo  total $/mo")?;
     for c in &s.sizes {
-        let mark = if c.units == s.recommended.units { "  <- recommended" } else { "" };
+        let mark = if c.units == s.recommended.units {
+            "  <- recommended"
+        } else {
+            ""
+        };
         writeln!(
             out,
             "  {:>5}  {:>10}  {:>6}  {:>14}  {:>16}  {:>16.2}  {:>12.2}  {:>10.2}{mark}",
@@ -365,10 +428,17 @@ fn write_deployment(out: &mut dyn Write, d: &DeploymentReport) -> Result<()> {
         "  recommended: {} units (${:.2}/month); all pay-as-you-go ${:.2}/month; provisioned for the peak ({} units) ${:.2}/month",
         best.units, best.monthly_usd, s.all_paygo_usd, s.peak.units, s.peak.monthly_usd
     )?;
-    writeln!(out, "  by hour of day (UTC): hour minutes p50 p80 p90 p99 max")?;
+    writeln!(
+        out,
+        "  by hour of day (UTC): hour minutes p50 p80 p90 p99 max"
+    )?;
     for h in &s.by_hour {
         let t = h.tpm;
-        writeln!(out, "    {:02} {:>5} {} {} {} {} {}", h.hour, h.minutes, t.p50, t.p80, t.p90, t.p99, t.max)?;
+        writeln!(
+            out,
+            "    {:02} {:>5} {} {} {} {} {}",
+            h.hour, h.minutes, t.p50, t.p80, t.p90, t.p99, t.max
+        )?;
     }
     Ok(())
 }

@@ -9,7 +9,10 @@ use model_router::load_router;
 use router_policy::{Capabilities, Capability, ModelSpec};
 use router_training::candidate::{self, AddOptions, FitOptions};
 use router_training::embed;
-use router_training::grade::{self, describe_skips, ChatModel, GradeContext, GraderSpec, SimilarityMetric, StringCheckOperation};
+use router_training::grade::{
+    self, describe_skips, ChatModel, GradeContext, GraderSpec, SimilarityMetric,
+    StringCheckOperation,
+};
 use serde_json::{json, Value};
 
 use crate::judge::DispatchJudge;
@@ -120,16 +123,22 @@ fn short_form(args: &GradeArgs) -> Result<Value> {
             if args.metric.is_some() {
                 bail!("--metric is for text_similarity; string_check takes --operation");
             }
-            let operation: StringCheckOperation =
-                args.operation.as_deref().context("string_check needs --operation eq|ne|like|ilike")?.parse()?;
+            let operation: StringCheckOperation = args
+                .operation
+                .as_deref()
+                .context("string_check needs --operation eq|ne|like|ilike")?
+                .parse()?;
             json!({"type": "string_check", "name": "string_check", "operation": operation.name()})
         }
         _ => {
             if args.operation.is_some() {
                 bail!("--operation is for string_check; text_similarity takes --metric");
             }
-            let metric: SimilarityMetric =
-                args.metric.as_deref().context("text_similarity needs --metric fuzzy_match|bleu|rouge_l|cosine")?.parse()?;
+            let metric: SimilarityMetric = args
+                .metric
+                .as_deref()
+                .context("text_similarity needs --metric fuzzy_match|bleu|rouge_l|cosine")?
+                .parse()?;
             json!({"type": "text_similarity", "name": "text_similarity", "evaluation_metric": metric.name()})
         }
     };
@@ -138,7 +147,9 @@ fn short_form(args: &GradeArgs) -> Result<Value> {
     }
     match args.threshold {
         Some(t) if !(0.0..=1.0).contains(&t) => bail!("the pass threshold {t} is not in [0, 1]"),
-        Some(t) if args.grader == "string_check" && t != 1.0 => bail!("string_check passes at 1; a threshold of {t} is not meaningful"),
+        Some(t) if args.grader == "string_check" && t != 1.0 => {
+            bail!("string_check passes at 1; a threshold of {t} is not meaningful")
+        }
         Some(t) if args.grader == "text_similarity" => grader["pass_threshold"] = json!(t),
         _ => {}
     }
@@ -154,7 +165,8 @@ fn grader_spec(args: &GradeArgs) -> Result<GraderSpec> {
         bail!("--operation, --metric and --threshold go with --grader string_check or text_similarity; a JSON grader carries its own fields");
     }
     if args.grader.trim_start().starts_with('{') {
-        let value: Value = serde_json::from_str(&args.grader).context("--grader: the inline grader is not JSON")?;
+        let value: Value = serde_json::from_str(&args.grader)
+            .context("--grader: the inline grader is not JSON")?;
         return Ok(GraderSpec::from_json(&value)?);
     }
     let path = Path::new(&args.grader);
@@ -166,7 +178,10 @@ fn grader_spec(args: &GradeArgs) -> Result<GraderSpec> {
 
 /// The judge of the spec's model graders with the runtime its requests run on (graders block on
 /// them from rayon's threads); none when the spec asks no model.
-fn judge(spec: &GraderSpec, config: Option<&Path>) -> Result<Option<(tokio::runtime::Runtime, DispatchJudge)>> {
+fn judge(
+    spec: &GraderSpec,
+    config: Option<&Path>,
+) -> Result<Option<(tokio::runtime::Runtime, DispatchJudge)>> {
     if !spec.needs_judge() {
         return Ok(None);
     }
@@ -175,7 +190,9 @@ fn judge(spec: &GraderSpec, config: Option<&Path>) -> Result<Option<(tokio::runt
     })?;
     let runtime = tokio::runtime::Runtime::new().context("starting the judge's runtime")?;
     let judge = DispatchJudge::from_config(config, runtime.handle().clone())?;
-    judge.check_models(spec.judge_models()).with_context(|| config.display().to_string())?;
+    judge
+        .check_models(spec.judge_models())
+        .with_context(|| config.display().to_string())?;
     Ok(Some((runtime, judge)))
 }
 
@@ -183,7 +200,9 @@ pub fn grade(args: GradeArgs) -> Result<()> {
     let spec = grader_spec(&args)?;
     let encoder = match (spec.needs_encoder(), args.model.as_deref()) {
         (true, Some(model)) => Some(load_router(Some(model))?.encoder().clone()),
-        (true, None) => bail!("the cosine metric needs --model (a bundle whose encoder embeds the texts)"),
+        (true, None) => {
+            bail!("the cosine metric needs --model (a bundle whose encoder embeds the texts)")
+        }
         (false, _) => None,
     };
     if spec.runs_python() && !grade::python::network_isolated() {
@@ -193,14 +212,26 @@ pub fn grade(args: GradeArgs) -> Result<()> {
         bail!("--concurrency must be at least 1");
     }
     let judge = judge(&spec, args.config.as_deref())?;
-    let context = GradeContext { judge: judge.as_ref().map(|(_, j)| j as &dyn ChatModel), encoder: encoder.as_ref() };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.concurrency).build()?;
+    let context = GradeContext {
+        judge: judge.as_ref().map(|(_, j)| j as &dyn ChatModel),
+        encoder: encoder.as_ref(),
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.concurrency)
+        .build()?;
     let bar = embed::progress_bar(0, "grading");
     let summary = pool.install(|| {
-        grade::grade_jsonl(&spec, &context, &args.input, &args.output_field, args.out.as_deref(), &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        })
+        grade::grade_jsonl(
+            &spec,
+            &context,
+            &args.input,
+            &args.output_field,
+            args.out.as_deref(),
+            &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            },
+        )
     })?;
     bar.finish_and_clear();
     if args.json {
@@ -216,7 +247,11 @@ pub fn grade(args: GradeArgs) -> Result<()> {
         bail!("no row of {} was graded: {why}", args.input.display());
     }
     if let Some(out) = &args.out {
-        eprintln!("wrote {} graded row(s) to {}", summary.graded, out.display());
+        eprintln!(
+            "wrote {} graded row(s) to {}",
+            summary.graded,
+            out.display()
+        );
     }
     Ok(())
 }
@@ -257,13 +292,23 @@ pub fn candidate_add(args: CandidateAddArgs) -> Result<()> {
         eprintln!("{}: {skips}", args.samples.display());
     }
     if samples.is_empty() {
-        bail!("{}: no usable samples (each line needs a string \"prompt\" and a \"score\" in [0, 1])", args.samples.display());
+        bail!(
+            "{}: no usable samples (each line needs a string \"prompt\" and a \"score\" in [0, 1])",
+            args.samples.display()
+        );
     }
     let mut options = AddOptions::new(args.name.clone());
     options.catalog_entry = entry;
     options.version = args.version;
-    options.fit = FitOptions { seed: args.seed, ..FitOptions::default() };
-    options.samples_source = args.samples.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    options.fit = FitOptions {
+        seed: args.seed,
+        ..FitOptions::default()
+    };
+    options.samples_source = args
+        .samples
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let outcome = candidate::add_candidate(&bundle, &samples, &options, &args.out)?;
     let fit = &outcome.fit;
     if args.json {
@@ -273,8 +318,14 @@ pub fn candidate_add(args: CandidateAddArgs) -> Result<()> {
         });
         print_line(serde_json::to_string(&report)?)?;
     } else {
-        let cv = match (fit.cv_log_loss, fit.cv_log_loss_prior, fit.cv_log_loss_constant) {
-            (Some(a), Some(b), Some(c)) => format!("cross-validated log loss {a:.4} (prior alone {b:.4}, constant {c:.4})"),
+        let cv = match (
+            fit.cv_log_loss,
+            fit.cv_log_loss_prior,
+            fit.cv_log_loss_constant,
+        ) {
+            (Some(a), Some(b), Some(c)) => {
+                format!("cross-validated log loss {a:.4} (prior alone {b:.4}, constant {c:.4})")
+            }
             _ => "too few samples to cross-validate: the strongest regularisation".to_string(),
         };
         print_line(format!(

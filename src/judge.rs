@@ -23,17 +23,30 @@ pub struct DispatchJudge {
 
 impl DispatchJudge {
     /// A judge over `dispatcher` for the models of `catalog`, whose requests run on `handle`.
-    pub fn new(dispatcher: Arc<Dispatcher>, catalog: Catalog, handle: tokio::runtime::Handle) -> Self {
-        DispatchJudge { dispatcher, catalog, handle }
+    pub fn new(
+        dispatcher: Arc<Dispatcher>,
+        catalog: Catalog,
+        handle: tokio::runtime::Handle,
+    ) -> Self {
+        DispatchJudge {
+            dispatcher,
+            catalog,
+            handle,
+        }
     }
 
     /// A judge from a server config file (`model-router.toml`): its `[[deployments]]`,
     /// `[dispatch]` and `[[models]]` catalog.
     pub fn from_config(path: &Path, handle: tokio::runtime::Handle) -> Result<Self> {
-        let config = router_server::ServerConfig::load(path).with_context(|| format!("reading the judge's config {}", path.display()))?;
+        let config = router_server::ServerConfig::load(path)
+            .with_context(|| format!("reading the judge's config {}", path.display()))?;
         let dispatcher = Dispatcher::new(config.deployments, config.dispatch)
             .with_context(|| format!("{}: the deployments", path.display()))?;
-        Ok(DispatchJudge::new(Arc::new(dispatcher), config.catalog, handle))
+        Ok(DispatchJudge::new(
+            Arc::new(dispatcher),
+            config.catalog,
+            handle,
+        ))
     }
 
     /// Checks that the catalog has each of `models` with at least one deployment, so a grading
@@ -46,16 +59,26 @@ impl DispatchJudge {
     }
 
     fn deployments_of(&self, model: &str) -> std::result::Result<&[String], String> {
-        let spec = self.catalog.get(model).ok_or_else(|| format!("the judge model {model:?} is not in the config's catalog"))?;
+        let spec = self
+            .catalog
+            .get(model)
+            .ok_or_else(|| format!("the judge model {model:?} is not in the config's catalog"))?;
         if spec.deployments.is_empty() {
-            return Err(format!("the judge model {model:?} has no deployments in the config"));
+            return Err(format!(
+                "the judge model {model:?} has no deployments in the config"
+            ));
         }
         Ok(&spec.deployments)
     }
 }
 
 impl ChatModel for DispatchJudge {
-    fn complete(&self, model: &str, messages: &[Value], sampling_params: &Map<String, Value>) -> std::result::Result<String, String> {
+    fn complete(
+        &self,
+        model: &str,
+        messages: &[Value],
+        sampling_params: &Map<String, Value>,
+    ) -> std::result::Result<String, String> {
         let deployments = self.deployments_of(model)?;
         let mut body = Map::new();
         for (key, value) in sampling_params {
@@ -66,7 +89,11 @@ impl ChatModel for DispatchJudge {
         }
         body.insert("model".into(), Value::String(model.to_owned()));
         body.insert("messages".into(), Value::Array(messages.to_vec()));
-        let answer = self.handle.block_on(ask_model(&self.dispatcher, deployments, &Value::Object(body)))?;
+        let answer = self.handle.block_on(ask_model(
+            &self.dispatcher,
+            deployments,
+            &Value::Object(body),
+        ))?;
         Ok(answer.content)
     }
 }

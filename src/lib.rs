@@ -35,7 +35,11 @@ use router_core::{CoreError, Router};
 pub fn default_model_dir() -> PathBuf {
     std::env::var_os("MODEL_ROUTER_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join("zeroeval"))
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models")
+                .join("zeroeval")
+        })
 }
 
 /// Loads a router from `--model`: a bundle directory, or else a hub repo id (`ID` or `ID@REVISION`)

@@ -18,19 +18,34 @@ pub struct ChatAnswer {
 
 /// One chat completion from the first of `deployments` that answers. An error status, a body that
 /// is not a chat completion or an answer without text is an error, never an empty answer.
-pub async fn ask_model(dispatcher: &Dispatcher, deployments: &[String], body: &Value) -> Result<ChatAnswer, String> {
+pub async fn ask_model(
+    dispatcher: &Dispatcher,
+    deployments: &[String],
+    body: &Value,
+) -> Result<ChatAnswer, String> {
     let dispatched = dispatch_waiting(dispatcher, deployments, body).await?;
     let status = dispatched.response.status();
     let deployment = dispatched.deployment;
-    let text = dispatched.response.text().await.map_err(|e| format!("deployment `{deployment}`: reading the answer: {e}"))?;
+    let text = dispatched
+        .response
+        .text()
+        .await
+        .map_err(|e| format!("deployment `{deployment}`: reading the answer: {e}"))?;
     if !status.is_success() {
         let excerpt: String = text.chars().take(200).collect();
-        return Err(format!("deployment `{deployment}` answered {status}: {excerpt}"));
+        return Err(format!(
+            "deployment `{deployment}` answered {status}: {excerpt}"
+        ));
     }
-    let response: Value = serde_json::from_str(&text).map_err(|e| format!("deployment `{deployment}`: the answer is not JSON ({e})"))?;
+    let response: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("deployment `{deployment}`: the answer is not JSON ({e})"))?;
     let content = match response.pointer("/choices/0/message/content") {
         Some(Value::String(content)) => content.clone(),
-        _ => return Err(format!("deployment `{deployment}`: the answer has no choices[0].message.content text")),
+        _ => {
+            return Err(format!(
+                "deployment `{deployment}`: the answer has no choices[0].message.content text"
+            ))
+        }
     };
     Ok(ChatAnswer { response, content })
 }
@@ -39,15 +54,28 @@ pub async fn ask_model(dispatcher: &Dispatcher, deployments: &[String], body: &V
 /// is rate-limited a batch job has no client waiting: it sleeps until the first is free again (the
 /// `Retry-After` the dispatcher recorded, else its default cooldown) and tries again,
 /// [`SATURATED_WAITS`] times.
-async fn dispatch_waiting(dispatcher: &Dispatcher, deployments: &[String], body: &Value) -> Result<Dispatched, String> {
-    let request = DispatchRequest { deployments, body, spillover: None };
+async fn dispatch_waiting(
+    dispatcher: &Dispatcher,
+    deployments: &[String],
+    body: &Value,
+) -> Result<Dispatched, String> {
+    let request = DispatchRequest {
+        deployments,
+        body,
+        spillover: None,
+    };
     let mut waits = 0;
     loop {
         match dispatcher.dispatch(request).await {
             Err(DispatchError::Saturated { retry_after, .. }) if waits < SATURATED_WAITS => {
                 waits += 1;
                 let options = dispatcher.options();
-                tokio::time::sleep(retry_after.unwrap_or(options.default_cooldown).min(options.max_cooldown)).await;
+                tokio::time::sleep(
+                    retry_after
+                        .unwrap_or(options.default_cooldown)
+                        .min(options.max_cooldown),
+                )
+                .await;
             }
             result => return result.map_err(|e| e.to_string()),
         }

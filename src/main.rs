@@ -28,7 +28,11 @@ use router_training::{baselines, Result as TrainingResult};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "model-router", version, about = "Route each LLM request to the cheapest model that is good enough for it.")]
+#[command(
+    name = "model-router",
+    version,
+    about = "Route each LLM request to the cheapest model that is good enough for it."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -213,7 +217,10 @@ fn parse_hidden(text: &str) -> Result<Hidden, String> {
     if text.is_empty() {
         return Ok(Hidden(Vec::new()));
     }
-    text.split(',').map(|w| w.trim().parse::<usize>().map_err(|e| format!("{w:?}: {e}"))).collect::<Result<_, _>>().map(Hidden)
+    text.split(',')
+        .map(|w| w.trim().parse::<usize>().map_err(|e| format!("{w:?}: {e}")))
+        .collect::<Result<_, _>>()
+        .map(Hidden)
 }
 
 impl HeadArgs {
@@ -228,7 +235,15 @@ impl HeadArgs {
             task_shrinkage: self.task_shrinkage,
             length_head: !self.no_length_head,
             task_gate: self.task_gate,
-            data: data.data.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect(),
+            data: data
+                .data
+                .iter()
+                .map(|p| {
+                    p.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                })
+                .collect(),
             catalog: self.catalog,
             ..TrainOptions::default()
         })
@@ -353,7 +368,11 @@ fn main() {
 
 /// Whether writing to stdout failed because its reader closed the pipe.
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Writes `text` and a newline to stdout. Unlike `println!`, which panics, a closed pipe is an
@@ -385,7 +404,9 @@ fn error_message(error: &anyhow::Error) -> String {
 
 fn read_stdin() -> Result<String> {
     let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("reading stdin")?;
     Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
@@ -435,11 +456,18 @@ fn route_jsonl(routing: &Routing, input: &dyn Fn(String) -> RouteInput) -> Resul
                 prompt_of_line(&line).with_context(|| format!("line {}", number + 1))
             })
             .collect();
-        let inputs: Vec<RouteInput> = parsed.iter().filter_map(|p| p.as_ref().ok()).map(|p| input(p.clone())).collect();
+        let inputs: Vec<RouteInput> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|p| input(p.clone()))
+            .collect();
         let mut decisions = routing.route_batch(&inputs)?.into_iter();
         for item in &parsed {
             let decided = match item {
-                Ok(_) => decisions.next().ok_or_else(|| anyhow!("the router returned too few rows"))?.map_err(anyhow::Error::from),
+                Ok(_) => decisions
+                    .next()
+                    .ok_or_else(|| anyhow!("the router returned too few rows"))?
+                    .map_err(anyhow::Error::from),
                 Err(error) => Err(anyhow!(error_message(error))),
             };
             let line = match decided {
@@ -477,16 +505,27 @@ fn embed_command(args: EmbedArgs) -> Result<()> {
     };
     let embedding = match args.model.as_deref() {
         // A plain BERT model directory (config.json, no router.json) embeds too.
-        Some(dir) if Path::new(dir).join("config.json").is_file() && !Path::new(dir).join("router.json").exists() => {
+        Some(dir)
+            if Path::new(dir).join("config.json").is_file()
+                && !Path::new(dir).join("router.json").exists() =>
+        {
             let bert = BertSource::Dir(dir.into()).load(256, router_core::Truncation::Right)?;
-            bert.embed_batch(&[&text])?.pop().ok_or_else(|| anyhow!("the encoder returned no row"))?
+            bert.embed_batch(&[&text])?
+                .pop()
+                .ok_or_else(|| anyhow!("the encoder returned no row"))?
         }
         model => load_router(model)?.embed(&text)?,
     };
     if args.json {
         print_line(serde_json::json!({ "embedding": embedding }))?;
     } else {
-        print_line(embedding.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(" "))?;
+        print_line(
+            embedding
+                .iter()
+                .map(|v| format!("{v:.6}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )?;
     }
     Ok(())
 }
@@ -495,13 +534,21 @@ fn import(args: ImportArgs) -> Result<()> {
     let dataset = data::load(args.format, &args.inputs, args.prices.as_deref())?;
     data::write_jsonl(&dataset.records, &args.out)?;
     report_skips(&dataset);
-    eprintln!("wrote {} records to {}", dataset.records.len(), args.out.display());
+    eprintln!(
+        "wrote {} records to {}",
+        dataset.records.len(),
+        args.out.display()
+    );
     Ok(())
 }
 
 fn report_skips(dataset: &Dataset) {
     if dataset.skipped > 0 {
-        let reasons: Vec<String> = dataset.skip_reasons.iter().map(|(reason, n)| format!("{n} {reason}")).collect();
+        let reasons: Vec<String> = dataset
+            .skip_reasons
+            .iter()
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
         eprintln!("skipped {} row(s): {}", dataset.skipped, reasons.join(", "));
     }
 }
@@ -517,7 +564,10 @@ fn guess_format(path: &Path) -> Result<Format> {
     } else if name.contains("routerdc") {
         Format::Routerdc
     } else {
-        bail!("cannot tell the format of {}; pass --format", path.display())
+        bail!(
+            "cannot tell the format of {}; pass --format",
+            path.display()
+        )
     })
 }
 
@@ -554,8 +604,16 @@ fn parse_encoder(text: &str) -> Result<EncoderChoice> {
     let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
     match kind {
         "static" => {
-            let dim = if rest.is_empty() { 256 } else { rest.parse().with_context(|| format!("static dimension {rest:?}"))? };
-            Ok(EncoderChoice::Static { dim, teacher: BertSource::minilm() })
+            let dim = if rest.is_empty() {
+                256
+            } else {
+                rest.parse()
+                    .with_context(|| format!("static dimension {rest:?}"))?
+            };
+            Ok(EncoderChoice::Static {
+                dim,
+                teacher: BertSource::minilm(),
+            })
         }
         "bert" if rest.is_empty() => Ok(EncoderChoice::Bert(BertSource::minilm())),
         "bert" => Ok(EncoderChoice::Bert(BertSource::parse(rest))),
@@ -568,7 +626,11 @@ fn train_command(args: TrainArgs) -> Result<()> {
     let name = args
         .name
         .clone()
-        .or_else(|| args.out.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .or_else(|| {
+            args.out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "router".into());
     if let Some(note) = ranking_note(&dataset, &args.data, &args.head) {
         eprintln!("note: {note}; the bundle ships no catalog.toml, so route it with --catalog");
@@ -609,7 +671,9 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         Ok(catalog) => Some(catalog),
         // Without a catalog the data's own costs rank the choices; say so rather than fail.
         Err(_) if args.catalog.is_none() => {
-            eprintln!("note: no catalog.toml in the bundle; choices are ranked by the data's costs");
+            eprintln!(
+                "note: no catalog.toml in the bundle; choices are ranked by the data's costs"
+            );
             None
         }
         Err(error) => return Err(error.into()),
@@ -632,12 +696,21 @@ fn eval_command(args: EvalArgs) -> Result<()> {
     };
     let fingerprint = embed::encoder_fingerprint(router.config(), router.encoder());
     let prompts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
-    let embeddings = embed::embed_cached(router.encoder(), fingerprint, &prompts, &embed::cache_dir())?;
+    let embeddings =
+        embed::embed_cached(router.encoder(), fingerprint, &prompts, &embed::cache_dir())?;
     // Routing costs charge each model the output length the bundle predicts, as `route` does.
-    let output_tokens: Option<Vec<Vec<f32>>> = router
-        .output_tokens_embeddings(&embeddings)?
-        .map(|rows| rows.into_iter().map(|row| columns.iter().map(|&c| row[c]).collect()).collect());
-    let test = train::test_matrix(&records, &models, catalog.as_ref(), output_tokens.as_deref())?;
+    let output_tokens: Option<Vec<Vec<f32>>> =
+        router.output_tokens_embeddings(&embeddings)?.map(|rows| {
+            rows.into_iter()
+                .map(|row| columns.iter().map(|&c| row[c]).collect())
+                .collect()
+        });
+    let test = train::test_matrix(
+        &records,
+        &models,
+        catalog.as_ref(),
+        output_tokens.as_deref(),
+    )?;
     let predictions: Vec<Vec<f32>> = router
         .score_embeddings(&embeddings)?
         .into_iter()
@@ -674,7 +747,10 @@ fn cv_command(args: CvArgs) -> Result<()> {
     let options = args.head.options(&args.data)?;
     let mut outcome = train::cross_validate(&dataset.records, &models, &options, args.folds)?;
     outcome.evaluation.report.skipped = skipped;
-    eprintln!("{} folds; epochs per fold: {:?}", args.folds, outcome.epochs);
+    eprintln!(
+        "{} folds; epochs per fold: {:?}",
+        args.folds, outcome.epochs
+    );
     if let Some(report) = &outcome.output_length {
         eprintln!("{report}");
     }
@@ -696,12 +772,21 @@ fn cv_command(args: CvArgs) -> Result<()> {
 }
 
 /// `cv --predictions`: each record with its fold and out-of-fold predictions, one JSON line each.
-fn write_predictions(path: &Path, records: &[data::Record], models: &[String], outcome: &train::CrossValidation) -> Result<()> {
+fn write_predictions(
+    path: &Path,
+    records: &[data::Record],
+    models: &[String],
+    outcome: &train::CrossValidation,
+) -> Result<()> {
     let file = std::fs::File::create(path).with_context(|| path.display().to_string())?;
     let mut out = std::io::BufWriter::new(file);
-    for ((record, fold), predicted) in records.iter().zip(&outcome.folds).zip(&outcome.predictions) {
-        let predicted: serde_json::Map<String, serde_json::Value> =
-            models.iter().zip(predicted).map(|(model, p)| (model.clone(), serde_json::json!(p))).collect();
+    for ((record, fold), predicted) in records.iter().zip(&outcome.folds).zip(&outcome.predictions)
+    {
+        let predicted: serde_json::Map<String, serde_json::Value> = models
+            .iter()
+            .zip(predicted)
+            .map(|(model, p)| (model.clone(), serde_json::json!(p)))
+            .collect();
         let line = serde_json::json!({
             "prompt": record.prompt, "task": record.task, "scores": record.scores, "costs": record.costs,
             "fold": fold, "predicted": predicted,
@@ -731,9 +816,23 @@ fn out_of_fold_baselines(
 /// This run's command line as a shell would take it back: `model-router` and the arguments, each
 /// quoted when it is empty or holds anything but plain path characters.
 fn command_line() -> String {
-    let plain = |arg: &str| !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+".contains(c));
-    let quoted = std::env::args().skip(1).map(|arg| if plain(&arg) { arg } else { format!("'{}'", arg.replace('\'', "'\\''")) });
-    std::iter::once("model-router".to_string()).chain(quoted).collect::<Vec<_>>().join(" ")
+    let plain = |arg: &str| {
+        !arg.is_empty()
+            && arg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+".contains(c))
+    };
+    let quoted = std::env::args().skip(1).map(|arg| {
+        if plain(&arg) {
+            arg
+        } else {
+            format!("'{}'", arg.replace('\'', "'\\''"))
+        }
+    });
+    std::iter::once("model-router".to_string())
+        .chain(quoted)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What ranks the report's choices when `train` or `cv` has no `--catalog`: said, not silent.
@@ -753,12 +852,20 @@ fn distill(args: DistillArgs) -> Result<()> {
     let source = BertSource::parse(&args.from);
     let bert = source.load(16, router_core::Truncation::Right)?;
     let bar = embed::progress_bar(bert.tokenizer().vocab_size(), "distilling");
-    let table = router_core::distill::distill_static(&bert, args.dim, &mut |done, _| bar.set_position(done as u64))?;
+    let table = router_core::distill::distill_static(&bert, args.dim, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
     std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
     table.save_table(&args.out.join("encoder.safetensors"))?;
     let tokenizer = source.model_dir()?.join("tokenizer.json");
-    std::fs::copy(&tokenizer, args.out.join("tokenizer.json")).with_context(|| tokenizer.display().to_string())?;
-    eprintln!("wrote a {}-token x {} table to {}", table.table().len() / args.dim, args.dim, args.out.display());
+    std::fs::copy(&tokenizer, args.out.join("tokenizer.json"))
+        .with_context(|| tokenizer.display().to_string())?;
+    eprintln!(
+        "wrote a {}-token x {} table to {}",
+        table.table().len() / args.dim,
+        args.dim,
+        args.out.display()
+    );
     Ok(())
 }

@@ -59,7 +59,9 @@ pub(crate) fn open_for_reading(db: &str, password_env: Option<&str>) -> Result<S
             std::env::var(var)
                 .ok()
                 .filter(|p| !p.is_empty())
-                .with_context(|| format!("--password-env: environment variable `{var}` is unset or empty"))?,
+                .with_context(|| {
+                    format!("--password-env: environment variable `{var}` is unset or empty")
+                })?,
         ),
     };
     let location = Location::parse(db, password)?;
@@ -69,7 +71,13 @@ pub(crate) fn open_for_reading(db: &str, password_env: Option<&str>) -> Result<S
         }
     }
     // The cap only matters for writes; these commands only read.
-    Ok(Store::open_location(&location, StoreOptions { max_bytes: u64::MAX, ..StoreOptions::default() })?)
+    Ok(Store::open_location(
+        &location,
+        StoreOptions {
+            max_bytes: u64::MAX,
+            ..StoreOptions::default()
+        },
+    )?)
 }
 
 pub fn run(command: StoreCommand) -> Result<()> {
@@ -79,28 +87,53 @@ pub fn run(command: StoreCommand) -> Result<()> {
 }
 
 fn export(args: ExportArgs) -> Result<()> {
-    let metadata = args.filters.iter().map(|f| parse_filter(f)).collect::<Result<Vec<_>>>()?;
+    let metadata = args
+        .filters
+        .iter()
+        .map(|f| parse_filter(f))
+        .collect::<Result<Vec<_>>>()?;
     if let Some(g) = args.min_grade {
         if !(0.0..=1.0).contains(&g) {
             bail!("--min-grade must be a number in [0, 1], got {g}");
         }
     }
     let store = open_for_reading(&args.db, args.password_env.as_deref())?;
-    let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let file = std::fs::File::create(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let mut out = BufWriter::new(file);
-    let filter = ExportFilter { owner: None, model: args.model, metadata, min_grade: args.min_grade };
+    let filter = ExportFilter {
+        owner: None,
+        model: args.model,
+        metadata,
+        min_grade: args.min_grade,
+    };
     let summary = store.export(&filter, &mut out)?;
-    out.flush().with_context(|| format!("writing {}", args.out.display()))?;
+    out.flush()
+        .with_context(|| format!("writing {}", args.out.display()))?;
     let skipped = summary.no_grade + summary.below_grade + summary.no_answer;
-    eprintln!("wrote {} lines to {}; skipped {skipped}", summary.written, args.out.display());
+    eprintln!(
+        "wrote {} lines to {}; skipped {skipped}",
+        summary.written,
+        args.out.display()
+    );
     if summary.no_grade > 0 {
-        eprintln!("  {} without a valid grade (metadata `grade`, a number in [0, 1])", summary.no_grade);
+        eprintln!(
+            "  {} without a valid grade (metadata `grade`, a number in [0, 1])",
+            summary.no_grade
+        );
     }
     if summary.below_grade > 0 {
-        eprintln!("  {} with a grade below {}", summary.below_grade, args.min_grade.unwrap_or(0.0));
+        eprintln!(
+            "  {} with a grade below {}",
+            summary.below_grade,
+            args.min_grade.unwrap_or(0.0)
+        );
     }
     if summary.no_answer > 0 {
-        eprintln!("  {} whose response has no assistant answer", summary.no_answer);
+        eprintln!(
+            "  {} whose response has no assistant answer",
+            summary.no_answer
+        );
     }
     Ok(())
 }
@@ -111,8 +144,14 @@ mod tests {
 
     #[test]
     fn filters_parse() {
-        assert_eq!(parse_filter("metadata.task=a=b").unwrap(), ("task".to_string(), "a=b".to_string()));
-        assert_eq!(parse_filter("metadata.k=").unwrap(), ("k".to_string(), String::new()));
+        assert_eq!(
+            parse_filter("metadata.task=a=b").unwrap(),
+            ("task".to_string(), "a=b".to_string())
+        );
+        assert_eq!(
+            parse_filter("metadata.k=").unwrap(),
+            ("k".to_string(), String::new())
+        );
         for bad in ["task=a", "metadata.=x", "metadata.task"] {
             assert!(parse_filter(bad).is_err(), "{bad}");
         }

@@ -13,7 +13,10 @@ fn positive(report: &Value, pointer: &str) -> f64 {
         .unwrap_or_else(|| panic!("the report has no {pointer}: {report}"))
         .as_f64()
         .unwrap_or_else(|| panic!("{pointer} is not a number: {report}"));
-    assert!(value.is_finite() && value > 0.0, "{pointer} = {value} should be positive");
+    assert!(
+        value.is_finite() && value > 0.0,
+        "{pointer} = {value} should be positive"
+    );
     value
 }
 
@@ -54,7 +57,10 @@ fn bench_json_reports_every_tier_and_baseline() {
         positive(&report, key);
     }
     assert_eq!(report["workload"]["source"], "built-in", "{report}");
-    assert_eq!(report["tokenize_fast_path"], true, "the shipped MiniLM tokenizer takes the fast path: {report}");
+    assert_eq!(
+        report["tokenize_fast_path"], true,
+        "the shipped MiniLM tokenizer takes the fast path: {report}"
+    );
 }
 
 #[test]
@@ -63,18 +69,40 @@ fn bench_lengths_times_the_encoder_per_length_and_names_the_build() {
     let report = ok(&["bench", "--lengths", "16,40", "--iterations", "3", "--json"]).json();
     // The tests run the dev-profile binary, which must say so.
     assert_eq!(report["profile"], "dev", "{report}");
-    let rows = report["lengths"].as_array().unwrap_or_else(|| panic!("no lengths: {report}"));
-    assert_eq!(rows.iter().map(|row| row["tokens"].as_u64()).collect::<Vec<_>>(), [Some(16), Some(40)], "{report}");
+    let rows = report["lengths"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no lengths: {report}"));
+    assert_eq!(
+        rows.iter()
+            .map(|row| row["tokens"].as_u64())
+            .collect::<Vec<_>>(),
+        [Some(16), Some(40)],
+        "{report}"
+    );
     for index in 0..rows.len() {
         positive(&report, &format!("/lengths/{index}/p50_us"));
         positive(&report, &format!("/lengths/{index}/cpu_us"));
-        assert!(rows[index]["prompt"].as_str().is_some_and(|p| !p.is_empty()), "{report}");
+        assert!(
+            rows[index]["prompt"]
+                .as_str()
+                .is_some_and(|p| !p.is_empty()),
+            "{report}"
+        );
     }
 }
 
 #[test]
 fn bench_server_reports_direct_and_routed_latency() {
-    let report = ok(&["bench", "--server", "--rate", "40", "--seconds", "1", "--json"]).json();
+    let report = ok(&[
+        "bench",
+        "--server",
+        "--rate",
+        "40",
+        "--seconds",
+        "1",
+        "--json",
+    ])
+    .json();
     for path in ["direct", "routed"] {
         assert_eq!(report["server"][path]["requests"], 40, "{report}");
         assert_eq!(report["server"][path]["errors"], 0, "{report}");
@@ -83,7 +111,13 @@ fn bench_server_reports_direct_and_routed_latency() {
         assert!(p99 >= p50, "{path}: p99 {p99} below p50 {p50}");
     }
     for key in ["/server/overhead_p50_us", "/server/overhead_p99_us"] {
-        assert!(report.pointer(key).and_then(Value::as_f64).is_some_and(f64::is_finite), "{key}: {report}");
+        assert!(
+            report
+                .pointer(key)
+                .and_then(Value::as_f64)
+                .is_some_and(f64::is_finite),
+            "{key}: {report}"
+        );
     }
 }
 
@@ -91,20 +125,42 @@ fn bench_server_reports_direct_and_routed_latency() {
 fn bench_server_find_max_searches_each_path_down_to_its_floor_under_an_impossible_bound() {
     // No request answers within 1 µs: each search halves from 250/s until below its floor of
     // 10/s (250, 125, 62.5, 31.25, 15.6), every rate failing twice, so the run stays short.
-    let report = ok(&["bench", "--server", "--find-max", "--p99-ms", "0.001", "--seconds", "0.1", "--json"]).json();
+    let report = ok(&[
+        "bench",
+        "--server",
+        "--find-max",
+        "--p99-ms",
+        "0.001",
+        "--seconds",
+        "0.1",
+        "--json",
+    ])
+    .json();
     let found = &report["find_max"];
     for path in ["direct", "proxy", "router"] {
         assert!(found[path]["max_rate_per_s"].is_null(), "{path}: {found}");
-        let steps = found[path]["steps"].as_array().unwrap_or_else(|| panic!("{path} has no steps: {found}"));
-        let rates: Vec<f64> = steps.iter().filter_map(|s| s["rate_per_s"].as_f64()).collect();
-        assert_eq!(rates, [250.0, 250.0, 125.0, 125.0, 62.5, 62.5, 31.25, 31.25, 15.625, 15.625], "{path}");
+        let steps = found[path]["steps"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path} has no steps: {found}"));
+        let rates: Vec<f64> = steps
+            .iter()
+            .filter_map(|s| s["rate_per_s"].as_f64())
+            .collect();
+        assert_eq!(
+            rates,
+            [250.0, 250.0, 125.0, 125.0, 62.5, 62.5, 31.25, 31.25, 15.625, 15.625],
+            "{path}"
+        );
         for (i, _) in steps.iter().enumerate() {
             assert_eq!(steps[i]["passed"], false, "{path}: {found}");
             assert_eq!(steps[i]["errors"], 0, "{path}: {found}");
             positive(&report, &format!("/find_max/{path}/steps/{i}/p99_us"));
         }
     }
-    assert!(found["ratio"].is_null(), "no rate passed, so there is no ratio: {found}");
+    assert!(
+        found["ratio"].is_null(),
+        "no rate passed, so there is no ratio: {found}"
+    );
     assert_eq!(found["p99_bound_ms"], 0.001);
 }
 

@@ -41,7 +41,12 @@ fn run(args: &[String]) -> String {
         .args(args)
         .output()
         .expect("run model-router");
-    assert!(output.status.success(), "model-router {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "model-router {} failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).expect("utf-8")
 }
 
@@ -72,7 +77,16 @@ fn train(out: &Path, files: &[PathBuf], models: &[&str]) {
         std::fs::remove_dir_all(out).expect("clear the old bundle");
     }
     // The shipped RouterBench settings: static tier, linear head.
-    let mut args = strings(&["train", "--encoder", "static", "--hidden", "", "--catalog", CATALOG, "--out"]);
+    let mut args = strings(&[
+        "train",
+        "--encoder",
+        "static",
+        "--hidden",
+        "",
+        "--catalog",
+        CATALOG,
+        "--out",
+    ]);
     args.push(common::arg(out));
     args.extend(data_args(files));
     if !models.is_empty() {
@@ -93,16 +107,36 @@ struct Row {
 }
 
 fn row(report: &Value, column: Option<(f64, f64)>) -> Row {
-    let point = |mode: &str| (report["modes"][mode]["quality"].as_f64().unwrap(), report["modes"][mode]["cost"].as_f64().unwrap());
-    Row { aiq: report["aiq"].as_f64().unwrap(), quality: point("quality"), balanced: point("balanced"), cost: point("cost"), column }
+    let point = |mode: &str| {
+        (
+            report["modes"][mode]["quality"].as_f64().unwrap(),
+            report["modes"][mode]["cost"].as_f64().unwrap(),
+        )
+    };
+    Row {
+        aiq: report["aiq"].as_f64().unwrap(),
+        quality: point("quality"),
+        balanced: point("balanced"),
+        cost: point("cost"),
+        column,
+    }
 }
 
 /// Log loss and AUC of `model`'s column of `bundle` against the true scores of `val`.
 fn column_metrics(bundle: &Path, model: &str, val: &[Record]) -> (f64, f64) {
     let router = Router::load(bundle).expect("load the bundle");
-    let index = router.models().iter().position(|m| m == model).expect("the column");
+    let index = router
+        .models()
+        .iter()
+        .position(|m| m == model)
+        .expect("the column");
     let prompts: Vec<&str> = val.iter().map(|r| r.prompt.as_str()).collect();
-    let predicted: Vec<f64> = router.score_batch(&prompts).unwrap().iter().map(|row| f64::from(row[index])).collect();
+    let predicted: Vec<f64> = router
+        .score_batch(&prompts)
+        .unwrap()
+        .iter()
+        .map(|row| f64::from(row[index]))
+        .collect();
     let truth: Vec<f64> = val.iter().map(|r| r.scores[model]).collect();
     let loss = predicted
         .iter()
@@ -118,7 +152,13 @@ fn column_metrics(bundle: &Path, model: &str, val: &[Record]) -> (f64, f64) {
         for (pj, yj) in predicted.iter().zip(&truth) {
             if yi > yj {
                 pairs += 1.0;
-                wins += if pi > pj { 1.0 } else if pi == pj { 0.5 } else { 0.0 };
+                wins += if pi > pj {
+                    1.0
+                } else if pi == pj {
+                    0.5
+                } else {
+                    0.0
+                };
             }
         }
     }
@@ -173,19 +213,31 @@ fn slug(model: &str) -> String {
 #[ignore = "an experiment (~10 minutes): cargo test --test candidate_experiment -- --ignored --nocapture"]
 fn samples_needed_to_add_a_model() {
     common::ensure_minilm();
-    let files: Vec<PathBuf> = ["arc_challenge_train.csv", "mbpp_train.csv", "winograde_train.csv"]
-        .iter()
-        .map(|f| common::data_file(&format!("routerbench/{f}")))
-        .collect();
+    let files: Vec<PathBuf> = [
+        "arc_challenge_train.csv",
+        "mbpp_train.csv",
+        "winograde_train.csv",
+    ]
+    .iter()
+    .map(|f| common::data_file(&format!("routerbench/{f}")))
+    .collect();
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("candidate-experiment");
     std::fs::create_dir_all(&root).unwrap();
     let dataset = data::load(Format::Routerbench, &files, None).expect("the RouterBench data");
     let all_models = dataset.models();
     let (train_side, val) = data::split(dataset.records, 0.15, 42).unwrap();
-    let catalog = Catalog::from_toml_str(&std::fs::read_to_string(common::repo_root().join(CATALOG)).unwrap()).unwrap();
+    let catalog = Catalog::from_toml_str(
+        &std::fs::read_to_string(common::repo_root().join(CATALOG)).unwrap(),
+    )
+    .unwrap();
     let left_out: Vec<String> = std::env::var("MODEL_ROUTER_EXPERIMENT_MODELS")
         .map(|v| v.split(',').map(str::to_owned).collect())
-        .unwrap_or_else(|_| vec!["gpt-3.5-turbo-1106".into(), "mistralai/mixtral-8x7b-chat".into()]);
+        .unwrap_or_else(|_| {
+            vec![
+                "gpt-3.5-turbo-1106".into(),
+                "mistralai/mixtral-8x7b-chat".into(),
+            ]
+        });
 
     let full = root.join("full");
     train(&full, &files, &[]);
@@ -197,8 +249,15 @@ fn samples_needed_to_add_a_model() {
         train_side.len()
     )];
     for model in &left_out {
-        assert!(all_models.contains(model), "{model} is not a RouterBench model: {all_models:?}");
-        let others: Vec<&str> = all_models.iter().map(String::as_str).filter(|m| m != model).collect();
+        assert!(
+            all_models.contains(model),
+            "{model} is not a RouterBench model: {all_models:?}"
+        );
+        let others: Vec<&str> = all_models
+            .iter()
+            .map(String::as_str)
+            .filter(|m| m != model)
+            .collect();
         let without = root.join(format!("without-{}", slug(model)));
         train(&without, &files, &others);
         let spec = catalog.get(model).expect("the catalog prices the model");
@@ -214,16 +273,30 @@ fn samples_needed_to_add_a_model() {
                 // A seeded random order: the records sorted by a hash of (seed, prompt).
                 let seed = 1000 * draw + n as u64;
                 let mut picked: Vec<&Record> = train_side.iter().collect();
-                picked.sort_by_cached_key(|r| StableHasher::default().add(&seed.to_le_bytes()).add(r.prompt.as_bytes()).finish());
+                picked.sort_by_cached_key(|r| {
+                    StableHasher::default()
+                        .add(&seed.to_le_bytes())
+                        .add(r.prompt.as_bytes())
+                        .finish()
+                });
                 let samples: Vec<String> = picked[..n]
                     .iter()
-                    .map(|r| serde_json::json!({ "prompt": r.prompt, "score": r.scores[model] }).to_string())
+                    .map(|r| {
+                        serde_json::json!({ "prompt": r.prompt, "score": r.scores[model] })
+                            .to_string()
+                    })
                     .collect();
                 let samples_path = root.join(format!("samples-{}-{n}-{draw}.jsonl", slug(model)));
                 std::fs::write(&samples_path, samples.join("\n") + "\n").unwrap();
                 let added = root.join(format!("added-{}-{n}-{draw}", slug(model)));
                 let mut args = strings(&["candidate", "add", "--name", model, "--model"]);
-                args.extend([common::arg(&without), "--samples".into(), common::arg(&samples_path), "--out".into(), common::arg(&added)]);
+                args.extend([
+                    common::arg(&without),
+                    "--samples".into(),
+                    common::arg(&samples_path),
+                    "--out".into(),
+                    common::arg(&added),
+                ]);
                 args.extend([
                     "--input-price".into(),
                     spec.input_price.to_string(),
@@ -237,11 +310,17 @@ fn samples_needed_to_add_a_model() {
                     format!("experiment-{n}-{draw}"),
                 ]);
                 run(&args);
-                rows.push(row(&eval(&added, &files, &[]), Some(column_metrics(&added, model, &val))));
+                rows.push(row(
+                    &eval(&added, &files, &[]),
+                    Some(column_metrics(&added, model, &val)),
+                ));
             }
             lines.push(table_row(&format!("+ {model} from {n} samples"), &rows));
         }
-        lines.push(table_row("full retrain, 11 models", &[row(&full_report, Some(column_metrics(&full, model, &val)))]));
+        lines.push(table_row(
+            "full retrain, 11 models",
+            &[row(&full_report, Some(column_metrics(&full, model, &val)))],
+        ));
         table.extend(lines);
     }
     let text = table.join("\n") + "\n";

@@ -10,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{arg, assert_mentions, routerbench_bundle, fails, ok};
+use common::{arg, assert_mentions, fails, ok, routerbench_bundle};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -35,19 +35,35 @@ fn pairs(dir: &Path) -> PathBuf {
 
 /// `grade --json` with `extra`: the summary object.
 fn summary(input: &Path, extra: &[&str]) -> Value {
-    let mut args = vec!["grade".to_string(), "--json".into(), "--input".into(), arg(input)];
+    let mut args = vec![
+        "grade".to_string(),
+        "--json".into(),
+        "--input".into(),
+        arg(input),
+    ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let run = ok(&args);
-    assert_eq!(run.stdout.lines().count(), 1, "--json prints one line: {:?}", run.stdout);
+    assert_eq!(
+        run.stdout.lines().count(),
+        1,
+        "--json prints one line: {:?}",
+        run.stdout
+    );
     run.json()
 }
 
 fn graded_rows(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn scores(rows: &[Value]) -> Vec<f64> {
-    rows.iter().map(|r| r["score"].as_f64().expect("a score")).collect()
+    rows.iter()
+        .map(|r| r["score"].as_f64().expect("a score"))
+        .collect()
 }
 
 fn close(actual: &[f64], expected: &[f64]) {
@@ -69,9 +85,26 @@ fn string_check_operations_grade_and_report_bad_rows_by_line() {
     ];
     for (operation, want) in expected {
         let out = dir.path().join(format!("{operation}.jsonl"));
-        let report = summary(&input, &["--grader", "string_check", "--operation", operation, "--out", &arg(&out)]);
+        let report = summary(
+            &input,
+            &[
+                "--grader",
+                "string_check",
+                "--operation",
+                operation,
+                "--out",
+                &arg(&out),
+            ],
+        );
         assert_eq!(report["graded"], 4, "{report}");
-        let lines = |key: &str| -> Vec<u64> { report[key].as_array().unwrap().iter().map(|s| s["line"].as_u64().unwrap()).collect() };
+        let lines = |key: &str| -> Vec<u64> {
+            report[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["line"].as_u64().unwrap())
+                .collect()
+        };
         assert_eq!(lines("skipped"), [3, 5], "{report}");
         assert_eq!(lines("failed"), [7], "{report}");
         let rows = graded_rows(&out);
@@ -84,7 +117,10 @@ fn string_check_operations_grade_and_report_bad_rows_by_line() {
             "type": "string_check", "name": "string_check", "operation": operation,
             "input": "{{sample.output_text}}", "reference": "{{item.reference}}",
         });
-        assert_eq!(report["grader"], grader, "the short form stands for this JSON grader");
+        assert_eq!(
+            report["grader"], grader,
+            "the short form stands for this JSON grader"
+        );
         // Everything else passes through, so the file feeds `candidate add`.
         let prompts: Vec<&str> = rows.iter().map(|r| r["prompt"].as_str().unwrap()).collect();
         assert_eq!(prompts, ["p1", "p2", "p4", "p8"]);
@@ -94,7 +130,16 @@ fn string_check_operations_grade_and_report_bad_rows_by_line() {
     }
 
     // The table form names the skipped lines and their reasons.
-    let table = ok(&["grade", "--input", &arg(&input), "--grader", "string_check", "--operation", "ilike"]).stdout;
+    let table = ok(&[
+        "grade",
+        "--input",
+        &arg(&input),
+        "--grader",
+        "string_check",
+        "--operation",
+        "ilike",
+    ])
+    .stdout;
     assert_mentions(
         &table,
         &[
@@ -125,14 +170,28 @@ fn text_similarity_metrics_have_their_hand_computed_values() {
     // BLEU: p = 5/6, 3/5, 1/4, 1/(2·3); "The capital is Paris." vs "paris": no common token;
     // "the cat" vs "the black cat sat": effective order 2, p1 = 1, p2 = 1/(2·1), BP = exp(1 − 4/2).
     let (report, bleu) = run("bleu", &[]);
-    close(&bleu, &[48f64.powf(-0.25), 0.0, (0.5f64).sqrt() * (-1.0f64).exp(), 1.0]);
-    assert!(report["pass_rate"].is_null() && report["passed"].is_null(), "no threshold, no pass rate: {report}");
+    close(
+        &bleu,
+        &[
+            48f64.powf(-0.25),
+            0.0,
+            (0.5f64).sqrt() * (-1.0f64).exp(),
+            1.0,
+        ],
+    );
+    assert!(
+        report["pass_rate"].is_null() && report["passed"].is_null(),
+        "no threshold, no pass rate: {report}"
+    );
     // ROUGE-L: 5/6; "the capital is paris" vs "paris": P = 1/4, R = 1 → 0.4; 2/3; 1.
     let (_, rouge) = run("rouge_l", &["--threshold", "0.5"]);
     close(&rouge, &[5.0 / 6.0, 0.4, 2.0 / 3.0, 1.0]);
     // fuzzy_match (rapidfuzz ratio): LCS of the characters.
     let (_, fuzzy) = run("fuzzy_match", &[]);
-    assert!((fuzzy[3] - 1.0).abs() < 1e-12 && fuzzy[0] > 0.8 && fuzzy[1] < 0.5, "{fuzzy:?}");
+    assert!(
+        (fuzzy[3] - 1.0).abs() < 1e-12 && fuzzy[0] > 0.8 && fuzzy[1] < 0.5,
+        "{fuzzy:?}"
+    );
     close(&fuzzy[2..3], &[2.0 * 7.0 / 24.0]);
 
     let (report, _) = run("rouge_l", &["--threshold", "0.6"]);
@@ -144,28 +203,84 @@ fn text_similarity_metrics_have_their_hand_computed_values() {
     assert_eq!(report["graded"], 4);
     assert!((cosine[3] - 1.0).abs() < 1e-6, "{cosine:?}");
     assert!(cosine.iter().all(|c| (0.0..=1.0).contains(c)), "{cosine:?}");
-    assert!(cosine[0] > cosine[1], "the two cat sentences are closer than an answer and a one-word reference: {cosine:?}");
+    assert!(
+        cosine[0] > cosine[1],
+        "the two cat sentences are closer than an answer and a one-word reference: {cosine:?}"
+    );
 }
 
 #[test]
 fn custom_field_names_and_errors_that_say_what_is_missing() {
     let dir = TempDir::new().unwrap();
     let input = dir.path().join("custom.jsonl");
-    std::fs::write(&input, "{\"answer\": \"4\", \"ideal\": \"4\"}\n{\"answer\": \"5\", \"ideal\": \"4\"}\n").unwrap();
-    let report = summary(&input, &["--grader", "string_check", "--operation", "eq", "--output-field", "answer", "--reference-field", "ideal"]);
-    assert_eq!((report["graded"].as_u64(), report["passed"].as_u64()), (Some(2), Some(1)));
+    std::fs::write(
+        &input,
+        "{\"answer\": \"4\", \"ideal\": \"4\"}\n{\"answer\": \"5\", \"ideal\": \"4\"}\n",
+    )
+    .unwrap();
+    let report = summary(
+        &input,
+        &[
+            "--grader",
+            "string_check",
+            "--operation",
+            "eq",
+            "--output-field",
+            "answer",
+            "--reference-field",
+            "ideal",
+        ],
+    );
+    assert_eq!(
+        (report["graded"].as_u64(), report["passed"].as_u64()),
+        (Some(2), Some(1))
+    );
 
     let input = arg(&input);
     let run = fails(&["grade", "--input", &input, "--grader", "string_check"]);
     assert_mentions(&run.stderr, &["--operation"]);
-    let run = fails(&["grade", "--input", &input, "--grader", "text_similarity", "--metric", "cosine"]);
+    let run = fails(&[
+        "grade",
+        "--input",
+        &input,
+        "--grader",
+        "text_similarity",
+        "--metric",
+        "cosine",
+    ]);
     assert_mentions(&run.stderr, &["cosine", "--model"]);
-    let run = fails(&["grade", "--input", &input, "--grader", "text_similarity", "--metric", "meteor"]);
+    let run = fails(&[
+        "grade",
+        "--input",
+        &input,
+        "--grader",
+        "text_similarity",
+        "--metric",
+        "meteor",
+    ]);
     assert_mentions(&run.stderr, &["meteor", "fuzzy_match", "bleu", "rouge_l"]);
     let run = fails(&["grade", "--input", &input, "--grader", "label_model"]);
     assert_mentions(&run.stderr, &["string_check", "text_similarity"]);
-    let run = fails(&["grade", "--input", &input, "--grader", "string_check", "--operation", "eq", "--threshold", "2"]);
+    let run = fails(&[
+        "grade",
+        "--input",
+        &input,
+        "--grader",
+        "string_check",
+        "--operation",
+        "eq",
+        "--threshold",
+        "2",
+    ]);
     assert_mentions(&run.stderr, &["threshold", "[0, 1]"]);
-    let run = fails(&["grade", "--input", "no-such-file.jsonl", "--grader", "string_check", "--operation", "eq"]);
+    let run = fails(&[
+        "grade",
+        "--input",
+        "no-such-file.jsonl",
+        "--grader",
+        "string_check",
+        "--operation",
+        "eq",
+    ]);
     assert_mentions(&run.stderr, &["no-such-file.jsonl"]);
 }

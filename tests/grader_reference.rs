@@ -16,7 +16,9 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use model_router::router_training::grade::{bleu, fuzzy_match, rouge_l, string_check, StringCheckOperation};
+use model_router::router_training::grade::{
+    bleu, fuzzy_match, rouge_l, string_check, StringCheckOperation,
+};
 use serde_json::{json, Value};
 
 /// Sentences with what tokenizers disagree on.
@@ -60,7 +62,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 
@@ -92,14 +97,24 @@ fn mutate(text: &str, rng: &mut Lcg) -> String {
         }
         6 => SENTENCES[rng.below(SENTENCES.len())].to_owned(),
         7 => format!("The answer: {}", text.replace('.', " .")),
-        _ => text.chars().rev().take(40).collect::<String>().chars().rev().collect(),
+        _ => text
+            .chars()
+            .rev()
+            .take(40)
+            .collect::<String>()
+            .chars()
+            .rev()
+            .collect(),
     }
 }
 
 /// 32 × 32 sentence pairs would be mostly unrelated; a few hundred mutated pairs are realistic.
 fn pairs() -> Vec<(String, String)> {
     let mut rng = Lcg(20261201);
-    let mut pairs: Vec<(String, String)> = SENTENCES.iter().map(|s| (s.to_string(), s.to_string())).collect();
+    let mut pairs: Vec<(String, String)> = SENTENCES
+        .iter()
+        .map(|s| (s.to_string(), s.to_string()))
+        .collect();
     while pairs.len() < 400 {
         let reference = SENTENCES[rng.below(SENTENCES.len())];
         let output = mutate(&mutate(reference, &mut rng), &mut rng);
@@ -130,13 +145,29 @@ fn reference_scores(pairs: &[(String, String)]) -> Option<Vec<Value>> {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("start {python}: {e}"));
-    let input: String = pairs.iter().map(|(o, r)| json!({"output": o, "reference": r}).to_string() + "\n").collect();
+    let input: String = pairs
+        .iter()
+        .map(|(o, r)| json!({"output": o, "reference": r}).to_string() + "\n")
+        .collect();
     let mut stdin = child.stdin.take().expect("stdin");
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let output = child.wait_with_output().expect("wait for the reference script");
-    writer.join().expect("writer thread").expect("write the pairs");
-    assert!(output.status.success(), "the reference script failed: {}", String::from_utf8_lossy(&output.stderr));
-    let scores: Vec<Value> = String::from_utf8(output.stdout).expect("utf-8").lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    let output = child
+        .wait_with_output()
+        .expect("wait for the reference script");
+    writer
+        .join()
+        .expect("writer thread")
+        .expect("write the pairs");
+    assert!(
+        output.status.success(),
+        "the reference script failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let scores: Vec<Value> = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
     assert_eq!(scores.len(), pairs.len());
     Some(scores)
 }
@@ -144,7 +175,9 @@ fn reference_scores(pairs: &[(String, String)]) -> Option<Vec<Value>> {
 #[test]
 fn graders_equal_sacrebleu_rouge_score_and_rapidfuzz() {
     let pairs = pairs();
-    let Some(expected) = reference_scores(&pairs) else { return };
+    let Some(expected) = reference_scores(&pairs) else {
+        return;
+    };
     let mut disagreements = Vec::new();
     let (mut bleu_nonzero, mut rouge_nonzero) = (0, 0);
     for ((output, reference), want) in pairs.iter().zip(&expected) {
@@ -156,19 +189,35 @@ fn graders_equal_sacrebleu_rouge_score_and_rapidfuzz() {
         for (metric, value) in ours {
             let theirs = want[metric].as_f64().expect("a number");
             if (value - theirs).abs() > 1e-9 {
-                disagreements.push(format!("{metric}: ours {value} vs {theirs} for {output:?} / {reference:?}"));
+                disagreements.push(format!(
+                    "{metric}: ours {value} vs {theirs} for {output:?} / {reference:?}"
+                ));
             }
         }
         bleu_nonzero += usize::from(ours[0].1 > 0.0 && ours[0].1 < 1.0);
         rouge_nonzero += usize::from(ours[1].1 > 0.0 && ours[1].1 < 1.0);
-        for operation in [StringCheckOperation::Eq, StringCheckOperation::Ne, StringCheckOperation::Like, StringCheckOperation::Ilike] {
+        for operation in [
+            StringCheckOperation::Eq,
+            StringCheckOperation::Ne,
+            StringCheckOperation::Like,
+            StringCheckOperation::Ilike,
+        ] {
             let theirs = want[operation.name()].as_f64().expect("a number");
             if string_check(operation, output, reference) != theirs {
                 disagreements.push(format!("{operation}: ours differ from Python's {theirs} for {output:?} / {reference:?}"));
             }
         }
     }
-    assert!(disagreements.is_empty(), "{} disagreement(s) in {} pairs:\n{}", disagreements.len(), pairs.len(), disagreements.join("\n"));
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreement(s) in {} pairs:\n{}",
+        disagreements.len(),
+        pairs.len(),
+        disagreements.join("\n")
+    );
     // The pairs exercise the metrics between their extremes, not only at 0 and 1.
-    assert!(bleu_nonzero > 100 && rouge_nonzero > 100, "{bleu_nonzero} / {rouge_nonzero} pairs strictly between 0 and 1");
+    assert!(
+        bleu_nonzero > 100 && rouge_nonzero > 100,
+        "{bleu_nonzero} / {rouge_nonzero} pairs strictly between 0 and 1"
+    );
 }

@@ -26,9 +26,26 @@ use tempfile::TempDir;
 
 const ADMIN_KEY: &str = "loop-admin-key";
 const TOPICS: [&str; 20] = [
-    "the Roman empire", "photosynthesis", "jazz music", "the stock market", "volcanoes", "medieval castles", "quantum computing",
-    "the French revolution", "coral reefs", "urban planning", "the printing press", "honey bees", "renaissance painting",
-    "climate policy", "the silk road", "antibiotics", "opera", "railway history", "deep sea exploration", "public libraries",
+    "the Roman empire",
+    "photosynthesis",
+    "jazz music",
+    "the stock market",
+    "volcanoes",
+    "medieval castles",
+    "quantum computing",
+    "the French revolution",
+    "coral reefs",
+    "urban planning",
+    "the printing press",
+    "honey bees",
+    "renaissance painting",
+    "climate policy",
+    "the silk road",
+    "antibiotics",
+    "opera",
+    "railway history",
+    "deep sea exploration",
+    "public libraries",
 ];
 const ASKS: [&str; 10] = [
     "Write a detailed essay about {t} and its influence on modern society.",
@@ -60,7 +77,10 @@ fn is_arithmetic(prompt: &str) -> bool {
 /// The right answer to a prompt: the sum, or a fixed phrase naming the prompt's length.
 fn right_answer(prompt: &str) -> String {
     if is_arithmetic(prompt) {
-        let numbers: Vec<u64> = prompt.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+        let numbers: Vec<u64> = prompt
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
         numbers.iter().sum::<u64>().to_string()
     } else {
         format!("a considered answer of {} characters", prompt.len())
@@ -73,17 +93,48 @@ fn reply(model: &str, prompt: &str) -> Reply {
     let tokens = prompt.len() as u64 / 4 + 1;
     match model {
         "cheap" => {
-            let text = if is_arithmetic(prompt) { right_answer(prompt) } else { "I am not sure.".into() };
-            Reply::Answer { text, prompt_tokens: tokens, completion_tokens: 10 }
+            let text = if is_arithmetic(prompt) {
+                right_answer(prompt)
+            } else {
+                "I am not sure.".into()
+            };
+            Reply::Answer {
+                text,
+                prompt_tokens: tokens,
+                completion_tokens: 10,
+            }
         }
         "strong" => {
-            let text = if prompt.len() % 10 == 3 { "a confident mistake".into() } else { right_answer(prompt) };
-            Reply::Answer { text, prompt_tokens: tokens, completion_tokens: 40 }
+            let text = if prompt.len() % 10 == 3 {
+                "a confident mistake".into()
+            } else {
+                right_answer(prompt)
+            };
+            Reply::Answer {
+                text,
+                prompt_tokens: tokens,
+                completion_tokens: 40,
+            }
         }
         "judge" => {
-            let field = |name: &str| prompt.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().trim().to_string();
-            let verdict = if field("Reference:") == field("Answer:") { "1" } else { "0" };
-            Reply::Answer { text: format!("Score: {verdict}"), prompt_tokens: tokens, completion_tokens: 3 }
+            let field = |name: &str| {
+                prompt
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
+            let verdict = if field("Reference:") == field("Answer:") {
+                "1"
+            } else {
+                "0"
+            };
+            Reply::Answer {
+                text: format!("Score: {verdict}"),
+                prompt_tokens: tokens,
+                completion_tokens: 3,
+            }
         }
         _ => Reply::Status(404),
     }
@@ -103,7 +154,21 @@ fn judge_grader(dir: &Path) -> PathBuf {
 }
 
 fn train(data: &Path, out: &Path, version: &str) {
-    ok(&["train", "--data", &arg(data), "--format", "jsonl", "--hidden", "32", "--out", &arg(out), "--name", "loop", "--version", version]);
+    ok(&[
+        "train",
+        "--data",
+        &arg(data),
+        "--format",
+        "jsonl",
+        "--hidden",
+        "32",
+        "--out",
+        &arg(out),
+        "--name",
+        "loop",
+        "--version",
+        version,
+    ]);
 }
 
 #[test]
@@ -112,9 +177,21 @@ fn labels_train_a_router_that_beats_the_strong_model_on_cost_and_reload_promotes
     let dir = TempDir::new().unwrap();
     let backend = MockBackend::start(Arc::new(reply), Duration::ZERO);
     let candidates = [
-        Candidate { name: "cheap", input_price: 0.15, output_price: 0.6 },
-        Candidate { name: "strong", input_price: 5.0, output_price: 15.0 },
-        Candidate { name: "judge", input_price: 0.0, output_price: 0.0 },
+        Candidate {
+            name: "cheap",
+            input_price: 0.15,
+            output_price: 0.6,
+        },
+        Candidate {
+            name: "strong",
+            input_price: 5.0,
+            output_price: 15.0,
+        },
+        Candidate {
+            name: "judge",
+            input_price: 0.0,
+            output_price: 0.0,
+        },
     ];
     let config = write_config(dir.path(), backend.addr, &candidates);
     let lines: Vec<String> = (0..400).map(|i| json!({"prompt": prompt(i), "reference": right_answer(&prompt(i)), "task": if i % 2 == 0 { "arithmetic" } else { "prose" }}).to_string()).collect();
@@ -122,14 +199,34 @@ fn labels_train_a_router_that_beats_the_strong_model_on_cost_and_reload_promotes
     let labels = dir.path().join("labels.jsonl");
     let started = std::time::Instant::now();
     ok(&[
-        "label", "--prompts", &arg(&dir.path().join("prompts.jsonl")), "--config", &arg(&config), "--models", "cheap,strong",
-        "--grader", &arg(&judge_grader(dir.path())), "--out", &arg(&labels), "--concurrency", "16",
+        "label",
+        "--prompts",
+        &arg(&dir.path().join("prompts.jsonl")),
+        "--config",
+        &arg(&config),
+        "--models",
+        "cheap,strong",
+        "--grader",
+        &arg(&judge_grader(dir.path())),
+        "--out",
+        &arg(&labels),
+        "--concurrency",
+        "16",
     ]);
-    eprintln!("labelled 400 prompts × 2 models (+ 800 judge calls) in {:.2} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "labelled 400 prompts × 2 models (+ 800 judge calls) in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let labelled = read_lines(&labels);
     assert_eq!(labelled.len(), 400);
-    let strong_right = labelled.iter().filter(|l| l["scores"]["strong"] == 1.0).count();
-    assert!((340..=380).contains(&strong_right), "strong is right on {strong_right} of 400");
+    let strong_right = labelled
+        .iter()
+        .filter(|l| l["scores"]["strong"] == 1.0)
+        .count();
+    assert!(
+        (340..=380).contains(&strong_right),
+        "strong is right on {strong_right} of 400"
+    );
 
     let text: Vec<String> = labelled.iter().map(Value::to_string).collect();
     let train_file = common::write_jsonl(dir.path(), "train.jsonl", &text[..300]);
@@ -137,15 +234,37 @@ fn labels_train_a_router_that_beats_the_strong_model_on_cost_and_reload_promotes
     let first = common::write_jsonl(dir.path(), "first.jsonl", &text[..60]);
     let v2 = dir.path().join("v2");
     train(&train_file, &v2, "2026-12-01");
-    let report = ok(&["eval", "--data", &arg(&heldout), "--format", "jsonl", "--model", &arg(&v2), "--json"]).json();
+    let report = ok(&[
+        "eval",
+        "--data",
+        &arg(&heldout),
+        "--format",
+        "jsonl",
+        "--model",
+        &arg(&v2),
+        "--json",
+    ])
+    .json();
     let strong = &report["best_single"];
     assert_eq!(strong["model"], "strong", "{report}");
     let balanced = &report["modes"]["balanced"];
-    let (quality, cost) = (balanced["quality"].as_f64().unwrap(), balanced["cost"].as_f64().unwrap());
-    let (strong_quality, strong_cost) = (strong["quality"].as_f64().unwrap(), strong["cost"].as_f64().unwrap());
+    let (quality, cost) = (
+        balanced["quality"].as_f64().unwrap(),
+        balanced["cost"].as_f64().unwrap(),
+    );
+    let (strong_quality, strong_cost) = (
+        strong["quality"].as_f64().unwrap(),
+        strong["cost"].as_f64().unwrap(),
+    );
     eprintln!("held-out: router quality {quality:.3} at ${cost:.6}/prompt; strong {strong_quality:.3} at ${strong_cost:.6}");
-    assert!(quality >= strong_quality, "router quality {quality} < strong's {strong_quality}");
-    assert!(cost <= 0.6 * strong_cost, "router cost {cost} > 60 % of strong's {strong_cost}");
+    assert!(
+        quality >= strong_quality,
+        "router quality {quality} < strong's {strong_quality}"
+    );
+    assert!(
+        cost <= 0.6 * strong_cost,
+        "router cost {cost} > 60 % of strong's {strong_cost}"
+    );
 
     let v1 = dir.path().join("v1");
     train(&first, &v1, "2026-11-01");
@@ -154,7 +273,13 @@ fn labels_train_a_router_that_beats_the_strong_model_on_cost_and_reload_promotes
 
 /// Serves `v1` (from a `current` directory) in front of the `candidates` on `backend`, then swaps
 /// `v2` in and reloads while clients keep sending routed requests.
-fn serve_and_reload(dir: &Path, backend: std::net::SocketAddr, candidates: &[Candidate<'_>], v1: &Path, v2: &Path) {
+fn serve_and_reload(
+    dir: &Path,
+    backend: std::net::SocketAddr,
+    candidates: &[Candidate<'_>],
+    v1: &Path,
+    v2: &Path,
+) {
     let current = dir.join("current");
     copy_dir(v1, &current);
     let config = candidates_config(backend, candidates)
@@ -166,7 +291,11 @@ fn serve_and_reload(dir: &Path, backend: std::net::SocketAddr, candidates: &[Can
         .named("loop.toml")
         .build()
         .expect("a valid config");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let server = router_server::start(config).await.expect("the server starts");
         let base = format!("http://{}", server.local_addr());
@@ -217,7 +346,13 @@ async fn client(http: reqwest::Client, base: String, stop: Arc<AtomicBool>, c: u
 }
 
 async fn health(http: &reqwest::Client, base: &str) -> Value {
-    http.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap()
+    http.get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// The config text with `router.bundle` pointing at `bundle`.

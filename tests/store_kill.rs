@@ -16,10 +16,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::command;
-use thread_backend::{read_message, start_backend, IO_TIMEOUT};
 use router_store::{Store, StoreOptions};
 use serde_json::{json, Value};
 use tempfile::TempDir;
+use thread_backend::{read_message, start_backend, IO_TIMEOUT};
 
 const MODEL: &str = "gpt-3.5-turbo-1106";
 const CLIENTS: usize = 8;
@@ -45,10 +45,16 @@ fn post_chat(server: SocketAddr, i: usize) -> Option<(u16, String, Value)> {
         .lines()
         .find_map(|l| {
             let (name, value) = l.split_once(':')?;
-            name.trim().eq_ignore_ascii_case("x-router-store").then(|| value.trim().to_string())
+            name.trim()
+                .eq_ignore_ascii_case("x-router-store")
+                .then(|| value.trim().to_string())
         })
         .unwrap_or_default();
-    Some((status, store, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    Some((
+        status,
+        store,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    ))
 }
 
 #[test]
@@ -58,7 +64,10 @@ fn sigkill_mid_burst_loses_no_acknowledged_record() {
     let backend = start_backend(stop_backend.clone(), "kill", Duration::from_millis(15));
     let config = common::one_model_config(MODEL, "backend", backend, "upstream")
         .listen("127.0.0.1:0".parse().unwrap())
-        .store(router_server::StoreSection { max_bytes: Some(100_000_000), ..router_server::StoreSection::sqlite("completions.db") });
+        .store(router_server::StoreSection {
+            max_bytes: Some(100_000_000),
+            ..router_server::StoreSection::sqlite("completions.db")
+        });
     let config = common::write_config(dir.path(), "serve.toml", &config);
 
     let mut child = command()
@@ -84,7 +93,12 @@ fn sigkill_mid_burst_loses_no_acknowledged_record() {
         match rx.recv_timeout(left) {
             Ok(line) => {
                 if let Some(addr) = line.split("on http://").nth(1) {
-                    break addr.split_whitespace().next().unwrap_or("").parse().expect("a listen address");
+                    break addr
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .parse()
+                        .expect("a listen address");
                 }
                 seen.push(line);
             }
@@ -96,7 +110,9 @@ fn sigkill_mid_burst_loses_no_acknowledged_record() {
     };
 
     // The burst: CLIENTS threads, PER_CLIENT requests each, until the server is gone.
-    let results = Arc::new(Mutex::new(Vec::<(usize, Option<(u16, String, Value)>)>::new()));
+    let results = Arc::new(Mutex::new(
+        Vec::<(usize, Option<(u16, String, Value)>)>::new(),
+    ));
     let ok = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
@@ -134,40 +150,78 @@ fn sigkill_mid_burst_loses_no_acknowledged_record() {
     let acknowledged: Vec<(usize, String, String)> = results
         .iter()
         .filter_map(|(i, r)| match r {
-            Some((200, store, body)) => Some((*i, body["id"].as_str().unwrap_or("").to_string(), store.clone())),
+            Some((200, store, body)) => Some((
+                *i,
+                body["id"].as_str().unwrap_or("").to_string(),
+                store.clone(),
+            )),
             _ => None,
         })
         .collect();
-    eprintln!("acknowledged {} of {} attempted", acknowledged.len(), results.len());
-    assert!(acknowledged.len() >= KILL_AFTER, "only {} requests succeeded before the kill", acknowledged.len());
+    eprintln!(
+        "acknowledged {} of {} attempted",
+        acknowledged.len(),
+        results.len()
+    );
+    assert!(
+        acknowledged.len() >= KILL_AFTER,
+        "only {} requests succeeded before the kill",
+        acknowledged.len()
+    );
     assert!(
         acknowledged.len() < CLIENTS * PER_CLIENT,
         "the kill came after the burst: nothing was in flight"
     );
     for (_, r) in results.iter() {
         if let Some((status, _, body)) = r {
-            assert_eq!(*status, 200, "no request failed while the server was up: {body}");
+            assert_eq!(
+                *status, 200,
+                "no request failed while the server was up: {body}"
+            );
         }
     }
 
     // Every acknowledged request is in the database the killed server left.
     let db = dir.path().join("completions.db");
-    let store = Store::open(&db, StoreOptions::default()).expect("open the database after the kill");
+    let store =
+        Store::open(&db, StoreOptions::default()).expect("open the database after the kill");
     for (i, id, header) in &acknowledged {
         assert_eq!(header, &format!("stored {id}"), "a 200 says it was stored");
-        let record = store.get(None, id).expect("query").unwrap_or_else(|| panic!("{id} was acknowledged but is lost"));
+        let record = store
+            .get(None, id)
+            .expect("query")
+            .unwrap_or_else(|| panic!("{id} was acknowledged but is lost"));
         assert_eq!(record.model, MODEL);
-        assert_eq!(record.metadata.get("i"), Some(i.to_string().as_str()), "{id} holds request {i}");
+        assert_eq!(
+            record.metadata.get("i"),
+            Some(i.to_string().as_str()),
+            "{id} holds request {i}"
+        );
     }
     let records = store.stats().expect("stats").records;
     assert!(records >= acknowledged.len() as u64);
     drop(store);
 
     // The access log has a line for every answered request, written before the answer went out.
-    let logged: Vec<String> = rx.try_iter().filter(|line| line.starts_with("access ")).collect();
-    let stored_lines = logged.iter().filter(|l| l.contains(" status=200 ") && l.contains(" store=stored ")).count();
-    assert!(stored_lines >= acknowledged.len(), "{stored_lines} access lines for {} answers: {logged:?}", acknowledged.len());
-    assert!(logged.iter().all(|l| l.contains(" path=/v1/chat/completions ") && l.contains(" ms=")), "{logged:?}");
+    let logged: Vec<String> = rx
+        .try_iter()
+        .filter(|line| line.starts_with("access "))
+        .collect();
+    let stored_lines = logged
+        .iter()
+        .filter(|l| l.contains(" status=200 ") && l.contains(" store=stored "))
+        .count();
+    assert!(
+        stored_lines >= acknowledged.len(),
+        "{stored_lines} access lines for {} answers: {logged:?}",
+        acknowledged.len()
+    );
+    assert!(
+        logged
+            .iter()
+            .all(|l| l.contains(" path=/v1/chat/completions ") && l.contains(" ms=")),
+        "{logged:?}"
+    );
 
     // The operator's export reads the same file.
     let out = dir.path().join("train.jsonl");
@@ -180,12 +234,18 @@ fn sigkill_mid_burst_loses_no_acknowledged_record() {
         .expect("run store export");
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("wrote {records} lines")) && stderr.contains("skipped 0"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("wrote {records} lines")) && stderr.contains("skipped 0"),
+        "{stderr}"
+    );
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text.lines().count() as u64, records);
     let first: Value = serde_json::from_str(text.lines().next().unwrap_or("null")).unwrap();
     assert_eq!(first["messages"][1]["role"], "assistant");
-    assert!(first["messages"][0]["content"].as_str().unwrap_or("").starts_with("burst request"));
+    assert!(first["messages"][0]["content"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("burst request"));
 }
 
 #[test]
@@ -195,7 +255,15 @@ fn store_export_filters_and_reports_skips() {
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("s.db");
     let store = Store::open(&db, StoreOptions::default()).unwrap();
-    for (i, (task, grade)) in [("math", Some("0.9")), ("math", Some("0.1")), ("math", None), ("code", Some("1"))].iter().enumerate() {
+    for (i, (task, grade)) in [
+        ("math", Some("0.9")),
+        ("math", Some("0.1")),
+        ("math", None),
+        ("code", Some("1")),
+    ]
+    .iter()
+    .enumerate()
+    {
         let request = json!({"model": "model-router", "messages": [{"role": "user", "content": format!("q{i}")}]});
         let response = json!({"id": format!("c{i}"), "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("a{i}")}}]});
         let mut r = NewCompletion::new("o", request.as_object().cloned().unwrap(), response);
@@ -212,14 +280,28 @@ fn store_export_filters_and_reports_skips() {
     let run = command()
         .args(["store", "export", "--db"])
         .arg(&db)
-        .args(["--filter", "metadata.task=math", "--model", "small", "--min-grade", "0.5", "--out"])
+        .args([
+            "--filter",
+            "metadata.task=math",
+            "--model",
+            "small",
+            "--min-grade",
+            "0.5",
+            "--out",
+        ])
         .arg(&out)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
-    assert!(stderr.contains("wrote 1 lines") && stderr.contains("skipped 2"), "{stderr}");
-    assert!(stderr.contains("1 without a valid grade") && stderr.contains("1 with a grade below 0.5"), "{stderr}");
+    assert!(
+        stderr.contains("wrote 1 lines") && stderr.contains("skipped 2"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 without a valid grade") && stderr.contains("1 with a grade below 0.5"),
+        "{stderr}"
+    );
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
         "{\"messages\":[{\"content\":\"q0\",\"role\":\"user\"},{\"content\":\"a0\",\"role\":\"assistant\"}]}\n"
@@ -236,7 +318,10 @@ fn store_export_filters_and_reports_skips() {
             .unwrap();
         assert!(!run.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&run.stderr);
-        assert!(stderr.contains("--filter") || stderr.contains("--min-grade"), "{stderr}");
+        assert!(
+            stderr.contains("--filter") || stderr.contains("--min-grade"),
+            "{stderr}"
+        );
     }
     let run = command()
         .args(["store", "export", "--db"])

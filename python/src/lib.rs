@@ -40,9 +40,22 @@ impl Options {
         max_tokens: Option<u32>,
         needs: Option<Vec<String>>,
     ) -> PyResult<Self> {
-        let mode = mode.map(str::parse::<Mode>).transpose().map_err(routing_error)?;
-        let needs = needs.unwrap_or_default().iter().map(|name| capability(name)).collect::<PyResult<_>>()?;
-        Ok(Options { mode, band, subset, max_tokens, needs })
+        let mode = mode
+            .map(str::parse::<Mode>)
+            .transpose()
+            .map_err(routing_error)?;
+        let needs = needs
+            .unwrap_or_default()
+            .iter()
+            .map(|name| capability(name))
+            .collect::<PyResult<_>>()?;
+        Ok(Options {
+            mode,
+            band,
+            subset,
+            max_tokens,
+            needs,
+        })
     }
 
     fn input(&self, prompt_or_messages: &Bound<'_, PyAny>) -> PyResult<RouteInput> {
@@ -51,15 +64,24 @@ impl Options {
         input.band = self.band;
         input.subset = self.subset.clone();
         input.max_tokens = self.max_tokens;
-        Ok(self.needs.iter().fold(input, |input, need| input.need(*need)))
+        Ok(self
+            .needs
+            .iter()
+            .fold(input, |input, need| input.need(*need)))
     }
 }
 
 fn capability(name: &str) -> PyResult<Capability> {
-    Capability::ALL.into_iter().find(|c| c.as_str() == name).ok_or_else(|| {
-        let known: Vec<&str> = Capability::ALL.iter().map(|c| c.as_str()).collect();
-        routing_error(format!("unknown capability `{name}`: expected one of {}", known.join(", ")))
-    })
+    Capability::ALL
+        .into_iter()
+        .find(|c| c.as_str() == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = Capability::ALL.iter().map(|c| c.as_str()).collect();
+            routing_error(format!(
+                "unknown capability `{name}`: expected one of {}",
+                known.join(", ")
+            ))
+        })
 }
 
 /// A `str` prompt, or a list of `{"role": str, "content": str | None}` chat messages.
@@ -68,24 +90,33 @@ fn prompt_input(value: &Bound<'_, PyAny>) -> PyResult<RouteInput> {
         return Ok(RouteInput::prompt(text.to_str()?));
     }
     let Ok(list) = value.cast::<PyList>() else {
-        return Err(PyTypeError::new_err("expected a prompt (str) or chat messages (a list of dicts)"));
+        return Err(PyTypeError::new_err(
+            "expected a prompt (str) or chat messages (a list of dicts)",
+        ));
     };
     let mut messages = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
-        let message = item
-            .cast::<PyDict>()
-            .map_err(|_| PyTypeError::new_err(format!("message {i}: expected a dict with `role` and `content`")))?;
+        let message = item.cast::<PyDict>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "message {i}: expected a dict with `role` and `content`"
+            ))
+        })?;
         let field = |key: &str| -> PyResult<Option<String>> {
             match message.get_item(key)? {
-                Some(value) if !value.is_none() => value
-                    .extract::<String>()
-                    .map(Some)
-                    .map_err(|_| PyTypeError::new_err(format!("message {i}: `{key}` must be a str"))),
+                Some(value) if !value.is_none() => {
+                    value.extract::<String>().map(Some).map_err(|_| {
+                        PyTypeError::new_err(format!("message {i}: `{key}` must be a str"))
+                    })
+                }
                 _ => Ok(None),
             }
         };
-        let role = field("role")?.ok_or_else(|| PyTypeError::new_err(format!("message {i}: missing `role`")))?;
-        messages.push(ChatMessage::new(role, field("content")?.unwrap_or_default()));
+        let role = field("role")?
+            .ok_or_else(|| PyTypeError::new_err(format!("message {i}: missing `role`")))?;
+        messages.push(ChatMessage::new(
+            role,
+            field("content")?.unwrap_or_default(),
+        ));
     }
     Ok(RouteInput::chat(messages))
 }
@@ -95,7 +126,10 @@ fn prompt_input(value: &Bound<'_, PyAny>) -> PyResult<RouteInput> {
 fn python_value(py: Python<'_>, value: &impl serde::Serialize) -> PyResult<Py<PyAny>> {
     static JSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let json = serde_json::to_string(value).map_err(routing_error)?;
-    Ok(JSON_LOADS.import(py, "json", "loads")?.call1((json,))?.unbind())
+    Ok(JSON_LOADS
+        .import(py, "json", "loads")?
+        .call1((json,))?
+        .unbind())
 }
 
 /// A loaded router bundle with its catalog and the default policy (balanced mode, every model).
@@ -133,8 +167,11 @@ impl PyRouter {
         max_tokens: Option<u32>,
         needs: Option<Vec<String>>,
     ) -> PyResult<Py<PyAny>> {
-        let input = Options::parse(mode, band, subset, max_tokens, needs)?.input(prompt_or_messages)?;
-        let decision = py.detach(|| self.routing.route(&input)).map_err(routing_error)?;
+        let input =
+            Options::parse(mode, band, subset, max_tokens, needs)?.input(prompt_or_messages)?;
+        let decision = py
+            .detach(|| self.routing.route(&input))
+            .map_err(routing_error)?;
         python_value(py, &decision)
     }
 
@@ -153,12 +190,22 @@ impl PyRouter {
         needs: Option<Vec<String>>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         let options = Options::parse(mode, band, subset, max_tokens, needs)?;
-        let inputs: Vec<RouteInput> = inputs.iter().map(|item| options.input(&item)).collect::<PyResult<_>>()?;
-        let decisions = py.detach(|| self.routing.route_batch(&inputs)).map_err(routing_error)?;
+        let inputs: Vec<RouteInput> = inputs
+            .iter()
+            .map(|item| options.input(&item))
+            .collect::<PyResult<_>>()?;
+        let decisions = py
+            .detach(|| self.routing.route_batch(&inputs))
+            .map_err(routing_error)?;
         decisions
             .into_iter()
             .enumerate()
-            .map(|(i, decision)| python_value(py, &decision.map_err(|e| routing_error(format!("input {i}: {e}")))?))
+            .map(|(i, decision)| {
+                python_value(
+                    py,
+                    &decision.map_err(|e| routing_error(format!("input {i}: {e}")))?,
+                )
+            })
             .collect()
     }
 
@@ -166,13 +213,25 @@ impl PyRouter {
     /// `scores` of the decision `route` would make).
     fn scores(&self, py: Python<'_>, prompt_or_messages: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let input = prompt_input(prompt_or_messages)?;
-        let scores = py.detach(|| self.routing.scores(&input)).map_err(routing_error)?;
-        let by_model: BTreeMap<&str, f32> = self.routing.models().iter().map(String::as_str).zip(scores).collect();
+        let scores = py
+            .detach(|| self.routing.scores(&input))
+            .map_err(routing_error)?;
+        let by_model: BTreeMap<&str, f32> = self
+            .routing
+            .models()
+            .iter()
+            .map(String::as_str)
+            .zip(scores)
+            .collect();
         python_value(py, &by_model)
     }
 
     fn __repr__(&self) -> String {
-        format!("Router({} models: {})", self.routing.models().len(), self.routing.models().join(", "))
+        format!(
+            "Router({} models: {})",
+            self.routing.models().len(),
+            self.routing.models().join(", ")
+        )
     }
 }
 

@@ -15,10 +15,12 @@ use model_router::router_core::bert::BertConfig;
 use model_router::router_core::candle_core::{DType, Device, Tensor, D};
 use model_router::router_core::candle_nn::{VarBuilder, VarMap};
 use model_router::router_core::{
-    PackedLinear,
-    bert_dir_from_hub, BertEncoder, Encoder, EncoderConfig, Head, PromptTokenizer, Router, RouterConfig, DEFAULT_REVISION,
+    bert_dir_from_hub, BertEncoder, Encoder, EncoderConfig, Head, PackedLinear, PromptTokenizer,
+    Router, RouterConfig, DEFAULT_REVISION,
 };
-use model_router::router_policy::{estimate_tokens, Catalog, Decision, ModelSpec, Mode, Policy, PolicyDefaults, RouteRequest};
+use model_router::router_policy::{
+    estimate_tokens, Catalog, Decision, Mode, ModelSpec, Policy, PolicyDefaults, RouteRequest,
+};
 
 /// The BERT tier's encoder when the benchmarked bundle is a static one.
 pub const MINILM_REPO: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -64,14 +66,24 @@ impl RoutingTier {
                 Err(_) => (uniform_catalog(router.models()), CatalogSource::Uniform),
             },
         };
-        let policy = Policy::new(catalog, router.models().to_vec(), PolicyDefaults::new(Mode::Balanced))?;
-        Ok(Self { router, policy, catalog: source })
+        let policy = Policy::new(
+            catalog,
+            router.models().to_vec(),
+            PolicyDefaults::new(Mode::Balanced),
+        )?;
+        Ok(Self {
+            router,
+            policy,
+            catalog: source,
+        })
     }
 
     /// Routes one prompt end to end.
     pub fn route(&self, prompt: &str) -> Result<Decision> {
         let scores = self.router.score(prompt)?;
-        Ok(self.policy.decide(&scores, &RouteRequest::new(estimate_tokens(prompt)))?)
+        Ok(self
+            .policy
+            .decide(&scores, &RouteRequest::new(estimate_tokens(prompt)))?)
     }
 
     /// Routes a batch: one encoder and head pass, then one policy decision per prompt.
@@ -80,7 +92,11 @@ impl RoutingTier {
         prompts
             .iter()
             .zip(&rows)
-            .map(|(prompt, scores)| Ok(self.policy.decide(scores, &RouteRequest::new(estimate_tokens(prompt)))?))
+            .map(|(prompt, scores)| {
+                Ok(self
+                    .policy
+                    .decide(scores, &RouteRequest::new(estimate_tokens(prompt)))?)
+            })
             .collect()
     }
 
@@ -92,7 +108,9 @@ impl RoutingTier {
             .score_embeddings(&[embedding])?
             .pop()
             .ok_or_else(|| anyhow!("the head returned no row"))?;
-        Ok(self.policy.decide(&scores, &RouteRequest::new(estimate_tokens(prompt)))?)
+        Ok(self
+            .policy
+            .decide(&scores, &RouteRequest::new(estimate_tokens(prompt)))?)
     }
 
     /// The tokenizer the encoder uses (with special tokens for BERT, without for static).
@@ -107,17 +125,31 @@ impl RoutingTier {
 }
 
 fn uniform_catalog(models: &[String]) -> Catalog {
-    Catalog::new(models.iter().map(|name| ModelSpec::new(name.clone(), 1.0, 1.0, 1_000_000)).collect())
+    Catalog::new(
+        models
+            .iter()
+            .map(|name| ModelSpec::new(name.clone(), 1.0, 1.0, 1_000_000))
+            .collect(),
+    )
 }
 
 /// The directory with `config.json` and `model.safetensors` of a BERT-tier bundle.
 pub fn bert_model_dir(router: &Router) -> Result<PathBuf> {
     match &router.config().encoder {
-        EncoderConfig::Bert { path: Some(path), .. } => Ok(router.dir().join(path)),
-        EncoderConfig::Bert { repo: Some(repo), revision, .. } => {
-            Ok(bert_dir_from_hub(repo, revision.as_deref().unwrap_or(DEFAULT_REVISION))?)
+        EncoderConfig::Bert {
+            path: Some(path), ..
+        } => Ok(router.dir().join(path)),
+        EncoderConfig::Bert {
+            repo: Some(repo),
+            revision,
+            ..
+        } => Ok(bert_dir_from_hub(
+            repo,
+            revision.as_deref().unwrap_or(DEFAULT_REVISION),
+        )?),
+        EncoderConfig::Bert { .. } => {
+            bail!("the bundle's bert encoder names neither a repo nor a path")
         }
-        EncoderConfig::Bert { .. } => bail!("the bundle's bert encoder names neither a repo nor a path"),
         EncoderConfig::Static { .. } => bail!("the bundle has a static encoder"),
     }
 }
@@ -126,8 +158,11 @@ pub fn bert_model_dir(router: &Router) -> Result<PathBuf> {
 /// hub cache, `like`'s models, head shape, sequence length and pooling, and a head with untrained
 /// (random) weights, which cost exactly what trained ones do.
 pub fn minilm_tier_like(like: &Router) -> Result<Router> {
-    let model_dir = bert_dir_from_hub(MINILM_REPO, DEFAULT_REVISION)
-        .with_context(|| format!("the BERT tier needs {MINILM_REPO} in the hub cache (scripts/fetch-minilm.sh fills it)"))?;
+    let model_dir = bert_dir_from_hub(MINILM_REPO, DEFAULT_REVISION).with_context(|| {
+        format!(
+            "the BERT tier needs {MINILM_REPO} in the hub cache (scripts/fetch-minilm.sh fills it)"
+        )
+    })?;
     let like_config = like.config();
     let device = Device::Cpu;
     let encoder = BertEncoder::load(
@@ -156,15 +191,20 @@ pub fn minilm_tier_like(like: &Router) -> Result<Router> {
         encoder.dim(),
         config.models.len(),
     )?;
-    Ok(Router::from_parts(config, Encoder::Bert(encoder), head, device)?)
+    Ok(Router::from_parts(
+        config,
+        Encoder::Bert(encoder),
+        head,
+        device,
+    )?)
 }
 
 /// A prompt that `tokenizer` turns into exactly `tokens` tokens (special tokens included when the
 /// tokenizer adds them), built from common one-piece words and checked by tokenizing it.
 pub fn prompt_of_tokens(tokenizer: &PromptTokenizer, tokens: usize) -> Result<String> {
     const WORDS: [&str; 16] = [
-        "write", "a", "short", "function", "that", "sorts", "the", "list", "and", "explain", "why", "it", "is", "fast",
-        "for", "users",
+        "write", "a", "short", "function", "that", "sorts", "the", "list", "and", "explain", "why",
+        "it", "is", "fast", "for", "users",
     ];
     let count = |text: &str| -> Result<usize> { Ok(tokenizer.encode(text)?.len()) };
     let mut prompt = String::new();
@@ -175,10 +215,16 @@ pub fn prompt_of_tokens(tokenizer: &PromptTokenizer, tokens: usize) -> Result<St
     while current < tokens {
         let word = WORDS[next_word % WORDS.len()];
         next_word += 1;
-        let candidate = if prompt.is_empty() { word.to_string() } else { format!("{prompt} {word}") };
+        let candidate = if prompt.is_empty() {
+            word.to_string()
+        } else {
+            format!("{prompt} {word}")
+        };
         let candidate_count = count(&candidate)?;
         if candidate_count <= current {
-            bail!("adding {word:?} did not add a token: the tokenizer truncates at {current} tokens");
+            bail!(
+                "adding {word:?} did not add a token: the tokenizer truncates at {current} tokens"
+            );
         }
         if candidate_count > tokens {
             if next_word > WORDS.len() * 4 {
@@ -199,7 +245,11 @@ pub fn prompt_of_tokens(tokenizer: &PromptTokenizer, tokens: usize) -> Result<St
 /// tokens: the linear layers and the attention products. Layer norms, softmax and GELU are a few
 /// operations per value and left out, as is customary.
 pub fn bert_forward_flops(config: &BertConfig, tokens: usize) -> f64 {
-    let (n, hidden, inner) = (tokens as f64, config.hidden_size as f64, config.intermediate_size as f64);
+    let (n, hidden, inner) = (
+        tokens as f64,
+        config.hidden_size as f64,
+        config.intermediate_size as f64,
+    );
     // Q, K, V and the attention output are hidden x hidden each; the feed-forward is two
     // hidden x inner layers.
     let linear = 2.0 * n * (4.0 * hidden * hidden + 2.0 * hidden * inner);
@@ -237,10 +287,19 @@ impl MatmulWorkload {
     /// Random operands for one prompt of `tokens` tokens.
     pub fn new(config: &BertConfig, tokens: usize) -> Result<Self> {
         let device = Device::Cpu;
-        let (hidden, inner, heads) = (config.hidden_size, config.intermediate_size, config.num_attention_heads);
+        let (hidden, inner, heads) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_attention_heads,
+        );
         let head_dim = hidden / heads.max(1);
         let random = |shape: &[usize]| Tensor::randn(0f32, 0.05, shape, &device);
-        let shapes = [(hidden, 3 * hidden), (hidden, hidden), (hidden, inner), (inner, hidden)];
+        let shapes = [
+            (hidden, 3 * hidden),
+            (hidden, hidden),
+            (hidden, inner),
+            (inner, hidden),
+        ];
         let mut packed = Vec::with_capacity(config.num_hidden_layers);
         let mut transposed = Vec::with_capacity(config.num_hidden_layers);
         for _ in 0..config.num_hidden_layers {
@@ -250,12 +309,27 @@ impl MatmulWorkload {
             let weights = [a?, b?, c?, d?];
             let pack = |w: &Tensor| -> Result<PackedLinear> {
                 let (outputs, inputs) = w.dims2()?;
-                PackedLinear::new(&w.flatten_all()?.to_vec1::<f32>()?, &vec![0.0; outputs], inputs, outputs)
-                    .map_err(|e| anyhow!(e))
+                PackedLinear::new(
+                    &w.flatten_all()?.to_vec1::<f32>()?,
+                    &vec![0.0; outputs],
+                    inputs,
+                    outputs,
+                )
+                .map_err(|e| anyhow!(e))
             };
-            packed.push([pack(&weights[0])?, pack(&weights[1])?, pack(&weights[2])?, pack(&weights[3])?]);
+            packed.push([
+                pack(&weights[0])?,
+                pack(&weights[1])?,
+                pack(&weights[2])?,
+                pack(&weights[3])?,
+            ]);
             let transpose = |w: &Tensor| -> Result<Tensor> { Ok(w.t()?.contiguous()?) };
-            transposed.push([transpose(&weights[0])?, transpose(&weights[1])?, transpose(&weights[2])?, transpose(&weights[3])?]);
+            transposed.push([
+                transpose(&weights[0])?,
+                transpose(&weights[1])?,
+                transpose(&weights[2])?,
+                transpose(&weights[3])?,
+            ]);
         }
         Ok(Self {
             packed,
@@ -313,12 +387,22 @@ impl StockBert {
     /// `tokenizer` (the BERT tier's, so both see the same ids).
     pub fn load(model_dir: &Path, tokenizer: PromptTokenizer) -> Result<Self> {
         let config_path = model_dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).with_context(|| config_path.display().to_string())?;
-        let config: stock::Config = serde_json::from_str(&text).with_context(|| config_path.display().to_string())?;
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| config_path.display().to_string())?;
+        let config: stock::Config =
+            serde_json::from_str(&text).with_context(|| config_path.display().to_string())?;
         let weights_path = model_dir.join("model.safetensors");
         let tensors = candle_core_load(&weights_path)?;
-        let model = stock::BertModel::load(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &config)
-            .with_context(|| format!("loading {} into candle-transformers' BertModel", weights_path.display()))?;
+        let model = stock::BertModel::load(
+            VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+            &config,
+        )
+        .with_context(|| {
+            format!(
+                "loading {} into candle-transformers' BertModel",
+                weights_path.display()
+            )
+        })?;
         Ok(Self { model, tokenizer })
     }
 
@@ -330,7 +414,11 @@ impl StockBert {
         let token_type_ids = input_ids.zeros_like()?;
         let hidden = self.model.forward(&input_ids, &token_type_ids, None)?;
         let pooled = hidden.mean(1)?;
-        let norm = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
+        let norm = pooled
+            .sqr()?
+            .sum_keepdim(D::Minus1)?
+            .sqrt()?
+            .maximum(1e-12)?;
         let normalized = pooled.broadcast_div(&norm)?;
         normalized.squeeze(0)?.to_vec1::<f32>().map_err(Into::into)
     }

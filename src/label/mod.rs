@@ -121,27 +121,66 @@ pub fn run(args: LabelArgs) -> Result<()> {
     let specs = candidates(&config, &args.models)?;
     let grader = GraderSpec::load(&args.grader)?;
     check_judges(&config, grader.json())?;
-    let Inputs { prompts: prepared, mut skipped, duplicates } = read_prompts(&args, config.recent_turns)?;
-    let answers_path = args.answers.clone().unwrap_or_else(|| beside(&args.out, "answers.jsonl"));
-    let progress_path = args.progress.clone().unwrap_or_else(|| beside(&args.out, "progress.db"));
+    let Inputs {
+        prompts: prepared,
+        mut skipped,
+        duplicates,
+    } = read_prompts(&args, config.recent_turns)?;
+    let answers_path = args
+        .answers
+        .clone()
+        .unwrap_or_else(|| beside(&args.out, "answers.jsonl"));
+    let progress_path = args
+        .progress
+        .clone()
+        .unwrap_or_else(|| beside(&args.out, "progress.db"));
     let progress = Progress::open(&progress_path)?;
     let models: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let settings = settings(&models, &args, &grader);
-    progress.check_settings(&progress_path, &settings, args.regrade.then_some(GRADER_SETTING))?;
+    progress.check_settings(
+        &progress_path,
+        &settings,
+        args.regrade.then_some(GRADER_SETTING),
+    )?;
     if args.regrade {
-        progress.set_setting(GRADER_SETTING, &format!("an unfinished --regrade to {}", settings[GRADER_SETTING]))?;
+        progress.set_setting(
+            GRADER_SETTING,
+            &format!("an unfinished --regrade to {}", settings[GRADER_SETTING]),
+        )?;
     }
     let done = progress.pairs()?;
-    let jobs = plan(&prepared, &specs, &done, Redo { errors: args.retry_errors, grades: args.regrade });
+    let jobs = plan(
+        &prepared,
+        &specs,
+        &done,
+        Redo {
+            errors: args.retry_errors,
+            grades: args.regrade,
+        },
+    );
     let spent_before = spent_on_backends(&done);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    let dispatcher = Arc::new(Dispatcher::new(config.deployments.clone(), config.dispatch.clone())?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let dispatcher = Arc::new(Dispatcher::new(
+        config.deployments.clone(),
+        config.dispatch.clone(),
+    )?);
     let judge: Option<Arc<dyn ChatModel>> = grader.needs_judge().then(|| {
-        Arc::new(crate::judge::DispatchJudge::new(dispatcher.clone(), config.catalog.clone(), runtime.handle().clone())) as Arc<dyn ChatModel>
+        Arc::new(crate::judge::DispatchJudge::new(
+            dispatcher.clone(),
+            config.catalog.clone(),
+            runtime.handle().clone(),
+        )) as Arc<dyn ChatModel>
     });
     // The cosine metric embeds with the encoder of the bundle the server routes with.
-    let encoder = if grader.needs_encoder() { Some(router_core::Router::load(&config.bundle)?.encoder().clone()) } else { None };
+    let encoder = if grader.needs_encoder() {
+        Some(router_core::Router::load(&config.bundle)?.encoder().clone())
+    } else {
+        None
+    };
     let total_jobs = jobs.len();
     let engine = Arc::new(Engine {
         dispatcher,
@@ -150,8 +189,15 @@ pub fn run(args: LabelArgs) -> Result<()> {
         judge,
         encoder,
         progress: Mutex::new(progress),
-        sampling: Sampling { max_tokens: args.max_tokens, temperature: args.temperature },
-        budget: Mutex::new(Budget { limit: args.max_cost, spent: spent_before, reserved: 0.0 }),
+        sampling: Sampling {
+            max_tokens: args.max_tokens,
+            temperature: args.temperature,
+        },
+        budget: Mutex::new(Budget {
+            limit: args.max_cost,
+            spent: spent_before,
+            reserved: 0.0,
+        }),
         bar: pair_bar(total_jobs),
     });
     let stop = runtime.block_on(run_jobs(engine.clone(), jobs, args.concurrency))?;
@@ -161,10 +207,22 @@ pub fn run(args: LabelArgs) -> Result<()> {
     }
 
     let pairs = lock(&engine.progress).pairs()?;
-    let rows: Vec<(&LabelPrompt, &str)> = prepared.iter().map(|p| (&p.prompt, p.text.as_str())).collect();
+    let rows: Vec<(&LabelPrompt, &str)> = prepared
+        .iter()
+        .map(|p| (&p.prompt, p.text.as_str()))
+        .collect();
     let written = output::write_outputs(&rows, &models, &pairs, &args.out, &answers_path)?;
     skipped.sort();
-    let report = Report { engine: &engine, prepared: &prepared, pairs: &pairs, skipped: &skipped, duplicates, spent_before, total_jobs, stop };
+    let report = Report {
+        engine: &engine,
+        prepared: &prepared,
+        pairs: &pairs,
+        skipped: &skipped,
+        duplicates,
+        spent_before,
+        total_jobs,
+        stop,
+    };
     report.print(&args, &written, &answers_path);
     if let Stop::Interrupted(not_started) = stop {
         bail!("interrupted: {not_started} pair(s) not started; the finished ones are kept and written. Rerun the same command to go on");
@@ -177,12 +235,19 @@ pub fn run(args: LabelArgs) -> Result<()> {
 
 /// What the answers asked by this command (not those read from a store) cost, in all runs.
 fn spent_on_backends(done: &HashMap<(String, String), PairResult>) -> f64 {
-    done.values().filter_map(|r| r.answer.as_ref()).filter(|a| a.source == AnswerSource::Backend).map(|a| a.cost_usd).sum()
+    done.values()
+        .filter_map(|r| r.answer.as_ref())
+        .filter(|a| a.source == AnswerSource::Backend)
+        .map(|a| a.cost_usd)
+        .sum()
 }
 
 /// `OUT` with `.SUFFIX` appended to its file name.
 fn beside(out: &Path, suffix: &str) -> PathBuf {
-    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".{suffix}"));
     out.with_file_name(name)
 }
@@ -192,11 +257,23 @@ fn candidates(config: &ServerConfig, models: &[String]) -> Result<Vec<ModelSpec>
     let mut specs: Vec<ModelSpec> = Vec::new();
     for name in models.iter().map(|m| m.trim()).filter(|m| !m.is_empty()) {
         let spec = config.catalog.get(name).ok_or_else(|| {
-            let known: Vec<&str> = config.catalog.models.iter().map(|m| m.name.as_str()).collect();
-            anyhow!("--models: {name:?} is not a [[models]] entry of {} (known: {})", config.file, known.join(", "))
+            let known: Vec<&str> = config
+                .catalog
+                .models
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect();
+            anyhow!(
+                "--models: {name:?} is not a [[models]] entry of {} (known: {})",
+                config.file,
+                known.join(", ")
+            )
         })?;
         if spec.deployments.is_empty() {
-            bail!("--models: {name:?} has no deployments in {}: nothing to send its requests to", config.file);
+            bail!(
+                "--models: {name:?} has no deployments in {}: nothing to send its requests to",
+                config.file
+            );
         }
         if specs.iter().any(|s| s.name == name) {
             bail!("--models: {name:?} is named twice");
@@ -213,20 +290,40 @@ fn candidates(config: &ServerConfig, models: &[String]) -> Result<Vec<ModelSpec>
 /// `multi` too) must be a catalog model with deployments: checked before any candidate is asked,
 /// since a grader that cannot grade would leave every paid answer ungraded.
 fn check_judges(config: &ServerConfig, grader: &Value) -> Result<()> {
-    let judge = matches!(grader.get("type").and_then(Value::as_str), Some("score_model" | "label_model"));
-    if let Some(model) = grader.get("model").and_then(Value::as_str).filter(|_| judge) {
-        if config.catalog.get(model).is_none_or(|spec| spec.deployments.is_empty()) {
-            bail!("the grader's judge {model:?} is not a [[models]] entry with deployments in {}", config.file);
+    let judge = matches!(
+        grader.get("type").and_then(Value::as_str),
+        Some("score_model" | "label_model")
+    );
+    if let Some(model) = grader
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|_| judge)
+    {
+        if config
+            .catalog
+            .get(model)
+            .is_none_or(|spec| spec.deployments.is_empty())
+        {
+            bail!(
+                "the grader's judge {model:?} is not a [[models]] entry with deployments in {}",
+                config.file
+            );
         }
     }
     if let Some(graders) = grader.get("graders").and_then(Value::as_object) {
-        graders.values().try_for_each(|inner| check_judges(config, inner))?;
+        graders
+            .values()
+            .try_for_each(|inner| check_judges(config, inner))?;
     }
     Ok(())
 }
 
 /// What the pairs of a progress file depend on: another value makes them incomparable.
-fn settings(models: &[String], args: &LabelArgs, grader: &GraderSpec) -> BTreeMap<&'static str, String> {
+fn settings(
+    models: &[String],
+    args: &LabelArgs,
+    grader: &GraderSpec,
+) -> BTreeMap<&'static str, String> {
     let show = |v: Option<String>| v.unwrap_or_else(|| "unset".into());
     BTreeMap::from([
         ("models", models.join(",")),
@@ -251,7 +348,11 @@ fn read_prompts(args: &LabelArgs, recent_turns: usize) -> Result<Inputs> {
     let set: PromptSet = match (&args.prompts, &args.db) {
         (Some(path), _) => prompts::read_prompt_file(path)?,
         (None, Some(db)) => {
-            let metadata = args.filters.iter().map(|f| crate::store_cli::parse_filter(f)).collect::<Result<Vec<_>>>()?;
+            let metadata = args
+                .filters
+                .iter()
+                .map(|f| crate::store_cli::parse_filter(f))
+                .collect::<Result<Vec<_>>>()?;
             let store = crate::store_cli::open_for_reading(db, args.password_env.as_deref())?;
             prompts::read_store(&store, metadata)?
         }
@@ -263,18 +364,30 @@ fn read_prompts(args: &LabelArgs, recent_turns: usize) -> Result<Inputs> {
         let mut body = serde_json::Map::new();
         body.insert("messages".into(), Value::Array(prompt.messages.clone()));
         match router_server::analyse(&body, recent_turns) {
-            Ok(conversation) => {
-                prepared.push(Arc::new(Prepared { text: conversation.routing_text, estimated_tokens: conversation.prompt_tokens, prompt }))
-            }
-            Err(error) => skipped.push((origin_line(&prompt.origin), format!("{}: {}", prompt.origin, error))),
+            Ok(conversation) => prepared.push(Arc::new(Prepared {
+                text: conversation.routing_text,
+                estimated_tokens: conversation.prompt_tokens,
+                prompt,
+            })),
+            Err(error) => skipped.push((
+                origin_line(&prompt.origin),
+                format!("{}: {}", prompt.origin, error),
+            )),
         }
     }
-    Ok(Inputs { prompts: prepared, skipped, duplicates: set.duplicates })
+    Ok(Inputs {
+        prompts: prepared,
+        skipped,
+        duplicates: set.duplicates,
+    })
 }
 
 /// The line number in an origin `line N` (0 for store records), to sort the skipped lines by.
 fn origin_line(origin: &str) -> usize {
-    origin.strip_prefix("line ").and_then(|n| n.parse().ok()).unwrap_or(0)
+    origin
+        .strip_prefix("line ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Which finished pairs a run does again.
@@ -289,7 +402,12 @@ struct Redo {
 /// The pairs still to finish, prompt by prompt: those without a row, with `--retry-errors` those
 /// whose row is an error (an answer that the grader failed on is graded again, not re-asked), and
 /// with `--regrade` every answer (graded again).
-fn plan(prepared: &[Arc<Prepared>], specs: &[ModelSpec], done: &HashMap<(String, String), PairResult>, redo: Redo) -> Vec<Job> {
+fn plan(
+    prepared: &[Arc<Prepared>],
+    specs: &[ModelSpec],
+    done: &HashMap<(String, String), PairResult>,
+    redo: Redo,
+) -> Vec<Job> {
     let mut jobs = Vec::new();
     for prompt in prepared {
         for (model, spec) in specs.iter().enumerate() {
@@ -297,9 +415,17 @@ fn plan(prepared: &[Arc<Prepared>], specs: &[ModelSpec], done: &HashMap<(String,
                 Some(result) if redo.grades && result.answer.is_some() => result.answer.clone(),
                 Some(result) if result.error.is_none() || !redo.errors => continue,
                 Some(result) => result.answer.clone(),
-                None => prompt.prompt.known.get(&spec.name).map(|known| ask::known_answer(spec, known, prompt.estimated_tokens)),
+                None => prompt
+                    .prompt
+                    .known
+                    .get(&spec.name)
+                    .map(|known| ask::known_answer(spec, known, prompt.estimated_tokens)),
             };
-            jobs.push(Job { prompt: prompt.clone(), model, answer });
+            jobs.push(Job {
+                prompt: prompt.clone(),
+                model,
+                answer,
+            });
         }
     }
     jobs
@@ -307,7 +433,9 @@ fn plan(prepared: &[Arc<Prepared>], specs: &[ModelSpec], done: &HashMap<(String,
 
 fn pair_bar(len: usize) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
-    if let Ok(style) = ProgressStyle::with_template("labelling [{bar:40}] {pos}/{len} pairs, {msg} ({eta})") {
+    if let Ok(style) =
+        ProgressStyle::with_template("labelling [{bar:40}] {pos}/{len} pairs, {msg} ({eta})")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message("$0.0000 spent");
@@ -315,7 +443,9 @@ fn pair_bar(len: usize) -> ProgressBar {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The spend: what finished pairs cost and what the pairs in flight are expected to cost.
@@ -328,7 +458,10 @@ struct Budget {
 impl Budget {
     /// Reserves `expected` USD for a pair about to start, unless that could pass the limit.
     fn reserve(&mut self, expected: f64) -> bool {
-        if self.limit.is_some_and(|limit| self.spent + self.reserved + expected > limit) {
+        if self
+            .limit
+            .is_some_and(|limit| self.spent + self.reserved + expected > limit)
+        {
             return false;
         }
         self.reserved += expected;
@@ -387,7 +520,11 @@ async fn run_jobs(engine: Arc<Engine>, jobs: Vec<Job>, concurrency: usize) -> Re
     let total = jobs.len();
     let mut stop = Stop::Done;
     for (index, job) in jobs.into_iter().enumerate() {
-        let permit = semaphore.clone().acquire_owned().await.context("the pair semaphore closed")?;
+        let permit = semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .context("the pair semaphore closed")?;
         while let Some(finished) = tasks.try_join_next() {
             finished.context("a pair task panicked")??;
         }
@@ -397,7 +534,11 @@ async fn run_jobs(engine: Arc<Engine>, jobs: Vec<Job>, concurrency: usize) -> Re
         }
         let expected = match job.answer {
             Some(_) => 0.0,
-            None => ask::expected_cost(&engine.specs[job.model], job.prompt.estimated_tokens, &engine.sampling),
+            None => ask::expected_cost(
+                &engine.specs[job.model],
+                job.prompt.estimated_tokens,
+                &engine.sampling,
+            ),
         };
         if !lock(&engine.budget).reserve(expected) {
             stop = Stop::Budget(total - index);
@@ -421,7 +562,9 @@ async fn run_jobs(engine: Arc<Engine>, jobs: Vec<Job>, concurrency: usize) -> Re
 async fn watch_interrupts(interrupted: Arc<AtomicBool>, bar: ProgressBar) {
     if tokio::signal::ctrl_c().await.is_ok() {
         interrupted.store(true, Ordering::SeqCst);
-        bar.suspend(|| eprintln!("interrupted: finishing the pairs in flight (Ctrl-C again to quit now)"));
+        bar.suspend(|| {
+            eprintln!("interrupted: finishing the pairs in flight (Ctrl-C again to quit now)")
+        });
         if tokio::signal::ctrl_c().await.is_ok() {
             std::process::exit(130);
         }
@@ -437,7 +580,10 @@ impl Engine {
             Some(answer) => (Ok(answer), false),
             None => {
                 let body = self.sampling.body(&spec.name, &job.prompt.prompt.messages);
-                (ask::ask(&self.dispatcher, spec, &body, job.prompt.estimated_tokens).await, true)
+                (
+                    ask::ask(&self.dispatcher, spec, &body, job.prompt.estimated_tokens).await,
+                    true,
+                )
             }
         };
         let cost = match (&answer, asked) {
@@ -445,7 +591,9 @@ impl Engine {
             _ => 0.0,
         };
         let engine = self.clone();
-        tokio::task::spawn_blocking(move || engine.grade_and_commit(&job, answer)).await.context("a grading task panicked")??;
+        tokio::task::spawn_blocking(move || engine.grade_and_commit(&job, answer))
+            .await
+            .context("a grading task panicked")??;
         let spent = {
             let mut budget = lock(&self.budget);
             budget.settle(reserved, cost);
@@ -458,12 +606,33 @@ impl Engine {
 
     fn grade_and_commit(&self, job: &Job, answer: Result<Answer, String>) -> Result<()> {
         let result = match answer {
-            Err(error) => PairResult { answer: None, score: None, passed: None, error: Some(error) },
+            Err(error) => PairResult {
+                answer: None,
+                score: None,
+                passed: None,
+                error: Some(error),
+            },
             Ok(answer) => {
-                let context = GradeContext { judge: self.judge.as_deref(), encoder: self.encoder.as_ref() };
-                match self.grader.grade(&answer.text, &job.prompt.prompt.item, &context) {
-                    Ok(graded) => PairResult { answer: Some(answer), score: Some(graded.score), passed: graded.passed, error: None },
-                    Err(error) => PairResult { answer: Some(answer), score: None, passed: None, error: Some(format!("grader: {error}")) },
+                let context = GradeContext {
+                    judge: self.judge.as_deref(),
+                    encoder: self.encoder.as_ref(),
+                };
+                match self
+                    .grader
+                    .grade(&answer.text, &job.prompt.prompt.item, &context)
+                {
+                    Ok(graded) => PairResult {
+                        answer: Some(answer),
+                        score: Some(graded.score),
+                        passed: graded.passed,
+                        error: None,
+                    },
+                    Err(error) => PairResult {
+                        answer: Some(answer),
+                        score: None,
+                        passed: None,
+                        error: Some(format!("grader: {error}")),
+                    },
                 }
             }
         };
@@ -488,7 +657,15 @@ impl Report<'_> {
         const SHOWN: usize = 20;
         let spent = lock(&self.engine.budget).spent;
         let total_pairs = self.prepared.len() * self.engine.specs.len();
-        let finished = self.prepared.iter().flat_map(|p| self.engine.specs.iter().map(move |s| (p, s))).filter(|(p, s)| self.pairs.contains_key(&(p.prompt.key.clone(), s.name.clone()))).count();
+        let finished = self
+            .prepared
+            .iter()
+            .flat_map(|p| self.engine.specs.iter().map(move |s| (p, s)))
+            .filter(|(p, s)| {
+                self.pairs
+                    .contains_key(&(p.prompt.key.clone(), s.name.clone()))
+            })
+            .count();
         eprintln!(
             "labelled {} of {} prompts: {} (answers in {}); pairs finished {finished}/{total_pairs}, {} this run",
             written.lines,
@@ -502,13 +679,36 @@ impl Report<'_> {
             eprintln!("{} repeated prompt(s) labelled once", self.duplicates);
         }
         if !self.skipped.is_empty() {
-            let shown: Vec<String> = self.skipped.iter().take(SHOWN).map(|(line, why)| if *line > 0 && !why.starts_with("line ") { format!("line {line}: {why}") } else { why.clone() }).collect();
+            let shown: Vec<String> = self
+                .skipped
+                .iter()
+                .take(SHOWN)
+                .map(|(line, why)| {
+                    if *line > 0 && !why.starts_with("line ") {
+                        format!("line {line}: {why}")
+                    } else {
+                        why.clone()
+                    }
+                })
+                .collect();
             let more = self.skipped.len().saturating_sub(SHOWN);
-            eprintln!("skipped {} input line(s) or record(s): {}{}", self.skipped.len(), shown.join("; "), if more > 0 { format!("; and {more} more") } else { String::new() });
+            eprintln!(
+                "skipped {} input line(s) or record(s): {}{}",
+                self.skipped.len(),
+                shown.join("; "),
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
+            );
         }
         self.print_errors(SHOWN, answers);
         if written.all_failed > 0 {
-            eprintln!("{} prompt(s) not written: every model failed on them", written.all_failed);
+            eprintln!(
+                "{} prompt(s) not written: every model failed on them",
+                written.all_failed
+            );
         }
         if let Stop::Budget(not_started) = self.stop {
             eprintln!(
@@ -526,7 +726,11 @@ impl Report<'_> {
             .iter()
             .flat_map(|p| self.engine.specs.iter().map(move |s| (p, s)))
             .filter_map(|(p, s)| {
-                let error = self.pairs.get(&(p.prompt.key.clone(), s.name.clone()))?.error.as_ref()?;
+                let error = self
+                    .pairs
+                    .get(&(p.prompt.key.clone(), s.name.clone()))?
+                    .error
+                    .as_ref()?;
                 Some(format!("  {} × {}: {error}", p.prompt.origin, s.name))
             })
             .collect();

@@ -48,8 +48,14 @@ pub fn write_outputs(
     let mut label_lines = Vec::new();
     let mut answer_lines = Vec::new();
     for &(prompt, text) in prompts {
-        let results: Vec<(&String, &PairResult)> =
-            models.iter().filter_map(|model| pairs.get(&(prompt.key.clone(), model.clone())).map(|r| (model, r))).collect();
+        let results: Vec<(&String, &PairResult)> = models
+            .iter()
+            .filter_map(|model| {
+                pairs
+                    .get(&(prompt.key.clone(), model.clone()))
+                    .map(|r| (model, r))
+            })
+            .collect();
         for (model, result) in &results {
             answer_lines.push(answer_line(prompt, model, result).to_string());
         }
@@ -68,7 +74,11 @@ pub fn write_outputs(
     Ok(written)
 }
 
-fn label_line<'a>(prompt: &LabelPrompt, text: &str, results: &[(&'a String, &PairResult)]) -> Option<LabelLine<'a>> {
+fn label_line<'a>(
+    prompt: &LabelPrompt,
+    text: &str,
+    results: &[(&'a String, &PairResult)],
+) -> Option<LabelLine<'a>> {
     let mut line = LabelLine {
         record: Record {
             prompt: text.to_string(),
@@ -83,7 +93,9 @@ fn label_line<'a>(prompt: &LabelPrompt, text: &str, results: &[(&'a String, &Pai
         if let (Some(score), Some(answer)) = (result.score, &result.answer) {
             line.record.scores.insert(model.to_string(), score);
             line.record.costs.insert(model.to_string(), answer.cost_usd);
-            line.record.output_tokens.insert(model.to_string(), answer.output_tokens);
+            line.record
+                .output_tokens
+                .insert(model.to_string(), answer.output_tokens);
             line.latency_ms.insert(model.as_str(), answer.latency_ms);
         }
     }
@@ -111,15 +123,27 @@ fn answer_line(prompt: &LabelPrompt, model: &str, result: &PairResult) -> serde_
 
 /// Writes `lines` to a temporary file beside `path`, syncs it and renames it over `path`.
 fn replace_file(path: &Path, lines: &[String]) -> Result<()> {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp-{}", std::process::id()));
     let temporary: PathBuf = path.with_file_name(name);
-    let file = std::fs::File::create(&temporary).with_context(|| format!("creating {}", temporary.display()))?;
+    let file = std::fs::File::create(&temporary)
+        .with_context(|| format!("creating {}", temporary.display()))?;
     let mut writer = BufWriter::new(file);
     for line in lines {
-        writer.write_all(line.as_bytes()).and_then(|()| writer.write_all(b"\n")).with_context(|| temporary.display().to_string())?;
+        writer
+            .write_all(line.as_bytes())
+            .and_then(|()| writer.write_all(b"\n"))
+            .with_context(|| temporary.display().to_string())?;
     }
-    let file = writer.into_inner().map_err(|e| e.into_error()).with_context(|| temporary.display().to_string())?;
-    file.sync_all().with_context(|| temporary.display().to_string())?;
-    std::fs::rename(&temporary, path).with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
+    let file = writer
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| temporary.display().to_string())?;
+    file.sync_all()
+        .with_context(|| temporary.display().to_string())?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
 }

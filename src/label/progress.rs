@@ -93,7 +93,8 @@ impl Progress {
     /// Opens (or creates) the file in WAL mode with `synchronous = FULL`: a committed pair survives
     /// a killed process and a power loss.
     pub fn open(path: &Path) -> Result<Progress> {
-        let connection = Connection::open(path).with_context(|| format!("opening the progress file {}", path.display()))?;
+        let connection = Connection::open(path)
+            .with_context(|| format!("opening the progress file {}", path.display()))?;
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
@@ -105,18 +106,30 @@ impl Progress {
 
     /// Records `settings` on first use; on a later run, errors naming every setting that changed
     /// (but `may_change`): the pairs already graded were graded under the old ones.
-    pub fn check_settings(&self, path: &Path, settings: &BTreeMap<&str, String>, may_change: Option<&str>) -> Result<()> {
+    pub fn check_settings(
+        &self,
+        path: &Path,
+        settings: &BTreeMap<&str, String>,
+        may_change: Option<&str>,
+    ) -> Result<()> {
         let mut changed = Vec::new();
         for (key, value) in settings.iter().filter(|(key, _)| Some(**key) != may_change) {
             let stored: Option<String> = self
                 .connection
-                .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| row.get(0))
+                .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
+                    row.get(0)
+                })
                 .optional()?;
             match stored {
-                Some(stored) if &stored != value => changed.push(format!("{key} was {stored} and is now {value}")),
+                Some(stored) if &stored != value => {
+                    changed.push(format!("{key} was {stored} and is now {value}"))
+                }
                 Some(_) => {}
                 None => {
-                    self.connection.execute("INSERT INTO settings (key, value) VALUES (?1, ?2)", params![key, value])?;
+                    self.connection.execute(
+                        "INSERT INTO settings (key, value) VALUES (?1, ?2)",
+                        params![key, value],
+                    )?;
                 }
             }
         }
@@ -134,7 +147,10 @@ impl Progress {
 
     /// Sets one setting (a `--regrade` in progress, then its new grader).
     pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
-        self.connection.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)", params![key, value])?;
+        self.connection.execute(
+            "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
         Ok(())
     }
 
@@ -171,7 +187,10 @@ impl Progress {
         let mut rows = statement.query([])?;
         let mut pairs = HashMap::new();
         while let Some(row) = rows.next()? {
-            let answer = match (row.get::<_, Option<String>>(2)?, row.get::<_, Option<String>>(8)?) {
+            let answer = match (
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, Option<String>>(8)?,
+            ) {
                 (Some(text), Some(source)) => Some(Answer {
                     text,
                     prompt_tokens: row.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as u64,
@@ -183,7 +202,12 @@ impl Progress {
                 }),
                 _ => None,
             };
-            let result = PairResult { answer, score: row.get(9)?, passed: row.get(10)?, error: row.get(11)? };
+            let result = PairResult {
+                answer,
+                score: row.get(9)?,
+                passed: row.get(10)?,
+                error: row.get(11)?,
+            };
             pairs.insert((row.get(0)?, row.get(1)?), result);
         }
         Ok(pairs)
@@ -211,9 +235,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.db");
         let progress = Progress::open(&path).unwrap();
-        let failed = PairResult { answer: None, score: None, passed: None, error: Some("HTTP 500".into()) };
+        let failed = PairResult {
+            answer: None,
+            score: None,
+            passed: None,
+            error: Some("HTTP 500".into()),
+        };
         progress.commit("k", "a", &failed).unwrap();
-        let graded = PairResult { answer: Some(answer()), score: Some(1.0), passed: Some(true), error: None };
+        let graded = PairResult {
+            answer: Some(answer()),
+            score: Some(1.0),
+            passed: Some(true),
+            error: None,
+        };
         progress.commit("k", "b", &graded).unwrap();
         drop(progress);
         let progress = Progress::open(&path).unwrap();
@@ -221,7 +255,10 @@ mod tests {
         assert_eq!(pairs[&("k".to_string(), "a".to_string())], failed);
         assert_eq!(pairs[&("k".to_string(), "b".to_string())], graded);
         progress.commit("k", "a", &graded).unwrap();
-        assert_eq!(progress.pairs().unwrap()[&("k".to_string(), "a".to_string())], graded);
+        assert_eq!(
+            progress.pairs().unwrap()[&("k".to_string(), "a".to_string())],
+            graded
+        );
     }
 
     #[test]
@@ -229,12 +266,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.db");
         let progress = Progress::open(&path).unwrap();
-        let settings = BTreeMap::from([("models", "a,b".to_string()), ("grader", "g1".to_string())]);
+        let settings =
+            BTreeMap::from([("models", "a,b".to_string()), ("grader", "g1".to_string())]);
         progress.check_settings(&path, &settings, None).unwrap();
         progress.check_settings(&path, &settings, None).unwrap();
         let other = BTreeMap::from([("models", "a,c".to_string()), ("grader", "g1".to_string())]);
-        let error = progress.check_settings(&path, &other, None).unwrap_err().to_string();
+        let error = progress
+            .check_settings(&path, &other, None)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("models was a,b and is now a,c"), "{error}");
-        progress.check_settings(&path, &other, Some("models")).unwrap();
+        progress
+            .check_settings(&path, &other, Some("models"))
+            .unwrap();
     }
 }

@@ -78,7 +78,11 @@ pub fn read_prompt_file(path: &Path) -> Result<PromptSet> {
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let number = index + 1;
         let line = line.with_context(|| format!("{}: line {number}", path.display()))?;
-        let line = if number == 1 { line.trim_start_matches('\u{feff}') } else { line.as_str() };
+        let line = if number == 1 {
+            line.trim_start_matches('\u{feff}')
+        } else {
+            line.as_str()
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -97,7 +101,9 @@ fn prompt_of_line(line: &str, number: usize) -> Result<LabelPrompt, String> {
         Err(e) => return Err(format!("not JSON ({e})")),
     };
     let messages = match (item.get("prompt"), item.get("messages")) {
-        (Some(Value::String(prompt)), None) => vec![serde_json::json!({"role": "user", "content": prompt})],
+        (Some(Value::String(prompt)), None) => {
+            vec![serde_json::json!({"role": "user", "content": prompt})]
+        }
         (None, Some(Value::Array(messages))) => messages.clone(),
         (Some(_), Some(_)) => return Err("has both \"prompt\" and \"messages\"".into()),
         (Some(_), None) => return Err("\"prompt\" is not a string".into()),
@@ -140,14 +146,21 @@ fn check_messages(messages: &[Value]) -> Result<(), String> {
 pub fn read_store(store: &Store, metadata: Vec<(String, String)>) -> Result<PromptSet> {
     let mut set = PromptSet::default();
     let mut seen = HashMap::new();
-    let mut query = ListQuery { metadata, limit: Some(router_store::MAX_LIMIT), ..ListQuery::default() };
+    let mut query = ListQuery {
+        metadata,
+        limit: Some(router_store::MAX_LIMIT),
+        ..ListQuery::default()
+    };
     loop {
         let page = store.list(&query)?;
         for record in &page.data {
             let shadows = store.shadows_of(&record.id)?;
             match prompt_of_record(record, &shadows) {
                 Ok(prompt) => set.push(prompt, &mut seen),
-                Err(reason) => set.skipped.push((set.skipped.len() + 1, format!("record {}: {reason}", record.id))),
+                Err(reason) => set.skipped.push((
+                    set.skipped.len() + 1,
+                    format!("record {}: {reason}", record.id),
+                )),
             }
         }
         match page.data.last() {
@@ -160,12 +173,25 @@ pub fn read_store(store: &Store, metadata: Vec<(String, String)>) -> Result<Prom
 
 fn prompt_of_record(record: &Completion, shadows: &[Completion]) -> Result<LabelPrompt, String> {
     check_messages(&record.messages)?;
-    let item: Map<String, Value> =
-        record.metadata.to_json().as_object().cloned().unwrap_or_default();
-    let task = item.get("task").and_then(Value::as_str).unwrap_or_default().to_string();
+    let item: Map<String, Value> = record
+        .metadata
+        .to_json()
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let task = item
+        .get("task")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let mut known = BTreeMap::new();
     for answered in std::iter::once(record).chain(shadows) {
-        if let Some(text) = answered.answer().as_ref().and_then(|a| a.get("content")).and_then(Value::as_str) {
+        if let Some(text) = answered
+            .answer()
+            .as_ref()
+            .and_then(|a| a.get("content"))
+            .and_then(Value::as_str)
+        {
             let answer = KnownAnswer {
                 text: text.to_string(),
                 usage: answered.usage,
@@ -190,8 +216,11 @@ fn prompt_of_record(record: &Completion, shadows: &[Completion]) -> Result<Label
 /// messages and of the grading fields (the item without `prompt` and `messages`, which the messages
 /// already say). `{"prompt": "x"}` and `{"messages": [{"role": "user", "content": "x"}]}` match.
 pub fn prompt_key(messages: &[Value], item: &Map<String, Value>) -> String {
-    let fields: Map<String, Value> =
-        item.iter().filter(|(k, _)| *k != "prompt" && *k != "messages").map(|(k, v)| (k.clone(), v.clone())).collect();
+    let fields: Map<String, Value> = item
+        .iter()
+        .filter(|(k, _)| *k != "prompt" && *k != "messages")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     json_digest(&serde_json::json!([messages, fields]))
 }
 
@@ -199,7 +228,10 @@ pub fn prompt_key(messages: &[Value], item: &Map<String, Value>) -> String {
 pub fn json_digest(value: &Value) -> String {
     let mut text = String::new();
     canonical(value, &mut text);
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// JSON with object keys sorted and strings trimmed, whatever map order serde_json was built with.
@@ -241,12 +273,17 @@ mod tests {
 
     #[test]
     fn a_prompt_and_its_messages_share_a_key() {
-        let from_prompt = prompt_of_line(r#"{"prompt": " 2+2? ", "reference": "4", "task": "math"}"#, 1).unwrap();
+        let from_prompt = prompt_of_line(
+            r#"{"prompt": " 2+2? ", "reference": "4", "task": "math"}"#,
+            1,
+        )
+        .unwrap();
         let from_messages =
             prompt_of_line(r#"{"task": "math", "reference": "4", "messages": [{"content": "2+2?", "role": "user"}]}"#, 2).unwrap();
         assert_eq!(from_prompt.key, from_messages.key);
         assert_eq!(from_prompt.task, "math");
-        let other_reference = prompt_of_line(r#"{"prompt": "2+2?", "reference": "5", "task": "math"}"#, 3).unwrap();
+        let other_reference =
+            prompt_of_line(r#"{"prompt": "2+2?", "reference": "5", "task": "math"}"#, 3).unwrap();
         assert_ne!(from_prompt.key, other_reference.key);
     }
 
@@ -269,7 +306,10 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys() {
         let mut a = String::new();
-        canonical(&json!({"b": [1, {"d": " x", "c": null}], "a": true}), &mut a);
+        canonical(
+            &json!({"b": [1, {"d": " x", "c": null}], "a": true}),
+            &mut a,
+        );
         assert_eq!(a, r#"{"a":true,"b":[1,{"c":null,"d":"x"}]}"#);
     }
 }

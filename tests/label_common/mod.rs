@@ -24,7 +24,11 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone)]
 pub enum Reply {
     /// A chat completion with `text` and this usage.
-    Answer { text: String, prompt_tokens: u64, completion_tokens: u64 },
+    Answer {
+        text: String,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    },
     /// An error status with an OpenAI error body.
     Status(u16),
     /// 429 with `retry-after-ms`.
@@ -50,20 +54,42 @@ pub struct MockBackend {
 impl MockBackend {
     /// Serves `rule` on 127.0.0.1:0, each answer after `delay`.
     pub fn start(rule: Rule, delay: Duration) -> MockBackend {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
-        let shared = Arc::new(Shared { rule, delay, counts: Mutex::new(HashMap::new()) });
-        let app = axum::Router::new().route("/v1/chat/completions", post(complete)).with_state(shared.clone());
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind the mock");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let shared = Arc::new(Shared {
+            rule,
+            delay,
+            counts: Mutex::new(HashMap::new()),
+        });
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", post(complete))
+            .with_state(shared.clone());
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the mock");
         let addr = listener.local_addr().expect("mock address");
         runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        MockBackend { addr, shared, runtime: Some(runtime) }
+        MockBackend {
+            addr,
+            shared,
+            runtime: Some(runtime),
+        }
     }
 
     /// Requests received for (prompt, model).
     pub fn count(&self, prompt: &str, model: &str) -> usize {
-        self.shared.counts.lock().unwrap().get(&(prompt.to_string(), model.to_string())).copied().unwrap_or(0)
+        self.shared
+            .counts
+            .lock()
+            .unwrap()
+            .get(&(prompt.to_string(), model.to_string()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Every (prompt, model) with its request count.
@@ -88,7 +114,12 @@ async fn complete(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) ->
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default()
         .to_string();
-    *shared.counts.lock().unwrap().entry((prompt.clone(), model.clone())).or_default() += 1;
+    *shared
+        .counts
+        .lock()
+        .unwrap()
+        .entry((prompt.clone(), model.clone()))
+        .or_default() += 1;
     tokio::time::sleep(shared.delay).await;
     match (shared.rule)(&model, &prompt) {
         Reply::Answer { text, prompt_tokens, completion_tokens } => Json(json!({
@@ -136,7 +167,11 @@ pub fn candidates_config(addr: SocketAddr, candidates: &[Candidate<'_>]) -> Serv
                     .expected_output_tokens(20)
                     .deployments([deployment.as_str()]),
             )
-            .deployment(DeploymentSection::openai(deployment.as_str(), format!("http://{addr}/v1"), c.name));
+            .deployment(DeploymentSection::openai(
+                deployment.as_str(),
+                format!("http://{addr}/v1"),
+                c.name,
+            ));
     }
     config
 }
@@ -144,7 +179,9 @@ pub fn candidates_config(addr: SocketAddr, candidates: &[Candidate<'_>]) -> Serv
 /// Writes [`candidates_config`] as `dir/model-router.toml`.
 pub fn write_config(dir: &Path, addr: SocketAddr, candidates: &[Candidate<'_>]) -> PathBuf {
     let path = dir.join("model-router.toml");
-    let text = candidates_config(addr, candidates).to_toml().expect("a config as TOML");
+    let text = candidates_config(addr, candidates)
+        .to_toml()
+        .expect("a config as TOML");
     std::fs::write(&path, text).expect("write the config");
     path
 }

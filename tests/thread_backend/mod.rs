@@ -28,7 +28,10 @@ pub fn read_message(stream: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)
         }
         let n = stream.read(&mut chunk)?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before the head ended"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before the head ended",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -36,14 +39,19 @@ pub fn read_message(stream: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)
     let mut body = buf[head_end + 4..].to_vec();
     let length = head.lines().find_map(|l| {
         let (name, value) = l.split_once(':')?;
-        name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
     });
     match length {
         Some(length) => {
             while body.len() < length {
                 let n = stream.read(&mut chunk)?;
                 if n == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed mid-body"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "closed mid-body",
+                    ));
                 }
                 body.extend_from_slice(&chunk[..n]);
             }
@@ -58,7 +66,11 @@ pub fn read_message(stream: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)
 
 /// The backend: answers every chat request after `delay` (so a burst is in flight when a kill
 /// comes) with a fresh id `chatcmpl-{id_prefix}-{n}`, one connection per request, until `stop`.
-pub fn start_backend(stop: Arc<AtomicBool>, id_prefix: &'static str, delay: Duration) -> SocketAddr {
+pub fn start_backend(
+    stop: Arc<AtomicBool>,
+    id_prefix: &'static str,
+    delay: Duration,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the backend");
     let addr = listener.local_addr().expect("backend address");
     let next = Arc::new(AtomicUsize::new(0));
@@ -71,7 +83,9 @@ pub fn start_backend(stop: Arc<AtomicBool>, id_prefix: &'static str, delay: Dura
             let next = next.clone();
             thread::spawn(move || {
                 let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-                let Ok((_, body)) = read_message(&mut stream) else { return };
+                let Ok((_, body)) = read_message(&mut stream) else {
+                    return;
+                };
                 let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let n = next.fetch_add(1, Ordering::SeqCst) + 1;
                 thread::sleep(delay);

@@ -48,14 +48,18 @@ pub fn knn_out_of_fold(
 ) -> Result<Vec<Vec<f32>>> {
     let mut predictions = vec![Vec::new(); embeddings.len()];
     for fold in 0..folds {
-        let (held, kept): (Vec<usize>, Vec<usize>) = (0..embeddings.len()).partition(|&i| fold_of[i] == fold);
+        let (held, kept): (Vec<usize>, Vec<usize>) =
+            (0..embeddings.len()).partition(|&i| fold_of[i] == fold);
         if held.is_empty() || kept.is_empty() {
             continue;
         }
         let train_x: Vec<Vec<f32>> = kept.iter().map(|&i| embeddings[i].clone()).collect();
         let train_y: Vec<Vec<f64>> = kept.iter().map(|&i| scores[i].clone()).collect();
         let test_x: Vec<Vec<f32>> = held.iter().map(|&i| embeddings[i].clone()).collect();
-        for (&i, row) in held.iter().zip(knn(&train_x, &train_y, &test_x, DEFAULT_K)?) {
+        for (&i, row) in held
+            .iter()
+            .zip(knn(&train_x, &train_y, &test_x, DEFAULT_K)?)
+        {
             predictions[i] = row;
         }
     }
@@ -168,7 +172,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// ```
 pub fn task_best(train: &Matrix, train_tasks: &[&str], test_tasks: &[&str]) -> Result<Vec<usize>> {
     if train_tasks.len() != train.len() {
-        return Err(TrainingError::Invalid(format!("{} tasks for {} training prompts", train_tasks.len(), train.len())));
+        return Err(TrainingError::Invalid(format!(
+            "{} tasks for {} training prompts",
+            train_tasks.len(),
+            train.len()
+        )));
     }
     let mut rows_of_task: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (row, task) in train_tasks.iter().enumerate() {
@@ -179,25 +187,42 @@ pub fn task_best(train: &Matrix, train_tasks: &[&str], test_tasks: &[&str]) -> R
         .map(|(task, rows)| Ok((task, metrics::best_single(&train.select(&rows)?).0)))
         .collect::<Result<BTreeMap<&str, usize>>>()?;
     let overall = metrics::best_single(train).0;
-    Ok(test_tasks.iter().map(|task| best_of_task.get(task).copied().unwrap_or(overall)).collect())
+    Ok(test_tasks
+        .iter()
+        .map(|task| best_of_task.get(task).copied().unwrap_or(overall))
+        .collect())
 }
 
 /// Out-of-fold [`task_best`] choices on `test` itself: each prompt's model is learned from the
 /// prompts of the other folds (`fold_of[i]` in `0..folds`, as for [`knn_out_of_fold`]). A fold with
 /// no other prompts to learn from goes to model 0.
-pub fn task_best_out_of_fold(test: &Matrix, tasks: &[&str], fold_of: &[usize], folds: usize) -> Result<Vec<usize>> {
+pub fn task_best_out_of_fold(
+    test: &Matrix,
+    tasks: &[&str],
+    fold_of: &[usize],
+    folds: usize,
+) -> Result<Vec<usize>> {
     if tasks.len() != test.len() || fold_of.len() != test.len() {
-        return Err(TrainingError::Invalid(format!("{} tasks and {} folds for {} prompts", tasks.len(), fold_of.len(), test.len())));
+        return Err(TrainingError::Invalid(format!(
+            "{} tasks and {} folds for {} prompts",
+            tasks.len(),
+            fold_of.len(),
+            test.len()
+        )));
     }
     let mut choices = vec![0; test.len()];
     for fold in 0..folds {
-        let (held, kept): (Vec<usize>, Vec<usize>) = (0..test.len()).partition(|&i| fold_of[i] == fold);
+        let (held, kept): (Vec<usize>, Vec<usize>) =
+            (0..test.len()).partition(|&i| fold_of[i] == fold);
         if held.is_empty() || kept.is_empty() {
             continue;
         }
         let kept_tasks: Vec<&str> = kept.iter().map(|&i| tasks[i]).collect();
         let held_tasks: Vec<&str> = held.iter().map(|&i| tasks[i]).collect();
-        for (&i, choice) in held.iter().zip(task_best(&test.select(&kept)?, &kept_tasks, &held_tasks)?) {
+        for (&i, choice) in
+            held.iter()
+                .zip(task_best(&test.select(&kept)?, &kept_tasks, &held_tasks)?)
+        {
             choices[i] = choice;
         }
     }

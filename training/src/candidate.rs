@@ -81,21 +81,38 @@ pub fn read_samples(path: &Path) -> Result<(Vec<Sample>, Vec<RowSkip>)> {
         let prompt = match object.get("prompt") {
             Some(Value::String(prompt)) => prompt.clone(),
             Some(_) => {
-                skipped.push(RowSkip { line, reason: "field \"prompt\" is not a string".into() });
+                skipped.push(RowSkip {
+                    line,
+                    reason: "field \"prompt\" is not a string".into(),
+                });
                 continue;
             }
             None => {
-                skipped.push(RowSkip { line, reason: "no field \"prompt\"".into() });
+                skipped.push(RowSkip {
+                    line,
+                    reason: "no field \"prompt\"".into(),
+                });
                 continue;
             }
         };
         match object.get("score") {
             Some(Value::Number(n)) => match n.as_f64() {
-                Some(score) if (0.0..=1.0).contains(&score) => samples.push(Sample { prompt, score }),
-                _ => skipped.push(RowSkip { line, reason: format!("score {n} is not in [0, 1]") }),
+                Some(score) if (0.0..=1.0).contains(&score) => {
+                    samples.push(Sample { prompt, score })
+                }
+                _ => skipped.push(RowSkip {
+                    line,
+                    reason: format!("score {n} is not in [0, 1]"),
+                }),
             },
-            Some(_) => skipped.push(RowSkip { line, reason: "field \"score\" is not a number".into() }),
-            None => skipped.push(RowSkip { line, reason: "no field \"score\"".into() }),
+            Some(_) => skipped.push(RowSkip {
+                line,
+                reason: "field \"score\" is not a number".into(),
+            }),
+            None => skipped.push(RowSkip {
+                line,
+                reason: "no field \"score\"".into(),
+            }),
         }
     }
     skipped.sort_by_key(|s| s.line);
@@ -115,7 +132,11 @@ pub struct FitOptions {
 
 impl Default for FitOptions {
     fn default() -> Self {
-        FitOptions { folds: 5, lambdas: (0..=10).map(|k| 10f64.powf(1.0 - 0.5 * k as f64)).collect(), seed: 42 }
+        FitOptions {
+            folds: 5,
+            lambdas: (0..=10).map(|k| 10f64.powf(1.0 - 0.5 * k as f64)).collect(),
+            seed: 42,
+        }
     }
 }
 
@@ -170,7 +191,8 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 /// The bias shift that makes the mean of `σ(z_i + δ)` equal `target` (bisection: monotone in δ).
 fn shift_to_mean(logits: &[f64], target: f64) -> f64 {
-    let mean_at = |d: f64| logits.iter().map(|z| sigmoid(z + d)).sum::<f64>() / logits.len().max(1) as f64;
+    let mean_at =
+        |d: f64| logits.iter().map(|z| sigmoid(z + d)).sum::<f64>() / logits.len().max(1) as f64;
     let (mut lo, mut hi) = (-50.0, 50.0);
     for _ in 0..200 {
         let mid = 0.5 * (lo + hi);
@@ -233,15 +255,28 @@ fn newton(x: &[&[f64]], y: &[f64], prior: &[f64], lambda: f64, start: &[f64]) ->
     let d = prior.len();
     let n = x.len().max(1) as f64;
     let objective = |theta: &[f64]| {
-        let data: f64 = x.iter().zip(y).map(|(xi, yi)| log_loss(dot(theta, xi), *yi)).sum::<f64>() / n;
-        let penalty: f64 = theta.iter().zip(prior).map(|(t, p)| (t - p) * (t - p)).sum();
+        let data: f64 = x
+            .iter()
+            .zip(y)
+            .map(|(xi, yi)| log_loss(dot(theta, xi), *yi))
+            .sum::<f64>()
+            / n;
+        let penalty: f64 = theta
+            .iter()
+            .zip(prior)
+            .map(|(t, p)| (t - p) * (t - p))
+            .sum();
         data + 0.5 * lambda * penalty
     };
     let mut theta = start.to_vec();
     let mut current = objective(&theta);
     let mut hessian = vec![0.0; d * d];
     for _ in 0..100 {
-        let mut gradient: Vec<f64> = theta.iter().zip(prior).map(|(t, p)| lambda * (t - p)).collect();
+        let mut gradient: Vec<f64> = theta
+            .iter()
+            .zip(prior)
+            .map(|(t, p)| lambda * (t - p))
+            .collect();
         hessian.iter_mut().for_each(|h| *h = 0.0);
         for j in 0..d {
             hessian[j * d + j] = lambda;
@@ -316,25 +351,52 @@ fn shifted_prior(base: &[f64], x: &[&[f64]], y: &[f64]) -> (Vec<f64>, f64) {
 /// assert!(fit.cv_log_loss.unwrap() < fit.cv_log_loss_constant.unwrap());
 /// # Ok::<(), router_training::TrainingError>(())
 /// ```
-pub fn fit_row(features: &[Vec<f64>], scores: &[f64], prior_weights: &[f64], prior_bias: f64, options: &FitOptions) -> Result<RowFit> {
+pub fn fit_row(
+    features: &[Vec<f64>],
+    scores: &[f64],
+    prior_weights: &[f64],
+    prior_bias: f64,
+    options: &FitOptions,
+) -> Result<RowFit> {
     let n = features.len();
     if n == 0 || n != scores.len() {
-        return Err(TrainingError::Invalid(format!("{n} feature rows for {} scores; need at least one sample", scores.len())));
+        return Err(TrainingError::Invalid(format!(
+            "{n} feature rows for {} scores; need at least one sample",
+            scores.len()
+        )));
     }
     let width = prior_weights.len();
     if let Some(bad) = features.iter().find(|f| f.len() != width) {
-        return Err(TrainingError::Invalid(format!("a feature row has {} values, the prior {width}", bad.len())));
+        return Err(TrainingError::Invalid(format!(
+            "a feature row has {} values, the prior {width}",
+            bad.len()
+        )));
     }
-    if let Some(bad) = scores.iter().chain(features.iter().flatten()).find(|v| !v.is_finite()) {
-        return Err(TrainingError::Invalid(format!("a sample has the non-finite value {bad}")));
+    if let Some(bad) = scores
+        .iter()
+        .chain(features.iter().flatten())
+        .find(|v| !v.is_finite())
+    {
+        return Err(TrainingError::Invalid(format!(
+            "a sample has the non-finite value {bad}"
+        )));
     }
     if options.lambdas.is_empty() || options.lambdas.iter().any(|l| !(l.is_finite() && *l > 0.0)) {
-        return Err(TrainingError::Invalid("the λ grid must be positive numbers".into()));
+        return Err(TrainingError::Invalid(
+            "the λ grid must be positive numbers".into(),
+        ));
     }
     // Rows with the bias's constant 1 appended.
-    let rows: Vec<Vec<f64>> = features.iter().map(|f| f.iter().copied().chain(std::iter::once(1.0)).collect()).collect();
+    let rows: Vec<Vec<f64>> = features
+        .iter()
+        .map(|f| f.iter().copied().chain(std::iter::once(1.0)).collect())
+        .collect();
     let x: Vec<&[f64]> = rows.iter().map(Vec::as_slice).collect();
-    let base: Vec<f64> = prior_weights.iter().copied().chain(std::iter::once(prior_bias)).collect();
+    let base: Vec<f64> = prior_weights
+        .iter()
+        .copied()
+        .chain(std::iter::once(prior_bias))
+        .collect();
     let scale = rows.iter().map(|r| dot(r, r)).sum::<f64>() / n as f64;
     let mut grid = options.lambdas.clone();
     grid.sort_by(|a, b| b.total_cmp(a));
@@ -353,13 +415,21 @@ pub fn fit_row(features: &[Vec<f64>], scores: &[f64], prior_weights: &[f64], pri
         let mut losses = vec![vec![0.0; n]; grid.len()];
         let (mut prior_loss, mut constant_loss) = (0.0, 0.0);
         for fold in 0..folds {
-            let (train_x, train_y): (Vec<&[f64]>, Vec<f64>) =
-                (0..n).filter(|i| fold_of[*i] != fold).map(|i| (x[i], scores[i])).unzip();
+            let (train_x, train_y): (Vec<&[f64]>, Vec<f64>) = (0..n)
+                .filter(|i| fold_of[*i] != fold)
+                .map(|i| (x[i], scores[i]))
+                .unzip();
             let held: Vec<usize> = (0..n).filter(|i| fold_of[*i] == fold).collect();
             let (prior, _) = shifted_prior(&base, &train_x, &train_y);
-            prior_loss += held.iter().map(|&i| log_loss(dot(&prior, x[i]), scores[i])).sum::<f64>();
+            prior_loss += held
+                .iter()
+                .map(|&i| log_loss(dot(&prior, x[i]), scores[i]))
+                .sum::<f64>();
             let mean = (train_y.iter().sum::<f64>() / train_y.len() as f64).clamp(1e-6, 1.0 - 1e-6);
-            constant_loss += held.iter().map(|&i| log_loss((mean / (1.0 - mean)).ln(), scores[i])).sum::<f64>();
+            constant_loss += held
+                .iter()
+                .map(|&i| log_loss((mean / (1.0 - mean)).ln(), scores[i]))
+                .sum::<f64>();
             // Warm starts along the path, from the strongest regularisation down.
             let mut theta = prior.clone();
             for (k, relative) in grid.iter().enumerate() {
@@ -369,23 +439,39 @@ pub fn fit_row(features: &[Vec<f64>], scores: &[f64], prior_weights: &[f64], pri
                 }
             }
         }
-        let mean_loss: Vec<f64> = losses.iter().map(|l| l.iter().sum::<f64>() / n as f64).collect();
+        let mean_loss: Vec<f64> = losses
+            .iter()
+            .map(|l| l.iter().sum::<f64>() / n as f64)
+            .collect();
         // The lowest held-out loss (on a tie the stronger regularisation, the earlier entry) ...
-        let best = mean_loss.iter().enumerate().fold(0, |best, (k, loss)| if *loss < mean_loss[best] { k } else { best });
+        let best =
+            mean_loss.iter().enumerate().fold(
+                0,
+                |best, (k, loss)| if *loss < mean_loss[best] { k } else { best },
+            );
         // ... then the one-standard-error rule: the strongest regularisation whose loss is within
         // one standard error of the best, the error of the per-sample differences (paired).
         let chosen = (0..=best)
             .find(|&k| {
-                let d: Vec<f64> = losses[k].iter().zip(&losses[best]).map(|(a, b)| a - b).collect();
+                let d: Vec<f64> = losses[k]
+                    .iter()
+                    .zip(&losses[best])
+                    .map(|(a, b)| a - b)
+                    .collect();
                 let m = d.iter().sum::<f64>() / n as f64;
-                let se = (d.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt() / (n as f64).sqrt();
+                let se = (d.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt()
+                    / (n as f64).sqrt();
                 m <= se
             })
             .unwrap_or(best);
         relative_lambda = grid[chosen];
         let best = chosen;
         let losses = mean_loss;
-        cv = Some((losses[best] / n as f64, prior_loss / n as f64, constant_loss / n as f64));
+        cv = Some((
+            losses[best] / n as f64,
+            prior_loss / n as f64,
+            constant_loss / n as f64,
+        ));
     }
     let lambda = relative_lambda * scale;
     let (prior, prior_shift) = shifted_prior(&base, &x, scores);
@@ -401,12 +487,21 @@ pub fn fit_row(features: &[Vec<f64>], scores: &[f64], prior_weights: &[f64], pri
         bias,
         lambda,
         relative_lambda,
-        lambda_rule: if cv.is_some() { "cross-validation".into() } else { "too few samples".into() },
+        lambda_rule: if cv.is_some() {
+            "cross-validation".into()
+        } else {
+            "too few samples".into()
+        },
         prior_shift,
         samples: n,
         mean_score: scores.iter().sum::<f64>() / n as f64,
         mean_prediction: logits.iter().map(|z| sigmoid(*z)).sum::<f64>() / n as f64,
-        train_log_loss: logits.iter().zip(scores).map(|(z, y)| log_loss(*z, *y)).sum::<f64>() / n as f64,
+        train_log_loss: logits
+            .iter()
+            .zip(scores)
+            .map(|(z, y)| log_loss(*z, *y))
+            .sum::<f64>()
+            / n as f64,
         cv_log_loss: cv.map(|c| c.0),
         cv_log_loss_prior: cv.map(|c| c.1),
         cv_log_loss_constant: cv.map(|c| c.2),
@@ -469,7 +564,16 @@ pub struct AddOutcome {
 /// assert_eq!(next_version("v7", "2026-11-23"), "v7.1");
 /// ```
 pub fn next_version(current: &str, today: &str) -> String {
-    let looks_like_date = |v: &str| v.len() >= 10 && v.as_bytes()[..10].iter().enumerate().all(|(i, b)| if i == 4 || i == 7 { *b == b'-' } else { b.is_ascii_digit() });
+    let looks_like_date = |v: &str| {
+        v.len() >= 10
+            && v.as_bytes()[..10].iter().enumerate().all(|(i, b)| {
+                if i == 4 || i == 7 {
+                    *b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            })
+    };
     if looks_like_date(current) && today > current && !current.starts_with(today) {
         return today.to_string();
     }
@@ -483,7 +587,10 @@ pub fn next_version(current: &str, today: &str) -> String {
 
 /// Today's date in UTC as `YYYY-MM-DD`.
 pub fn today_utc() -> String {
-    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0) as i64;
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -498,7 +605,10 @@ pub fn today_utc() -> String {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainingError + '_ {
-    move |source| TrainingError::Io { path: path.to_path_buf(), source }
+    move |source| TrainingError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn to_rows(tensor: &Tensor) -> Result<Vec<Vec<f64>>> {
@@ -507,28 +617,46 @@ fn to_rows(tensor: &Tensor) -> Result<Vec<Vec<f64>>> {
 
 /// Adds the model `options.name` to the bundle in `bundle_dir` from `samples` (prompts with the
 /// model's scores) and writes the new bundle version to `out_dir` (see the module docs).
-pub fn add_candidate(bundle_dir: &Path, samples: &[Sample], options: &AddOptions, out_dir: &Path) -> Result<AddOutcome> {
+pub fn add_candidate(
+    bundle_dir: &Path,
+    samples: &[Sample],
+    options: &AddOptions,
+    out_dir: &Path,
+) -> Result<AddOutcome> {
     let router = Router::load(bundle_dir)?;
     let config = router.config().clone();
     let name = options.name.trim();
     if name.is_empty() || name != options.name {
-        return Err(TrainingError::Invalid(format!("the model name {:?} is empty or has surrounding spaces", options.name)));
+        return Err(TrainingError::Invalid(format!(
+            "the model name {:?} is empty or has surrounding spaces",
+            options.name
+        )));
     }
     if config.models.iter().any(|m| m == name) {
         return Err(TrainingError::DuplicateModel(name.to_string()));
     }
     if !config.is_trained() {
-        return Err(TrainingError::Invalid(format!("{}: the head was never trained; train it first", bundle_dir.display())));
+        return Err(TrainingError::Invalid(format!(
+            "{}: the head was never trained; train it first",
+            bundle_dir.display()
+        )));
     }
     if samples.is_empty() {
-        return Err(TrainingError::Invalid("no samples: adding a model needs graded prompts".into()));
+        return Err(TrainingError::Invalid(
+            "no samples: adding a model needs graded prompts".into(),
+        ));
     }
-    let same_dir = match (std::fs::canonicalize(bundle_dir), std::fs::canonicalize(out_dir)) {
+    let same_dir = match (
+        std::fs::canonicalize(bundle_dir),
+        std::fs::canonicalize(out_dir),
+    ) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
     if same_dir {
-        return Err(TrainingError::Invalid("--out must be a new directory: a bundle version is never rewritten in place".into()));
+        return Err(TrainingError::Invalid(
+            "--out must be a new directory: a bundle version is never rewritten in place".into(),
+        ));
     }
     let catalog_path = bundle_dir.join(CATALOG);
     let catalog_text = if catalog_path.is_file() {
@@ -544,13 +672,19 @@ pub fn add_candidate(bundle_dir: &Path, samples: &[Sample], options: &AddOptions
             )))
         }
         (None, Some(_)) => {
-            return Err(TrainingError::Invalid(format!("{} has no catalog.toml to add prices to", bundle_dir.display())))
+            return Err(TrainingError::Invalid(format!(
+                "{} has no catalog.toml to add prices to",
+                bundle_dir.display()
+            )))
         }
         (_, entry) => entry.clone(),
     };
     if let Some(entry) = &entry {
         if entry.name != name {
-            return Err(TrainingError::Invalid(format!("the catalog entry is for {:?}, the model is {name:?}", entry.name)));
+            return Err(TrainingError::Invalid(format!(
+                "the catalog entry is for {:?}, the model is {name:?}",
+                entry.name
+            )));
         }
         entry.validate()?;
     }
@@ -558,20 +692,40 @@ pub fn add_candidate(bundle_dir: &Path, samples: &[Sample], options: &AddOptions
     // Frozen features: the activations that feed the output layer.
     let prompts: Vec<&str> = samples.iter().map(|s| s.prompt.as_str()).collect();
     let fingerprint = embed::encoder_fingerprint(&config, router.encoder());
-    let embeddings = embed::embed_cached(router.encoder(), fingerprint, &prompts, &options.cache_dir)?;
+    let embeddings =
+        embed::embed_cached(router.encoder(), fingerprint, &prompts, &options.cache_dir)?;
     let flat: Vec<f32> = embeddings.iter().flatten().copied().collect();
-    let input = Tensor::from_vec(flat, (embeddings.len(), router.encoder().dim()), router.device())?;
+    let input = Tensor::from_vec(
+        flat,
+        (embeddings.len(), router.encoder().dim()),
+        router.device(),
+    )?;
     let features = to_rows(&router.head().forward_hidden(&input)?)?;
 
     // The output layer as stored.
     let head_path = bundle_dir.join(files::HEAD);
     let mut tensors = router_core::candle_core::safetensors::load(&head_path, &Device::Cpu)
-        .map_err(|e| TrainingError::Format { path: head_path.clone(), message: e.to_string() })?;
+        .map_err(|e| TrainingError::Format {
+            path: head_path.clone(),
+            message: e.to_string(),
+        })?;
     let last = config.head.hidden.len();
-    let (weight_key, bias_key) = (format!("layers.{last}.weight"), format!("layers.{last}.bias"));
-    let missing = |key: &str| TrainingError::Format { path: head_path.clone(), message: format!("no tensor {key:?}") };
-    let weight = tensors.get(&weight_key).ok_or_else(|| missing(&weight_key))?.clone();
-    let bias = tensors.get(&bias_key).ok_or_else(|| missing(&bias_key))?.clone();
+    let (weight_key, bias_key) = (
+        format!("layers.{last}.weight"),
+        format!("layers.{last}.bias"),
+    );
+    let missing = |key: &str| TrainingError::Format {
+        path: head_path.clone(),
+        message: format!("no tensor {key:?}"),
+    };
+    let weight = tensors
+        .get(&weight_key)
+        .ok_or_else(|| missing(&weight_key))?
+        .clone();
+    let bias = tensors
+        .get(&bias_key)
+        .ok_or_else(|| missing(&bias_key))?
+        .clone();
     let width = features.first().map_or(0, Vec::len);
     if weight.dims() != [config.models.len(), width] || bias.dims() != [config.models.len()] {
         return Err(TrainingError::Format {
@@ -588,7 +742,9 @@ pub fn add_candidate(bundle_dir: &Path, samples: &[Sample], options: &AddOptions
     let rows = to_rows(&weight)?;
     let biases: Vec<f64> = bias.to_dtype(DType::F64)?.to_vec1()?;
     let count = rows.len() as f64;
-    let prior_weights: Vec<f64> = (0..width).map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / count).collect();
+    let prior_weights: Vec<f64> = (0..width)
+        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / count)
+        .collect();
     let prior_bias = biases.iter().sum::<f64>() / count;
     let scores: Vec<f64> = samples.iter().map(|s| s.score).collect();
     let fit = fit_row(&features, &scores, &prior_weights, prior_bias, &options.fit)?;
@@ -596,22 +752,32 @@ pub fn add_candidate(bundle_dir: &Path, samples: &[Sample], options: &AddOptions
     // The new output layer: the old rows as they are, the new one appended.
     let new_row: Vec<f32> = fit.weights.iter().map(|w| *w as f32).collect();
     let new_row = Tensor::from_vec(new_row, (1, width), &Device::Cpu)?.to_dtype(weight.dtype())?;
-    let new_bias = Tensor::from_vec(vec![fit.bias as f32], 1, &Device::Cpu)?.to_dtype(bias.dtype())?;
+    let new_bias =
+        Tensor::from_vec(vec![fit.bias as f32], 1, &Device::Cpu)?.to_dtype(bias.dtype())?;
     tensors.insert(weight_key, Tensor::cat(&[&weight, &new_row], 0)?);
     tensors.insert(bias_key, Tensor::cat(&[&bias, &new_bias], 0)?);
 
     let previous_version = config.version.clone();
-    let version = options.version.clone().unwrap_or_else(|| next_version(&previous_version, &today_utc()));
+    let version = options
+        .version
+        .clone()
+        .unwrap_or_else(|| next_version(&previous_version, &today_utc()));
     if version == previous_version {
-        return Err(TrainingError::Invalid(format!("the new version must differ from the bundle's ({version})")));
+        return Err(TrainingError::Invalid(format!(
+            "the new version must differ from the bundle's ({version})"
+        )));
     }
     let mut new_config = config.clone();
     new_config.models.push(name.to_string());
     new_config.version = version.clone();
     // A BERT encoder given by a path relative to the bundle must still be found from the new one.
-    if let EncoderConfig::Bert { path: Some(path), .. } = &mut new_config.encoder {
+    if let EncoderConfig::Bert {
+        path: Some(path), ..
+    } = &mut new_config.encoder
+    {
         if path.is_relative() {
-            *path = std::fs::canonicalize(bundle_dir.join(&*path)).unwrap_or_else(|_| bundle_dir.join(&*path));
+            *path = std::fs::canonicalize(bundle_dir.join(&*path))
+                .unwrap_or_else(|_| bundle_dir.join(&*path));
         }
     }
     let addition = serde_json::json!({
@@ -649,24 +815,38 @@ pub fn add_candidate(bundle_dir: &Path, samples: &[Sample], options: &AddOptions
     }
     new_config.save(out_dir)?;
     let new_head = out_dir.join(files::HEAD);
-    router_core::candle_core::safetensors::save(&tensors, &new_head)
-        .map_err(|e| TrainingError::Format { path: new_head.clone(), message: e.to_string() })?;
+    router_core::candle_core::safetensors::save(&tensors, &new_head).map_err(|e| {
+        TrainingError::Format {
+            path: new_head.clone(),
+            message: e.to_string(),
+        }
+    })?;
     if let (Some(text), Some(entry)) = (catalog_text, entry) {
-        let body = toml::to_string(&Catalog::new(vec![entry]))
-            .map_err(|e| TrainingError::Format { path: catalog_path.clone(), message: e.to_string() })?;
+        let body =
+            toml::to_string(&Catalog::new(vec![entry])).map_err(|e| TrainingError::Format {
+                path: catalog_path.clone(),
+                message: e.to_string(),
+            })?;
         let text = format!(
             "{}\n# Added in version {version} by `model-router candidate add` ({} samples).\n{body}",
             text.trim_end(),
             fit.samples
         );
         let path = out_dir.join(CATALOG);
-        Catalog::from_toml_str(&text).map_err(|e| TrainingError::Format { path: path.clone(), message: e.to_string() })?;
+        Catalog::from_toml_str(&text).map_err(|e| TrainingError::Format {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         std::fs::write(&path, text).map_err(io_error(&path))?;
     }
     let card_path = bundle_dir.join(files::MODEL_CARD);
     let card = std::fs::read_to_string(&card_path).unwrap_or_default();
     let new_card = out_dir.join(files::MODEL_CARD);
-    std::fs::write(&new_card, model_card(&card, &config, &new_config, &fit, options)).map_err(io_error(&new_card))?;
+    std::fs::write(
+        &new_card,
+        model_card(&card, &config, &new_config, &fit, options),
+    )
+    .map_err(io_error(&new_card))?;
 
     // The new bundle must score the old columns as the old one did.
     let new_router = Router::load(out_dir)?;
@@ -674,18 +854,36 @@ pub fn add_candidate(bundle_dir: &Path, samples: &[Sample], options: &AddOptions
     let (before, after) = (router.score_batch(&check)?, new_router.score_batch(&check)?);
     for (b, a) in before.iter().zip(&after) {
         if a.len() != b.len() + 1 || b.iter().zip(a).any(|(x, y)| (x - y).abs() > 1e-5) {
-            return Err(TrainingError::Invalid("the new bundle changed the scores of the existing models; this is a bug".into()));
+            return Err(TrainingError::Invalid(
+                "the new bundle changed the scores of the existing models; this is a bug".into(),
+            ));
         }
     }
-    Ok(AddOutcome { router: new_router, fit, previous_version, version })
+    Ok(AddOutcome {
+        router: new_router,
+        fit,
+        previous_version,
+        version,
+    })
 }
 
-fn model_card(card: &str, old: &router_core::RouterConfig, new: &router_core::RouterConfig, fit: &RowFit, options: &AddOptions) -> String {
+fn model_card(
+    card: &str,
+    old: &router_core::RouterConfig,
+    new: &router_core::RouterConfig,
+    fit: &RowFit,
+    options: &AddOptions,
+) -> String {
     let old_title = format!("# {} ({})", old.name, old.version);
     let new_title = format!("# {} ({})", new.name, new.version);
     let old_models = format!("- Models (head columns): {}", old.models.join(", "));
     let new_models = format!("- Models (head columns): {}", new.models.join(", "));
-    let mut card = if card.trim().is_empty() { format!("{new_title}\n\n{new_models}\n") } else { card.replacen(&old_title, &new_title, 1).replacen(&old_models, &new_models, 1) };
+    let mut card = if card.trim().is_empty() {
+        format!("{new_title}\n\n{new_models}\n")
+    } else {
+        card.replacen(&old_title, &new_title, 1)
+            .replacen(&old_models, &new_models, 1)
+    };
     if !card.contains("\n## Added models") {
         card = format!(
             "{}\n\n## Added models\n\nModels added after training by `model-router candidate add`: the encoder and the other \
@@ -730,8 +928,14 @@ mod tests {
         assert!(cholesky(&mut a, 2));
         let x = cholesky_solve(&a, 2, &[2.0, 5.0]);
         // [[4, 2], [2, 3]] x = [2, 5] -> x = [-0.5, 2].
-        assert!((x[0] + 0.5).abs() < 1e-12 && (x[1] - 2.0).abs() < 1e-12, "{x:?}");
-        assert!(!cholesky(&mut [1.0, 0.0, 2.0, 1.0], 2), "not positive definite");
+        assert!(
+            (x[0] + 0.5).abs() < 1e-12 && (x[1] - 2.0).abs() < 1e-12,
+            "{x:?}"
+        );
+        assert!(
+            !cholesky(&mut [1.0, 0.0, 2.0, 1.0], 2),
+            "not positive definite"
+        );
     }
 
     #[test]
@@ -755,7 +959,10 @@ mod tests {
         assert_eq!(fit.lambda_rule, "too few samples");
         assert!(fit.cv_log_loss.is_none());
         assert!((fit.mean_prediction - 5.5 / 7.0).abs() < 0.02, "{fit:?}");
-        assert!((fit.weights[0] - 2.0).abs() < 0.2, "stays near the prior: {fit:?}");
+        assert!(
+            (fit.weights[0] - 2.0).abs() < 0.2,
+            "stays near the prior: {fit:?}"
+        );
         // All samples at 1: the shift stays finite.
         let fit = fit_row(&features, &[1.0; 6], &[0.0], 0.0, &FitOptions::default()).unwrap();
         assert!(fit.bias.is_finite() && fit.mean_prediction > 0.8, "{fit:?}");
@@ -763,13 +970,27 @@ mod tests {
 
     #[test]
     fn the_fit_is_deterministic_and_checks_its_input() {
-        let features: Vec<Vec<f64>> = (0..30).map(|i| vec![(i % 3) as f64, (i % 5) as f64 / 5.0]).collect();
-        let scores: Vec<f64> = (0..30).map(|i| if i % 3 == 0 { 0.9 } else { 0.2 }).collect();
+        let features: Vec<Vec<f64>> = (0..30)
+            .map(|i| vec![(i % 3) as f64, (i % 5) as f64 / 5.0])
+            .collect();
+        let scores: Vec<f64> = (0..30)
+            .map(|i| if i % 3 == 0 { 0.9 } else { 0.2 })
+            .collect();
         let a = fit_row(&features, &scores, &[0.0, 0.0], 0.0, &FitOptions::default()).unwrap();
         let b = fit_row(&features, &scores, &[0.0, 0.0], 0.0, &FitOptions::default()).unwrap();
         assert_eq!(a, b);
-        assert!(a.weights[0] < 0.0, "score falls with the first feature: {a:?}");
-        assert!(fit_row(&features, &scores[1..], &[0.0, 0.0], 0.0, &FitOptions::default()).is_err());
+        assert!(
+            a.weights[0] < 0.0,
+            "score falls with the first feature: {a:?}"
+        );
+        assert!(fit_row(
+            &features,
+            &scores[1..],
+            &[0.0, 0.0],
+            0.0,
+            &FitOptions::default()
+        )
+        .is_err());
         assert!(fit_row(&features, &scores, &[0.0], 0.0, &FitOptions::default()).is_err());
         assert!(fit_row(&[], &[], &[0.0], 0.0, &FitOptions::default()).is_err());
         let nan = vec![vec![f64::NAN, 0.0]; 30];

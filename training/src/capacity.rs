@@ -84,7 +84,9 @@ pub struct Prices {
 
 impl Prices {
     fn cost(&self, m: &MinuteDemand) -> f64 {
-        (m.input_tokens as f64 * self.input_per_million + m.output_tokens as f64 * self.output_per_million) / 1e6
+        (m.input_tokens as f64 * self.input_per_million
+            + m.output_tokens as f64 * self.output_per_million)
+            / 1e6
     }
 }
 
@@ -128,7 +130,13 @@ impl Percentiles {
 
     /// (name, value) from p50 to max.
     pub fn named(&self) -> [(&'static str, u64); 5] {
-        [("p50", self.p50), ("p80", self.p80), ("p90", self.p90), ("p99", self.p99), ("max", self.max)]
+        [
+            ("p50", self.p50),
+            ("p80", self.p80),
+            ("p90", self.p90),
+            ("p99", self.p99),
+            ("max", self.max),
+        ]
     }
 }
 
@@ -236,7 +244,13 @@ impl Model<'_> {
         SizeCost {
             units,
             capacity_tpm: capacity,
-            covers: self.tpm.named().iter().rev().find(|(_, v)| *v <= capacity).map(|(name, _)| *name),
+            covers: self
+                .tpm
+                .named()
+                .iter()
+                .rev()
+                .find(|(_, v)| *v <= capacity)
+                .map(|(name, _)| *name),
             spilled_token_share: share(spilled_tokens as f64, self.total_tokens as f64),
             spill_minute_share: share(spill_minutes as f64, self.minutes.len() as f64),
             provisioned_usd,
@@ -333,9 +347,16 @@ pub fn by_hour(first_minute: i64, minutes: &[MinuteDemand]) -> Vec<HourPercentil
 /// Sizes provisioned throughput for the demand of `minutes` (every minute of the window, in
 /// order, starting at `first_minute`); see the module docs for the rules. The window must not
 /// be empty and a unit must serve at least one token per minute.
-pub fn size(first_minute: i64, minutes: &[MinuteDemand], prices: Prices, unit: Unit) -> Result<Sizing> {
+pub fn size(
+    first_minute: i64,
+    minutes: &[MinuteDemand],
+    prices: Prices,
+    unit: Unit,
+) -> Result<Sizing> {
     if minutes.is_empty() {
-        return Err(TrainingError::Invalid("capacity: the usage window has no minutes".into()));
+        return Err(TrainingError::Invalid(
+            "capacity: the usage window has no minutes".into(),
+        ));
     }
     if unit.tpm == 0 || unit.monthly_price.is_nan() || unit.monthly_price < 0.0 {
         return Err(TrainingError::Invalid(
@@ -354,7 +375,12 @@ pub fn size(first_minute: i64, minutes: &[MinuteDemand], prices: Prices, unit: U
     let all_paygo_usd = minutes.iter().map(|m| prices.cost(m)).sum::<f64>() * model.scale;
     let peak_units = units_for(model.tpm.max, unit.tpm);
     let (curve, recommended) = model.curve_and_minimum(peak_units);
-    let mut units: Vec<u64> = model.tpm.named().iter().map(|(_, v)| units_for(*v, unit.tpm)).collect();
+    let mut units: Vec<u64> = model
+        .tpm
+        .named()
+        .iter()
+        .map(|(_, v)| units_for(*v, unit.tpm))
+        .collect();
     units.extend([0, recommended.units]);
     units.sort_unstable();
     units.dedup();
@@ -380,7 +406,11 @@ pub fn plot_svg(title: &str, sizing: &Sizing, path: &Path) -> Result<()> {
         message: error.to_string(),
     };
     let max_units = sizing.curve.last().map_or(1, |c| c.units).max(1) as f64;
-    let max_cost = sizing.curve.iter().map(|c| c.monthly_usd).fold(sizing.all_paygo_usd, f64::max);
+    let max_cost = sizing
+        .curve
+        .iter()
+        .map(|c| c.monthly_usd)
+        .fold(sizing.all_paygo_usd, f64::max);
     let root = SVGBackend::new(path, (1000, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(&e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -388,7 +418,10 @@ pub fn plot_svg(title: &str, sizing: &Sizing, path: &Path) -> Result<()> {
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d(-0.02 * max_units..max_units * 1.05, 0.0..max_cost * 1.1 + 1e-9)
+        .build_cartesian_2d(
+            -0.02 * max_units..max_units * 1.05,
+            0.0..max_cost * 1.1 + 1e-9,
+        )
         .map_err(|e| plot_error(&e))?;
     chart
         .configure_mesh()
@@ -408,32 +441,55 @@ pub fn plot_svg(title: &str, sizing: &Sizing, path: &Path) -> Result<()> {
         ))
         .map_err(|e| plot_error(&e))?
         .label("monthly cost by provisioned size")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], curve_colour.stroke_width(2)));
+        .legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], curve_colour.stroke_width(2))
+        });
     let paygo_colour = RGBColor(230, 120, 0);
     chart
         .draw_series(DashedLineSeries::new(
-            [(0.0, sizing.all_paygo_usd), (max_units, sizing.all_paygo_usd)],
+            [
+                (0.0, sizing.all_paygo_usd),
+                (max_units, sizing.all_paygo_usd),
+            ],
             6,
             4,
             paygo_colour.stroke_width(2),
         ))
         .map_err(|e| plot_error(&e))?
         .label(format!("all pay-as-you-go (${:.0})", sizing.all_paygo_usd))
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], paygo_colour.stroke_width(2)));
+        .legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], paygo_colour.stroke_width(2))
+        });
     let right_half = max_units / 2.0;
     let marker = |c: &SizeCost, label: String, colour: RGBColor, size: i32| {
         let at = (c.units as f64, c.monthly_usd);
-        let (horizontal, dx) = if at.0 > right_half { (HPos::Right, -8) } else { (HPos::Left, 8) };
-        let style = ("sans-serif", 13).into_font().color(&colour).pos(Pos::new(horizontal, VPos::Bottom));
-        EmptyElement::at(at) + Circle::new((0, 0), size, colour.filled()) + Text::new(label, (dx, -4), style)
+        let (horizontal, dx) = if at.0 > right_half {
+            (HPos::Right, -8)
+        } else {
+            (HPos::Left, 8)
+        };
+        let style = ("sans-serif", 13)
+            .into_font()
+            .color(&colour)
+            .pos(Pos::new(horizontal, VPos::Bottom));
+        EmptyElement::at(at)
+            + Circle::new((0, 0), size, colour.filled())
+            + Text::new(label, (dx, -4), style)
     };
-    let labelled = sizing.sizes.iter().filter(|c| c.units != sizing.recommended.units).map(|c| {
-        let covers = c.covers.map_or("none".to_string(), |p| p.to_string());
-        marker(c, format!("{} units ({covers})", c.units), BLACK, 3)
-    });
+    let labelled = sizing
+        .sizes
+        .iter()
+        .filter(|c| c.units != sizing.recommended.units)
+        .map(|c| {
+            let covers = c.covers.map_or("none".to_string(), |p| p.to_string());
+            marker(c, format!("{} units ({covers})", c.units), BLACK, 3)
+        });
     chart.draw_series(labelled).map_err(|e| plot_error(&e))?;
     let best = sizing.recommended;
-    let label = format!("recommended: {} units, ${:.0}/month", best.units, best.monthly_usd);
+    let label = format!(
+        "recommended: {} units, ${:.0}/month",
+        best.units, best.monthly_usd
+    );
     chart
         .draw_series(std::iter::once(marker(&best, label, RED, 6)))
         .map_err(|e| plot_error(&e))?;
@@ -452,16 +508,28 @@ mod tests {
     use super::*;
 
     fn input_only(tokens: &[u64]) -> Vec<MinuteDemand> {
-        tokens.iter().map(|&t| MinuteDemand { input_tokens: t, output_tokens: 0 }).collect()
+        tokens
+            .iter()
+            .map(|&t| MinuteDemand {
+                input_tokens: t,
+                output_tokens: 0,
+            })
+            .collect()
     }
 
-    const PRICES: Prices = Prices { input_per_million: 10.0, output_per_million: 30.0 };
+    const PRICES: Prices = Prices {
+        input_per_million: 10.0,
+        output_per_million: 30.0,
+    };
 
     #[test]
     fn nearest_rank_percentiles_exactly() {
         let values: Vec<u64> = (1..=200).rev().collect();
         let p = Percentiles::of(&values);
-        assert_eq!((p.p50, p.p80, p.p90, p.p99, p.max), (100, 160, 180, 198, 200));
+        assert_eq!(
+            (p.p50, p.p80, p.p90, p.p99, p.max),
+            (100, 160, 180, 198, 200)
+        );
         assert_eq!(Percentiles::of(&[]), Percentiles::default());
         assert_eq!(nearest_rank(&[5, 9], 0.0), 5, "rank is at least 1");
     }
@@ -472,23 +540,47 @@ mod tests {
         let first = 24 * 60 * 100 + 23 * 60 + 58;
         let hours = by_hour(first, &input_only(&[1, 2, 10, 20, 30]));
         assert_eq!(hours.len(), 2);
-        assert_eq!((hours[0].hour, hours[0].minutes, hours[0].tpm.max), (0, 3, 30));
-        assert_eq!((hours[1].hour, hours[1].minutes, hours[1].tpm.p50), (23, 2, 1));
+        assert_eq!(
+            (hours[0].hour, hours[0].minutes, hours[0].tpm.max),
+            (0, 3, 30)
+        );
+        assert_eq!(
+            (hours[1].hour, hours[1].minutes, hours[1].tpm.p50),
+            (23, 2, 1)
+        );
     }
 
     #[test]
     fn spill_and_costs_of_one_size_exactly() {
         // Two minutes: 3000 tokens (1000 in, 2000 out) and 500 in; one unit of 1000 tpm.
         let minutes = vec![
-            MinuteDemand { input_tokens: 1000, output_tokens: 2000 },
-            MinuteDemand { input_tokens: 500, output_tokens: 0 },
+            MinuteDemand {
+                input_tokens: 1000,
+                output_tokens: 2000,
+            },
+            MinuteDemand {
+                input_tokens: 500,
+                output_tokens: 0,
+            },
         ];
-        let sizing = size(0, &minutes, PRICES, Unit { tpm: 1000, monthly_price: 50.0 }).unwrap();
+        let sizing = size(
+            0,
+            &minutes,
+            PRICES,
+            Unit {
+                tpm: 1000,
+                monthly_price: 50.0,
+            },
+        )
+        .unwrap();
         let one = sizing.sizes.iter().find(|c| c.units == 1).unwrap();
         // Minute 1 spills 2000 of 3000 tokens: 2/3 of its $0.07 cost; scaled by 43800 / 2.
         assert_eq!(one.spilled_token_share, 2000.0 / 3500.0);
         assert_eq!(one.spill_minute_share, 0.5);
-        assert!((one.spilled_usd - 0.07 * 2.0 / 3.0 * 21_900.0).abs() < 1e-6, "{one:?}");
+        assert!(
+            (one.spilled_usd - 0.07 * 2.0 / 3.0 * 21_900.0).abs() < 1e-6,
+            "{one:?}"
+        );
         assert!((one.monthly_usd - (50.0 + one.spilled_usd)).abs() < 1e-9);
         assert_eq!(one.covers, Some("p50"));
         assert!((sizing.all_paygo_usd - 0.075 * 21_900.0).abs() < 1e-6);
@@ -505,15 +597,41 @@ mod tests {
         for (tokens, count) in [(1000, 50), (2000, 30), (3000, 15), (4000, 5)] {
             demand.extend(std::iter::repeat_n(tokens, count));
         }
-        let sizing = size(0, &input_only(&demand), PRICES, Unit { tpm: 1000, monthly_price: 100.0 }).unwrap();
+        let sizing = size(
+            0,
+            &input_only(&demand),
+            PRICES,
+            Unit {
+                tpm: 1000,
+                monthly_price: 100.0,
+            },
+        )
+        .unwrap();
         assert_eq!(sizing.recommended.units, 2);
-        assert!((sizing.recommended.monthly_usd - 309.5).abs() < 1e-6, "{:?}", sizing.recommended);
+        assert!(
+            (sizing.recommended.monthly_usd - 309.5).abs() < 1e-6,
+            "{:?}",
+            sizing.recommended
+        );
         assert!((sizing.all_paygo_usd - 766.5).abs() < 1e-6);
         assert!((sizing.peak.monthly_usd - 400.0).abs() < 1e-9);
         let units: Vec<u64> = sizing.sizes.iter().map(|c| c.units).collect();
-        assert_eq!(units, [0, 1, 2, 3, 4], "none, p50, p80 (= recommended), p90, p99 (= max)");
+        assert_eq!(
+            units,
+            [0, 1, 2, 3, 4],
+            "none, p50, p80 (= recommended), p90, p99 (= max)"
+        );
         // Cheaper units: every unit pays for itself up to the peak.
-        let cheap = size(0, &input_only(&demand), PRICES, Unit { tpm: 1000, monthly_price: 20.0 }).unwrap();
+        let cheap = size(
+            0,
+            &input_only(&demand),
+            PRICES,
+            Unit {
+                tpm: 1000,
+                monthly_price: 20.0,
+            },
+        )
+        .unwrap();
         assert_eq!(cheap.recommended.units, 4);
     }
 
@@ -522,7 +640,10 @@ mod tests {
         // 10 tokens per unit, a peak of 100000: the coarse grid steps by 25 units.
         let mut demand = vec![1010u64; 900];
         demand.extend(std::iter::repeat_n(100_000, 100));
-        let unit = Unit { tpm: 10, monthly_price: 1.0 };
+        let unit = Unit {
+            tpm: 10,
+            monthly_price: 1.0,
+        };
         let sizing = size(0, &input_only(&demand), PRICES, unit).unwrap();
         // Unit k saves 43.8 (month scale) × 10 tokens × $10/M × (minutes with demand ≥ 10k):
         // $4.38 for every k up to 101 (all 1000 minutes), $0.438 above: exactly 101 units,
@@ -533,19 +654,65 @@ mod tests {
 
     #[test]
     fn no_traffic_needs_no_units_and_empty_windows_are_refused() {
-        let sizing = size(0, &input_only(&[0, 0, 0]), PRICES, Unit { tpm: 1000, monthly_price: 1.0 }).unwrap();
-        assert_eq!((sizing.recommended.units, sizing.peak.units, sizing.all_paygo_usd), (0, 0, 0.0));
-        assert!(size(0, &[], PRICES, Unit { tpm: 1, monthly_price: 1.0 }).is_err());
-        assert!(size(0, &input_only(&[1]), PRICES, Unit { tpm: 0, monthly_price: 1.0 }).is_err());
+        let sizing = size(
+            0,
+            &input_only(&[0, 0, 0]),
+            PRICES,
+            Unit {
+                tpm: 1000,
+                monthly_price: 1.0,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                sizing.recommended.units,
+                sizing.peak.units,
+                sizing.all_paygo_usd
+            ),
+            (0, 0, 0.0)
+        );
+        assert!(size(
+            0,
+            &[],
+            PRICES,
+            Unit {
+                tpm: 1,
+                monthly_price: 1.0
+            }
+        )
+        .is_err());
+        assert!(size(
+            0,
+            &input_only(&[1]),
+            PRICES,
+            Unit {
+                tpm: 0,
+                monthly_price: 1.0
+            }
+        )
+        .is_err());
     }
 
     #[test]
     fn the_plot_marks_the_recommended_size() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.svg");
-        let sizing = size(0, &input_only(&[1000, 2000, 3000, 4000]), PRICES, Unit { tpm: 1000, monthly_price: 100.0 }).unwrap();
+        let sizing = size(
+            0,
+            &input_only(&[1000, 2000, 3000, 4000]),
+            PRICES,
+            Unit {
+                tpm: 1000,
+                monthly_price: 100.0,
+            },
+        )
+        .unwrap();
         plot_svg("gpt4-ptu", &sizing, &path).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
-        assert!(svg.contains("recommended: ") && svg.contains("all pay-as-you-go"), "{svg}");
+        assert!(
+            svg.contains("recommended: ") && svg.contains("all pay-as-you-go"),
+            "{svg}"
+        );
     }
 }

@@ -401,7 +401,11 @@ pub fn rename_models(mut dataset: Dataset, renames: &[(String, String)]) -> Resu
 /// assert_eq!(normalized_prompt("WHAT IS 2 + 2?"), normalized_prompt("what is 2 + 2?"));
 /// ```
 pub fn normalized_prompt(prompt: &str) -> String {
-    prompt.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+    prompt
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 /// The records' groups of copies (same [`normalized_prompt`]), stratified by task: for each task
@@ -409,7 +413,10 @@ pub fn normalized_prompt(prompt: &str) -> String {
 /// shuffled with one ChaCha8 RNG seeded with `seed` (`rand_chacha`, whose output is value-stable,
 /// with rand's Fisher–Yates shuffle, value-stable within rand 0.9). Each group lists its record
 /// indices. `keys` are `(task, prompt)` per record. The split and the folds both start from it.
-fn shuffled_groups_by_task<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>, seed: u64) -> Vec<Vec<Vec<usize>>> {
+fn shuffled_groups_by_task<'a>(
+    keys: impl Iterator<Item = (&'a str, &'a str)>,
+    seed: u64,
+) -> Vec<Vec<Vec<usize>>> {
     let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
     let mut group_of: HashMap<String, usize> = HashMap::new();
     for (index, (task, prompt)) in keys.enumerate() {
@@ -437,9 +444,15 @@ fn shuffled_groups_by_task<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>, s
 /// Which records (given as `(task, prompt)`, one per record) go to validation in the split of
 /// [`split`]: stratified by task, grouped by [`normalized_prompt`]. The early-stopping split inside
 /// the training side is made the same way.
-pub fn validation_mask<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>, fraction: f64, seed: u64) -> Result<Vec<bool>> {
+pub fn validation_mask<'a>(
+    keys: impl Iterator<Item = (&'a str, &'a str)>,
+    fraction: f64,
+    seed: u64,
+) -> Result<Vec<bool>> {
     if !(0.0..=1.0).contains(&fraction) {
-        return Err(TrainingError::Invalid(format!("the held-out fraction {fraction} is not in [0, 1]")));
+        return Err(TrainingError::Invalid(format!(
+            "the held-out fraction {fraction} is not in [0, 1]"
+        )));
     }
     let shuffled = shuffled_groups_by_task(keys, seed);
     let mut in_validation = vec![false; shuffled.iter().flatten().map(Vec::len).sum()];
@@ -493,9 +506,15 @@ pub fn split_keys(records: &[Record]) -> impl Iterator<Item = (&str, &str)> {
 /// `seed`: each task's groups are shuffled as for [`split`], and the tasks' lists, one after
 /// another, are dealt round-robin, a group at a time. Without copies, fold sizes differ by at most
 /// one, overall and within each task, so no fold is empty when there are `folds` records.
-pub fn folds<'a>(keys: impl Iterator<Item = (&'a str, &'a str)>, folds: usize, seed: u64) -> Result<Vec<usize>> {
+pub fn folds<'a>(
+    keys: impl Iterator<Item = (&'a str, &'a str)>,
+    folds: usize,
+    seed: u64,
+) -> Result<Vec<usize>> {
     if folds < 2 {
-        return Err(TrainingError::Invalid(format!("cross-validation needs at least 2 folds, got {folds}")));
+        return Err(TrainingError::Invalid(format!(
+            "cross-validation needs at least 2 folds, got {folds}"
+        )));
     }
     let shuffled = shuffled_groups_by_task(keys, seed);
     let mut fold = vec![0; shuffled.iter().flatten().map(Vec::len).sum()];
@@ -859,7 +878,11 @@ fn cost_from_json(value: &Value) -> RowResult<f64> {
 fn tokens_from_json(value: &Value) -> RowResult<u64> {
     match (value.as_u64(), value.as_f64()) {
         (Some(tokens), _) => Ok(tokens),
-        (None, Some(tokens)) if tokens >= 0.0 && tokens.fract() == 0.0 && tokens < u64::MAX as f64 => Ok(tokens as u64),
+        (None, Some(tokens))
+            if tokens >= 0.0 && tokens.fract() == 0.0 && tokens < u64::MAX as f64 =>
+        {
+            Ok(tokens as u64)
+        }
         _ => Err(SkipReason::MalformedRow),
     }
 }
@@ -1133,7 +1156,12 @@ mod tests {
                 "b": {"input_price": 1.0, "output_price": 2.0},
                 "unused": {"input_price": 9, "output_price": 9}}"#,
         );
-        let dataset = load(Format::Llmrouter, std::slice::from_ref(&data), Some(&prices)).unwrap();
+        let dataset = load(
+            Format::Llmrouter,
+            std::slice::from_ref(&data),
+            Some(&prices),
+        )
+        .unwrap();
         let record = &dataset.records[0];
         assert_eq!(record.task, "math");
         // 9 characters -> 3 tokens; 256 output tokens.
@@ -1322,19 +1350,32 @@ mod tests {
 
     #[test]
     fn folds_are_stratified_balanced_and_deterministic() {
-        let tasks: Vec<&str> = (0..23).map(|i| if i < 13 { "big" } else { "small" }).collect();
+        let tasks: Vec<&str> = (0..23)
+            .map(|i| if i < 13 { "big" } else { "small" })
+            .collect();
         let prompts: Vec<String> = (0..23).map(|i| format!("p{i}")).collect();
-        let keys: Vec<(&str, &str)> = tasks.iter().zip(&prompts).map(|(t, p)| (*t, p.as_str())).collect();
+        let keys: Vec<(&str, &str)> = tasks
+            .iter()
+            .zip(&prompts)
+            .map(|(t, p)| (*t, p.as_str()))
+            .collect();
         let fold = folds(keys.iter().copied(), 5, 7).unwrap();
         // 13 "big" records deal 3,3,3,2,2 and 10 "small" ones 2 each.
         for k in 0..5 {
-            let in_fold = |task: &str| (0..23).filter(|&i| fold[i] == k && tasks[i] == task).count();
+            let in_fold = |task: &str| {
+                (0..23)
+                    .filter(|&i| fold[i] == k && tasks[i] == task)
+                    .count()
+            };
             assert_eq!(in_fold("big"), if k < 3 { 3 } else { 2 }, "fold {k}");
             assert_eq!(in_fold("small"), 2, "fold {k}");
         }
         assert_eq!(folds(keys.iter().copied(), 5, 7).unwrap(), fold);
         // One record in each of three tasks still fills three folds.
-        assert_eq!(folds([("a", "x"), ("b", "y"), ("c", "z")].into_iter(), 3, 7).unwrap(), [0, 1, 2]);
+        assert_eq!(
+            folds([("a", "x"), ("b", "y"), ("c", "z")].into_iter(), 3, 7).unwrap(),
+            [0, 1, 2]
+        );
         assert_ne!(folds(keys.iter().copied(), 5, 8).unwrap(), fold);
         assert!(folds(keys.iter().copied(), 1, 7).is_err());
     }
@@ -1348,7 +1389,9 @@ mod tests {
             costs: BTreeMap::new(),
             output_tokens: BTreeMap::new(),
         };
-        let mut records: Vec<Record> = (0..60).map(|i| record(&format!("question {i}"), if i % 3 == 0 { "x" } else { "y" })).collect();
+        let mut records: Vec<Record> = (0..60)
+            .map(|i| record(&format!("question {i}"), if i % 3 == 0 { "x" } else { "y" }))
+            .collect();
         // Two copies of "question 7" (case and whitespace differ), one filed under another task.
         records.push(record("  Question\t7 ", "y"));
         records.push(record("QUESTION 7", "x"));
@@ -1358,10 +1401,17 @@ mod tests {
         for seed in 0..40 {
             // The validation split (and, made the same way, the early-stopping split).
             let mask = validation_mask(keys.iter().copied(), 0.15, seed).unwrap();
-            assert!(copies.iter().all(|&i| mask[i] == mask[7]), "seed {seed}: {:?}", copies.map(|i| mask[i]));
+            assert!(
+                copies.iter().all(|&i| mask[i] == mask[7]),
+                "seed {seed}: {:?}",
+                copies.map(|i| mask[i])
+            );
             sides_seen.insert(mask[7]);
             let (train, validation) = split(records.clone(), 0.15, seed).unwrap();
-            let in_validation = validation.iter().filter(|r| normalized_prompt(&r.prompt) == "question 7").count();
+            let in_validation = validation
+                .iter()
+                .filter(|r| normalized_prompt(&r.prompt) == "question 7")
+                .count();
             assert!(in_validation == 0 || in_validation == 3, "seed {seed}");
             assert_eq!(train.len() + validation.len(), records.len());
             let fold = folds(keys.iter().copied(), 5, seed).unwrap();

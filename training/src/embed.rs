@@ -34,7 +34,10 @@ pub enum BertSource {
 impl BertSource {
     /// The default teacher and BERT tier: all-MiniLM-L6-v2.
     pub fn minilm() -> Self {
-        BertSource::Hub { repo: "sentence-transformers/all-MiniLM-L6-v2".into(), revision: "main".into() }
+        BertSource::Hub {
+            repo: "sentence-transformers/all-MiniLM-L6-v2".into(),
+            revision: "main".into(),
+        }
     }
 
     /// Parses `HUB_ID[@REVISION]` or a directory path (anything that exists on disk).
@@ -43,15 +46,23 @@ impl BertSource {
             return BertSource::Dir(PathBuf::from(text));
         }
         match text.split_once('@') {
-            Some((repo, revision)) => BertSource::Hub { repo: repo.into(), revision: revision.into() },
-            None => BertSource::Hub { repo: text.into(), revision: router_core::DEFAULT_REVISION.into() },
+            Some((repo, revision)) => BertSource::Hub {
+                repo: repo.into(),
+                revision: revision.into(),
+            },
+            None => BertSource::Hub {
+                repo: text.into(),
+                revision: router_core::DEFAULT_REVISION.into(),
+            },
         }
     }
 
     /// The directory holding the model files.
     pub fn model_dir(&self) -> Result<PathBuf> {
         match self {
-            BertSource::Hub { repo, revision } => Ok(router_core::bert_dir_from_hub(repo, revision)?),
+            BertSource::Hub { repo, revision } => {
+                Ok(router_core::bert_dir_from_hub(repo, revision)?)
+            }
             BertSource::Dir(dir) => Ok(dir.clone()),
         }
     }
@@ -59,7 +70,14 @@ impl BertSource {
     /// Loads the encoder.
     pub fn load(&self, max_seq_length: usize, truncation: Truncation) -> Result<BertEncoder> {
         let dir = self.model_dir()?;
-        Ok(BertEncoder::load(&dir, &dir.join("tokenizer.json"), max_seq_length, truncation, Pooling::Mean, &Device::Cpu)?)
+        Ok(BertEncoder::load(
+            &dir,
+            &dir.join("tokenizer.json"),
+            max_seq_length,
+            truncation,
+            Pooling::Mean,
+            &Device::Cpu,
+        )?)
     }
 }
 
@@ -129,7 +147,12 @@ pub fn progress_bar(len: usize, message: &str) -> ProgressBar {
 /// Embeddings of `prompts`. BERT embeddings come from the cache when an entry for this encoder and
 /// these prompts exists, else are computed (with a progress bar) and stored; static embeddings
 /// cost microseconds and are always computed.
-pub fn embed_cached(encoder: &Encoder, fingerprint: u64, prompts: &[&str], cache: &Path) -> Result<Vec<Vec<f32>>> {
+pub fn embed_cached(
+    encoder: &Encoder,
+    fingerprint: u64,
+    prompts: &[&str],
+    cache: &Path,
+) -> Result<Vec<Vec<f32>>> {
     if let Encoder::Static(_) = encoder {
         return Ok(encoder.embed_batch(prompts)?);
     }
@@ -160,7 +183,10 @@ pub fn static_from_teacher(
 ) -> Result<StaticEncoder> {
     let model_dir = teacher.model_dir()?;
     let mut hasher = StableHasher::default();
-    hasher.add(b"static-v1").add(model_dir.to_string_lossy().as_bytes()).add(&(dim as u64).to_le_bytes());
+    hasher
+        .add(b"static-v1")
+        .add(model_dir.to_string_lossy().as_bytes())
+        .add(&(dim as u64).to_le_bytes());
     let path = cache.join(format!("static-{:016x}.safetensors", hasher.finish()));
     let tokenizer = model_dir.join("tokenizer.json");
     if path.is_file() {
@@ -170,18 +196,31 @@ pub fn static_from_teacher(
     }
     let bert = teacher.load(16, Truncation::Right)?;
     let bar = progress_bar(bert.tokenizer().vocab_size(), "distilling");
-    let derived = router_core::distill::distill_static(&bert, dim, &mut |done, _| bar.set_position(done as u64))?;
+    let derived = router_core::distill::distill_static(&bert, dim, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
-    std::fs::create_dir_all(cache).map_err(|e| TrainingError::Io { path: cache.to_path_buf(), source: e })?;
+    std::fs::create_dir_all(cache).map_err(|e| TrainingError::Io {
+        path: cache.to_path_buf(),
+        source: e,
+    })?;
     let partial = partial_path(&path);
     derived.save_table(&partial)?;
-    std::fs::rename(&partial, &path).map_err(|e| TrainingError::Io { path: path.clone(), source: e })?;
-    Ok(StaticEncoder::load(&path, &tokenizer, max_tokens, truncation, dim)?)
+    std::fs::rename(&partial, &path).map_err(|e| TrainingError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    Ok(StaticEncoder::load(
+        &path, &tokenizer, max_tokens, truncation, dim,
+    )?)
 }
 
 fn read_rows(path: &Path, n: usize, dim: usize) -> Option<Vec<Vec<f32>>> {
     let mut bytes = Vec::new();
-    std::fs::File::open(path).ok()?.read_to_end(&mut bytes).ok()?;
+    std::fs::File::open(path)
+        .ok()?
+        .read_to_end(&mut bytes)
+        .ok()?;
     let header = 8 + 16;
     if bytes.len() != header + n * dim * 4 || &bytes[..8] != MAGIC {
         return None;
@@ -191,13 +230,18 @@ fn read_rows(path: &Path, n: usize, dim: usize) -> Option<Vec<Vec<f32>>> {
     if stored_n != n as u64 || stored_dim != dim as u64 {
         return None;
     }
-    let values: Vec<f32> =
-        bytes[header..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values: Vec<f32> = bytes[header..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     Some(values.chunks(dim.max(1)).map(<[f32]>::to_vec).collect())
 }
 
 fn write_rows(path: &Path, rows: &[Vec<f32>], dim: usize) -> Result<()> {
-    let io_error = |source| TrainingError::Io { path: path.to_path_buf(), source };
+    let io_error = |source| TrainingError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io_error)?;
     }
@@ -210,7 +254,9 @@ fn write_rows(path: &Path, rows: &[Vec<f32>], dim: usize) -> Result<()> {
     }
     // Write then rename, so a killed run never leaves a truncated entry that looks valid.
     let partial = partial_path(path);
-    std::fs::File::create(&partial).and_then(|mut f| f.write_all(&bytes)).map_err(io_error)?;
+    std::fs::File::create(&partial)
+        .and_then(|mut f| f.write_all(&bytes))
+        .map_err(io_error)?;
     std::fs::rename(&partial, path).map_err(io_error)
 }
 
@@ -232,9 +278,21 @@ mod tests {
     fn partial_names_are_unique_and_beside_the_entry() {
         let path = Path::new("/cache/embeddings-0123.bin");
         let (a, b) = (partial_path(path), partial_path(path));
-        assert_ne!(a, b, "two writers of one entry never share a temporary file");
-        assert_eq!(a.parent(), path.parent(), "same directory, so the rename is atomic");
-        assert!(a.to_string_lossy().starts_with("/cache/embeddings-0123.bin."), "{}", a.display());
+        assert_ne!(
+            a, b,
+            "two writers of one entry never share a temporary file"
+        );
+        assert_eq!(
+            a.parent(),
+            path.parent(),
+            "same directory, so the rename is atomic"
+        );
+        assert!(
+            a.to_string_lossy()
+                .starts_with("/cache/embeddings-0123.bin."),
+            "{}",
+            a.display()
+        );
         assert!(a.to_string_lossy().ends_with(".partial"));
     }
 
@@ -253,7 +311,14 @@ mod tests {
             }
         });
         assert_eq!(read_rows(&path, rows.len(), 64), Some(rows));
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(leftovers.len(), 1, "no temporary file is left: {leftovers:?}");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            leftovers.len(),
+            1,
+            "no temporary file is left: {leftovers:?}"
+        );
     }
 }

@@ -29,8 +29,8 @@ use std::fmt;
 use std::path::Path;
 
 use plotters::prelude::*;
-use router_policy::Mode;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use router_policy::Mode;
 use serde::{Deserialize, Serialize};
 
 use crate::baselines::{self, RandomBaseline};
@@ -235,7 +235,11 @@ pub fn evaluate(input: &EvalInput) -> Result<Evaluation> {
         apgr: pgr.as_ref().map(PgrCurve::apgr),
         cpt50: pgr.as_ref().and_then(|curve| curve.cpt(0.5)),
         cpt80: pgr.as_ref().and_then(|curve| curve.cpt(0.8)),
-        baselines: Baselines { knn, task_best, random },
+        baselines: Baselines {
+            knn,
+            task_best,
+            random,
+        },
         tasks,
     };
     let curves = Curves {
@@ -256,26 +260,53 @@ pub fn evaluate(input: &EvalInput) -> Result<Evaluation> {
 type ModeChoices = [Vec<usize>; 3];
 
 /// Modes, AIQ, sweep and each mode's choices of a band router with `predictions`.
-fn band_router(test: &Matrix, predictions: &[Vec<f32>], bands: &[f64]) -> Result<(RouterBaseline, Vec<Point>, ModeChoices)> {
+fn band_router(
+    test: &Matrix,
+    predictions: &[Vec<f32>],
+    bands: &[f64],
+) -> Result<(RouterBaseline, Vec<Point>, ModeChoices)> {
     let sweep = metrics::band_sweep(test, predictions, bands)?;
-    let [quality, balanced, cost] = Mode::ALL.map(|mode| metrics::band_choices(test, predictions, mode.band()));
+    let [quality, balanced, cost] =
+        Mode::ALL.map(|mode| metrics::band_choices(test, predictions, mode.band()));
     let choices = [quality?, balanced?, cost?];
     let modes = modes_over(test, &(0..test.len()).collect::<Vec<_>>(), &choices)?;
-    Ok((RouterBaseline { aiq: metrics::router_aiq(test, &sweep), modes }, sweep, choices))
+    Ok((
+        RouterBaseline {
+            aiq: metrics::router_aiq(test, &sweep),
+            modes,
+        },
+        sweep,
+        choices,
+    ))
 }
 
 /// Each mode's point over the prompts `rows`.
 fn modes_over(test: &Matrix, rows: &[usize], choices: &ModeChoices) -> Result<Modes> {
     let point = |choices: &[usize]| metrics::routing_point_over(test, rows, choices);
-    Ok(Modes { quality: point(&choices[0])?, balanced: point(&choices[1])?, cost: point(&choices[2])? })
+    Ok(Modes {
+        quality: point(&choices[0])?,
+        balanced: point(&choices[1])?,
+        cost: point(&choices[2])?,
+    })
 }
 
 /// The report's routings task by task.
-fn per_task(test: &Matrix, input: &EvalInput, best_index: usize, router: &ModeChoices, knn: &ModeChoices) -> Result<Vec<TaskReport>> {
+fn per_task(
+    test: &Matrix,
+    input: &EvalInput,
+    best_index: usize,
+    router: &ModeChoices,
+    knn: &ModeChoices,
+) -> Result<Vec<TaskReport>> {
     if input.tasks.len() != test.len() {
-        return Err(TrainingError::Invalid(format!("{} tasks for {} test prompts", input.tasks.len(), test.len())));
+        return Err(TrainingError::Invalid(format!(
+            "{} tasks for {} test prompts",
+            input.tasks.len(),
+            test.len()
+        )));
     }
-    let mut rows_of_task: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
+    let mut rows_of_task: std::collections::BTreeMap<&str, Vec<usize>> =
+        std::collections::BTreeMap::new();
     for (row, task) in input.tasks.iter().enumerate() {
         rows_of_task.entry(task).or_default().push(row);
     }
@@ -379,18 +410,37 @@ impl fmt::Display for EvalReport {
 impl EvalReport {
     /// The per-task table: qualities only (the costs are in the JSON).
     fn fmt_tasks(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let width = self.tasks.iter().map(|t| t.task.len()).max().unwrap_or(0).max("task".len());
+        let width = self
+            .tasks
+            .iter()
+            .map(|t| t.task.len())
+            .max()
+            .unwrap_or(0)
+            .max("task".len());
         write!(
             f,
             "quality per task:\n{:width$}  {:>5}  {:>11}  {:>13}  {:>7}  {:>14}  {:>15}  {:>11}",
-            "task", "n", "best single", "per-task best", "kNN (q)", "router quality", "router balanced", "router cost"
+            "task",
+            "n",
+            "best single",
+            "per-task best",
+            "kNN (q)",
+            "router quality",
+            "router balanced",
+            "router cost"
         )?;
         for t in &self.tasks {
             write!(
                 f,
                 "\n{:width$}  {:>5}  {:>11.4}  {:>13.4}  {:>7.4}  {:>14.4}  {:>15.4}  {:>11.4}",
-                t.task, t.n, t.best_single.quality, t.task_best.quality, t.knn.quality.quality, t.modes.quality.quality,
-                t.modes.balanced.quality, t.modes.cost.quality
+                t.task,
+                t.n,
+                t.best_single.quality,
+                t.task_best.quality,
+                t.knn.quality.quality,
+                t.modes.quality.quality,
+                t.modes.balanced.quality,
+                t.modes.cost.quality
             )?;
         }
         Ok(())
@@ -621,14 +671,44 @@ mod tests {
         assert!((report.baselines.task_best.cost - 0.7).abs() < 1e-12);
         let easy = &report.tasks[0];
         assert_eq!((easy.task.as_str(), easy.n), ("easy", 1));
-        assert_eq!(easy.best_single, Point { quality: 1.0, cost: 1.0 });
-        assert_eq!(easy.task_best, Point { quality: 1.0, cost: 0.1 });
+        assert_eq!(
+            easy.best_single,
+            Point {
+                quality: 1.0,
+                cost: 1.0
+            }
+        );
+        assert_eq!(
+            easy.task_best,
+            Point {
+                quality: 1.0,
+                cost: 0.1
+            }
+        );
         // The router's cost mode takes small on prompt 0 (easy), big on 1, small on 2 (hard).
-        assert_eq!(easy.modes.cost, Point { quality: 1.0, cost: 0.1 });
+        assert_eq!(
+            easy.modes.cost,
+            Point {
+                quality: 1.0,
+                cost: 0.1
+            }
+        );
         let hard = &report.tasks[1];
         assert_eq!((hard.task.as_str(), hard.n), ("hard", 2));
-        assert_eq!(hard.modes.cost, Point { quality: 0.5, cost: 0.55 });
-        assert_eq!(hard.knn.cost, Point { quality: 1.0, cost: 1.0 });
+        assert_eq!(
+            hard.modes.cost,
+            Point {
+                quality: 0.5,
+                cost: 0.55
+            }
+        );
+        assert_eq!(
+            hard.knn.cost,
+            Point {
+                quality: 1.0,
+                cost: 1.0
+            }
+        );
     }
 
     #[test]
@@ -664,8 +744,14 @@ mod tests {
         assert_eq!(keys(&json["modes"]["balanced"]), ["cost", "quality"]);
         assert_eq!(keys(&json["baselines"]), ["knn", "random", "task_best"]);
         assert_eq!(keys(&json["baselines"]["task_best"]), ["cost", "quality"]);
-        assert_eq!(keys(&json["tasks"][0]), ["best_single", "knn", "modes", "n", "task", "task_best"]);
-        assert_eq!(keys(&json["tasks"][0]["knn"]), ["balanced", "cost", "quality"]);
+        assert_eq!(
+            keys(&json["tasks"][0]),
+            ["best_single", "knn", "modes", "n", "task", "task_best"]
+        );
+        assert_eq!(
+            keys(&json["tasks"][0]["knn"]),
+            ["balanced", "cost", "quality"]
+        );
         assert_eq!(keys(&json["baselines"]["knn"]), ["aiq", "modes"]);
         assert_eq!(
             keys(&json["baselines"]["random"]),
@@ -730,9 +816,17 @@ mod tests {
             ..input
         };
         assert!(evaluate(&input).is_err());
-        let input = EvalInput { knn_predictions: &good, tasks: &[""], ..input };
+        let input = EvalInput {
+            knn_predictions: &good,
+            tasks: &[""],
+            ..input
+        };
         assert!(evaluate(&input).is_err(), "one task per prompt");
-        let input = EvalInput { tasks: &["", "", ""], task_best: &[0, 0, 2], ..input };
+        let input = EvalInput {
+            tasks: &["", "", ""],
+            task_best: &[0, 0, 2],
+            ..input
+        };
         assert!(evaluate(&input).is_err(), "a model index");
     }
 

@@ -51,14 +51,40 @@ pub struct LengthReport {
 /// A table: per model, the head's and the per-model mean's mean absolute error of ln(tokens).
 impl std::fmt::Display for LengthReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let width = self.models.iter().map(|m| m.chars().count()).max().unwrap_or(0).max(5);
-        writeln!(f, "output length, mean |error| of ln(tokens) on held-out prompts:")?;
-        writeln!(f, "{:<width$}  {:>9}  {:>14}", "model", "head", "per-model mean")?;
-        for ((model, head), mean) in self.models.iter().zip(&self.head_log_mae).zip(&self.mean_log_mae) {
+        let width = self
+            .models
+            .iter()
+            .map(|m| m.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(5);
+        writeln!(
+            f,
+            "output length, mean |error| of ln(tokens) on held-out prompts:"
+        )?;
+        writeln!(
+            f,
+            "{:<width$}  {:>9}  {:>14}",
+            "model", "head", "per-model mean"
+        )?;
+        for ((model, head), mean) in self
+            .models
+            .iter()
+            .zip(&self.head_log_mae)
+            .zip(&self.mean_log_mae)
+        {
             writeln!(f, "{model:<width$}  {head:>9.4}  {mean:>14.4}")?;
         }
-        writeln!(f, "{:<width$}  {:>9.4}  {:>14.4}", "all", self.head_log_mae_mean, self.mean_log_mae_mean)?;
-        write!(f, "(for reference, each model's mean on the prompt's task: {:.4})", self.task_mean_log_mae_mean)
+        writeln!(
+            f,
+            "{:<width$}  {:>9.4}  {:>14.4}",
+            "all", self.head_log_mae_mean, self.mean_log_mae_mean
+        )?;
+        write!(
+            f,
+            "(for reference, each model's mean on the prompt's task: {:.4})",
+            self.task_mean_log_mae_mean
+        )
     }
 }
 
@@ -66,13 +92,21 @@ impl std::fmt::Display for LengthReport {
 pub fn log_lengths(records: &[Record], models: &[String]) -> Vec<Vec<Option<f64>>> {
     records
         .iter()
-        .map(|r| models.iter().map(|m| r.output_tokens.get(m).map(|&t| (t.max(1) as f64).ln())).collect())
+        .map(|r| {
+            models
+                .iter()
+                .map(|m| r.output_tokens.get(m).map(|&t| (t.max(1) as f64).ln()))
+                .collect()
+        })
         .collect()
 }
 
 /// Whether every record has an output length for every model: the data a length head needs.
 pub fn has_lengths(records: &[Record], models: &[String]) -> bool {
-    !records.is_empty() && records.iter().all(|r| models.iter().all(|m| r.output_tokens.contains_key(m)))
+    !records.is_empty()
+        && records
+            .iter()
+            .all(|r| models.iter().all(|m| r.output_tokens.contains_key(m)))
 }
 
 /// Fits the head on `x` (embeddings) and `y` (log lengths), choosing the ridge strength on the
@@ -80,12 +114,19 @@ pub fn has_lengths(records: &[Record], models: &[String]) -> bool {
 pub fn fit(x: &[Vec<f32>], y: &[Vec<Option<f64>>]) -> Result<LengthFit> {
     let (tune, fit_on): (Vec<usize>, Vec<usize>) = (0..x.len()).partition(|i| i % 7 == 3);
     let pick = |index: &[usize]| -> (Vec<Vec<f32>>, Vec<Vec<Option<f64>>>) {
-        (index.iter().map(|&i| x[i].clone()).collect(), index.iter().map(|&i| y[i].clone()).collect())
+        (
+            index.iter().map(|&i| x[i].clone()).collect(),
+            index.iter().map(|&i| y[i].clone()).collect(),
+        )
     };
     let ((fit_x, fit_y), (tune_x, tune_y)) = (pick(&fit_on), pick(&tune));
     let mut best: Option<(f64, f64)> = None;
     for strength in RIDGE_STRENGTHS {
-        let error = mean(&log_mae(&fit_with(&fit_x, &fit_y, strength)?, &tune_x, &tune_y));
+        let error = mean(&log_mae(
+            &fit_with(&fit_x, &fit_y, strength)?,
+            &tune_x,
+            &tune_y,
+        ));
         if best.is_none_or(|(_, e)| error < e) {
             best = Some((strength, error));
         }
@@ -98,12 +139,21 @@ pub fn fit(x: &[Vec<f32>], y: &[Vec<Option<f64>>]) -> Result<LengthFit> {
 pub fn fit_with(x: &[Vec<f32>], y: &[Vec<Option<f64>>], strength: f64) -> Result<LengthFit> {
     let dim = x.first().map_or(0, Vec::len);
     let models = y.first().map_or(0, Vec::len);
-    let mut fit = LengthFit { weights: Vec::with_capacity(models), biases: Vec::with_capacity(models), strength };
+    let mut fit = LengthFit {
+        weights: Vec::with_capacity(models),
+        biases: Vec::with_capacity(models),
+        strength,
+    };
     for model in 0..models {
-        let rows: Vec<(&[f32], f64)> =
-            x.iter().zip(y).filter_map(|(xi, yi)| yi[model].map(|t| (xi.as_slice(), t))).collect();
+        let rows: Vec<(&[f32], f64)> = x
+            .iter()
+            .zip(y)
+            .filter_map(|(xi, yi)| yi[model].map(|t| (xi.as_slice(), t)))
+            .collect();
         if rows.is_empty() {
-            return Err(TrainingError::Invalid(format!("no output lengths for model column {model}")));
+            return Err(TrainingError::Invalid(format!(
+                "no output lengths for model column {model}"
+            )));
         }
         let (weights, bias) = ridge(&rows, dim, strength)?;
         fit.weights.push(weights);
@@ -118,18 +168,27 @@ fn ridge(rows: &[(&[f32], f64)], dim: usize, strength: f64) -> Result<(Vec<f32>,
     let mut x_mean = vec![0.0; dim];
     let mut y_mean = 0.0;
     for (xi, yi) in rows {
-        x_mean.iter_mut().zip(*xi).for_each(|(m, v)| *m += f64::from(*v) / n);
+        x_mean
+            .iter_mut()
+            .zip(*xi)
+            .for_each(|(m, v)| *m += f64::from(*v) / n);
         y_mean += yi / n;
     }
     let mut gram = vec![0.0; dim * dim];
     let mut rhs = vec![0.0; dim];
     let mut centred = vec![0.0; dim];
     for (xi, yi) in rows {
-        centred.iter_mut().zip(*xi).zip(&x_mean).for_each(|((c, v), m)| *c = f64::from(*v) - m);
+        centred
+            .iter_mut()
+            .zip(*xi)
+            .zip(&x_mean)
+            .for_each(|((c, v), m)| *c = f64::from(*v) - m);
         for a in 0..dim {
             rhs[a] += centred[a] * (yi - y_mean);
             let row = &mut gram[a * dim..a * dim + a + 1];
-            row.iter_mut().zip(&centred).for_each(|(g, c)| *g += centred[a] * c);
+            row.iter_mut()
+                .zip(&centred)
+                .for_each(|(g, c)| *g += centred[a] * c);
         }
     }
     (0..dim).for_each(|a| gram[a * dim + a] += strength * n);
@@ -142,9 +201,12 @@ fn ridge(rows: &[(&[f32], f64)], dim: usize, strength: f64) -> Result<(Vec<f32>,
 /// `dim × dim`), which is overwritten by its Cholesky factor.
 fn cholesky_solve(a: &mut [f64], mut b: Vec<f64>, dim: usize) -> Result<Vec<f64>> {
     for j in 0..dim {
-        let diagonal = a[j * dim + j] - (0..j).map(|k| a[j * dim + k] * a[j * dim + k]).sum::<f64>();
+        let diagonal =
+            a[j * dim + j] - (0..j).map(|k| a[j * dim + k] * a[j * dim + k]).sum::<f64>();
         if diagonal <= 0.0 || !diagonal.is_finite() {
-            return Err(TrainingError::Invalid("the length regression's system is not positive definite".into()));
+            return Err(TrainingError::Invalid(
+                "the length regression's system is not positive definite".into(),
+            ));
         }
         let diagonal = diagonal.sqrt();
         a[j * dim + j] = diagonal;
@@ -168,7 +230,13 @@ impl LengthFit {
         self.weights
             .iter()
             .zip(&self.biases)
-            .map(|(w, b)| f64::from(*b) + w.iter().zip(x).map(|(w, v)| f64::from(*w) * f64::from(*v)).sum::<f64>())
+            .map(|(w, b)| {
+                f64::from(*b)
+                    + w.iter()
+                        .zip(x)
+                        .map(|(w, v)| f64::from(*w) * f64::from(*v))
+                        .sum::<f64>()
+            })
             .collect()
     }
 
@@ -181,7 +249,11 @@ impl LengthFit {
                 (seen.iter().sum::<f64>() / seen.len().max(1) as f64) as f32
             })
             .collect();
-        LengthFit { weights: vec![vec![0.0; dim]; models], biases, strength: f64::INFINITY }
+        LengthFit {
+            weights: vec![vec![0.0; dim]; models],
+            biases,
+            strength: f64::INFINITY,
+        }
     }
 
     /// The head's tensors as [`LengthHead`] reads them (`layers.0.weight`, `layers.0.bias`), on
@@ -190,8 +262,14 @@ impl LengthFit {
         let dim = self.weights.first().map_or(0, Vec::len);
         let flat: Vec<f32> = self.weights.iter().flatten().copied().collect();
         Ok(HashMap::from([
-            ("layers.0.weight".to_string(), Tensor::from_vec(flat, (self.weights.len(), dim), &Device::Cpu)?),
-            ("layers.0.bias".to_string(), Tensor::from_vec(self.biases.clone(), self.biases.len(), &Device::Cpu)?),
+            (
+                "layers.0.weight".to_string(),
+                Tensor::from_vec(flat, (self.weights.len(), dim), &Device::Cpu)?,
+            ),
+            (
+                "layers.0.bias".to_string(),
+                Tensor::from_vec(self.biases.clone(), self.biases.len(), &Device::Cpu)?,
+            ),
         ]))
     }
 
@@ -213,7 +291,10 @@ pub fn log_mae(fit: &LengthFit, x: &[Vec<f32>], y: &[Vec<Option<f64>>]) -> Vec<f
             }
         }
     }
-    sums.iter().zip(&counts).map(|(s, &c)| s / c.max(1) as f64).collect()
+    sums.iter()
+        .zip(&counts)
+        .map(|(s, &c)| s / c.max(1) as f64)
+        .collect()
 }
 
 fn mean(values: &[f64]) -> f64 {
@@ -231,7 +312,13 @@ pub struct Side<'a> {
 
 /// Measures `fit` on held-out embeddings `x` against the per-model mean (and, for reference, the
 /// per-task mean) of the training side.
-pub fn report(fit: &LengthFit, train: Side<'_>, x: &[Vec<f32>], held: Side<'_>, models: &[String]) -> LengthReport {
+pub fn report(
+    fit: &LengthFit,
+    train: Side<'_>,
+    x: &[Vec<f32>],
+    held: Side<'_>,
+    models: &[String],
+) -> LengthReport {
     let dim = fit.weights.first().map_or(0, Vec::len);
     let head_log_mae = log_mae(fit, x, held.y);
     let mean_log_mae = log_mae(&LengthFit::per_model_mean(train.y, dim), x, held.y);
@@ -248,10 +335,21 @@ pub fn report(fit: &LengthFit, train: Side<'_>, x: &[Vec<f32>], held: Side<'_>, 
 /// Reports of several folds pooled into one, each weighted by its number of held-out records.
 pub fn pooled(reports: &[(usize, LengthReport)]) -> LengthReport {
     let total = reports.iter().map(|(n, _)| *n).sum::<usize>().max(1) as f64;
-    let weighted = |value: &dyn Fn(&LengthReport) -> f64| reports.iter().map(|(n, r)| *n as f64 * value(r)).sum::<f64>() / total;
-    let models = reports.first().map(|(_, r)| r.models.clone()).unwrap_or_default();
+    let weighted = |value: &dyn Fn(&LengthReport) -> f64| {
+        reports
+            .iter()
+            .map(|(n, r)| *n as f64 * value(r))
+            .sum::<f64>()
+            / total
+    };
+    let models = reports
+        .first()
+        .map(|(_, r)| r.models.clone())
+        .unwrap_or_default();
     let per_model = |values: &dyn Fn(&LengthReport) -> &Vec<f64>| -> Vec<f64> {
-        (0..models.len()).map(|m| weighted(&|r| values(r)[m])).collect()
+        (0..models.len())
+            .map(|m| weighted(&|r| values(r)[m]))
+            .collect()
     };
     LengthReport {
         head_log_mae: per_model(&|r| &r.head_log_mae),
@@ -270,16 +368,25 @@ fn task_mean_log_mae(train: Side<'_>, held: Side<'_>) -> Vec<f64> {
     (0..overall.len())
         .map(|m| {
             let task_mean = |task: &str| {
-                let seen: Vec<f64> =
-                    train.y.iter().zip(train.tasks).filter(|(_, t)| **t == task).filter_map(|(row, _)| row[m]).collect();
+                let seen: Vec<f64> = train
+                    .y
+                    .iter()
+                    .zip(train.tasks)
+                    .filter(|(_, t)| **t == task)
+                    .filter_map(|(row, _)| row[m])
+                    .collect();
                 if seen.is_empty() {
                     f64::from(overall[m])
                 } else {
                     seen.iter().sum::<f64>() / seen.len() as f64
                 }
             };
-            let errors: Vec<f64> =
-                held.y.iter().zip(held.tasks).filter_map(|(row, task)| row[m].map(|a| (a - task_mean(task)).abs())).collect();
+            let errors: Vec<f64> = held
+                .y
+                .iter()
+                .zip(held.tasks)
+                .filter_map(|(row, task)| row[m].map(|a| (a - task_mean(task)).abs()))
+                .collect();
             mean(&errors)
         })
         .collect()
@@ -292,20 +399,39 @@ mod tests {
     #[test]
     fn ridge_recovers_a_linear_law_and_beats_the_mean() {
         // ln(tokens) = 2 + 3·x0 − x1 for model 0; model 1 is constant.
-        let x: Vec<Vec<f32>> = (0..200).map(|i| vec![(i % 13) as f32 / 13.0, (i % 7) as f32 / 7.0]).collect();
-        let y: Vec<Vec<Option<f64>>> =
-            x.iter().map(|v| vec![Some(2.0 + 3.0 * f64::from(v[0]) - f64::from(v[1])), Some(4.0)]).collect();
+        let x: Vec<Vec<f32>> = (0..200)
+            .map(|i| vec![(i % 13) as f32 / 13.0, (i % 7) as f32 / 7.0])
+            .collect();
+        let y: Vec<Vec<Option<f64>>> = x
+            .iter()
+            .map(|v| {
+                vec![
+                    Some(2.0 + 3.0 * f64::from(v[0]) - f64::from(v[1])),
+                    Some(4.0),
+                ]
+            })
+            .collect();
         let fit = fit_with(&x, &y, 1e-9).unwrap();
         assert!((fit.weights[0][0] - 3.0).abs() < 1e-3 && (fit.weights[0][1] + 1.0).abs() < 1e-3);
         assert!((fit.biases[0] - 2.0).abs() < 1e-3 && (fit.biases[1] - 4.0).abs() < 1e-3);
         let tasks = vec![""; y.len()];
-        let side = Side { y: &y, tasks: &tasks };
+        let side = Side {
+            y: &y,
+            tasks: &tasks,
+        };
         let report = report(&fit, side, &x, side, &["a".into(), "b".into()]);
         // The tensors load as the router's LengthHead and predict exp of the fitted law.
-        let vb = router_core::candle_nn::VarBuilder::from_tensors(fit.to_tensors().unwrap(), router_core::candle_core::DType::F32, &Device::Cpu);
+        let vb = router_core::candle_nn::VarBuilder::from_tensors(
+            fit.to_tensors().unwrap(),
+            router_core::candle_core::DType::F32,
+            &Device::Cpu,
+        );
         let head = router_core::LengthHead::load(vb, &LengthFit::shape(), 2, 2).unwrap();
         let tokens = head.predict(&[vec![0.5, 0.0]], &Device::Cpu).unwrap();
-        assert!((tokens[0][0] - 3.5f32.exp()).abs() < 1e-2 && (tokens[0][1] - 4f32.exp()).abs() < 1e-2, "{tokens:?}");
+        assert!(
+            (tokens[0][0] - 3.5f32.exp()).abs() < 1e-2 && (tokens[0][1] - 4f32.exp()).abs() < 1e-2,
+            "{tokens:?}"
+        );
         assert!(report.head_log_mae[0] < 1e-3 && report.mean_log_mae[0] > 0.5);
         assert!(report.mean_log_mae[1] < 1e-9);
     }

@@ -224,10 +224,14 @@ impl Matrix {
     /// costs. Errors when `rows` is empty or names a prompt the matrix lacks.
     pub fn select(&self, rows: &[usize]) -> Result<Matrix> {
         if let Some(&row) = rows.iter().find(|&&row| row >= self.len()) {
-            return Err(TrainingError::Invalid(format!("row {row} of a test set of {} prompts", self.len())));
+            return Err(TrainingError::Invalid(format!(
+                "row {row} of a test set of {} prompts",
+                self.len()
+            )));
         }
         let pick = |table: &[Vec<f64>]| rows.iter().map(|&row| table[row].clone()).collect();
-        Matrix::new(self.models.clone(), pick(&self.scores), pick(&self.costs))?.with_routing_costs(pick(&self.routing_costs))
+        Matrix::new(self.models.clone(), pick(&self.scores), pick(&self.costs))?
+            .with_routing_costs(pick(&self.routing_costs))
     }
 
     /// Errors unless `predictions` has one finite value per model for every prompt.
@@ -308,7 +312,11 @@ pub fn routing_point(test: &Matrix, choices: &[usize]) -> Result<Point> {
 pub fn routing_point_over(test: &Matrix, rows: &[usize], choices: &[usize]) -> Result<Point> {
     routing_point(test, choices)?;
     if rows.is_empty() || rows.iter().any(|&row| row >= test.len()) {
-        return Err(TrainingError::Invalid(format!("{} rows of a test set of {} prompts", rows.len(), test.len())));
+        return Err(TrainingError::Invalid(format!(
+            "{} rows of a test set of {} prompts",
+            rows.len(),
+            test.len()
+        )));
     }
     let (mut quality, mut cost) = (0.0, 0.0);
     for &row in rows {
@@ -316,7 +324,10 @@ pub fn routing_point_over(test: &Matrix, rows: &[usize], choices: &[usize]) -> R
         cost += test.costs[row][choices[row]];
     }
     let n = rows.len() as f64;
-    Ok(Point { quality: quality / n, cost: cost / n })
+    Ok(Point {
+        quality: quality / n,
+        cost: cost / n,
+    })
 }
 
 fn point_of(test: &Matrix, choices: impl Iterator<Item = usize>) -> Point {
@@ -397,11 +408,13 @@ fn band_choices_unchecked(test: &Matrix, predictions: &[Vec<f32>], band: f64) ->
         .zip(&test.routing_costs)
         .map(|(predicted, costs)| {
             candidates.clear();
-            candidates.extend(test.models.iter().zip(predicted).zip(costs).map(|((name, &q), &cost)| BandCandidate {
-                name,
-                predicted_quality: q,
-                estimated_cost: cost,
-            }));
+            candidates.extend(test.models.iter().zip(predicted).zip(costs).map(
+                |((name, &q), &cost)| BandCandidate {
+                    name,
+                    predicted_quality: q,
+                    estimated_cost: cost,
+                },
+            ));
             // Shapes are checked and predictions finite, so there is always a choice.
             router_policy::choose_in_band(&candidates, band).map_or(0, |choice| choice.chosen)
         })
@@ -812,7 +825,9 @@ mod tests {
     fn band_choices_are_the_policy_decisions() {
         use router_policy::{Catalog, ModelSpec, Policy, PolicyDefaults, RouteRequest};
         // Costs equal to the catalog's estimate for a request of 1M prompt tokens and no output.
-        let spec = |name: &str, price: f64| ModelSpec::new(name, price, 0.0, 10_000_000).expected_output_tokens(0);
+        let spec = |name: &str, price: f64| {
+            ModelSpec::new(name, price, 0.0, 10_000_000).expected_output_tokens(0)
+        };
         let models = names(&["a", "c", "b"]);
         let policy = Policy::new(
             Catalog::new(vec![spec("a", 3.0), spec("c", 1.0), spec("b", 1.0)]),
@@ -820,20 +835,41 @@ mod tests {
             PolicyDefaults::default(),
         )
         .unwrap();
-        let predictions = vec![vec![0.9, 0.85, 0.88], vec![0.9, 0.88, 0.88], vec![0.9, 0.9, 0.1], vec![1.0, 0.5, 0.2], vec![-0.5, -0.52, -0.6]];
-        let test = Matrix::new(models.clone(), vec![vec![1.0; 3]; 5], vec![vec![3.0, 1.0, 1.0]; 5]).unwrap();
+        let predictions = vec![
+            vec![0.9, 0.85, 0.88],
+            vec![0.9, 0.88, 0.88],
+            vec![0.9, 0.9, 0.1],
+            vec![1.0, 0.5, 0.2],
+            vec![-0.5, -0.52, -0.6],
+        ];
+        let test = Matrix::new(
+            models.clone(),
+            vec![vec![1.0; 3]; 5],
+            vec![vec![3.0, 1.0, 1.0]; 5],
+        )
+        .unwrap();
         for band in [0.0, 0.02, 0.06, 0.1, 0.5, 1.0] {
             let decided: Vec<usize> = predictions
                 .iter()
                 .map(|row| {
-                    let model = policy.decide(row, &RouteRequest::new(1_000_000).band(band)).unwrap().model;
+                    let model = policy
+                        .decide(row, &RouteRequest::new(1_000_000).band(band))
+                        .unwrap()
+                        .model;
                     models.iter().position(|m| *m == model).unwrap()
                 })
                 .collect();
-            assert_eq!(band_choices(&test, &predictions, band).unwrap(), decided, "band {band}");
+            assert_eq!(
+                band_choices(&test, &predictions, band).unwrap(),
+                decided,
+                "band {band}"
+            );
         }
         // Ties on cost go to the higher prediction; then to the first name; on the band's edge is in.
-        assert_eq!(band_choices(&test, &predictions, 0.1).unwrap(), [2, 2, 1, 0, 1]);
+        assert_eq!(
+            band_choices(&test, &predictions, 0.1).unwrap(),
+            [2, 2, 1, 0, 1]
+        );
         assert_eq!(band_choices(&test, &predictions, 0.5).unwrap()[3], 1);
     }
 
@@ -853,7 +889,12 @@ mod tests {
             band_choices(&test, &predictions, Mode::Cost.band()).unwrap(),
             [1, 0, 1]
         );
-        let sweep = band_sweep(&test, &predictions, &[Mode::Quality.band(), Mode::Cost.band(), 0.5]).unwrap();
+        let sweep = band_sweep(
+            &test,
+            &predictions,
+            &[Mode::Quality.band(), Mode::Cost.band(), 0.5],
+        )
+        .unwrap();
         assert_close(sweep[0].quality, 2.0 / 3.0);
         assert_close(sweep[0].cost, 0.7);
         assert_close(sweep[1].quality, 2.0 / 3.0);

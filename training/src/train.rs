@@ -16,7 +16,10 @@ use rand_chacha::ChaCha8Rng;
 use router_core::candle_core::{DType, Device, Tensor, Var};
 use router_core::candle_nn::{loss, AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use router_core::config::files;
-use router_core::{Encoder, EncoderConfig, Head, HeadConfig, Pooling, Router, RouterConfig, TrainingRecord, Truncation};
+use router_core::{
+    Encoder, EncoderConfig, Head, HeadConfig, Pooling, Router, RouterConfig, TrainingRecord,
+    Truncation,
+};
 use router_policy::Catalog;
 
 use crate::baselines;
@@ -95,7 +98,10 @@ impl Default for TrainOptions {
         Self {
             name: "router".into(),
             version: today(),
-            encoder: EncoderChoice::Static { dim: 256, teacher: BertSource::minilm() },
+            encoder: EncoderChoice::Static {
+                dim: 256,
+                teacher: BertSource::minilm(),
+            },
             hidden: vec![256],
             max_seq_length: 256,
             truncation: Truncation::Left,
@@ -127,7 +133,12 @@ impl Default for TrainOptions {
 /// ```
 pub fn today() -> String {
     let date = time::OffsetDateTime::now_utc().date();
-    format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day())
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
 }
 
 /// What a training run produced.
@@ -149,12 +160,18 @@ pub struct TrainOutcome {
 
 /// Trains a head on `records` (scores for `models`, in that order) and writes a complete bundle to
 /// `out_dir`.
-pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, out_dir: &Path) -> Result<TrainOutcome> {
+pub fn train(
+    records: Vec<Record>,
+    models: &[String],
+    options: &TrainOptions,
+    out_dir: &Path,
+) -> Result<TrainOutcome> {
     if records.is_empty() {
         return Err(TrainingError::Invalid("no training records".into()));
     }
     let catalog = options.catalog.as_deref().map(read_catalog).transpose()?;
-    let (train_records, val_records) = crate::data::split(records, options.val_fraction, options.seed)?;
+    let (train_records, val_records) =
+        crate::data::split(records, options.val_fraction, options.seed)?;
     if train_records.is_empty() {
         return Err(TrainingError::Invalid("the training split is empty".into()));
     }
@@ -170,7 +187,14 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
     let train_y = score_rows(&train_records, models)?;
     let train_keys: Vec<(&str, &str)> = crate::data::split_keys(&train_records).collect();
 
-    let fit = fit_early_stopped(&train_keys, &train_x, &train_y, models.len(), options, "training")?;
+    let fit = fit_early_stopped(
+        &train_keys,
+        &train_x,
+        &train_y,
+        models.len(),
+        options,
+        "training",
+    )?;
 
     let length = if options.length_head {
         fit_length_head(&train_records, &val_records, &train_x, &val_x, models)?
@@ -178,25 +202,55 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
         None
     };
     let val_lengths: Option<Vec<Vec<f32>>> = length.as_ref().map(|(fit, _)| {
-        val_x.iter().map(|x| fit.predict_log(x).into_iter().map(|l| l.exp() as f32).collect()).collect()
+        val_x
+            .iter()
+            .map(|x| {
+                fit.predict_log(x)
+                    .into_iter()
+                    .map(|l| l.exp() as f32)
+                    .collect()
+            })
+            .collect()
     });
     let train_side = test_matrix(&train_records, models, catalog.as_ref(), None)?;
-    let task_gate = options.task_gate.then(|| gate::fit_gate(&train_keys, &train_x, &train_side, options, "training")).transpose()?;
+    let task_gate = options
+        .task_gate
+        .then(|| gate::fit_gate(&train_keys, &train_x, &train_side, options, "training"))
+        .transpose()?;
     let validation = if val_records.is_empty() {
         None
     } else {
-        let test = test_matrix(&val_records, models, catalog.as_ref(), val_lengths.as_deref())?;
+        let test = test_matrix(
+            &val_records,
+            models,
+            catalog.as_ref(),
+            val_lengths.as_deref(),
+        )?;
         let mut predictions = predict(&fit.head, &val_x)?;
         if let Some((task_gate, _)) = &task_gate {
             task_gate.apply_batch(&val_x, &mut predictions);
         }
-        let side = TrainingSide { keys: &train_keys, x: &train_x, y: &train_y, matrix: &train_side };
-        Some(validate(&side, &val_records, &val_x, &test, &predictions, options.seed)?)
+        let side = TrainingSide {
+            keys: &train_keys,
+            x: &train_x,
+            y: &train_y,
+            matrix: &train_side,
+        };
+        Some(validate(
+            &side,
+            &val_records,
+            &val_x,
+            &test,
+            &predictions,
+            options.seed,
+        )?)
     };
 
     let mut config = config;
     config.output_length = length.as_ref().map(|_| length::LengthFit::shape());
-    config.task_gate = task_gate.as_ref().map(|(task_gate, _)| task_gate.config().clone());
+    config.task_gate = task_gate
+        .as_ref()
+        .map(|(task_gate, _)| task_gate.config().clone());
     config.training = Some(TrainingRecord {
         data: options.data.clone(),
         seed: options.seed,
@@ -221,7 +275,15 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
             "task_gate": task_gate.as_ref().map(|(_, report)| report),
         }),
     });
-    write_bundle(out_dir, &config, &encoder, &teacher_dir, &fit.varmap, options, validation.as_ref())?;
+    write_bundle(
+        out_dir,
+        &config,
+        &encoder,
+        &teacher_dir,
+        &fit.varmap,
+        options,
+        validation.as_ref(),
+    )?;
     if let Some((fit, report)) = &length {
         write_length_head(out_dir, fit, report.as_ref())?;
     }
@@ -231,7 +293,14 @@ pub fn train(records: Vec<Record>, models: &[String], options: &TrainOptions, ou
     let router = Router::load(out_dir)?;
     let output_length = length.and_then(|(_, report)| report);
     let task_gate = task_gate.map(|(_, report)| report);
-    Ok(TrainOutcome { router, validation, epochs: fit.epochs, best_loss: fit.best_loss, output_length, task_gate })
+    Ok(TrainOutcome {
+        router,
+        validation,
+        epochs: fit.epochs,
+        best_loss: fit.best_loss,
+        output_length,
+        task_gate,
+    })
 }
 
 /// What a validation report needs of the training side: its records' `(task, prompt)` keys,
@@ -245,7 +314,14 @@ struct TrainingSide<'a> {
 
 /// The validation report: `predictions` of the held-out records judged on `test`, beside the kNN
 /// and per-task-best baselines learned on the training side.
-fn validate(train: &TrainingSide<'_>, val_records: &[Record], val_x: &[Vec<f32>], test: &Matrix, predictions: &[Vec<f32>], seed: u64) -> Result<Evaluation> {
+fn validate(
+    train: &TrainingSide<'_>,
+    val_records: &[Record],
+    val_x: &[Vec<f32>],
+    test: &Matrix,
+    predictions: &[Vec<f32>],
+    seed: u64,
+) -> Result<Evaluation> {
     let knn = baselines::knn(train.x, train.y, val_x, baselines::DEFAULT_K)?;
     let train_tasks: Vec<&str> = train.keys.iter().map(|(task, _)| *task).collect();
     let val_tasks: Vec<&str> = val_records.iter().map(|r| r.task.as_str()).collect();
@@ -279,16 +355,34 @@ fn fit_length_head(
     let train_tasks: Vec<&str> = train_records.iter().map(|r| r.task.as_str()).collect();
     let val_tasks: Vec<&str> = val_records.iter().map(|r| r.task.as_str()).collect();
     let report = length::has_lengths(val_records, models).then(|| {
-        let train_side = length::Side { y: &train_y, tasks: &train_tasks };
-        length::report(&fit, train_side, val_x, length::Side { y: &val_y, tasks: &val_tasks }, models)
+        let train_side = length::Side {
+            y: &train_y,
+            tasks: &train_tasks,
+        };
+        length::report(
+            &fit,
+            train_side,
+            val_x,
+            length::Side {
+                y: &val_y,
+                tasks: &val_tasks,
+            },
+            models,
+        )
     });
     Ok(Some((fit, report)))
 }
 
 /// Reads a catalog file.
 pub fn read_catalog(path: &Path) -> Result<Catalog> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainingError::Io { path: path.to_path_buf(), source: e })?;
-    Catalog::from_toml_str(&text).map_err(|e| TrainingError::Format { path: path.to_path_buf(), message: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|e| TrainingError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Catalog::from_toml_str(&text).map_err(|e| TrainingError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// An evaluation of out-of-fold predictions: every prompt scored by a head that never saw it.
@@ -318,37 +412,60 @@ pub struct CrossValidation {
 /// its training side, on the other folds and predicts the held-out one. Every prompt is evaluated
 /// once, so the estimate uses all the data and varies less than one validation split.
 /// `options.val_fraction` is not used.
-pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOptions, folds: usize) -> Result<CrossValidation> {
+pub fn cross_validate(
+    records: &[Record],
+    models: &[String],
+    options: &TrainOptions,
+    folds: usize,
+) -> Result<CrossValidation> {
     let keys: Vec<(&str, &str)> = crate::data::split_keys(records).collect();
     let fold_of = crate::data::folds(keys.iter().copied(), folds, options.seed)?;
     if let Some(empty) = (0..folds).find(|fold| !fold_of.contains(fold)) {
         return Err(TrainingError::Invalid(format!(
             "{} records ({} distinct prompts) leave fold {} of {folds} empty",
             records.len(),
-            keys.iter().map(|(_, prompt)| crate::data::normalized_prompt(prompt)).collect::<std::collections::HashSet<_>>().len(),
+            keys.iter()
+                .map(|(_, prompt)| crate::data::normalized_prompt(prompt))
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
             empty + 1
         )));
     }
     let catalog = options.catalog.as_deref().map(read_catalog).transpose()?;
     let (encoder, encoder_config, _) = build_encoder(options)?;
-    let fingerprint = embed::encoder_fingerprint(&router_config(options, models, encoder_config), &encoder);
+    let fingerprint =
+        embed::encoder_fingerprint(&router_config(options, models, encoder_config), &encoder);
     let prompts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
     let x = embed::embed_cached(&encoder, fingerprint, &prompts, &options.cache_dir)?;
     let y = &score_rows(records, models)?;
     let tasks: Vec<&str> = keys.iter().map(|(task, _)| *task).collect();
     let lengths = if options.length_head && length::has_lengths(records, models) {
-        Some(lengths_out_of_fold(&x, &length::log_lengths(records, models), &tasks, &fold_of, folds, models)?)
+        Some(lengths_out_of_fold(
+            &x,
+            &length::log_lengths(records, models),
+            &tasks,
+            &fold_of,
+            folds,
+            models,
+        )?)
     } else {
         None
     };
-    let test = test_matrix(records, models, catalog.as_ref(), lengths.as_ref().map(|(rows, _)| rows.as_slice()))?;
+    let test = test_matrix(
+        records,
+        models,
+        catalog.as_ref(),
+        lengths.as_ref().map(|(rows, _)| rows.as_slice()),
+    )?;
 
     let mut predictions = vec![Vec::new(); records.len()];
     let mut epochs = Vec::with_capacity(folds);
     let mut gates = options.task_gate.then(gate::CvGate::default);
     for fold in 0..folds {
-        let (held, kept): (Vec<usize>, Vec<usize>) = (0..records.len()).partition(|&i| fold_of[i] == fold);
-        let rows = |index: &[usize]| -> Vec<Vec<f32>> { index.iter().map(|&i| x[i].clone()).collect() };
+        let (held, kept): (Vec<usize>, Vec<usize>) =
+            (0..records.len()).partition(|&i| fold_of[i] == fold);
+        let rows =
+            |index: &[usize]| -> Vec<Vec<f32>> { index.iter().map(|&i| x[i].clone()).collect() };
         let (kept_x, held_x) = (rows(&kept), rows(&held));
         let kept_y: Vec<Vec<f64>> = kept.iter().map(|&i| y[i].clone()).collect();
         let kept_keys: Vec<(&str, &str)> = kept.iter().map(|&i| keys[i]).collect();
@@ -357,9 +474,16 @@ pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOpti
         epochs.push(fit.epochs);
         let mut held_predictions = predict(&fit.head, &held_x)?;
         if let Some(gates) = gates.as_mut() {
-            let (task_gate, report) = gate::fit_gate(&kept_keys, &kept_x, &test.select(&kept)?, options, &label)?;
+            let (task_gate, report) =
+                gate::fit_gate(&kept_keys, &kept_x, &test.select(&kept)?, options, &label)?;
             let held_tasks: Vec<&str> = held.iter().map(|&i| tasks[i]).collect();
-            gates.add_fold(&task_gate, report, &held_x, &held_tasks, &mut held_predictions);
+            gates.add_fold(
+                &task_gate,
+                report,
+                &held_x,
+                &held_tasks,
+                &mut held_predictions,
+            );
         }
         for (&i, row) in held.iter().zip(held_predictions) {
             predictions[i] = row;
@@ -377,7 +501,14 @@ pub fn cross_validate(records: &[Record], models: &[String], options: &TrainOpti
         seed: options.seed,
     })?;
     let output_length = lengths.map(|(_, report)| report);
-    Ok(CrossValidation { evaluation, epochs, folds: fold_of, predictions, output_length, task_gate: gates })
+    Ok(CrossValidation {
+        evaluation,
+        epochs,
+        folds: fold_of,
+        predictions,
+        output_length,
+        task_gate: gates,
+    })
 }
 
 /// Out-of-fold predicted output tokens of every record (each from a length head fitted on the
@@ -394,23 +525,47 @@ fn lengths_out_of_fold(
     let mut predicted = vec![Vec::new(); x.len()];
     let mut reports = Vec::with_capacity(folds);
     for fold in 0..folds {
-        let (held, kept): (Vec<usize>, Vec<usize>) = (0..x.len()).partition(|&i| fold_of[i] == fold);
-        let rows = |index: &[usize]| -> Vec<Vec<f32>> { index.iter().map(|&i| x[i].clone()).collect() };
-        let lengths = |index: &[usize]| -> Vec<Vec<Option<f64>>> { index.iter().map(|&i| y[i].clone()).collect() };
+        let (held, kept): (Vec<usize>, Vec<usize>) =
+            (0..x.len()).partition(|&i| fold_of[i] == fold);
+        let rows =
+            |index: &[usize]| -> Vec<Vec<f32>> { index.iter().map(|&i| x[i].clone()).collect() };
+        let lengths = |index: &[usize]| -> Vec<Vec<Option<f64>>> {
+            index.iter().map(|&i| y[i].clone()).collect()
+        };
         let task_of = |index: &[usize]| -> Vec<&str> { index.iter().map(|&i| tasks[i]).collect() };
         let (kept_x, kept_y, kept_tasks) = (rows(&kept), lengths(&kept), task_of(&kept));
         let (held_x, held_y, held_tasks) = (rows(&held), lengths(&held), task_of(&held));
         let fit = length::fit(&kept_x, &kept_y)?;
         for (&i, row) in held.iter().zip(&held_x) {
-            predicted[i] = fit.predict_log(row).into_iter().map(|l| l.exp() as f32).collect();
+            predicted[i] = fit
+                .predict_log(row)
+                .into_iter()
+                .map(|l| l.exp() as f32)
+                .collect();
         }
-        let (train_side, held_side) = (length::Side { y: &kept_y, tasks: &kept_tasks }, length::Side { y: &held_y, tasks: &held_tasks });
-        reports.push((held.len(), length::report(&fit, train_side, &held_x, held_side, models)));
+        let (train_side, held_side) = (
+            length::Side {
+                y: &kept_y,
+                tasks: &kept_tasks,
+            },
+            length::Side {
+                y: &held_y,
+                tasks: &held_tasks,
+            },
+        );
+        reports.push((
+            held.len(),
+            length::report(&fit, train_side, &held_x, held_side, models),
+        ));
     }
     Ok((predicted, length::pooled(&reports)))
 }
 
-fn router_config(options: &TrainOptions, models: &[String], encoder: EncoderConfig) -> RouterConfig {
+fn router_config(
+    options: &TrainOptions,
+    models: &[String],
+    encoder: EncoderConfig,
+) -> RouterConfig {
     RouterConfig {
         format_version: router_core::FORMAT_VERSION,
         name: options.name.clone(),
@@ -420,7 +575,9 @@ fn router_config(options: &TrainOptions, models: &[String], encoder: EncoderConf
         pooling: Pooling::Mean,
         max_seq_length: options.max_seq_length,
         truncation: options.truncation,
-        head: HeadConfig { hidden: options.hidden.clone() },
+        head: HeadConfig {
+            hidden: options.hidden.clone(),
+        },
         output_length: None,
         task_gate: None,
         training: None,
@@ -445,21 +602,43 @@ pub fn test_matrix(
         if free {
             return Ok(0.0);
         }
-        let spec = catalog.and_then(|c| c.get(model)).ok_or_else(|| TrainingError::MissingPrice {
-            model: model.clone(),
-            source_name: "the catalog".into(),
-        })?;
+        let spec =
+            catalog
+                .and_then(|c| c.get(model))
+                .ok_or_else(|| TrainingError::MissingPrice {
+                    model: model.clone(),
+                    source_name: "the catalog".into(),
+                })?;
         let input = router_policy::estimate_tokens(&record.prompt) as u64;
-        let predicted = output_tokens.and_then(|rows| rows.get(index)).and_then(|row| {
-            models.iter().position(|m| m == model).and_then(|column| row.get(column).copied())
-        });
-        Ok(router_policy::estimated_cost(spec, input, spec.billed_output_tokens_for(None, predicted)))
+        let predicted = output_tokens
+            .and_then(|rows| rows.get(index))
+            .and_then(|row| {
+                models
+                    .iter()
+                    .position(|m| m == model)
+                    .and_then(|column| row.get(column).copied())
+            });
+        Ok(router_policy::estimated_cost(
+            spec,
+            input,
+            spec.billed_output_tokens_for(None, predicted),
+        ))
     };
     let scores = score_rows(records, models)?;
     let costs = records
         .iter()
         .enumerate()
-        .map(|(i, r)| models.iter().map(|m| r.costs.get(m).copied().map_or_else(|| estimate(i, r, m), Ok)).collect())
+        .map(|(i, r)| {
+            models
+                .iter()
+                .map(|m| {
+                    r.costs
+                        .get(m)
+                        .copied()
+                        .map_or_else(|| estimate(i, r, m), Ok)
+                })
+                .collect()
+        })
         .collect::<Result<Vec<Vec<f64>>>>()?;
     let matrix = Matrix::new(models.to_vec(), scores, costs)?;
     match catalog {
@@ -482,7 +661,16 @@ fn score_rows(records: &[Record], models: &[String]) -> Result<Vec<Vec<f64>>> {
         .map(|(index, record)| {
             models
                 .iter()
-                .map(|m| record.scores.get(m).copied().ok_or_else(|| TrainingError::MissingScore { record: index, model: m.clone() }))
+                .map(|m| {
+                    record
+                        .scores
+                        .get(m)
+                        .copied()
+                        .ok_or_else(|| TrainingError::MissingScore {
+                            record: index,
+                            model: m.clone(),
+                        })
+                })
                 .collect()
         })
         .collect()
@@ -491,20 +679,36 @@ fn score_rows(records: &[Record], models: &[String]) -> Result<Vec<Vec<f64>>> {
 fn build_encoder(options: &TrainOptions) -> Result<(Encoder, EncoderConfig, PathBuf)> {
     match &options.encoder {
         EncoderChoice::Static { dim, teacher } => {
-            let table = embed::static_from_teacher(teacher, *dim, options.max_seq_length, options.truncation, &options.cache_dir)?;
+            let table = embed::static_from_teacher(
+                teacher,
+                *dim,
+                options.max_seq_length,
+                options.truncation,
+                &options.cache_dir,
+            )?;
             let derived_from = match teacher {
                 BertSource::Hub { repo, revision } => format!("{repo}@{revision}"),
                 BertSource::Dir(dir) => dir.display().to_string(),
             };
-            Ok((Encoder::Static(table), EncoderConfig::Static { dim: *dim, derived_from: Some(derived_from) }, teacher.model_dir()?))
+            Ok((
+                Encoder::Static(table),
+                EncoderConfig::Static {
+                    dim: *dim,
+                    derived_from: Some(derived_from),
+                },
+                teacher.model_dir()?,
+            ))
         }
         EncoderChoice::Bert(source) => {
             let bert = source.load(options.max_seq_length, options.truncation)?;
             let dim = bert.dim();
             let config = match source {
-                BertSource::Hub { repo, revision } => {
-                    EncoderConfig::Bert { repo: Some(repo.clone()), revision: Some(revision.clone()), path: None, dim }
-                }
+                BertSource::Hub { repo, revision } => EncoderConfig::Bert {
+                    repo: Some(repo.clone()),
+                    revision: Some(revision.clone()),
+                    path: None,
+                    dim,
+                },
                 BertSource::Dir(dir) => EncoderConfig::Bert {
                     repo: None,
                     revision: None,
@@ -536,7 +740,11 @@ pub(crate) fn fit_early_stopped(
     options: &TrainOptions,
     label: &str,
 ) -> Result<FittedHead> {
-    let held = crate::data::validation_mask(keys.iter().copied(), options.early_stop_fraction, options.seed)?;
+    let held = crate::data::validation_mask(
+        keys.iter().copied(),
+        options.early_stop_fraction,
+        options.seed,
+    )?;
     let side = |stop: bool| {
         let index: Vec<usize> = (0..x.len()).filter(|&i| held[i] == stop).collect();
         let xs: Vec<Vec<f32>> = index.iter().map(|&i| x[i].clone()).collect();
@@ -546,10 +754,15 @@ pub(crate) fn fit_early_stopped(
     let (fit_x, mut fit_y) = side(false);
     let (stop_x, stop_y) = side(true);
     if fit_x.is_empty() {
-        return Err(TrainingError::Invalid("nothing is left to train on after the early-stopping split".into()));
+        return Err(TrainingError::Invalid(
+            "nothing is left to train on after the early-stopping split".into(),
+        ));
     }
     if options.task_shrinkage > 0.0 {
-        let fit_tasks: Vec<&str> = (0..x.len()).filter(|&i| !held[i]).map(|i| keys[i].0).collect();
+        let fit_tasks: Vec<&str> = (0..x.len())
+            .filter(|&i| !held[i])
+            .map(|i| keys[i].0)
+            .collect();
         shrink_towards_task_means(&mut fit_y, &fit_tasks, options.task_shrinkage);
     }
     let mut fitted = fit_head(&fit_x, &fit_y, &stop_x, &stop_y, outputs, options, label)?;
@@ -560,15 +773,20 @@ pub(crate) fn fit_early_stopped(
 /// Replaces each target row `y` by `(1 − λ) y + λ m`, `m` the mean row of its task: the head
 /// learns per-prompt differences only as far as they stand out from what is known for the task.
 fn shrink_towards_task_means(y: &mut [Vec<f64>], tasks: &[&str], shrinkage: f64) {
-    let mut sums: std::collections::BTreeMap<&str, (Vec<f64>, f64)> = std::collections::BTreeMap::new();
+    let mut sums: std::collections::BTreeMap<&str, (Vec<f64>, f64)> =
+        std::collections::BTreeMap::new();
     for (row, task) in y.iter().zip(tasks) {
-        let (sum, count) = sums.entry(task).or_insert_with(|| (vec![0.0; row.len()], 0.0));
+        let (sum, count) = sums
+            .entry(task)
+            .or_insert_with(|| (vec![0.0; row.len()], 0.0));
         sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
         *count += 1.0;
     }
     for (row, task) in y.iter_mut().zip(tasks) {
         if let Some((sum, count)) = sums.get(task) {
-            row.iter_mut().zip(sum).for_each(|(v, s)| *v = (1.0 - shrinkage) * *v + shrinkage * s / count);
+            row.iter_mut()
+                .zip(sum)
+                .for_each(|(v, s)| *v = (1.0 - shrinkage) * *v + shrinkage * s / count);
         }
     }
 }
@@ -595,15 +813,30 @@ fn fit_head(
     let dim = train_x.first().map_or(0, Vec::len);
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let head = Head::load(vb, &HeadConfig { hidden: options.hidden.clone() }, dim, outputs)?;
+    let head = Head::load(
+        vb,
+        &HeadConfig {
+            hidden: options.hidden.clone(),
+        },
+        dim,
+        outputs,
+    )?;
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let vars = seeded_init(&varmap, &mut rng)?;
     let mut optimizer = AdamW::new(
         vars.iter().map(|(_, v)| v.clone()).collect(),
-        ParamsAdamW { lr: options.learning_rate, weight_decay: options.weight_decay, ..Default::default() },
+        ParamsAdamW {
+            lr: options.learning_rate,
+            weight_decay: options.weight_decay,
+            ..Default::default()
+        },
     )?;
-    let stop_x_t = (!stop_x.is_empty()).then(|| to_tensor(stop_x, dim)).transpose()?;
-    let stop_y_t = (!stop_y.is_empty()).then(|| targets(stop_y, outputs)).transpose()?;
+    let stop_x_t = (!stop_x.is_empty())
+        .then(|| to_tensor(stop_x, dim))
+        .transpose()?;
+    let stop_y_t = (!stop_y.is_empty())
+        .then(|| targets(stop_y, outputs))
+        .transpose()?;
     let all_x = to_tensor(train_x, dim)?;
     let all_y = targets(train_y, outputs)?;
     let mut order: Vec<u32> = (0..train_x.len() as u32).collect();
@@ -622,13 +855,20 @@ fn fit_head(
             optimizer.backward_step(&batch_loss)?;
         }
         let epoch_loss = match (&stop_x_t, &stop_y_t) {
-            (Some(x), Some(y)) => loss::binary_cross_entropy_with_logit(&head.forward_logits(x)?, y)?,
+            (Some(x), Some(y)) => {
+                loss::binary_cross_entropy_with_logit(&head.forward_logits(x)?, y)?
+            }
             _ => loss::binary_cross_entropy_with_logit(&head.forward_logits(&all_x)?, &all_y)?,
         }
         .to_scalar::<f32>()? as f64;
         bar.inc(1);
         if best.as_ref().is_none_or(|(b, _)| epoch_loss < *b) {
-            best = Some((epoch_loss, vars.iter().map(|(_, v)| v.as_tensor().copy()).collect::<std::result::Result<_, _>>()?));
+            best = Some((
+                epoch_loss,
+                vars.iter()
+                    .map(|(_, v)| v.as_tensor().copy())
+                    .collect::<std::result::Result<_, _>>()?,
+            ));
             since_best = 0;
         } else {
             since_best += 1;
@@ -647,24 +887,42 @@ fn fit_head(
         }
         None => f64::NAN,
     };
-    Ok(FittedHead { head, varmap, epochs, best_loss, early_stop_prompts: 0 })
+    Ok(FittedHead {
+        head,
+        varmap,
+        epochs,
+        best_loss,
+        early_stop_prompts: 0,
+    })
 }
 
 /// Sets every variable, in name order, from `rng`: uniform in ±1/√fan_in, PyTorch's default for
 /// linear layers. candle's own initialisation draws from an unseeded generator.
 fn seeded_init(varmap: &VarMap, rng: &mut ChaCha8Rng) -> Result<Vec<(String, Var)>> {
     let mut vars: Vec<(String, Var)> = match varmap.data().lock() {
-        Ok(data) => data.iter().map(|(name, var)| (name.clone(), var.clone())).collect(),
-        Err(_) => return Err(TrainingError::Invalid("the variable map's lock is poisoned".into())),
+        Ok(data) => data
+            .iter()
+            .map(|(name, var)| (name.clone(), var.clone()))
+            .collect(),
+        Err(_) => {
+            return Err(TrainingError::Invalid(
+                "the variable map's lock is poisoned".into(),
+            ))
+        }
     };
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let fan_in_of = |name: &str| -> usize {
         let weight = name.replace(".bias", ".weight");
-        vars.iter().find(|(n, _)| *n == weight).and_then(|(_, v)| v.dims().get(1).copied()).unwrap_or(1)
+        vars.iter()
+            .find(|(n, _)| *n == weight)
+            .and_then(|(_, v)| v.dims().get(1).copied())
+            .unwrap_or(1)
     };
     for (name, var) in &vars {
         let bound = 1.0 / (fan_in_of(name) as f32).sqrt();
-        let values: Vec<f32> = (0..var.elem_count()).map(|_| rng.random_range(-bound..bound)).collect();
+        let values: Vec<f32> = (0..var.elem_count())
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
         var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu)?)?;
     }
     Ok(vars)
@@ -702,7 +960,10 @@ fn write_bundle(
         table.save_table(&out_dir.join(files::STATIC_ENCODER))?;
     }
     let head_path = out_dir.join(files::HEAD);
-    varmap.save(&head_path).map_err(|e| TrainingError::Format { path: head_path.clone(), message: e.to_string() })?;
+    varmap.save(&head_path).map_err(|e| TrainingError::Format {
+        path: head_path.clone(),
+        message: e.to_string(),
+    })?;
     if let Some(catalog) = &options.catalog {
         write_catalog(catalog, &out_dir.join("catalog.toml"), &config.models)?;
     }
@@ -715,10 +976,17 @@ fn write_bundle(
 }
 
 /// Writes the task gate into the bundle and appends its inner cross-validation to the model card.
-fn write_task_gate(out_dir: &Path, task_gate: &router_core::TaskGate, report: &gate::GateReport) -> Result<()> {
+fn write_task_gate(
+    out_dir: &Path,
+    task_gate: &router_core::TaskGate,
+    report: &gate::GateReport,
+) -> Result<()> {
     task_gate.save(&out_dir.join(files::TASK_GATE))?;
     let card_path = out_dir.join(files::MODEL_CARD);
-    let mut card = std::fs::read_to_string(&card_path).map_err(|source| TrainingError::Io { path: card_path.clone(), source })?;
+    let mut card = std::fs::read_to_string(&card_path).map_err(|source| TrainingError::Io {
+        path: card_path.clone(),
+        source,
+    })?;
     card.push_str(&format!(
         "\n## Task gate\n\n`{}`: a softmax regression recognises the prompt's task. A prompt recognised with probability \
          ≥ {}, and at least as similar to the task's centroid as {} % of the task's training prompts (so a prompt unlike \
@@ -729,17 +997,31 @@ fn write_task_gate(out_dir: &Path, task_gate: &router_core::TaskGate, report: &g
         gate::MIN_CONFIDENCE,
         100.0 * (1.0 - gate::SIMILARITY_QUANTILE)
     ));
-    std::fs::write(&card_path, card).map_err(|source| TrainingError::Io { path: card_path, source })
+    std::fs::write(&card_path, card).map_err(|source| TrainingError::Io {
+        path: card_path,
+        source,
+    })
 }
 
 /// Writes the output-length head into the bundle and appends its measurement to the model card.
-fn write_length_head(out_dir: &Path, fit: &length::LengthFit, report: Option<&length::LengthReport>) -> Result<()> {
+fn write_length_head(
+    out_dir: &Path,
+    fit: &length::LengthFit,
+    report: Option<&length::LengthReport>,
+) -> Result<()> {
     let tensors = fit.to_tensors()?;
     let path = out_dir.join(files::LENGTH_HEAD);
-    router_core::candle_core::safetensors::save(&tensors, &path)
-        .map_err(|e| TrainingError::Format { path: path.clone(), message: e.to_string() })?;
+    router_core::candle_core::safetensors::save(&tensors, &path).map_err(|e| {
+        TrainingError::Format {
+            path: path.clone(),
+            message: e.to_string(),
+        }
+    })?;
     let card_path = out_dir.join(files::MODEL_CARD);
-    let mut card = std::fs::read_to_string(&card_path).map_err(|source| TrainingError::Io { path: card_path.clone(), source })?;
+    let mut card = std::fs::read_to_string(&card_path).map_err(|source| TrainingError::Io {
+        path: card_path.clone(),
+        source,
+    })?;
     card.push_str(&format!(
         "\n## Output length\n\n`{}`: per model, a ridge regression (strength {}) of ln(output tokens) on the prompt embedding; \
          the policy charges each model its predicted output tokens instead of the catalog's `expected_output_tokens`.\n",
@@ -747,9 +1029,14 @@ fn write_length_head(out_dir: &Path, fit: &length::LengthFit, report: Option<&le
         fit.strength
     ));
     if let Some(report) = report {
-        card.push_str(&format!("\nOn the validation split:\n\n```text\n{report}\n```\n"));
+        card.push_str(&format!(
+            "\nOn the validation split:\n\n```text\n{report}\n```\n"
+        ));
     }
-    std::fs::write(&card_path, card).map_err(|source| TrainingError::Io { path: card_path, source })
+    std::fs::write(&card_path, card).map_err(|source| TrainingError::Io {
+        path: card_path,
+        source,
+    })
 }
 
 /// Ships the catalog `from` in the bundle as `to`: copied as it is when it names only the bundle's
@@ -760,21 +1047,42 @@ fn write_catalog(from: &Path, to: &Path, models: &[String]) -> Result<()> {
     let catalog = read_catalog(from)?;
     if catalog.models.iter().all(|m| models.contains(&m.name)) {
         if std::fs::canonicalize(from).ok() != std::fs::canonicalize(to).ok() {
-            std::fs::copy(from, to).map_err(|source| TrainingError::Io { path: from.to_path_buf(), source })?;
+            std::fs::copy(from, to).map_err(|source| TrainingError::Io {
+                path: from.to_path_buf(),
+                source,
+            })?;
         }
         return Ok(());
     }
-    let kept = Catalog::new(catalog.models.into_iter().filter(|m| models.contains(&m.name)).collect());
-    let body = toml::to_string(&kept).map_err(|e| TrainingError::Format { path: to.to_path_buf(), message: e.to_string() })?;
+    let kept = Catalog::new(
+        catalog
+            .models
+            .into_iter()
+            .filter(|m| models.contains(&m.name))
+            .collect(),
+    );
+    let body = toml::to_string(&kept).map_err(|e| TrainingError::Format {
+        path: to.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let text = format!(
         "# The entries of {} for the {} models of this bundle.\n\n{body}",
-        from.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        from.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         kept.models.len()
     );
-    std::fs::write(to, text).map_err(|source| TrainingError::Io { path: to.to_path_buf(), source })
+    std::fs::write(to, text).map_err(|source| TrainingError::Io {
+        path: to.to_path_buf(),
+        source,
+    })
 }
 
-fn model_card(config: &RouterConfig, options: &TrainOptions, validation: Option<&Evaluation>) -> String {
+fn model_card(
+    config: &RouterConfig,
+    options: &TrainOptions,
+    validation: Option<&Evaluation>,
+) -> String {
     let encoder = match &config.encoder {
         EncoderConfig::Static { dim, derived_from } => format!(
             "static token table, {dim} dimensions, derived from {} (Model2Vec-style: vocabulary through the encoder, PCA, SIF weights)",
@@ -850,7 +1158,11 @@ mod tests {
         std::fs::write(&from, CATALOG).unwrap();
         let to = dir.path().join("catalog.toml");
         write_catalog(&from, &to, &["small".into(), "big".into()]).unwrap();
-        assert_eq!(std::fs::read_to_string(&to).unwrap(), CATALOG, "comments and all");
+        assert_eq!(
+            std::fs::read_to_string(&to).unwrap(),
+            CATALOG,
+            "comments and all"
+        );
         // Shipping a bundle's own catalog into itself leaves it alone.
         write_catalog(&to, &to, &["small".into(), "big".into()]).unwrap();
         assert_eq!(std::fs::read_to_string(&to).unwrap(), CATALOG);
@@ -865,9 +1177,17 @@ mod tests {
         write_catalog(&from, &to, &["big".into()]).unwrap();
         let written = read_catalog(&to).unwrap();
         assert_eq!(names(&written), ["big"]);
-        assert_eq!(written.get("big"), read_catalog(&from).unwrap().get("big"), "the entry is kept whole");
+        assert_eq!(
+            written.get("big"),
+            read_catalog(&from).unwrap().get("big"),
+            "the entry is kept whole"
+        );
         // And a policy over the bundle's one column accepts it.
-        router_policy::Policy::new(written, vec!["big".into()], router_policy::PolicyDefaults::new(router_policy::Mode::Balanced))
-            .expect("the restricted catalog routes");
+        router_policy::Policy::new(
+            written,
+            vec!["big".into()],
+            router_policy::PolicyDefaults::new(router_policy::Mode::Balanced),
+        )
+        .expect("the restricted catalog routes");
     }
 }

@@ -73,7 +73,9 @@ impl BertConfig {
                 self.position_embedding_type
             ));
         }
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -113,7 +115,10 @@ impl DenseT {
     }
 
     fn from_weight(weight: &Tensor, bias: Tensor) -> candle_core::Result<Self> {
-        Ok(Self { weight_t: weight.t()?.contiguous()?, bias })
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
     }
 }
 
@@ -139,21 +144,35 @@ struct Embeddings {
 impl Embeddings {
     fn load(vb: VarBuilder, cfg: &BertConfig) -> candle_core::Result<Self> {
         let word = vb.get((cfg.vocab_size, cfg.hidden_size), "word_embeddings.weight")?;
-        let position =
-            vb.get((cfg.max_position_embeddings, cfg.hidden_size), "position_embeddings.weight")?;
+        let position = vb.get(
+            (cfg.max_position_embeddings, cfg.hidden_size),
+            "position_embeddings.weight",
+        )?;
         // Routing never uses a second segment, so only token type 0 is kept.
         let token_type_zero = vb
-            .get((cfg.type_vocab_size, cfg.hidden_size), "token_type_embeddings.weight")?
+            .get(
+                (cfg.type_vocab_size, cfg.hidden_size),
+                "token_type_embeddings.weight",
+            )?
             .narrow(0, 0, 1)?;
         let norm = candle_nn::layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?;
-        Ok(Self { word, position, token_type_zero, norm })
+        Ok(Self {
+            word,
+            position,
+            token_type_zero,
+            norm,
+        })
     }
 
     fn forward(&self, input_ids: &Tensor) -> candle_core::Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         let hidden = self.word.dim(1)?;
-        let words = self.word.index_select(&input_ids.flatten_all()?, 0)?.reshape((batch, seq, hidden))?;
-        let extra = (self.position.narrow(0, 0, seq)? + self.token_type_zero.broadcast_as((seq, hidden))?)?;
+        let words = self
+            .word
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((batch, seq, hidden))?;
+        let extra = (self.position.narrow(0, 0, seq)?
+            + self.token_type_zero.broadcast_as((seq, hidden))?)?;
         self.norm.forward(&words.broadcast_add(&extra)?)
     }
 }
@@ -177,16 +196,25 @@ impl Layer {
         let attention = vb.pp("attention");
         let self_attention = attention.pp("self");
         let qkv = DenseT::load_fused(
-            &[self_attention.pp("query"), self_attention.pp("key"), self_attention.pp("value")],
+            &[
+                self_attention.pp("query"),
+                self_attention.pp("key"),
+                self_attention.pp("value"),
+            ],
             h,
             h,
         )?;
         let attention_out = DenseT::load(attention.pp("output").pp("dense"), h, h)?;
-        let attention_norm =
-            candle_nn::layer_norm(h, cfg.layer_norm_eps, attention.pp("output").pp("LayerNorm"))?;
-        let intermediate = DenseT::load(vb.pp("intermediate").pp("dense"), h, cfg.intermediate_size)?;
+        let attention_norm = candle_nn::layer_norm(
+            h,
+            cfg.layer_norm_eps,
+            attention.pp("output").pp("LayerNorm"),
+        )?;
+        let intermediate =
+            DenseT::load(vb.pp("intermediate").pp("dense"), h, cfg.intermediate_size)?;
         let output = DenseT::load(vb.pp("output").pp("dense"), cfg.intermediate_size, h)?;
-        let output_norm = candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?;
+        let output_norm =
+            candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?;
         Ok(Self {
             qkv,
             attention_out,
@@ -216,15 +244,21 @@ impl Layer {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, hidden))?;
-        let attended = self.attention_norm.forward(&(self.attention_out.forward(&context)? + xs)?)?;
+        let context = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch, seq, hidden))?;
+        let attended = self
+            .attention_norm
+            .forward(&(self.attention_out.forward(&context)? + xs)?)?;
         let inner = self.intermediate.forward(&attended)?;
         let inner = match self.act {
             HiddenAct::Gelu => gelu_erf(&inner)?,
             HiddenAct::GeluNew => inner.gelu()?,
             HiddenAct::Relu => inner.relu()?,
         };
-        self.output_norm.forward(&(self.output.forward(&inner)? + attended)?)
+        self.output_norm
+            .forward(&(self.output.forward(&inner)? + attended)?)
     }
 }
 
@@ -258,11 +292,23 @@ impl BertModel {
         let embeddings = Embeddings::load(vb.pp("embeddings"), cfg)?;
         let encoder = vb.pp("encoder").pp("layer");
         let layers = if vb.device().is_cpu() && vb.dtype() == DType::F32 {
-            Layers::Cpu((0..cfg.num_hidden_layers).map(|i| CpuLayer::load(encoder.pp(i), cfg)).collect::<candle_core::Result<_>>()?)
+            Layers::Cpu(
+                (0..cfg.num_hidden_layers)
+                    .map(|i| CpuLayer::load(encoder.pp(i), cfg))
+                    .collect::<candle_core::Result<_>>()?,
+            )
         } else {
-            Layers::Candle((0..cfg.num_hidden_layers).map(|i| Layer::load(encoder.pp(i), cfg)).collect::<candle_core::Result<_>>()?)
+            Layers::Candle(
+                (0..cfg.num_hidden_layers)
+                    .map(|i| Layer::load(encoder.pp(i), cfg))
+                    .collect::<candle_core::Result<_>>()?,
+            )
         };
-        Ok(Self { embeddings, layers, max_positions: cfg.max_position_embeddings })
+        Ok(Self {
+            embeddings,
+            layers,
+            max_positions: cfg.max_position_embeddings,
+        })
     }
 
     /// The number of positions the model has embeddings for.
@@ -274,7 +320,11 @@ impl BertModel {
     ///
     /// `lengths` gives each row's number of real tokens; rows shorter than `seq` are padding on the
     /// right and are masked out of attention. `None` means nothing is padded, and no mask is built.
-    pub fn forward(&self, input_ids: &Tensor, lengths: Option<&[usize]>) -> candle_core::Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        lengths: Option<&[usize]>,
+    ) -> candle_core::Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         let mut hidden = self.embeddings.forward(input_ids)?;
         match &self.layers {
@@ -328,11 +378,18 @@ impl CustomOp1 for GeluErfRational {
         "gelu-erf-rational"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(values), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(values), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
             candle_core::bail!("{} takes a contiguous f32 tensor", self.name())
         };
-        let values = values.get(start..end).ok_or_else(|| candle_core::Error::Msg(format!("{} is out of its storage", self.name())))?;
+        let values = values.get(start..end).ok_or_else(|| {
+            candle_core::Error::Msg(format!("{} is out of its storage", self.name()))
+        })?;
         let output: Vec<f32> = values
             .iter()
             .map(|&x| 0.5 * x * (1.0 + erf_rational(x * std::f32::consts::FRAC_1_SQRT_2)))
@@ -352,11 +409,23 @@ pub(crate) fn erf_rational(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut numerator = -2.726_142_3e-10_f32;
-    for coefficient in [2.770_681_4e-8, -2.101_024e-6, -5.692_506_4e-5, -7.349_906_3e-4, -2.954_6e-3, -1.609_603_3e-2] {
+    for coefficient in [
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_6e-3,
+        -1.609_603_3e-2,
+    ] {
         numerator = numerator * x2 + coefficient;
     }
     let mut denominator = -1.456_607_18e-5_f32;
-    for coefficient in [-2.133_740_5e-4, -1.682_827e-3, -7.373_329_2e-3, -1.426_473_9e-2] {
+    for coefficient in [
+        -2.133_740_5e-4,
+        -1.682_827e-3,
+        -7.373_329_2e-3,
+        -1.426_473_9e-2,
+    ] {
         denominator = denominator * x2 + coefficient;
     }
     x * numerator / denominator
@@ -383,7 +452,15 @@ pub fn mean_pool(hidden: &Tensor, lengths: &[usize]) -> candle_core::Result<Tens
     }
     let weights: Vec<f32> = lengths
         .iter()
-        .flat_map(|&len| (0..seq).map(move |i| if i < len { 1.0 / len.max(1) as f32 } else { 0.0 }))
+        .flat_map(|&len| {
+            (0..seq).map(move |i| {
+                if i < len {
+                    1.0 / len.max(1) as f32
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     let weights = Tensor::from_vec(weights, (batch, seq, 1), hidden.device())?;
     hidden.broadcast_mul(&weights)?.sum(1)
@@ -396,12 +473,20 @@ pub fn l2_normalize(xs: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// Token ids of one batch, right-padded to the longest row, as a `[batch, seq]` u32 tensor.
-pub fn pad_batch(ids: &[Vec<u32>], pad_id: u32, device: &Device) -> candle_core::Result<(Tensor, Vec<usize>)> {
+pub fn pad_batch(
+    ids: &[Vec<u32>],
+    pad_id: u32,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Vec<usize>)> {
     let seq = ids.iter().map(Vec::len).max().unwrap_or(0);
     let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
     let flat: Vec<u32> = ids
         .iter()
-        .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(pad_id, seq - row.len())))
+        .flat_map(|row| {
+            row.iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad_id, seq - row.len()))
+        })
         .collect();
     let tensor = Tensor::from_vec(flat, (ids.len(), seq), device)?;
     Ok((tensor.to_dtype(DType::U32)?, lengths))
@@ -418,17 +503,27 @@ mod tests {
         let xs = Tensor::from_vec(values, (24_001,), &Device::Cpu)?;
         let ours = gelu_erf(&xs)?.to_vec1::<f32>()?;
         let candles = xs.gelu_erf()?.to_vec1::<f32>()?;
-        let worst = ours.iter().zip(&candles).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+        let worst = ours
+            .iter()
+            .zip(&candles)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+            .fold(0f32, f32::max);
         assert!(worst < 1e-6, "largest difference {worst}");
         Ok(())
     }
 
     #[test]
     fn rational_gelu_keeps_shape_and_handles_strided_input() -> candle_core::Result<()> {
-        let xs = Tensor::arange(0f32, 24.0, &Device::Cpu)?.affine(0.5, -6.0)?.reshape((4, 6))?.t()?;
+        let xs = Tensor::arange(0f32, 24.0, &Device::Cpu)?
+            .affine(0.5, -6.0)?
+            .reshape((4, 6))?
+            .t()?;
         let ours = gelu_erf(&xs)?;
         assert_eq!(ours.dims(), &[6, 4]);
-        let difference = (ours - xs.gelu_erf()?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let difference = (ours - xs.gelu_erf()?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(difference < 1e-6, "{difference}");
         Ok(())
     }

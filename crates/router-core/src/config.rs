@@ -157,8 +157,10 @@ impl RouterConfig {
         let text = std::fs::read_to_string(&path).map_err(|e| CoreError::io(&path, e))?;
         // Check the version before the full parse, so an old or future bundle says so plainly
         // instead of failing on whichever field changed.
-        let raw: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| CoreError::Json { path: path.clone(), source: e })?;
+        let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| CoreError::Json {
+            path: path.clone(),
+            source: e,
+        })?;
         match raw.get("format_version").and_then(|v| v.as_u64()) {
             Some(v) if v == u64::from(FORMAT_VERSION) => {}
             Some(v) => {
@@ -167,10 +169,17 @@ impl RouterConfig {
                     format!("unsupported format_version {v} (this build reads {FORMAT_VERSION})"),
                 ))
             }
-            None => return Err(CoreError::bundle(&path, "missing or non-integer format_version")),
+            None => {
+                return Err(CoreError::bundle(
+                    &path,
+                    "missing or non-integer format_version",
+                ))
+            }
         }
-        let config: RouterConfig =
-            serde_json::from_value(raw).map_err(|e| CoreError::Json { path: path.clone(), source: e })?;
+        let config: RouterConfig = serde_json::from_value(raw).map_err(|e| CoreError::Json {
+            path: path.clone(),
+            source: e,
+        })?;
         config.validate().map_err(|m| CoreError::bundle(&path, m))?;
         Ok(config)
     }
@@ -179,8 +188,10 @@ impl RouterConfig {
     pub fn save(&self, dir: &Path) -> Result<()> {
         self.validate().map_err(CoreError::Invalid)?;
         let path = dir.join(files::MANIFEST);
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| CoreError::Json { path: path.clone(), source: e })?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| CoreError::Json {
+            path: path.clone(),
+            source: e,
+        })?;
         std::fs::write(&path, text + "\n").map_err(|e| CoreError::io(&path, e))
     }
 
@@ -207,10 +218,22 @@ impl RouterConfig {
         if let Some(width) = self.head.hidden.iter().find(|w| **w == 0) {
             return Err(format!("head.hidden: layer width {width} must be positive"));
         }
-        if let Some(width) = self.output_length.iter().flat_map(|h| &h.hidden).find(|w| **w == 0) {
-            return Err(format!("output_length.hidden: layer width {width} must be positive"));
+        if let Some(width) = self
+            .output_length
+            .iter()
+            .flat_map(|h| &h.hidden)
+            .find(|w| **w == 0)
+        {
+            return Err(format!(
+                "output_length.hidden: layer width {width} must be positive"
+            ));
         }
-        if let EncoderConfig::Bert { repo: None, path: None, .. } = &self.encoder {
+        if let EncoderConfig::Bert {
+            repo: None,
+            path: None,
+            ..
+        } = &self.encoder
+        {
             return Err("encoder: a bert encoder needs a repo or a path".into());
         }
         Ok(())

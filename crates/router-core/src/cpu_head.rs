@@ -34,8 +34,13 @@ impl CpuHead {
                     Some(bias) => bias.to_dtype(DType::F32)?.to_vec1::<f32>()?,
                     None => vec![0.0; outputs],
                 };
-                PackedLinear::new(&weight.flatten_all()?.to_vec1::<f32>()?, &bias, layer_inputs, outputs)
-                    .map_err(candle_core::Error::Msg)
+                PackedLinear::new(
+                    &weight.flatten_all()?.to_vec1::<f32>()?,
+                    &bias,
+                    layer_inputs,
+                    outputs,
+                )
+                .map_err(candle_core::Error::Msg)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { layers, inputs })
@@ -50,7 +55,9 @@ impl CpuHead {
     /// concatenated: `[rows, outputs]`, row-major.
     pub fn forward(&self, embeddings: &[f32]) -> Vec<f32> {
         let mut activations = self.forward_logits(embeddings);
-        activations.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
+        activations
+            .iter_mut()
+            .for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
         activations
     }
 
@@ -84,15 +91,28 @@ mod tests {
     fn matches_the_candle_head() -> candle_core::Result<()> {
         let map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
-        let head = Head::load(vb, &HeadConfig { hidden: vec![37, 19] }, 21, 5)?;
+        let head = Head::load(
+            vb,
+            &HeadConfig {
+                hidden: vec![37, 19],
+            },
+            21,
+            5,
+        )?;
         let cpu = CpuHead::from_head(&head)?;
         assert_eq!(cpu.inputs(), 21);
         let input: Vec<f32> = (0..21).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
-        let expected = head.forward(&Tensor::from_vec(input.clone(), (1, 21), &Device::Cpu)?)?.to_vec2::<f32>()?;
+        let expected = head
+            .forward(&Tensor::from_vec(input.clone(), (1, 21), &Device::Cpu)?)?
+            .to_vec2::<f32>()?;
         let got = cpu.forward(&input);
         assert_eq!(got.len(), 5);
         let twice = cpu.forward(&[input.clone(), input.clone()].concat());
-        assert_eq!(twice, [got.clone(), got.clone()].concat(), "a row alone and in a batch");
+        assert_eq!(
+            twice,
+            [got.clone(), got.clone()].concat(),
+            "a row alone and in a batch"
+        );
         for (g, e) in got.iter().zip(&expected[0]) {
             assert!((g - e).abs() < 1e-6, "{got:?} vs {:?}", expected[0]);
         }

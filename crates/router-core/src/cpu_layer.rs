@@ -24,13 +24,18 @@ struct Norm {
 
 impl Norm {
     fn load(vb: VarBuilder, width: usize, eps: f64) -> candle_core::Result<Self> {
-        Ok(Self { gamma: vb.get(width, "weight")?.to_vec1()?, beta: vb.get(width, "bias")?.to_vec1()?, eps: eps as f32 })
+        Ok(Self {
+            gamma: vb.get(width, "weight")?.to_vec1()?,
+            beta: vb.get(width, "bias")?.to_vec1()?,
+            eps: eps as f32,
+        })
     }
 
     /// `rows ← layer_norm(rows + residual)`, row by row (`rows` and `residual` are `[n, width]`).
     fn add_and_normalize(&self, rows: &mut [f32], residual: &[f32]) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the function only needs AVX2 and FMA, which were just detected.
             unsafe { self.add_and_normalize_avx2_fma(rows, residual) };
             return;
@@ -47,7 +52,10 @@ impl Norm {
     #[inline(always)]
     fn add_and_normalize_generic(&self, rows: &mut [f32], residual: &[f32]) {
         let width = self.gamma.len();
-        for (row, skip) in rows.chunks_exact_mut(width).zip(residual.chunks_exact(width)) {
+        for (row, skip) in rows
+            .chunks_exact_mut(width)
+            .zip(residual.chunks_exact(width))
+        {
             for (value, skip) in row.iter_mut().zip(skip) {
                 *value += skip;
             }
@@ -95,10 +103,15 @@ pub(crate) struct CpuLayer {
 fn pack(vbs: &[VarBuilder], inputs: usize, outputs: usize) -> candle_core::Result<PackedLinear> {
     let (mut weights, mut biases) = (Vec::new(), Vec::new());
     for vb in vbs {
-        weights.extend(vb.get((outputs, inputs), "weight")?.flatten_all()?.to_vec1::<f32>()?);
+        weights.extend(
+            vb.get((outputs, inputs), "weight")?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
         biases.extend(vb.get(outputs, "bias")?.to_vec1::<f32>()?);
     }
-    PackedLinear::new(&weights, &biases, inputs, outputs * vbs.len()).map_err(candle_core::Error::Msg)
+    PackedLinear::new(&weights, &biases, inputs, outputs * vbs.len())
+        .map_err(candle_core::Error::Msg)
 }
 
 impl CpuLayer {
@@ -110,8 +123,16 @@ impl CpuLayer {
         Ok(Self {
             qkv: pack(&[own.pp("query"), own.pp("key"), own.pp("value")], h, h)?,
             attention_out: pack(&[attention.pp("output").pp("dense")], h, h)?,
-            attention_norm: Norm::load(attention.pp("output").pp("LayerNorm"), h, cfg.layer_norm_eps)?,
-            intermediate: pack(&[vb.pp("intermediate").pp("dense")], h, cfg.intermediate_size)?,
+            attention_norm: Norm::load(
+                attention.pp("output").pp("LayerNorm"),
+                h,
+                cfg.layer_norm_eps,
+            )?,
+            intermediate: pack(
+                &[vb.pp("intermediate").pp("dense")],
+                h,
+                cfg.intermediate_size,
+            )?,
             output: pack(&[vb.pp("output").pp("dense")], cfg.intermediate_size, h)?,
             output_norm: Norm::load(vb.pp("output").pp("LayerNorm"), h, cfg.layer_norm_eps)?,
             heads: cfg.num_attention_heads,
@@ -122,9 +143,16 @@ impl CpuLayer {
 
     /// Hidden states `[batch × seq, hidden]` in, the layer's output out; row `b` of the batch has
     /// `lengths[b]` real tokens (its other positions are padding and never attended to).
-    pub(crate) fn forward(&self, hidden: &[f32], seq: usize, lengths: &[usize]) -> candle_core::Result<Vec<f32>> {
+    pub(crate) fn forward(
+        &self,
+        hidden: &[f32],
+        seq: usize,
+        lengths: &[usize],
+    ) -> candle_core::Result<Vec<f32>> {
         let qkv = self.qkv.apply(hidden);
-        let context = self.attention(&qkv, seq, lengths).map_err(candle_core::Error::Msg)?;
+        let context = self
+            .attention(&qkv, seq, lengths)
+            .map_err(candle_core::Error::Msg)?;
         let mut attended = self.attention_out.apply(&context);
         self.attention_norm.add_and_normalize(&mut attended, hidden);
         let mut inner = self.intermediate.apply(&attended);
@@ -138,12 +166,22 @@ impl CpuLayer {
     /// `[batch × seq, 3 × hidden]`, the result `[batch × seq, hidden]`.
     fn attention(&self, qkv: &[f32], seq: usize, lengths: &[usize]) -> Result<Vec<f32>, String> {
         let hidden = self.heads * self.head_dim;
-        let tasks: Vec<(usize, usize)> = (0..lengths.len()).flat_map(|b| (0..self.heads).map(move |h| (b, h))).collect();
+        let tasks: Vec<(usize, usize)> = (0..lengths.len())
+            .flat_map(|b| (0..self.heads).map(move |h| (b, h)))
+            .collect();
         let head = |&(b, h): &(usize, usize)| {
             let rows = &qkv[b * seq * 3 * hidden..(b + 1) * seq * 3 * hidden];
-            attend_head(rows, 3 * hidden, h * self.head_dim, hidden, self.head_dim, lengths[b].min(seq))
+            attend_head(
+                rows,
+                3 * hidden,
+                h * self.head_dim,
+                hidden,
+                self.head_dim,
+                lengths[b].min(seq),
+            )
         };
-        let heads: Vec<Vec<f32>> = if lengths.len() * seq * seq * hidden >= ATTENTION_PARALLEL_WORK {
+        let heads: Vec<Vec<f32>> = if lengths.len() * seq * seq * hidden >= ATTENTION_PARALLEL_WORK
+        {
             tasks.par_iter().map(head).collect::<Result<_, _>>()?
         } else {
             tasks.iter().map(head).collect::<Result<_, _>>()?
@@ -151,7 +189,8 @@ impl CpuLayer {
         let mut context = vec![0f32; lengths.len() * seq * hidden];
         for (&(b, h), values) in tasks.iter().zip(&heads) {
             for (i, row) in values.chunks_exact(self.head_dim).enumerate() {
-                context[(b * seq + i) * hidden + h * self.head_dim..][..self.head_dim].copy_from_slice(row);
+                context[(b * seq + i) * hidden + h * self.head_dim..][..self.head_dim]
+                    .copy_from_slice(row);
             }
         }
         Ok(context)
@@ -182,9 +221,9 @@ fn activate_avx2_fma(act: HiddenAct, values: &mut [f32]) {
 #[inline(always)]
 fn activate_generic(act: HiddenAct, values: &mut [f32]) {
     match act {
-        HiddenAct::Gelu => values
-            .iter_mut()
-            .for_each(|x| *x = 0.5 * *x * (1.0 + erf_rational(*x * std::f32::consts::FRAC_1_SQRT_2))),
+        HiddenAct::Gelu => values.iter_mut().for_each(|x| {
+            *x = 0.5 * *x * (1.0 + erf_rational(*x * std::f32::consts::FRAC_1_SQRT_2))
+        }),
         HiddenAct::GeluNew => values.iter_mut().for_each(|x| {
             let inner = 0.797_884_6 * (*x + 0.044_715 * *x * *x * *x);
             *x = 0.5 * *x * (1.0 + inner.tanh());
@@ -202,18 +241,33 @@ fn activate_generic(act: HiddenAct, values: &mut [f32]) {
 /// the weight of `Q·Kᵀ` (one output per key) and the values, transposed, as the weight of `P·V`.
 /// Only the real keys are used, so padding costs nothing and a prompt's result does not depend on
 /// the batch around it.
-fn attend_head(rows: &[f32], stride: usize, offset: usize, hidden: usize, head_dim: usize, length: usize) -> Result<Vec<f32>, String> {
+fn attend_head(
+    rows: &[f32],
+    stride: usize,
+    offset: usize,
+    hidden: usize,
+    head_dim: usize,
+    length: usize,
+) -> Result<Vec<f32>, String> {
     let seq = rows.len() / stride;
     if length == 0 {
         return Ok(vec![0f32; seq * head_dim]);
     }
     let real = || rows.chunks_exact(stride).take(length);
-    let queries: Vec<f32> = real().flat_map(|row| row[offset..][..head_dim].iter().copied()).collect();
-    let keys: Vec<f32> = real().flat_map(|row| row[offset + hidden..][..head_dim].iter().copied()).collect();
-    let values_t: Vec<f32> = (0..head_dim).flat_map(|c| real().map(move |row| row[offset + 2 * hidden + c])).collect();
-    let mut weights = PackedLinear::new(&keys, &vec![0f32; length], head_dim, length)?.apply(&queries);
+    let queries: Vec<f32> = real()
+        .flat_map(|row| row[offset..][..head_dim].iter().copied())
+        .collect();
+    let keys: Vec<f32> = real()
+        .flat_map(|row| row[offset + hidden..][..head_dim].iter().copied())
+        .collect();
+    let values_t: Vec<f32> = (0..head_dim)
+        .flat_map(|c| real().map(move |row| row[offset + 2 * hidden + c]))
+        .collect();
+    let mut weights =
+        PackedLinear::new(&keys, &vec![0f32; length], head_dim, length)?.apply(&queries);
     softmax_rows(&mut weights, length, 1.0 / (head_dim as f32).sqrt());
-    let mut output = PackedLinear::new(&values_t, &vec![0f32; head_dim], length, head_dim)?.apply(&weights);
+    let mut output =
+        PackedLinear::new(&values_t, &vec![0f32; head_dim], length, head_dim)?.apply(&weights);
     output.resize(seq * head_dim, 0.0);
     Ok(output)
 }
@@ -248,7 +302,11 @@ fn softmax_rows_generic(values: &mut [f32], width: usize, scale: f32) {
                 *max = max.max(value);
             }
         }
-        let max = rest.iter().chain(&maxima).copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = rest
+            .iter()
+            .chain(&maxima)
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         for value in row.iter_mut() {
             *value = exp_approx((*value - max) * scale);
         }
@@ -271,7 +329,13 @@ pub(crate) fn exp_approx(x: f32) -> f32 {
     let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4_f32;
-    for coefficient in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1] {
+    for coefficient in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5e-1,
+    ] {
         p = p * r + coefficient;
     }
     let p = p * r * r + r + 1.0;
@@ -287,25 +351,43 @@ mod tests {
         for i in 0..=80_000 {
             let x = -(i as f32) / 1000.0;
             let (got, expected) = (exp_approx(x), x.exp());
-            assert!((got - expected).abs() <= 4e-7 * expected + 1e-38, "exp({x}): {got} vs {expected}");
+            assert!(
+                (got - expected).abs() <= 4e-7 * expected + 1e-38,
+                "exp({x}): {got} vs {expected}"
+            );
         }
         assert_eq!(exp_approx(0.0), 1.0);
         assert!(exp_approx(-1e4) < 1e-37);
     }
 
     /// Attention written the plain way: the full score matrix, `f64`, std `exp`.
-    fn reference_head(rows: &[f32], stride: usize, offset: usize, hidden: usize, d: usize, length: usize) -> Vec<f32> {
+    fn reference_head(
+        rows: &[f32],
+        stride: usize,
+        offset: usize,
+        hidden: usize,
+        d: usize,
+        length: usize,
+    ) -> Vec<f32> {
         let at = |i: usize, c: usize| rows[i * stride + c] as f64;
         let mut out = vec![0f32; rows.len() / stride * d];
         for i in 0..length {
             let scores: Vec<f64> = (0..length)
-                .map(|j| (0..d).map(|c| at(i, offset + c) * at(j, offset + hidden + c)).sum::<f64>() / (d as f64).sqrt())
+                .map(|j| {
+                    (0..d)
+                        .map(|c| at(i, offset + c) * at(j, offset + hidden + c))
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
+                })
                 .collect();
             let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
             let total: f64 = weights.iter().sum();
             for c in 0..d {
-                out[i * d + c] = ((0..length).map(|j| weights[j] * at(j, offset + 2 * hidden + c)).sum::<f64>() / total) as f32;
+                out[i * d + c] = ((0..length)
+                    .map(|j| weights[j] * at(j, offset + 2 * hidden + c))
+                    .sum::<f64>()
+                    / total) as f32;
             }
         }
         out
@@ -315,18 +397,25 @@ mod tests {
     fn attention_matches_the_plain_formula_and_ignores_padding() {
         let (hidden, d, seq) = (8, 4, 7);
         let stride = 3 * hidden;
-        let rows: Vec<f32> = (0..seq * stride).map(|i| ((i * 7919 % 211) as f32 - 105.0) / 40.0).collect();
+        let rows: Vec<f32> = (0..seq * stride)
+            .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 40.0)
+            .collect();
         for length in [1, 4, 7] {
             for offset in [0, d] {
-                let got = attend_head(&rows, stride, offset, hidden, d, length).expect("valid shapes");
+                let got =
+                    attend_head(&rows, stride, offset, hidden, d, length).expect("valid shapes");
                 let expected = reference_head(&rows, stride, offset, hidden, d, length);
                 for (g, e) in got.iter().zip(&expected) {
-                    assert!((g - e).abs() < 1e-5, "length {length}, offset {offset}: {g} vs {e}");
+                    assert!(
+                        (g - e).abs() < 1e-5,
+                        "length {length}, offset {offset}: {g} vs {e}"
+                    );
                 }
                 // The real rows do not depend on what the padding rows hold.
                 let mut noisy = rows.clone();
                 noisy[length * stride..].iter_mut().for_each(|v| *v = 1e3);
-                let again = attend_head(&noisy, stride, offset, hidden, d, length).expect("valid shapes");
+                let again =
+                    attend_head(&noisy, stride, offset, hidden, d, length).expect("valid shapes");
                 assert_eq!(got[..length * d], again[..length * d]);
             }
         }
@@ -334,7 +423,11 @@ mod tests {
 
     #[test]
     fn residual_layer_norm_matches_the_formula() {
-        let norm = Norm { gamma: vec![1.0, 2.0, 0.5, 1.0], beta: vec![0.0, 1.0, 0.0, -1.0], eps: 1e-12 };
+        let norm = Norm {
+            gamma: vec![1.0, 2.0, 0.5, 1.0],
+            beta: vec![0.0, 1.0, 0.0, -1.0],
+            eps: 1e-12,
+        };
         let mut rows = vec![1.0, 2.0, 3.0, 4.0];
         norm.add_and_normalize(&mut rows, &[1.0, 0.0, 1.0, 0.0]);
         // x = [2, 2, 4, 4]: mean 3, variance 1.

@@ -26,13 +26,23 @@ const TOKENS_PER_BATCH: usize = 1024;
 
 /// Derives a `dim`-dimensional static encoder from `bert`; `progress(done, total)` is called after
 /// each batch of tokens.
-pub fn distill_static(bert: &BertEncoder, dim: usize, progress: &mut dyn FnMut(usize, usize)) -> Result<StaticEncoder> {
+pub fn distill_static(
+    bert: &BertEncoder,
+    dim: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<StaticEncoder> {
     let tokenizer = bert.tokenizer();
     let vocab = tokenizer.vocab_size();
     if dim == 0 || dim > bert.dim() {
-        return Err(CoreError::Invalid(format!("static dimension {dim} must be in 1..={}", bert.dim())));
+        return Err(CoreError::Invalid(format!(
+            "static dimension {dim} must be in 1..={}",
+            bert.dim()
+        )));
     }
-    let specials: Vec<u32> = ["[CLS]", "[SEP]"].iter().filter_map(|t| tokenizer.token_to_id(t)).collect();
+    let specials: Vec<u32> = ["[CLS]", "[SEP]"]
+        .iter()
+        .filter_map(|t| tokenizer.token_to_id(t))
+        .collect();
     let (cls, sep) = match specials.as_slice() {
         [cls, sep] => (Some(*cls), Some(*sep)),
         _ => (None, None),
@@ -40,8 +50,10 @@ pub fn distill_static(bert: &BertEncoder, dim: usize, progress: &mut dyn FnMut(u
     let mut vectors = Vec::with_capacity(vocab * bert.dim());
     let ids: Vec<u32> = (0..vocab as u32).collect();
     for chunk in ids.chunks(TOKENS_PER_BATCH) {
-        let batch: Vec<Vec<u32>> =
-            chunk.iter().map(|&id| cls.into_iter().chain([id]).chain(sep).collect()).collect();
+        let batch: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|&id| cls.into_iter().chain([id]).chain(sep).collect())
+            .collect();
         for row in bert.embed_ids(&batch)? {
             vectors.extend(row);
         }
@@ -56,7 +68,9 @@ pub fn distill_static(bert: &BertEncoder, dim: usize, progress: &mut dyn FnMut(u
 pub fn pca(data: &[f32], width: usize, dim: usize) -> Result<Vec<f32>> {
     let rows = data.len().checked_div(width).unwrap_or(0);
     if rows < 2 || dim > width {
-        return Err(CoreError::Invalid(format!("PCA of {rows} rows of width {width} to {dim} dimensions")));
+        return Err(CoreError::Invalid(format!(
+            "PCA of {rows} rows of width {width} to {dim} dimensions"
+        )));
     }
     let x = Tensor::from_slice(data, (rows, width), &Device::Cpu)?.to_dtype(DType::F64)?;
     let centred = x.broadcast_sub(&x.mean_keepdim(0)?)?;
@@ -65,9 +79,16 @@ pub fn pca(data: &[f32], width: usize, dim: usize) -> Result<Vec<f32>> {
     let mut order: Vec<usize> = (0..width).collect();
     order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
     // The projection matrix: the top `dim` eigenvectors as columns, `width × dim`.
-    let projection: Vec<f64> = (0..width).flat_map(|r| order[..dim].iter().map(move |&c| (r, c))).map(|(r, c)| vectors[r][c]).collect();
+    let projection: Vec<f64> = (0..width)
+        .flat_map(|r| order[..dim].iter().map(move |&c| (r, c)))
+        .map(|(r, c)| vectors[r][c])
+        .collect();
     let projection = Tensor::from_vec(projection, (width, dim), &Device::Cpu)?;
-    Ok(centred.matmul(&projection)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+    Ok(centred
+        .matmul(&projection)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?)
 }
 
 /// Multiplies row `r` by `a / (a + p(r))`, `p(r) ∝ 1 / (r + 2)` (Zipf), `a` = [`SIF_COEFFICIENT`].
@@ -86,10 +107,20 @@ fn apply_sif_weights(table: &mut [f32], dim: usize) {
 pub fn symmetric_eigen(matrix: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
     let n = matrix.len();
     let mut a: Vec<Vec<f64>> = matrix.to_vec();
-    let mut v: Vec<Vec<f64>> = (0..n).map(|i| (0..n).map(|j| if i == j { 1.0 } else { 0.0 }).collect()).collect();
-    let scale: f64 = a.iter().flatten().map(|x| x * x).sum::<f64>().max(f64::MIN_POSITIVE);
+    let mut v: Vec<Vec<f64>> = (0..n)
+        .map(|i| (0..n).map(|j| if i == j { 1.0 } else { 0.0 }).collect())
+        .collect();
+    let scale: f64 = a
+        .iter()
+        .flatten()
+        .map(|x| x * x)
+        .sum::<f64>()
+        .max(f64::MIN_POSITIVE);
     for _sweep in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i][j] * a[i][j]).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i][j] * a[i][j])
+            .sum();
         if off <= scale * 1e-22 {
             break;
         }
@@ -135,21 +166,31 @@ mod tests {
     fn jacobi_recovers_known_eigenpairs() {
         // [[2, 1], [1, 2]] has eigenvalues 3 (vector [1, 1]/√2) and 1 (vector [1, -1]/√2).
         let (values, vectors) = symmetric_eigen(&[vec![2.0, 1.0], vec![1.0, 2.0]]);
-        let mut pairs: Vec<(f64, f64, f64)> = (0..2).map(|c| (values[c], vectors[0][c], vectors[1][c])).collect();
+        let mut pairs: Vec<(f64, f64, f64)> = (0..2)
+            .map(|c| (values[c], vectors[0][c], vectors[1][c]))
+            .collect();
         pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
         assert!((pairs[0].0 - 3.0).abs() < 1e-12 && (pairs[1].0 - 1.0).abs() < 1e-12);
-        assert!((pairs[0].1 - pairs[0].2).abs() < 1e-12, "top eigenvector is ±[1, 1]/√2");
-        assert!((pairs[1].1 + pairs[1].2).abs() < 1e-12, "second eigenvector is ±[1, -1]/√2");
+        assert!(
+            (pairs[0].1 - pairs[0].2).abs() < 1e-12,
+            "top eigenvector is ±[1, 1]/√2"
+        );
+        assert!(
+            (pairs[1].1 + pairs[1].2).abs() < 1e-12,
+            "second eigenvector is ±[1, -1]/√2"
+        );
     }
 
     #[test]
     fn pca_keeps_the_direction_of_largest_variance() {
         // Points along [1, 1] with a little noise across: one component must carry the spread.
-        let data: Vec<f32> = (0..50).flat_map(|i| {
-            let t = i as f32 - 25.0;
-            let noise = if i % 2 == 0 { 0.1 } else { -0.1 };
-            [t + noise, t - noise]
-        }).collect();
+        let data: Vec<f32> = (0..50)
+            .flat_map(|i| {
+                let t = i as f32 - 25.0;
+                let noise = if i % 2 == 0 { 0.1 } else { -0.1 };
+                [t + noise, t - noise]
+            })
+            .collect();
         let projected = pca(&data, 2, 1).expect("pca");
         assert_eq!(projected.len(), 50);
         // Centred, each point is (t + 0.5)·[1, 1] ± noise·[1, -1]: its coordinate on the principal
@@ -157,7 +198,10 @@ mod tests {
         let sign = projected[49].signum();
         for (i, value) in projected.iter().enumerate() {
             let expected = sign * 2f32.sqrt() * (i as f32 - 25.0 + 0.5);
-            assert!((value - expected).abs() < 1e-4, "row {i}: {value} vs {expected}");
+            assert!(
+                (value - expected).abs() < 1e-4,
+                "row {i}: {value} vs {expected}"
+            );
         }
     }
 }

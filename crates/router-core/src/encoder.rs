@@ -39,10 +39,15 @@ impl BertEncoder {
         device: &Device,
     ) -> Result<Self> {
         let config_path = model_dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| CoreError::io(&config_path, e))?;
-        let config: BertConfig = serde_json::from_str(&text)
-            .map_err(|e| CoreError::Json { path: config_path.clone(), source: e })?;
-        config.validate().map_err(|m| CoreError::bundle(&config_path, m))?;
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| CoreError::io(&config_path, e))?;
+        let config: BertConfig = serde_json::from_str(&text).map_err(|e| CoreError::Json {
+            path: config_path.clone(),
+            source: e,
+        })?;
+        config
+            .validate()
+            .map_err(|m| CoreError::bundle(&config_path, m))?;
         let weights_path = model_dir.join("model.safetensors");
         let model = load_safetensors(&weights_path, device, |vb| BertModel::load(vb, &config))?;
         let max_seq_length = max_seq_length.min(model.max_positions());
@@ -59,12 +64,21 @@ impl BertEncoder {
                 ),
             ));
         }
-        Ok(Self { model, tokenizer, pooling, hidden_size: config.hidden_size, device: device.clone() })
+        Ok(Self {
+            model,
+            tokenizer,
+            pooling,
+            hidden_size: config.hidden_size,
+            device: device.clone(),
+        })
     }
 
     /// Embeddings of a batch of prompts, padded only to the longest one.
     pub fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let ids = texts.iter().map(|t| self.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
+        let ids = texts
+            .iter()
+            .map(|t| self.tokenizer.encode(t))
+            .collect::<Result<Vec<_>>>()?;
         self.embed_ids(&ids)
     }
 
@@ -124,12 +138,21 @@ impl StaticEncoder {
         let tensors = candle_core::safetensors::load(table_path, &Device::Cpu)
             .map_err(|e| CoreError::bundle(table_path, e.to_string()))?;
         let table = tensors.get(STATIC_TABLE_TENSOR).ok_or_else(|| {
-            CoreError::bundle(table_path, format!("no tensor named {STATIC_TABLE_TENSOR:?}"))
+            CoreError::bundle(
+                table_path,
+                format!("no tensor named {STATIC_TABLE_TENSOR:?}"),
+            )
         })?;
         let tokenizer = PromptTokenizer::load(tokenizer_path, max_tokens, truncation, false)?;
-        let (rows, cols) = table
-            .dims2()
-            .map_err(|_| CoreError::bundle(table_path, format!("{STATIC_TABLE_TENSOR:?} must be 2-D, got {:?}", table.dims())))?;
+        let (rows, cols) = table.dims2().map_err(|_| {
+            CoreError::bundle(
+                table_path,
+                format!(
+                    "{STATIC_TABLE_TENSOR:?} must be 2-D, got {:?}",
+                    table.dims()
+                ),
+            )
+        })?;
         if cols != dim {
             return Err(CoreError::bundle(
                 table_path,
@@ -139,7 +162,10 @@ impl StaticEncoder {
         if rows < tokenizer.vocab_size() {
             return Err(CoreError::bundle(
                 table_path,
-                format!("{STATIC_TABLE_TENSOR:?} has {rows} rows, the tokenizer has {} tokens", tokenizer.vocab_size()),
+                format!(
+                    "{STATIC_TABLE_TENSOR:?} has {rows} rows, the tokenizer has {} tokens",
+                    tokenizer.vocab_size()
+                ),
             ));
         }
         let table = table
@@ -147,19 +173,30 @@ impl StaticEncoder {
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(|e| CoreError::bundle(table_path, e.to_string()))?;
-        Ok(Self { table, dim, tokenizer })
+        Ok(Self {
+            table,
+            dim,
+            tokenizer,
+        })
     }
 
     /// Builds an encoder from a table held in memory (`rows × dim`, row-major).
     pub fn from_table(table: Vec<f32>, dim: usize, tokenizer: PromptTokenizer) -> Result<Self> {
-        if dim == 0 || !table.len().is_multiple_of(dim) || table.len() / dim < tokenizer.vocab_size() {
+        if dim == 0
+            || !table.len().is_multiple_of(dim)
+            || table.len() / dim < tokenizer.vocab_size()
+        {
             return Err(CoreError::Invalid(format!(
                 "a static table of {} values does not fit dimension {dim} and {} tokens",
                 table.len(),
                 tokenizer.vocab_size()
             )));
         }
-        Ok(Self { table, dim, tokenizer: tokenizer.with_special_tokens(false) })
+        Ok(Self {
+            table,
+            dim,
+            tokenizer: tokenizer.with_special_tokens(false),
+        })
     }
 
     /// The embedding of one prompt. An empty prompt gives the zero vector.
@@ -174,7 +211,10 @@ impl StaticEncoder {
         let mut count = 0usize;
         for &id in ids {
             // The tokenizer's vocabulary was checked against the table at load time.
-            if let Some(row) = self.table.get(id as usize * self.dim..(id as usize + 1) * self.dim) {
+            if let Some(row) = self
+                .table
+                .get(id as usize * self.dim..(id as usize + 1) * self.dim)
+            {
                 sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
                 count += 1;
             }
@@ -215,8 +255,11 @@ pub fn save_static_table(table: &[f32], dim: usize, path: &Path) -> Result<()> {
     // Stored as f16: half the size on disk, and well inside the precision a mean of many rows
     // needs; loading widens it back to f32.
     let tensor = Tensor::from_slice(table, (rows, dim), &Device::Cpu)?.to_dtype(DType::F16)?;
-    candle_core::safetensors::save(&std::collections::HashMap::from([(STATIC_TABLE_TENSOR, tensor)]), path)
-        .map_err(|e| CoreError::bundle(path, e.to_string()))
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([(STATIC_TABLE_TENSOR, tensor)]),
+        path,
+    )
+    .map_err(|e| CoreError::bundle(path, e.to_string()))
 }
 
 /// Either encoder tier.
@@ -251,7 +294,8 @@ impl Encoder {
             Encoder::Static(e) => e.embed(text),
             Encoder::Bert(e) => {
                 let mut rows = e.embed_batch(&[text])?;
-                rows.pop().ok_or_else(|| CoreError::Invalid("the encoder returned no row".into()))
+                rows.pop()
+                    .ok_or_else(|| CoreError::Invalid("the encoder returned no row".into()))
             }
         }
     }
@@ -267,7 +311,11 @@ impl Encoder {
     /// The embeddings of many prompts (a dataset), in order. BERT batches are formed from prompts
     /// of similar length, so little is spent on padding; `progress` is called with the number of
     /// prompts done after each batch.
-    pub fn embed_all(&self, texts: &[&str], progress: &mut dyn FnMut(usize)) -> Result<Vec<Vec<f32>>> {
+    pub fn embed_all(
+        &self,
+        texts: &[&str],
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
         let bert = match self {
             Encoder::Static(_) => {
                 let rows = self.embed_batch(texts)?;
@@ -276,7 +324,10 @@ impl Encoder {
             }
             Encoder::Bert(bert) => bert,
         };
-        let ids = texts.iter().map(|t| bert.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
+        let ids = texts
+            .iter()
+            .map(|t| bert.tokenizer.encode(t))
+            .collect::<Result<Vec<_>>>()?;
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
         let mut out = vec![Vec::new(); ids.len()];
@@ -284,7 +335,9 @@ impl Encoder {
         while start < order.len() {
             // Sorted ascending, so the last prompt of a batch is its longest.
             let mut end = start + 1;
-            while end < order.len() && (end + 1 - start) * ids[order[end]].len() <= BATCH_TOKEN_BUDGET {
+            while end < order.len()
+                && (end + 1 - start) * ids[order[end]].len() <= BATCH_TOKEN_BUDGET
+            {
                 end += 1;
             }
             let batch: Vec<Vec<u32>> = order[start..end].iter().map(|&i| ids[i].clone()).collect();
@@ -307,6 +360,8 @@ pub(crate) fn load_safetensors<T>(
     if !path.is_file() {
         return Err(CoreError::bundle(path, "file not found"));
     }
-    let tensors = candle_core::safetensors::load(path, device).map_err(|e| CoreError::bundle(path, e.to_string()))?;
-    build(VarBuilder::from_tensors(tensors, DType::F32, device)).map_err(|e| CoreError::bundle(path, e.to_string()))
+    let tensors = candle_core::safetensors::load(path, device)
+        .map_err(|e| CoreError::bundle(path, e.to_string()))?;
+    build(VarBuilder::from_tensors(tensors, DType::F32, device))
+        .map_err(|e| CoreError::bundle(path, e.to_string()))
 }

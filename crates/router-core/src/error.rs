@@ -59,11 +59,17 @@ pub enum CoreError {
 
 impl CoreError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CoreError::Io { path: path.into(), source }
+        CoreError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn bundle(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        CoreError::Bundle { path: path.into(), message: message.into() }
+        CoreError::Bundle {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 

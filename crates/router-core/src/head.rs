@@ -16,7 +16,12 @@ pub struct Head {
 impl Head {
     /// Loads (or, with a `VarMap`-backed builder, creates) the layers for `input_dim` inputs and
     /// `outputs` outputs.
-    pub fn load(vb: VarBuilder, config: &HeadConfig, input_dim: usize, outputs: usize) -> candle_core::Result<Self> {
+    pub fn load(
+        vb: VarBuilder,
+        config: &HeadConfig,
+        input_dim: usize,
+        outputs: usize,
+    ) -> candle_core::Result<Self> {
         let widths: Vec<usize> = std::iter::once(input_dim)
             .chain(config.hidden.iter().copied())
             .chain(std::iter::once(outputs))

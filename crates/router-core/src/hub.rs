@@ -18,7 +18,12 @@ pub fn hub_file(repo: &str, revision: &str, file: &str) -> Result<PathBuf> {
     if let Some(path) = cache.repo(hub_repo.clone()).get(file) {
         return Ok(path);
     }
-    let pinned = cache.path().join(hub_repo.folder_name()).join("snapshots").join(revision).join(file);
+    let pinned = cache
+        .path()
+        .join(hub_repo.folder_name())
+        .join("snapshots")
+        .join(revision)
+        .join(file);
     if pinned.is_file() {
         return Ok(pinned);
     }
@@ -39,10 +44,15 @@ pub fn hub_file(repo: &str, revision: &str, file: &str) -> Result<PathBuf> {
         .build()
         .map_err(|e| hub_error(e.to_string()))?;
     api.repo(hub_repo).get(file).map_err(|e| {
-        hub_error(format!("not in the cache at {} and the download failed: {e}", cache.path().display()))
+        hub_error(format!(
+            "not in the cache at {} and the download failed: {e}",
+            cache.path().display()
+        ))
     })
 }
 
 fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").map(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes")).unwrap_or(false)
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
+        .unwrap_or(false)
 }

@@ -19,8 +19,15 @@ pub struct LengthHead {
 impl LengthHead {
     /// Loads (or, with a `VarMap`-backed builder, creates) the layers: `input_dim` inputs,
     /// `outputs` outputs; tensors are named as [`Head`]'s.
-    pub fn load(vb: VarBuilder, config: &HeadConfig, input_dim: usize, outputs: usize) -> candle_core::Result<Self> {
-        Ok(Self { head: Head::load(vb, config, input_dim, outputs)? })
+    pub fn load(
+        vb: VarBuilder,
+        config: &HeadConfig,
+        input_dim: usize,
+        outputs: usize,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            head: Head::load(vb, config, input_dim, outputs)?,
+        })
     }
 
     /// The underlying MLP, whose outputs are `ln(output tokens)`.
@@ -39,6 +46,11 @@ impl LengthHead {
         }
         let flat: Vec<f32> = embeddings.iter().flatten().copied().collect();
         let input = Tensor::from_vec(flat, (embeddings.len(), dim), device)?;
-        Ok(self.head.forward_logits(&input)?.exp()?.to_dtype(DType::F32)?.to_vec2()?)
+        Ok(self
+            .head
+            .forward_logits(&input)?
+            .exp()?
+            .to_dtype(DType::F32)?
+            .to_vec2()?)
     }
 }

@@ -48,28 +48,32 @@
 
 pub mod bert;
 pub mod config;
+mod cpu_head;
+mod cpu_layer;
 pub mod distill;
 mod encoder;
 mod error;
-mod cpu_head;
-mod cpu_layer;
 mod gate;
 mod head;
+pub mod hub;
 mod length;
 mod packed;
-pub mod hub;
 mod router;
 mod tokenize;
 
-pub use config::{EncoderConfig, HeadConfig, Pooling, RouterConfig, TrainingRecord, Truncation, FORMAT_VERSION};
+pub use config::{
+    EncoderConfig, HeadConfig, Pooling, RouterConfig, TrainingRecord, Truncation, FORMAT_VERSION,
+};
+pub use cpu_head::CpuHead;
 pub use encoder::{save_static_table, BertEncoder, Encoder, StaticEncoder, STATIC_TABLE_TENSOR};
 pub use error::{CoreError, Result};
-pub use cpu_head::CpuHead;
 pub use gate::{tensors as gate_tensors, GateChoice, TaskGate, TaskGateConfig, TaskGateParts};
 pub use head::Head;
 pub use length::LengthHead;
 pub use packed::PackedLinear;
-pub use router::{bert_dir_from_hub, default_device, Prediction, Router, TokenizedPrompt, DEFAULT_REVISION};
+pub use router::{
+    bert_dir_from_hub, default_device, Prediction, Router, TokenizedPrompt, DEFAULT_REVISION,
+};
 pub use tokenize::PromptTokenizer;
 
 /// Re-exported so that users of the crate build devices and tensors with the same candle version.

@@ -36,7 +36,12 @@ pub struct PackedLinear {
 
 impl PackedLinear {
     /// Packs `weight` (`[outputs, inputs]`, row-major, as in a PyTorch/candle `Linear`) and `bias`.
-    pub fn new(weight: &[f32], bias: &[f32], inputs: usize, outputs: usize) -> Result<Self, String> {
+    pub fn new(
+        weight: &[f32],
+        bias: &[f32],
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<Self, String> {
         if inputs == 0 || weight.len() != inputs * outputs || bias.len() != outputs {
             return Err(format!(
                 "a {outputs}×{inputs} linear layer needs {} weights and {outputs} biases, got {} and {}",
@@ -56,7 +61,12 @@ impl PackedLinear {
         }
         let mut padded_bias = vec![0f32; panel_count * PANEL];
         padded_bias[..outputs].copy_from_slice(bias);
-        Ok(Self { panels, bias: padded_bias, inputs, outputs })
+        Ok(Self {
+            panels,
+            bias: padded_bias,
+            inputs,
+            outputs,
+        })
     }
 
     /// `input` (`[rows, inputs]`, row-major) times the weight, plus the bias: `[rows, outputs]`.
@@ -106,17 +116,26 @@ impl CustomOp1 for PackedLinear {
         "packed-linear"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(values), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(values), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
             candle_core::bail!("{} takes a contiguous f32 tensor", self.name())
         };
         let mut dims = layout.shape().dims().to_vec();
         if dims.last() != Some(&self.inputs) {
-            candle_core::bail!("{}: input shape {dims:?} does not end in {}", self.name(), self.inputs)
+            candle_core::bail!(
+                "{}: input shape {dims:?} does not end in {}",
+                self.name(),
+                self.inputs
+            )
         }
-        let input = values
-            .get(start..end)
-            .ok_or_else(|| candle_core::Error::Msg(format!("{} is out of its storage", self.name())))?;
+        let input = values.get(start..end).ok_or_else(|| {
+            candle_core::Error::Msg(format!("{} is out of its storage", self.name()))
+        })?;
         if let Some(last) = dims.last_mut() {
             *last = self.outputs;
         }
@@ -136,7 +155,10 @@ fn panels_product(input: &[f32], inputs: usize, panels: &[f32], bias: &[f32], bl
         return;
     }
     let rows = input.len() / inputs;
-    let tasks = block.chunks_exact_mut(rows * PANEL).zip(panels.chunks_exact(inputs * PANEL)).zip(bias.chunks_exact(PANEL));
+    let tasks = block
+        .chunks_exact_mut(rows * PANEL)
+        .zip(panels.chunks_exact(inputs * PANEL))
+        .zip(bias.chunks_exact(PANEL));
     for ((block, panel), bias) in tasks {
         panel_product(input, rows, inputs, panel, bias, block);
     }
@@ -144,7 +166,14 @@ fn panels_product(input: &[f32], inputs: usize, panels: &[f32], bias: &[f32], bl
 
 /// One panel's `[rows, PANEL]` block of the product, with fused multiply–adds when the CPU has
 /// them.
-fn panel_product(input: &[f32], rows: usize, inputs: usize, panel: &[f32], bias: &[f32], block: &mut [f32]) {
+fn panel_product(
+    input: &[f32],
+    rows: usize,
+    inputs: usize,
+    panel: &[f32],
+    bias: &[f32],
+    block: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the function only needs AVX2 and FMA, which were just detected.
@@ -156,7 +185,14 @@ fn panel_product(input: &[f32], rows: usize, inputs: usize, panel: &[f32], bias:
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn panel_product_avx2_fma(input: &[f32], rows: usize, inputs: usize, panel: &[f32], bias: &[f32], block: &mut [f32]) {
+fn panel_product_avx2_fma(
+    input: &[f32],
+    rows: usize,
+    inputs: usize,
+    panel: &[f32],
+    bias: &[f32],
+    block: &mut [f32],
+) {
     panel_product_generic::<true>(input, rows, inputs, panel, bias, block);
 }
 
@@ -172,14 +208,26 @@ fn panel_product_generic<const FUSED: bool>(
     block: &mut [f32],
 ) {
     let (panel, _) = panel.as_chunks::<PANEL>();
-    let Ok(bias) = <&[f32; PANEL]>::try_from(bias) else { return };
+    let Ok(bias) = <&[f32; PANEL]>::try_from(bias) else {
+        return;
+    };
     let mut row = 0;
     while row + ROWS <= rows {
-        rows_times_panel::<ROWS, FUSED>(&input[row * inputs..(row + ROWS) * inputs], panel, bias, &mut block[row * PANEL..(row + ROWS) * PANEL]);
+        rows_times_panel::<ROWS, FUSED>(
+            &input[row * inputs..(row + ROWS) * inputs],
+            panel,
+            bias,
+            &mut block[row * PANEL..(row + ROWS) * PANEL],
+        );
         row += ROWS;
     }
     while row < rows {
-        rows_times_panel::<1, FUSED>(&input[row * inputs..(row + 1) * inputs], panel, bias, &mut block[row * PANEL..(row + 1) * PANEL]);
+        rows_times_panel::<1, FUSED>(
+            &input[row * inputs..(row + 1) * inputs],
+            panel,
+            bias,
+            &mut block[row * PANEL..(row + 1) * PANEL],
+        );
         row += 1;
     }
 }
@@ -199,7 +247,11 @@ fn rows_times_panel<const R: usize, const FUSED: bool>(
         for r in 0..R {
             let x = rows[r][k];
             for (sum, &w) in sums[r].iter_mut().zip(weights) {
-                *sum = if FUSED { x.mul_add(w, *sum) } else { x * w + *sum };
+                *sum = if FUSED {
+                    x.mul_add(w, *sum)
+                } else {
+                    x * w + *sum
+                };
             }
         }
     }
@@ -214,20 +266,29 @@ fn rows_times_panel<const R: usize, const FUSED: bool>(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{PANEL, PAIR};
+    use super::{PAIR, PANEL};
 
     /// Rows per register block.
     const ROWS_512: usize = 8;
 
     /// As [`super::panels_product`]; only call when `avx512f` was detected.
-    pub(super) fn panels_product(input: &[f32], inputs: usize, panels: &[f32], bias: &[f32], block: &mut [f32]) {
+    pub(super) fn panels_product(
+        input: &[f32],
+        inputs: usize,
+        panels: &[f32],
+        bias: &[f32],
+        block: &mut [f32],
+    ) {
         let rows = input.len() / inputs;
         let panel_count = bias.len() / PANEL;
         // The kernel reads and writes through raw pointers; these checks make every access in
         // bounds: rows `row..row + R` of `input`, `panel_count` panels of `inputs × PANEL`, and
         // `panel_count` blocks of `rows × PANEL` in `block`.
         assert!((1..=PAIR).contains(&panel_count) && bias.len() == panel_count * PANEL);
-        assert!(panels.len() == panel_count * inputs * PANEL && block.len() == panel_count * rows * PANEL);
+        assert!(
+            panels.len() == panel_count * inputs * PANEL
+                && block.len() == panel_count * rows * PANEL
+        );
         assert!(input.len() == rows * inputs);
         let mut row = 0;
         while row < rows {
@@ -269,10 +330,12 @@ mod avx512 {
     ) {
         let x = input.as_ptr().add(row * inputs);
         let w = panels.as_ptr();
-        let initial: [__m512; P] = std::array::from_fn(|p| _mm512_loadu_ps(bias.as_ptr().add(p * PANEL)));
+        let initial: [__m512; P] =
+            std::array::from_fn(|p| _mm512_loadu_ps(bias.as_ptr().add(p * PANEL)));
         let mut sums = [initial; R];
         for k in 0..inputs {
-            let weights: [__m512; P] = std::array::from_fn(|p| _mm512_loadu_ps(w.add((p * inputs + k) * PANEL)));
+            let weights: [__m512; P] =
+                std::array::from_fn(|p| _mm512_loadu_ps(w.add((p * inputs + k) * PANEL)));
             for (r, sums) in sums.iter_mut().enumerate() {
                 let value = _mm512_set1_ps(*x.add(r * inputs + k));
                 for (sum, weight) in sums.iter_mut().zip(&weights) {
@@ -293,12 +356,20 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    fn reference(input: &[f32], weight: &[f32], bias: &[f32], inputs: usize, outputs: usize) -> Vec<f32> {
+    fn reference(
+        input: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        inputs: usize,
+        outputs: usize,
+    ) -> Vec<f32> {
         let rows = input.len() / inputs;
         let mut out = vec![0f32; rows * outputs];
         for r in 0..rows {
             for o in 0..outputs {
-                let dot: f64 = (0..inputs).map(|i| input[r * inputs + i] as f64 * weight[o * inputs + i] as f64).sum();
+                let dot: f64 = (0..inputs)
+                    .map(|i| input[r * inputs + i] as f64 * weight[o * inputs + i] as f64)
+                    .sum();
                 out[r * outputs + o] = (dot + bias[o] as f64) as f32;
             }
         }
@@ -306,21 +377,36 @@ mod tests {
     }
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 - 1000.0) / 1000.0).collect()
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 - 1000.0) / 1000.0)
+            .collect()
     }
 
     #[test]
     fn matches_a_plain_product_at_odd_shapes() {
         // Rows that leave remainders of ROWS, outputs that leave a partial panel, and sizes both
         // below and above the threshold for threads.
-        for (rows, inputs, outputs) in [(1, 3, 1), (5, 17, 33), (7, 64, 16), (33, 384, 1152), (4, 1536, 40)] {
-            let (weight, bias, input) = (values(inputs * outputs, 1), values(outputs, 2), values(rows * inputs, 3));
+        for (rows, inputs, outputs) in [
+            (1, 3, 1),
+            (5, 17, 33),
+            (7, 64, 16),
+            (33, 384, 1152),
+            (4, 1536, 40),
+        ] {
+            let (weight, bias, input) = (
+                values(inputs * outputs, 1),
+                values(outputs, 2),
+                values(rows * inputs, 3),
+            );
             let packed = PackedLinear::new(&weight, &bias, inputs, outputs).expect("valid shapes");
             let got = packed.apply(&input);
             let expected = reference(&input, &weight, &bias, inputs, outputs);
             assert_eq!(got.len(), expected.len());
             for (g, e) in got.iter().zip(&expected) {
-                assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "{rows}×{inputs}×{outputs}: {g} vs {e}");
+                assert!(
+                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                    "{rows}×{inputs}×{outputs}: {g} vs {e}"
+                );
             }
         }
     }
@@ -328,7 +414,13 @@ mod tests {
     #[test]
     fn a_row_is_the_same_alone_and_in_a_batch() {
         let (inputs, outputs) = (384, 1536);
-        let packed = PackedLinear::new(&values(inputs * outputs, 4), &values(outputs, 5), inputs, outputs).expect("valid");
+        let packed = PackedLinear::new(
+            &values(inputs * outputs, 4),
+            &values(outputs, 5),
+            inputs,
+            outputs,
+        )
+        .expect("valid");
         let batch = values(9 * inputs, 6);
         let all = packed.apply(&batch);
         for row in 0..9 {
@@ -340,17 +432,38 @@ mod tests {
     #[test]
     fn the_widest_kernel_is_bit_identical_to_the_fused_scalar_one() {
         // Rows that exercise every register block (8, 4, 1) and a pair and a lone panel.
-        for (rows, inputs, panel_count) in [(1, 5, 1), (3, 17, 2), (7, 64, 2), (13, 384, 2), (29, 96, 1), (40, 33, 2)] {
-            let (panels, bias, input) = (values(panel_count * inputs * PANEL, 7), values(panel_count * PANEL, 8), values(rows * inputs, 9));
+        for (rows, inputs, panel_count) in [
+            (1, 5, 1),
+            (3, 17, 2),
+            (7, 64, 2),
+            (13, 384, 2),
+            (29, 96, 1),
+            (40, 33, 2),
+        ] {
+            let (panels, bias, input) = (
+                values(panel_count * inputs * PANEL, 7),
+                values(panel_count * PANEL, 8),
+                values(rows * inputs, 9),
+            );
             let mut widest = vec![0f32; panel_count * rows * PANEL];
             panels_product(&input, inputs, &panels, &bias, &mut widest);
             let mut scalar = vec![0f32; panel_count * rows * PANEL];
             for p in 0..panel_count {
                 let panel = &panels[p * inputs * PANEL..(p + 1) * inputs * PANEL];
                 let block = &mut scalar[p * rows * PANEL..(p + 1) * rows * PANEL];
-                panel_product_generic::<true>(&input, rows, inputs, panel, &bias[p * PANEL..(p + 1) * PANEL], block);
+                panel_product_generic::<true>(
+                    &input,
+                    rows,
+                    inputs,
+                    panel,
+                    &bias[p * PANEL..(p + 1) * PANEL],
+                    block,
+                );
             }
-            assert_eq!(widest, scalar, "{rows} rows × {inputs} inputs × {panel_count} panels");
+            assert_eq!(
+                widest, scalar,
+                "{rows} rows × {inputs} inputs × {panel_count} panels"
+            );
         }
     }
 

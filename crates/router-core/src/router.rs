@@ -10,8 +10,8 @@ use crate::encoder::{load_safetensors, BertEncoder, Encoder, StaticEncoder};
 use crate::error::{CoreError, Result};
 use crate::gate::{GateChoice, TaskGate};
 use crate::head::Head;
-use crate::length::LengthHead;
 use crate::hub::hub_file;
+use crate::length::LengthHead;
 
 /// The default revision used when none is given.
 pub const DEFAULT_REVISION: &str = "main";
@@ -52,15 +52,23 @@ impl Router {
         let head = load_safetensors(&head_path, device, |vb| {
             Head::load(vb, &config.head, config.encoder.dim(), config.models.len())
         })?;
-        let cpu_head = cpu_head_for(&head, device).map_err(|e| CoreError::bundle(&head_path, e.to_string()))?;
+        let cpu_head = cpu_head_for(&head, device)
+            .map_err(|e| CoreError::bundle(&head_path, e.to_string()))?;
         let length_head = match &config.output_length {
-            Some(shape) => Some(load_safetensors(&dir.join(files::LENGTH_HEAD), device, |vb| {
-                LengthHead::load(vb, shape, config.encoder.dim(), config.models.len())
-            })?),
+            Some(shape) => Some(load_safetensors(
+                &dir.join(files::LENGTH_HEAD),
+                device,
+                |vb| LengthHead::load(vb, shape, config.encoder.dim(), config.models.len()),
+            )?),
             None => None,
         };
         let task_gate = match &config.task_gate {
-            Some(gate) => Some(TaskGate::load(&dir.join(files::TASK_GATE), gate, config.encoder.dim(), config.models.len())?),
+            Some(gate) => Some(TaskGate::load(
+                &dir.join(files::TASK_GATE),
+                gate,
+                config.encoder.dim(),
+                config.models.len(),
+            )?),
             None => None,
         };
         let cpu_length_head = match &length_head {
@@ -104,7 +112,12 @@ impl Router {
 
     /// Builds a router from parts already in memory (used by training, before a bundle is written),
     /// without an output-length head (see [`Router::with_length_head`]).
-    pub fn from_parts(mut config: RouterConfig, encoder: Encoder, head: Head, device: Device) -> Result<Self> {
+    pub fn from_parts(
+        mut config: RouterConfig,
+        encoder: Encoder,
+        head: Head,
+        device: Device,
+    ) -> Result<Self> {
         // The manifest must not promise a length head or a gate this router does not have.
         config.output_length = None;
         config.task_gate = None;
@@ -131,10 +144,16 @@ impl Router {
     }
 
     /// Adds an output-length head of shape `shape` (recorded in the manifest's `output_length`).
-    pub fn with_length_head(mut self, length_head: LengthHead, shape: crate::config::HeadConfig) -> Self {
+    pub fn with_length_head(
+        mut self,
+        length_head: LengthHead,
+        shape: crate::config::HeadConfig,
+    ) -> Self {
         self.config.output_length = Some(shape);
         // Weights that cannot be packed keep the candle path: the same function, slower.
-        self.cpu_length_head = cpu_head_for(length_head.head(), &self.device).ok().flatten();
+        self.cpu_length_head = cpu_head_for(length_head.head(), &self.device)
+            .ok()
+            .flatten();
         self.length_head = Some(length_head);
         self
     }
@@ -143,7 +162,9 @@ impl Router {
     /// router's embedding and models.
     pub fn with_task_gate(mut self, gate: TaskGate) -> Result<Self> {
         if !gate.fits(self.encoder.dim(), self.config.models.len()) {
-            return Err(CoreError::Invalid("the task gate's shapes do not match the router's".into()));
+            return Err(CoreError::Invalid(
+                "the task gate's shapes do not match the router's".into(),
+            ));
         }
         self.config.task_gate = Some(gate.config().clone());
         self.task_gate = Some(gate);
@@ -162,9 +183,16 @@ impl Router {
 
     /// Predicted output tokens of each underlying model for each embedding, in [`Router::models`]
     /// order; `None` when the bundle has no output-length head.
-    pub fn output_tokens_embeddings(&self, embeddings: &[Vec<f32>]) -> Result<Option<Vec<Vec<f32>>>> {
+    pub fn output_tokens_embeddings(
+        &self,
+        embeddings: &[Vec<f32>],
+    ) -> Result<Option<Vec<Vec<f32>>>> {
         let (Some(length_head), Some(cpu)) = (&self.length_head, &self.cpu_length_head) else {
-            return self.length_head.as_ref().map(|head| head.predict(embeddings, &self.device)).transpose();
+            return self
+                .length_head
+                .as_ref()
+                .map(|head| head.predict(embeddings, &self.device))
+                .transpose();
         };
         let dim = cpu.inputs();
         if embeddings.iter().any(|e| e.len() != dim) {
@@ -173,7 +201,12 @@ impl Router {
         let flat: Vec<f32> = embeddings.iter().flatten().copied().collect();
         let mut tokens = cpu.forward_logits(&flat);
         tokens.iter_mut().for_each(|v| *v = v.exp());
-        Ok(Some(tokens.chunks_exact(self.config.models.len().max(1)).map(<[f32]>::to_vec).collect()))
+        Ok(Some(
+            tokens
+                .chunks_exact(self.config.models.len().max(1))
+                .map(<[f32]>::to_vec)
+                .collect(),
+        ))
     }
 
     /// [`Router::predict`] for many prompts with one encoder pass.
@@ -199,7 +232,9 @@ impl Router {
     /// # Ok(()) }
     /// ```
     pub fn tokenize(&self, prompt: &str) -> Result<TokenizedPrompt> {
-        Ok(TokenizedPrompt { ids: self.encoder.tokenizer().encode(prompt)? })
+        Ok(TokenizedPrompt {
+            ids: self.encoder.tokenizer().encode(prompt)?,
+        })
     }
 
     /// [`Router::predict_batch`] for prompts tokenised by [`Router::tokenize`] of this router:
@@ -227,7 +262,11 @@ impl Router {
         Ok(scores
             .into_iter()
             .zip(gate)
-            .map(|(scores, task_gate)| Prediction { scores, output_tokens: lengths.as_mut().and_then(Iterator::next), task_gate })
+            .map(|(scores, task_gate)| Prediction {
+                scores,
+                output_tokens: lengths.as_mut().and_then(Iterator::next),
+                task_gate,
+            })
             .collect())
     }
 
@@ -236,9 +275,17 @@ impl Router {
     pub fn predict(&self, prompt: &str) -> Result<Prediction> {
         let embedding = [self.encoder.embed(prompt)?];
         let (mut scores, mut gate) = self.score_and_gate(&embedding)?;
-        let output_tokens = self.output_tokens_embeddings(&embedding)?.and_then(|mut rows| rows.pop());
-        let scores = scores.pop().ok_or_else(|| CoreError::Invalid("the head returned no row".into()))?;
-        Ok(Prediction { scores, output_tokens, task_gate: gate.pop().flatten() })
+        let output_tokens = self
+            .output_tokens_embeddings(&embedding)?
+            .and_then(|mut rows| rows.pop());
+        let scores = scores
+            .pop()
+            .ok_or_else(|| CoreError::Invalid("the head returned no row".into()))?;
+        Ok(Prediction {
+            scores,
+            output_tokens,
+            task_gate: gate.pop().flatten(),
+        })
     }
 
     /// The manifest.
@@ -280,7 +327,8 @@ impl Router {
     pub fn score(&self, prompt: &str) -> Result<Vec<f32>> {
         let embedding = self.encoder.embed(prompt)?;
         let mut rows = self.score_embeddings(&[embedding])?;
-        rows.pop().ok_or_else(|| CoreError::Invalid("the head returned no row".into()))
+        rows.pop()
+            .ok_or_else(|| CoreError::Invalid("the head returned no row".into()))
     }
 
     /// [`Router::score`] for many prompts at once; a prompt gets the same scores alone or in a batch.
@@ -316,12 +364,18 @@ impl Router {
         }
         let dim = self.encoder.dim();
         if let Some(bad) = embeddings.iter().find(|e| e.len() != dim) {
-            return Err(CoreError::Invalid(format!("an embedding has {} values, the head takes {dim}", bad.len())));
+            return Err(CoreError::Invalid(format!(
+                "an embedding has {} values, the head takes {dim}",
+                bad.len()
+            )));
         }
         let flat: Vec<f32> = embeddings.iter().flatten().copied().collect();
         if let Some(cpu_head) = &self.cpu_head {
             let scores = cpu_head.forward(&flat);
-            return Ok(scores.chunks_exact(self.config.models.len().max(1)).map(<[f32]>::to_vec).collect());
+            return Ok(scores
+                .chunks_exact(self.config.models.len().max(1))
+                .map(<[f32]>::to_vec)
+                .collect());
         }
         let input = Tensor::from_vec(flat, (embeddings.len(), dim), &self.device)?;
         Ok(self.head.forward(&input)?.to_dtype(DType::F32)?.to_vec2()?)
@@ -401,19 +455,40 @@ fn load_encoder(dir: &Path, config: &RouterConfig, device: &Device) -> Result<En
             config.truncation,
             *dim,
         )?)),
-        EncoderConfig::Bert { repo, revision, path, dim } => {
+        EncoderConfig::Bert {
+            repo,
+            revision,
+            path,
+            dim,
+        } => {
             let model_dir = match (path, repo) {
                 (Some(path), _) => dir.join(path),
-                (None, Some(repo)) => bert_dir_from_hub(repo, revision.as_deref().unwrap_or(DEFAULT_REVISION))?,
+                (None, Some(repo)) => {
+                    bert_dir_from_hub(repo, revision.as_deref().unwrap_or(DEFAULT_REVISION))?
+                }
                 (None, None) => {
-                    return Err(CoreError::bundle(dir.join(files::MANIFEST), "encoder: a bert encoder needs a repo or a path"))
+                    return Err(CoreError::bundle(
+                        dir.join(files::MANIFEST),
+                        "encoder: a bert encoder needs a repo or a path",
+                    ))
                 }
             };
-            let encoder = BertEncoder::load(&model_dir, &tokenizer, config.max_seq_length, config.truncation, config.pooling, device)?;
+            let encoder = BertEncoder::load(
+                &model_dir,
+                &tokenizer,
+                config.max_seq_length,
+                config.truncation,
+                config.pooling,
+                device,
+            )?;
             if encoder.dim() != *dim {
                 return Err(CoreError::bundle(
                     dir.join(files::MANIFEST),
-                    format!("encoder.dim is {dim}, but {} has hidden_size {}", model_dir.display(), encoder.dim()),
+                    format!(
+                        "encoder.dim is {dim}, but {} has hidden_size {}",
+                        model_dir.display(),
+                        encoder.dim()
+                    ),
                 ));
             }
             Ok(Encoder::Bert(encoder))

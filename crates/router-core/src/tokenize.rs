@@ -44,7 +44,12 @@ impl std::fmt::Debug for PromptTokenizer {
 impl PromptTokenizer {
     /// Loads `path`. `max_tokens` counts special tokens when `add_special_tokens` is set;
     /// `truncation` says which end of a longer prompt is kept.
-    pub fn load(path: &Path, max_tokens: usize, truncation: Truncation, add_special_tokens: bool) -> Result<Self> {
+    pub fn load(
+        path: &Path,
+        max_tokens: usize,
+        truncation: Truncation,
+        add_special_tokens: bool,
+    ) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
         let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| CoreError::Tokenizer {
             path: path.to_path_buf(),
@@ -60,20 +65,37 @@ impl PromptTokenizer {
                 },
                 ..Default::default()
             }))
-            .map_err(|e| CoreError::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
-        let pad_id = ["[PAD]", "<pad>"].iter().find_map(|t| inner.token_to_id(t)).unwrap_or(0);
-        let mut tokenizer =
-            Self { inner, path: path.to_path_buf(), max_tokens, truncation, add_special_tokens, pad_id, fast: None };
-        tokenizer.fast = AsciiWordPiece::from_tokenizer(&tokenizer.inner).filter(|fast| tokenizer.agrees_with(fast));
+            .map_err(|e| CoreError::Tokenizer {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let pad_id = ["[PAD]", "<pad>"]
+            .iter()
+            .find_map(|t| inner.token_to_id(t))
+            .unwrap_or(0);
+        let mut tokenizer = Self {
+            inner,
+            path: path.to_path_buf(),
+            max_tokens,
+            truncation,
+            add_special_tokens,
+            pad_id,
+            fast: None,
+        };
+        tokenizer.fast = AsciiWordPiece::from_tokenizer(&tokenizer.inner)
+            .filter(|fast| tokenizer.agrees_with(fast));
         Ok(tokenizer)
     }
 
     /// The token ids of one prompt.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match &self.fast {
-            Some(fast) if fast.handles(text) => {
-                Ok(fast.encode(text, self.add_special_tokens, self.max_tokens, self.truncation))
-            }
+            Some(fast) if fast.handles(text) => Ok(fast.encode(
+                text,
+                self.add_special_tokens,
+                self.max_tokens,
+                self.truncation,
+            )),
             _ => self.encode_with_tokenizers(text),
         }
     }
@@ -84,7 +106,10 @@ impl PromptTokenizer {
         let encoding = self
             .inner
             .encode(text, self.add_special_tokens)
-            .map_err(|e| CoreError::Tokenizer { path: self.path.clone(), message: e.to_string() })?;
+            .map_err(|e| CoreError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -104,8 +129,13 @@ impl PromptTokenizer {
         ];
         PROBES.iter().all(|text| {
             [false, true].iter().all(|&special| {
-                let slow = self.inner.encode(*text, special).map(|e| e.get_ids().to_vec());
-                slow.is_ok_and(|ids| ids == fast.encode(text, special, self.max_tokens, self.truncation))
+                let slow = self
+                    .inner
+                    .encode(*text, special)
+                    .map(|e| e.get_ids().to_vec());
+                slow.is_ok_and(|ids| {
+                    ids == fast.encode(text, special, self.max_tokens, self.truncation)
+                })
             })
         })
     }
@@ -170,23 +200,34 @@ impl AsciiWordPiece {
             NormalizerWrapper::BertNormalizer(n) if n.clean_text => n.lowercase,
             _ => return None,
         };
-        if !matches!(tokenizer.get_pre_tokenizer()?, PreTokenizerWrapper::BertPreTokenizer(_)) {
+        if !matches!(
+            tokenizer.get_pre_tokenizer()?,
+            PreTokenizerWrapper::BertPreTokenizer(_)
+        ) {
             return None;
         }
-        let ModelWrapper::WordPiece(model) = tokenizer.get_model() else { return None };
+        let ModelWrapper::WordPiece(model) = tokenizer.get_model() else {
+            return None;
+        };
         let vocab = model.get_vocab();
         let unk_id = *vocab.get(&model.unk_token)?;
         // The post-processor's specials: the ids around a one-word text.
         let plain = tokenizer.encode("a", false).ok()?.get_ids().to_vec();
         let special = tokenizer.encode("a", true).ok()?.get_ids().to_vec();
-        let at = special.windows(plain.len()).position(|w| w == plain.as_slice())?;
+        let at = special
+            .windows(plain.len())
+            .position(|w| w == plain.as_slice())?;
         Some(Self {
             vocab,
             continuation_prefix: model.continuing_subword_prefix.clone(),
             max_word_chars: model.max_input_chars_per_word,
             unk_id,
             lowercase,
-            added: tokenizer.get_added_tokens_decoder().into_values().map(|t| t.content).collect(),
+            added: tokenizer
+                .get_added_tokens_decoder()
+                .into_values()
+                .map(|t| t.content)
+                .collect(),
             special_prefix: special[..at].to_vec(),
             special_suffix: special[at + plain.len()..].to_vec(),
         })
@@ -199,7 +240,13 @@ impl AsciiWordPiece {
 
     /// The ids of ASCII `text`, truncated to `max_tokens` (special tokens included) at the
     /// `truncation` end, as `tokenizers` truncates.
-    fn encode(&self, text: &str, add_special_tokens: bool, max_tokens: usize, truncation: Truncation) -> Vec<u32> {
+    fn encode(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+        max_tokens: usize,
+        truncation: Truncation,
+    ) -> Vec<u32> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 4);
         let mut word = String::with_capacity(32);
         let mut scratch = String::with_capacity(32);
@@ -213,11 +260,19 @@ impl AsciiWordPiece {
                     word.push(byte as char);
                     self.push_word(&mut word, &mut scratch, &mut ids);
                 }
-                _ => word.push(if self.lowercase { byte.to_ascii_lowercase() } else { byte } as char),
+                _ => word.push(if self.lowercase {
+                    byte.to_ascii_lowercase()
+                } else {
+                    byte
+                } as char),
             }
         }
         self.push_word(&mut word, &mut scratch, &mut ids);
-        let specials = if add_special_tokens { self.special_prefix.len() + self.special_suffix.len() } else { 0 };
+        let specials = if add_special_tokens {
+            self.special_prefix.len() + self.special_suffix.len()
+        } else {
+            0
+        };
         let keep = max_tokens.saturating_sub(specials);
         if ids.len() > keep {
             match truncation {

@@ -11,7 +11,9 @@ use std::path::Path;
 use router_core::candle_core::Device;
 use router_core::config::files;
 use router_core::{HeadConfig, Router};
-use support::{bert_bundle, edit_manifest, max_abs_diff, static_bundle, write_random_head, TinyBert, MODELS};
+use support::{
+    bert_bundle, edit_manifest, max_abs_diff, static_bundle, write_random_head, TinyBert, MODELS,
+};
 use tempfile::TempDir;
 
 const SEED: u64 = 11;
@@ -30,7 +32,10 @@ fn load_error(dir: &Path) -> String {
 
 fn assert_mentions(message: &str, expected: &[&str]) {
     for part in expected {
-        assert!(message.contains(part), "{message:?} should mention {part:?}");
+        assert!(
+            message.contains(part),
+            "{message:?} should mention {part:?}"
+        );
     }
 }
 
@@ -38,7 +43,13 @@ fn assert_mentions(message: &str, expected: &[&str]) {
 fn valid_static_bundle_loads_and_scores() {
     let bert = TinyBert::new(SEED);
     let bundle = static_bundle(&bert);
-    for file in [files::MANIFEST, files::TOKENIZER, files::STATIC_ENCODER, files::HEAD, files::MODEL_CARD] {
+    for file in [
+        files::MANIFEST,
+        files::TOKENIZER,
+        files::STATIC_ENCODER,
+        files::HEAD,
+        files::MODEL_CARD,
+    ] {
         assert!(bundle.path().join(file).is_file(), "the bundle has {file}");
     }
     let router = load(bundle.path());
@@ -47,7 +58,10 @@ fn valid_static_bundle_loads_and_scores() {
     for prompt in ["Write a Python function that reverses a list.", "", "zebra"] {
         let scores = router.score(prompt).expect("score");
         assert_eq!(scores.len(), MODELS.len());
-        assert!(scores.iter().all(|q| (0.0..=1.0).contains(q)), "{prompt:?}: {scores:?}");
+        assert!(
+            scores.iter().all(|q| (0.0..=1.0).contains(q)),
+            "{prompt:?}: {scores:?}"
+        );
     }
 }
 
@@ -71,21 +85,30 @@ fn missing_manifest_is_named() {
 fn missing_head_is_named() {
     let bundle = static_bundle(&TinyBert::new(SEED));
     std::fs::remove_file(bundle.path().join(files::HEAD)).expect("remove");
-    assert_mentions(&load_error(bundle.path()), &["head.safetensors", "not found"]);
+    assert_mentions(
+        &load_error(bundle.path()),
+        &["head.safetensors", "not found"],
+    );
 }
 
 #[test]
 fn missing_tokenizer_is_named() {
     let bundle = static_bundle(&TinyBert::new(SEED));
     std::fs::remove_file(bundle.path().join(files::TOKENIZER)).expect("remove");
-    assert_mentions(&load_error(bundle.path()), &["tokenizer.json", "No such file"]);
+    assert_mentions(
+        &load_error(bundle.path()),
+        &["tokenizer.json", "No such file"],
+    );
 }
 
 #[test]
 fn missing_static_table_is_named() {
     let bundle = static_bundle(&TinyBert::new(SEED));
     std::fs::remove_file(bundle.path().join(files::STATIC_ENCODER)).expect("remove");
-    assert_mentions(&load_error(bundle.path()), &["encoder.safetensors", "No such file"]);
+    assert_mentions(
+        &load_error(bundle.path()),
+        &["encoder.safetensors", "No such file"],
+    );
 }
 
 #[test]
@@ -93,7 +116,12 @@ fn head_for_another_number_of_models_is_a_shape_error() {
     let bundle = static_bundle(&TinyBert::new(SEED));
     // router.json lists 2 models; the head was written for 3.
     let config = router_core::RouterConfig::load(bundle.path()).expect("manifest");
-    write_random_head(&bundle.path().join(files::HEAD), &config.head, config.encoder.dim(), 3);
+    write_random_head(
+        &bundle.path().join(files::HEAD),
+        &config.head,
+        config.encoder.dim(),
+        3,
+    );
     assert_mentions(&load_error(bundle.path()), &["head.safetensors", "shape"]);
 }
 
@@ -101,7 +129,12 @@ fn head_for_another_number_of_models_is_a_shape_error() {
 fn head_with_other_hidden_layers_is_a_shape_error() {
     let bundle = static_bundle(&TinyBert::new(SEED));
     let config = router_core::RouterConfig::load(bundle.path()).expect("manifest");
-    write_random_head(&bundle.path().join(files::HEAD), &HeadConfig { hidden: vec![5] }, config.encoder.dim(), 2);
+    write_random_head(
+        &bundle.path().join(files::HEAD),
+        &HeadConfig { hidden: vec![5] },
+        config.encoder.dim(),
+        2,
+    );
     assert_mentions(&load_error(bundle.path()), &["head.safetensors", "shape"]);
 }
 
@@ -111,8 +144,16 @@ fn static_table_of_another_dimension_is_named() {
     // The table is 4-wide; router.json claims 6 (the head is rewritten to match, so only the
     // encoder is wrong).
     edit_manifest(bundle.path(), |json| json["encoder"]["dim"] = 6.into());
-    write_random_head(&bundle.path().join(files::HEAD), &HeadConfig { hidden: vec![6] }, 6, 2);
-    assert_mentions(&load_error(bundle.path()), &["encoder.safetensors", "dimension 4", "router.json says 6"]);
+    write_random_head(
+        &bundle.path().join(files::HEAD),
+        &HeadConfig { hidden: vec![6] },
+        6,
+        2,
+    );
+    assert_mentions(
+        &load_error(bundle.path()),
+        &["encoder.safetensors", "dimension 4", "router.json says 6"],
+    );
 }
 
 #[test]
@@ -120,20 +161,30 @@ fn bert_of_another_dimension_is_named() {
     let bert = TinyBert::new(SEED);
     let bundle = bert_bundle(&bert);
     edit_manifest(bundle.path(), |json| json["encoder"]["dim"] = 16.into());
-    assert_mentions(&load_error(bundle.path()), &["router.json", "encoder.dim is 16", "hidden_size 8"]);
+    assert_mentions(
+        &load_error(bundle.path()),
+        &["router.json", "encoder.dim is 16", "hidden_size 8"],
+    );
 }
 
 #[test]
 fn unknown_format_version_is_named() {
     let bundle = static_bundle(&TinyBert::new(SEED));
     edit_manifest(bundle.path(), |json| json["format_version"] = 99.into());
-    assert_mentions(&load_error(bundle.path()), &["router.json", "unsupported format_version 99"]);
+    assert_mentions(
+        &load_error(bundle.path()),
+        &["router.json", "unsupported format_version 99"],
+    );
 }
 
 #[test]
 fn malformed_manifest_is_named() {
     let bundle = static_bundle(&TinyBert::new(SEED));
-    std::fs::write(bundle.path().join(files::MANIFEST), "{ \"format_version\": 1, ").expect("write");
+    std::fs::write(
+        bundle.path().join(files::MANIFEST),
+        "{ \"format_version\": 1, ",
+    )
+    .expect("write");
     assert_mentions(&load_error(bundle.path()), &["router.json", "invalid JSON"]);
 }
 
@@ -142,14 +193,22 @@ fn unknown_manifest_field_is_named() {
     // A typo must not be silently ignored.
     let bundle = static_bundle(&TinyBert::new(SEED));
     edit_manifest(bundle.path(), |json| json["max_seq_lenght"] = 64.into());
-    assert_mentions(&load_error(bundle.path()), &["router.json", "max_seq_lenght"]);
+    assert_mentions(
+        &load_error(bundle.path()),
+        &["router.json", "max_seq_lenght"],
+    );
 }
 
 #[test]
 fn duplicate_model_names_are_named() {
     let bundle = static_bundle(&TinyBert::new(SEED));
-    edit_manifest(bundle.path(), |json| json["models"] = serde_json::json!(["small-model", "small-model"]));
-    assert_mentions(&load_error(bundle.path()), &["router.json", "duplicate model name \"small-model\""]);
+    edit_manifest(bundle.path(), |json| {
+        json["models"] = serde_json::json!(["small-model", "small-model"])
+    });
+    assert_mentions(
+        &load_error(bundle.path()),
+        &["router.json", "duplicate model name \"small-model\""],
+    );
 }
 
 #[test]
@@ -157,7 +216,9 @@ fn bert_path_without_config_is_named() {
     let bert = TinyBert::new(SEED);
     let bundle = bert_bundle(&bert);
     let empty = TempDir::new().expect("tempdir");
-    edit_manifest(bundle.path(), |json| json["encoder"]["path"] = empty.path().to_string_lossy().as_ref().into());
+    edit_manifest(bundle.path(), |json| {
+        json["encoder"]["path"] = empty.path().to_string_lossy().as_ref().into()
+    });
     assert_mentions(&load_error(bundle.path()), &["config.json", "No such file"]);
 }
 
@@ -173,11 +234,17 @@ fn tokenizer_larger_than_the_bert_vocabulary_is_named() {
     std::fs::write(&config_path, config.to_string()).expect("write");
     // The weights must agree with config.json, so shrink the word embeddings too.
     let weights_path = bert.dir().join("model.safetensors");
-    let mut tensors = router_core::candle_core::safetensors::load(&weights_path, &Device::Cpu).expect("load weights");
-    let words = tensors["embeddings.word_embeddings.weight"].narrow(0, 0, 20).expect("narrow");
+    let mut tensors = router_core::candle_core::safetensors::load(&weights_path, &Device::Cpu)
+        .expect("load weights");
+    let words = tensors["embeddings.word_embeddings.weight"]
+        .narrow(0, 0, 20)
+        .expect("narrow");
     tensors.insert("embeddings.word_embeddings.weight".into(), words);
     router_core::candle_core::safetensors::save(&tensors, &weights_path).expect("save weights");
-    assert_mentions(&load_error(bundle.path()), &["tokenizer.json", "30 tokens", "vocab_size 20"]);
+    assert_mentions(
+        &load_error(bundle.path()),
+        &["tokenizer.json", "30 tokens", "vocab_size 20"],
+    );
 }
 
 #[test]
@@ -190,7 +257,9 @@ fn bert_path_is_taken_from_the_bundle_directory() {
     for file in ["config.json", "model.safetensors"] {
         std::fs::copy(bert.dir().join(file), local.join(file)).expect("copy");
     }
-    edit_manifest(bundle.path(), |json| json["encoder"]["path"] = "encoder".into());
+    edit_manifest(bundle.path(), |json| {
+        json["encoder"]["path"] = "encoder".into()
+    });
     load(bundle.path()).score("hello").expect("score");
 }
 
@@ -211,7 +280,10 @@ fn assert_batch_matches_single(router: &Router) {
     for (prompt, batched) in PROMPTS.iter().zip(&batch) {
         let alone = router.score(prompt).expect("score alone");
         let drift = max_abs_diff(&alone, batched);
-        assert!(drift < 1e-5, "{prompt:?}: alone {alone:?}, in a batch {batched:?}");
+        assert!(
+            drift < 1e-5,
+            "{prompt:?}: alone {alone:?}, in a batch {batched:?}"
+        );
     }
     assert!(router.score_batch(&[]).expect("an empty batch").is_empty());
 }
@@ -226,20 +298,32 @@ fn bert_router_scores_the_same_alone_and_in_a_batch() {
     let bert = TinyBert::new(SEED);
     let router = load(bert_bundle(&bert).path());
     // The embeddings too, where padding would show first.
-    let batch = router.encoder().embed_batch(&PROMPTS).expect("embed a batch");
+    let batch = router
+        .encoder()
+        .embed_batch(&PROMPTS)
+        .expect("embed a batch");
     for (prompt, batched) in PROMPTS.iter().zip(&batch) {
         let alone = router.embed(prompt).expect("embed alone");
-        assert!(max_abs_diff(&alone, batched) < 1e-5, "{prompt:?}: alone {alone:?}, in a batch {batched:?}");
+        assert!(
+            max_abs_diff(&alone, batched) < 1e-5,
+            "{prompt:?}: alone {alone:?}, in a batch {batched:?}"
+        );
     }
     assert_batch_matches_single(&router);
 
     // Dataset embedding sorts prompts by length into batches; the rows must come back in order.
     let mut done = 0;
-    let all = router.encoder().embed_all(&PROMPTS, &mut |n| done += n).expect("embed all");
+    let all = router
+        .encoder()
+        .embed_all(&PROMPTS, &mut |n| done += n)
+        .expect("embed all");
     assert_eq!(done, PROMPTS.len());
     for (prompt, row) in PROMPTS.iter().zip(&all) {
         let alone = router.embed(prompt).expect("embed alone");
-        assert!(max_abs_diff(&alone, row) < 1e-5, "{prompt:?}: alone {alone:?}, from embed_all {row:?}");
+        assert!(
+            max_abs_diff(&alone, row) < 1e-5,
+            "{prompt:?}: alone {alone:?}, from embed_all {row:?}"
+        );
     }
 }
 

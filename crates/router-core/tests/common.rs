@@ -12,8 +12,21 @@ pub const MINILM_REPO: &str = "sentence-transformers/all-MiniLM-L6-v2";
 /// snapshot directory it filled.
 pub fn minilm_snapshot() -> PathBuf {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-minilm.sh");
-    let output = Command::new("bash").arg(&script).output().expect("run scripts/fetch-minilm.sh");
-    assert!(output.status.success(), "fetch-minilm.sh failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("run scripts/fetch-minilm.sh");
+    assert!(
+        output.status.success(),
+        "fetch-minilm.sh failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8(output.stdout).expect("utf-8 path");
-    PathBuf::from(stdout.lines().last().expect("the script prints the snapshot path").trim())
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("the script prints the snapshot path")
+            .trim(),
+    )
 }

@@ -20,7 +20,13 @@ fn fill_cache(hf_home: &Path, repo_folder: &str) {
     let repo = hf_home.join("hub").join(repo_folder);
     let snapshot = repo.join("snapshots").join(REVISION);
     std::fs::create_dir_all(&snapshot).expect("snapshot dir");
-    for file in ["router.json", "tokenizer.json", "encoder.safetensors", "head.safetensors", "README.md"] {
+    for file in [
+        "router.json",
+        "tokenizer.json",
+        "encoder.safetensors",
+        "head.safetensors",
+        "README.md",
+    ] {
         std::fs::copy(shipped_bundle().join(file), snapshot.join(file)).expect("copy bundle file");
     }
     std::fs::create_dir_all(repo.join("refs")).expect("refs dir");
@@ -35,12 +41,17 @@ fn loads_a_bundle_repo_offline_by_branch_and_by_commit() {
     std::env::set_var("HF_HUB_OFFLINE", "1");
 
     let local = Router::load(shipped_bundle()).expect("shipped bundle");
-    let prompt = "Write a function to remove all elements from a given list present in another list.";
+    let prompt =
+        "Write a function to remove all elements from a given list present in another list.";
     let expected = local.score(prompt).expect("score");
     for revision in [None, Some("main"), Some(REVISION)] {
         let router = Router::from_hub("acme/router", revision).expect("from the cache");
         assert_eq!(router.models(), local.models());
-        assert_eq!(router.score(prompt).expect("score"), expected, "revision {revision:?}");
+        assert_eq!(
+            router.score(prompt).expect("score"),
+            expected,
+            "revision {revision:?}"
+        );
     }
 
     let missing = Router::from_hub("acme/absent", None).expect_err("nothing cached");

@@ -21,11 +21,19 @@ fn write_length_head(dir: &std::path::Path, weights: &[Vec<f32>], biases: &[f32]
     let dim = weights[0].len();
     let flat: Vec<f32> = weights.iter().flatten().copied().collect();
     let tensors = HashMap::from([
-        ("layers.0.weight".to_string(), Tensor::from_vec(flat, (weights.len(), dim), &Device::Cpu).unwrap()),
-        ("layers.0.bias".to_string(), Tensor::from_vec(biases.to_vec(), biases.len(), &Device::Cpu).unwrap()),
+        (
+            "layers.0.weight".to_string(),
+            Tensor::from_vec(flat, (weights.len(), dim), &Device::Cpu).unwrap(),
+        ),
+        (
+            "layers.0.bias".to_string(),
+            Tensor::from_vec(biases.to_vec(), biases.len(), &Device::Cpu).unwrap(),
+        ),
     ]);
     router_core::candle_core::safetensors::save(&tensors, dir.join(files::LENGTH_HEAD)).unwrap();
-    edit_manifest(dir, |json| json["output_length"] = serde_json::json!({ "hidden": [] }));
+    edit_manifest(dir, |json| {
+        json["output_length"] = serde_json::json!({ "hidden": [] })
+    });
 }
 
 #[test]
@@ -35,7 +43,10 @@ fn a_bundle_without_a_length_head_predicts_no_lengths() {
     let router = Router::load_on(bundle.path(), &Device::Cpu).unwrap();
     assert!(router.length_head().is_none() && router.config().output_length.is_none());
     let prediction = router.predict("write a python function").unwrap();
-    assert_eq!(prediction.scores, router.score("write a python function").unwrap());
+    assert_eq!(
+        prediction.scores,
+        router.score("write a python function").unwrap()
+    );
     assert_eq!(prediction.output_tokens, None);
 }
 
@@ -43,8 +54,13 @@ fn a_bundle_without_a_length_head_predicts_no_lengths() {
 fn a_length_head_round_trips_through_the_bundle() {
     let bert = TinyBert::new(SEED);
     let bundle = static_bundle(&bert);
-    let dim = Router::load_on(bundle.path(), &Device::Cpu).unwrap().encoder().dim();
-    let weights: Vec<Vec<f32>> = (0..MODELS.len()).map(|m| (0..dim).map(|i| (i + m) as f32 * 0.25 - 0.5).collect()).collect();
+    let dim = Router::load_on(bundle.path(), &Device::Cpu)
+        .unwrap()
+        .encoder()
+        .dim();
+    let weights: Vec<Vec<f32>> = (0..MODELS.len())
+        .map(|m| (0..dim).map(|i| (i + m) as f32 * 0.25 - 0.5).collect())
+        .collect();
     let biases = [100f32.ln(), 300f32.ln()];
     write_length_head(bundle.path(), &weights, &biases);
 
@@ -57,7 +73,11 @@ fn a_length_head_round_trips_through_the_bundle() {
         .zip(biases)
         .map(|(w, b)| (w.iter().zip(&embedding).map(|(w, x)| w * x).sum::<f32>() + b).exp())
         .collect();
-    let lengths = router.predict(prompt).unwrap().output_tokens.expect("a length head predicts lengths");
+    let lengths = router
+        .predict(prompt)
+        .unwrap()
+        .output_tokens
+        .expect("a length head predicts lengths");
     assert_eq!(lengths.len(), MODELS.len());
     for (got, want) in lengths.iter().zip(&expected) {
         assert!((got - want).abs() <= want * 1e-5, "{got} vs {want}");
@@ -69,14 +89,21 @@ fn a_length_head_round_trips_through_the_bundle() {
     write_length_head(bundle.path(), &vec![vec![0.0; dim]; MODELS.len()], &biases);
     let router = Router::load_on(bundle.path(), &Device::Cpu).unwrap();
     let lengths = router.predict("hello").unwrap().output_tokens.unwrap();
-    assert!((lengths[0] - 100.0).abs() < 1e-3 && (lengths[1] - 300.0).abs() < 1e-3, "{lengths:?}");
+    assert!(
+        (lengths[0] - 100.0).abs() < 1e-3 && (lengths[1] - 300.0).abs() < 1e-3,
+        "{lengths:?}"
+    );
 }
 
 #[test]
 fn a_promised_length_head_that_is_missing_names_the_file() {
     let bert = TinyBert::new(SEED);
     let bundle = static_bundle(&bert);
-    edit_manifest(bundle.path(), |json| json["output_length"] = serde_json::json!({ "hidden": [] }));
-    let error = Router::load_on(bundle.path(), &Device::Cpu).unwrap_err().to_string();
+    edit_manifest(bundle.path(), |json| {
+        json["output_length"] = serde_json::json!({ "hidden": [] })
+    });
+    let error = Router::load_on(bundle.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains(files::LENGTH_HEAD), "{error}");
 }

@@ -25,8 +25,13 @@ fn variants(path: &Path) -> Vec<PromptTokenizer> {
     let mut all = Vec::new();
     for truncation in [Truncation::Left, Truncation::Right] {
         for special in [false, true] {
-            let tokenizer = PromptTokenizer::load(path, 64, truncation, special).expect("load tokenizer.json");
-            assert!(tokenizer.has_fast_path(), "{} should take the fast path", path.display());
+            let tokenizer =
+                PromptTokenizer::load(path, 64, truncation, special).expect("load tokenizer.json");
+            assert!(
+                tokenizer.has_fast_path(),
+                "{} should take the fast path",
+                path.display()
+            );
             all.push(tokenizer);
         }
     }
@@ -42,15 +47,20 @@ fn minilm_variants() -> &'static [PromptTokenizer] {
 fn assert_same(tokenizers: &[PromptTokenizer], text: &str) {
     for tokenizer in tokenizers {
         let fast = tokenizer.encode(text).expect("encode");
-        let reference = tokenizer.encode_with_tokenizers(text).expect("encode with tokenizers");
+        let reference = tokenizer
+            .encode_with_tokenizers(text)
+            .expect("encode with tokenizers");
         assert_eq!(fast, reference, "text {text:?} ({tokenizer:?})");
     }
 }
 
 fn questions(file: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("this test reads {}: {e}", file.display()));
+    let text = std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("this test reads {}: {e}", file.display()));
     let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("a JSON array");
-    rows.iter().filter_map(|row| row.get("question")?.as_str().map(str::to_string)).collect()
+    rows.iter()
+        .filter_map(|row| row.get("question")?.as_str().map(str::to_string))
+        .collect()
 }
 
 #[test]
@@ -114,7 +124,10 @@ fn a_cased_tokenizer_matches_too() {
     let path = dir.path().join("tokenizer.json");
     std::fs::write(&path, json.to_string()).expect("write tokenizer.json");
     let tokenizers = variants(&path);
-    for text in ["Hello World, THIS is Cased.", "Paris is in France; BERLIN in Germany"] {
+    for text in [
+        "Hello World, THIS is Cased.",
+        "Paris is in France; BERLIN in Germany",
+    ] {
         assert_same(&tokenizers, text);
     }
 }
@@ -129,7 +142,12 @@ fn other_pipelines_take_the_tokenizers_path() {
     std::fs::write(&path, json.to_string()).expect("write tokenizer.json");
     let tokenizer = PromptTokenizer::load(&path, 64, Truncation::Right, false).expect("load");
     assert!(!tokenizer.has_fast_path());
-    assert_eq!(tokenizer.encode("hello, world").expect("encode"), tokenizer.encode_with_tokenizers("hello, world").expect("encode"));
+    assert_eq!(
+        tokenizer.encode("hello, world").expect("encode"),
+        tokenizer
+            .encode_with_tokenizers("hello, world")
+            .expect("encode")
+    );
 }
 
 proptest! {

@@ -16,8 +16,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let route = || routing.route(&input).map(|decision| decision.model);
     route()?; // warm-up
     let start = Instant::now();
-    let models = (0..calls).map(|_| route()).collect::<Result<Vec<_>, RoutingError>>()?;
+    let models = (0..calls)
+        .map(|_| route())
+        .collect::<Result<Vec<_>, RoutingError>>()?;
     let per_call_us = start.elapsed().as_secs_f64() * 1e6 / f64::from(calls.max(1));
-    println!("{{\"calls\": {calls}, \"per_call_us\": {per_call_us:.3}, \"model\": {:?}}}", models.last().map(String::as_str).unwrap_or(""));
+    println!(
+        "{{\"calls\": {calls}, \"per_call_us\": {per_call_us:.3}, \"model\": {:?}}}",
+        models.last().map(String::as_str).unwrap_or("")
+    );
     Ok(())
 }

@@ -22,7 +22,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message of `role` with `content`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -152,9 +155,13 @@ impl RouteInput {
         match &self.prompt {
             Prompt::Text(text) => Ok(text.clone()),
             Prompt::Chat(messages) if messages.is_empty() => Err(RoutingError::EmptyChat),
-            Prompt::Chat(messages) => {
-                Ok(routing_text(messages.iter().map(|m| (m.role.as_str(), m.content.as_str())), None, recent_turns))
-            }
+            Prompt::Chat(messages) => Ok(routing_text(
+                messages
+                    .iter()
+                    .map(|m| (m.role.as_str(), m.content.as_str())),
+                None,
+                recent_turns,
+            )),
         }
     }
 
@@ -162,9 +169,14 @@ impl RouteInput {
     pub(crate) fn request(&self) -> RouteRequest {
         let prompt_tokens = match &self.prompt {
             Prompt::Text(text) => estimate_tokens(text),
-            Prompt::Chat(messages) => estimate_chat_tokens(messages.iter().map(|m| (m.role.as_str(), m.content.as_str()))),
+            Prompt::Chat(messages) => estimate_chat_tokens(
+                messages
+                    .iter()
+                    .map(|m| (m.role.as_str(), m.content.as_str())),
+            ),
         };
-        let mut request = RouteRequest::new(prompt_tokens.saturating_add(self.extra_tokens)).needs(self.needs);
+        let mut request =
+            RouteRequest::new(prompt_tokens.saturating_add(self.extra_tokens)).needs(self.needs);
         request.mode = self.mode;
         request.band = self.band;
         request.subset = self.subset.clone();
@@ -195,9 +207,19 @@ where
 {
     let is_system = |role: &str| role == "system" || role == "developer";
     let messages: Vec<(&str, &str)> = messages.into_iter().collect();
-    let others: Vec<&str> = messages.iter().filter(|(role, _)| !is_system(role)).map(|(_, text)| *text).collect();
+    let others: Vec<&str> = messages
+        .iter()
+        .filter(|(role, _)| !is_system(role))
+        .map(|(_, text)| *text)
+        .collect();
     let recent = &others[others.len().saturating_sub(recent_turns.max(1))..];
-    let system = messages.iter().filter(|(role, text)| is_system(role) && !text.is_empty()).map(|(_, text)| *text);
-    let parts: Vec<&str> = system.chain(tools).chain(recent.iter().copied().filter(|text| !text.is_empty())).collect();
+    let system = messages
+        .iter()
+        .filter(|(role, text)| is_system(role) && !text.is_empty())
+        .map(|(_, text)| *text);
+    let parts: Vec<&str> = system
+        .chain(tools)
+        .chain(recent.iter().copied().filter(|text| !text.is_empty()))
+        .collect();
     parts.join("\n\n")
 }

@@ -62,7 +62,12 @@ pub enum CatalogError {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn load_catalog(router: &Router, path: Option<&Path>) -> Result<Catalog, CatalogError> {
-    let path = path.map(Path::to_path_buf).unwrap_or_else(|| router.dir().join(CATALOG_FILE));
-    let text = std::fs::read_to_string(&path).map_err(|source| CatalogError::Io { path: path.clone(), source })?;
+    let path = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| router.dir().join(CATALOG_FILE));
+    let text = std::fs::read_to_string(&path).map_err(|source| CatalogError::Io {
+        path: path.clone(),
+        source,
+    })?;
     Catalog::from_toml_str(&text).map_err(|source| CatalogError::Invalid { path, source })
 }

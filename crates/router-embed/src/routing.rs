@@ -62,9 +62,17 @@ impl Routing {
     /// assert_eq!(routing.route(&RouteInput::prompt("Hi"))?.mode, Mode::Cost);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn from_parts(router: Router, catalog: Catalog, defaults: PolicyDefaults) -> Result<Self, RoutingError> {
+    pub fn from_parts(
+        router: Router,
+        catalog: Catalog,
+        defaults: PolicyDefaults,
+    ) -> Result<Self, RoutingError> {
         let policy = Policy::new(catalog, router.models().to_vec(), defaults)?;
-        Ok(Routing { router, policy, recent_turns: DEFAULT_RECENT_TURNS })
+        Ok(Routing {
+            router,
+            policy,
+            recent_turns: DEFAULT_RECENT_TURNS,
+        })
     }
 
     /// Sets how many non-system chat messages, from the end, the router reads (see
@@ -99,13 +107,25 @@ impl Routing {
     /// and its output lengths when the bundle predicts them (as [`Routing::route`] decides), e.g.
     /// to decide again with a saturated model added to [`RouteInput::exclude`]. When the bundle's
     /// task gate blended the scores, the decision says so ([`Decision::task_gate`]).
-    pub fn decide_prediction(&self, prediction: &Prediction, input: &RouteInput) -> Result<Decision, RoutingError> {
-        let mut decision = self.policy.decide_with_output_tokens(&prediction.scores, prediction.output_tokens.as_deref(), &input.request())?;
-        decision.task_gate = prediction.task_gate.as_ref().map(|gate| router_policy::TaskGateNote {
-            task: gate.task.clone(),
-            confidence: gate.confidence,
-            blend: gate.blend,
-        });
+    pub fn decide_prediction(
+        &self,
+        prediction: &Prediction,
+        input: &RouteInput,
+    ) -> Result<Decision, RoutingError> {
+        let mut decision = self.policy.decide_with_output_tokens(
+            &prediction.scores,
+            prediction.output_tokens.as_deref(),
+            &input.request(),
+        )?;
+        decision.task_gate =
+            prediction
+                .task_gate
+                .as_ref()
+                .map(|gate| router_policy::TaskGateNote {
+                    task: gate.task.clone(),
+                    confidence: gate.confidence,
+                    blend: gate.blend,
+                });
         Ok(decision)
     }
 
@@ -130,17 +150,27 @@ impl Routing {
     /// assert!(decisions[1].is_err());
     /// # Ok::<(), router_embed::RoutingError>(())
     /// ```
-    pub fn route_batch(&self, inputs: &[RouteInput]) -> Result<Vec<Result<Decision, RoutingError>>, RoutingError> {
-        let texts: Vec<Result<String, RoutingError>> = inputs.iter().map(|input| input.routing_text(self.recent_turns)).collect();
-        let scorable: Vec<&str> = texts.iter().filter_map(|text| text.as_deref().ok()).collect();
+    pub fn route_batch(
+        &self,
+        inputs: &[RouteInput],
+    ) -> Result<Vec<Result<Decision, RoutingError>>, RoutingError> {
+        let texts: Vec<Result<String, RoutingError>> = inputs
+            .iter()
+            .map(|input| input.routing_text(self.recent_turns))
+            .collect();
+        let scorable: Vec<&str> = texts
+            .iter()
+            .filter_map(|text| text.as_deref().ok())
+            .collect();
         let mut predictions = self.router.predict_batch(&scorable)?.into_iter();
         let decisions = inputs
             .iter()
             .zip(texts)
             .map(|(input, text)| {
                 text?;
-                let prediction =
-                    predictions.next().ok_or_else(|| router_core::CoreError::Invalid("the router returned too few rows".into()))?;
+                let prediction = predictions.next().ok_or_else(|| {
+                    router_core::CoreError::Invalid("the router returned too few rows".into())
+                })?;
                 self.decide_prediction(&prediction, input)
             })
             .collect();
@@ -150,7 +180,9 @@ impl Routing {
     /// The predicted quality and, with a length head, output tokens of each model on the input's
     /// routing text, in [`Routing::models`] order.
     pub fn predict(&self, input: &RouteInput) -> Result<Prediction, RoutingError> {
-        Ok(self.router.predict(&input.routing_text(self.recent_turns)?)?)
+        Ok(self
+            .router
+            .predict(&input.routing_text(self.recent_turns)?)?)
     }
 
     /// The predicted quality of each model on the input's routing text, in [`Routing::models`]

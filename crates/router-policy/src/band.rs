@@ -104,15 +104,31 @@ mod tests {
 
     #[test]
     fn ties_go_to_the_cheaper_then_the_better_then_the_name() {
-        let same_cost = [candidate("b", 0.8, 1.0), candidate("a", 0.8, 1.0), candidate("c", 0.9, 1.0)];
-        assert_eq!(choose_in_band(&same_cost, 0.5).map(|c| c.chosen), Some(2), "higher quality first");
+        let same_cost = [
+            candidate("b", 0.8, 1.0),
+            candidate("a", 0.8, 1.0),
+            candidate("c", 0.9, 1.0),
+        ];
+        assert_eq!(
+            choose_in_band(&same_cost, 0.5).map(|c| c.chosen),
+            Some(2),
+            "higher quality first"
+        );
         let same_both = [candidate("b", 0.8, 1.0), candidate("a", 0.8, 1.0)];
-        assert_eq!(choose_in_band(&same_both, 0.0).map(|c| c.chosen), Some(1), "then the name");
+        assert_eq!(
+            choose_in_band(&same_both, 0.0).map(|c| c.chosen),
+            Some(1),
+            "then the name"
+        );
     }
 
     #[test]
     fn non_finite_predictions_are_never_chosen_and_do_not_set_the_bar() {
-        let candidates = [candidate("nan", f32::NAN, 0.0), candidate("inf", f32::INFINITY, 0.0), candidate("ok", 0.5, 9.0)];
+        let candidates = [
+            candidate("nan", f32::NAN, 0.0),
+            candidate("inf", f32::INFINITY, 0.0),
+            candidate("ok", 0.5, 9.0),
+        ];
         let choice = choose_in_band(&candidates, 0.0).unwrap();
         assert_eq!((choice.chosen, choice.q_star), (2, 0.5));
         assert_eq!(choose_in_band(&candidates[..2], 0.0), None);
@@ -120,7 +136,11 @@ mod tests {
 
     #[test]
     fn a_negative_q_star_keeps_the_best_model_in_the_band() {
-        let candidates = [candidate("best", -0.5, 2.0), candidate("worse", -0.52, 1.0), candidate("far", -0.6, 0.5)];
+        let candidates = [
+            candidate("best", -0.5, 2.0),
+            candidate("worse", -0.52, 1.0),
+            candidate("far", -0.6, 0.5),
+        ];
         let choice = choose_in_band(&candidates, 0.1).unwrap();
         assert!((choice.threshold - -0.55).abs() < 1e-6);
         assert_eq!(choice.chosen, 1);

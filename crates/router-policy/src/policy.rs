@@ -303,7 +303,10 @@ impl Policy {
         else {
             return Err(PolicyError::NoEligibleModel { excluded });
         };
-        let (model, estimated_cost) = (candidates[chosen].name.to_owned(), candidates[chosen].estimated_cost);
+        let (model, estimated_cost) = (
+            candidates[chosen].name.to_owned(),
+            candidates[chosen].estimated_cost,
+        );
         drop(candidates);
         for e in eligible.values_mut() {
             e.within_band = in_band(e.predicted_quality, threshold);

@@ -742,23 +742,42 @@ impl ConfigFile {
 }
 
 /// `[usage]`: its own file, or the store's database; `None` when there is neither.
-fn usage_config(u: Option<UsageSection>, has_store: bool, base_dir: &Path) -> Result<Option<UsageConfig>, Invalid> {
+fn usage_config(
+    u: Option<UsageSection>,
+    has_store: bool,
+    base_dir: &Path,
+) -> Result<Option<UsageConfig>, Invalid> {
     let u = match u {
         None if !has_store => return Ok(None),
         u => u.unwrap_or_default(),
     };
     let location = match &u.path {
-        Some(path) if path.to_string_lossy().trim().is_empty() => return Err(invalid("usage.path", "is empty")),
+        Some(path) if path.to_string_lossy().trim().is_empty() => {
+            return Err(invalid("usage.path", "is empty"))
+        }
         Some(path) => Some(Location::Sqlite(base_dir.join(path))),
         None if has_store => None,
-        None => return Err(invalid("usage.path", "missing: without `[store]` usage needs a file of its own")),
+        None => {
+            return Err(invalid(
+                "usage.path",
+                "missing: without `[store]` usage needs a file of its own",
+            ))
+        }
     };
     let retention_days = match u.retention_days {
         Some(0) => return Err(invalid("usage.retention_days", "must be at least 1")),
         days => days.unwrap_or(DEFAULT_USAGE_RETENTION_DAYS),
     };
-    let flush_interval = positive_ms("usage.flush_interval_ms", u.flush_interval_ms, DEFAULT_USAGE_FLUSH)?;
-    Ok(Some(UsageConfig { location, retention_days, flush_interval }))
+    let flush_interval = positive_ms(
+        "usage.flush_interval_ms",
+        u.flush_interval_ms,
+        DEFAULT_USAGE_FLUSH,
+    )?;
+    Ok(Some(UsageConfig {
+        location,
+        retention_days,
+        flush_interval,
+    }))
 }
 
 /// `value`, or `default` when it is absent; 0 is refused.
@@ -1002,7 +1021,11 @@ fn dispatch_options(d: &DispatchSection) -> Result<DispatchOptions, Invalid> {
             defaults.probe_interval,
         )?,
         capacity_aware: d.capacity_aware.unwrap_or(defaults.capacity_aware),
-        capacity_window: positive_ms("dispatch.capacity_window_ms", d.capacity_window_ms, defaults.capacity_window)?,
+        capacity_window: positive_ms(
+            "dispatch.capacity_window_ms",
+            d.capacity_window_ms,
+            defaults.capacity_window,
+        )?,
     })
 }
 

@@ -132,6 +132,7 @@ mod upstream;
 mod usage;
 mod worker;
 
+pub use access::{AccessLayer, ACCESS_TARGET};
 #[cfg(unix)]
 pub use app::reload_on_sighup;
 pub use app::{build_app, run, run_blocking, start, RunningServer};
@@ -146,7 +147,6 @@ pub use config::{
 };
 pub use config::{UsageConfig, UsageSection, DEFAULT_USAGE_FLUSH, DEFAULT_USAGE_RETENTION_DAYS};
 pub use error::{ApiError, ServerError, DEFAULT_RETRY_AFTER};
-pub use access::{AccessLayer, ACCESS_TARGET};
 pub use metrics::Metrics;
 pub use router_store;
 pub use routing::{Routing, PROBE_PROMPTS};

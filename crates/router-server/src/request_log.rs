@@ -34,7 +34,13 @@ impl Ctx {
 
 /// Counts a request in `model_router_requests_total` and writes its access line (before the
 /// response goes out, so every answered request has its line).
-pub(crate) fn record(state: &AppState, path: &str, response: &Response, ctx: &Ctx, elapsed: Duration) {
+pub(crate) fn record(
+    state: &AppState,
+    path: &str,
+    response: &Response,
+    ctx: &Ctx,
+    elapsed: Duration,
+) {
     let status = response.status().as_u16();
     state
         .metrics

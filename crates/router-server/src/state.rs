@@ -49,8 +49,9 @@ impl AppState {
         };
         let dispatcher = Dispatcher::new(config.deployments.clone(), config.dispatch.clone())
             .map_err(|e| bad("deployments", e.to_string()))?;
-        let dispatcher = shared_limits::attach(dispatcher, config.store.as_ref().map(|s| &s.location))
-            .map_err(|e| bad("store.url", e.to_string()))?;
+        let dispatcher =
+            shared_limits::attach(dispatcher, config.store.as_ref().map(|s| &s.location))
+                .map_err(|e| bad("store.url", e.to_string()))?;
         let metrics = Metrics::default();
         let routing = Routing::load(&config, &dispatcher, &metrics)?;
         let store = match &config.store {

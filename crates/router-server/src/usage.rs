@@ -83,19 +83,38 @@ impl UsageLog {
 
     /// The usage log `config` asks for (`None`: usage is not recorded): into its own file,
     /// opened (created) here, or into `store`. Blocking.
-    pub(crate) fn open(config: Option<&UsageConfig>, store: Option<&Arc<Store>>) -> Result<Option<Arc<Self>>, StoreError> {
-        let Some(config) = config else { return Ok(None) };
+    pub(crate) fn open(
+        config: Option<&UsageConfig>,
+        store: Option<&Arc<Store>>,
+    ) -> Result<Option<Arc<Self>>, StoreError> {
+        let Some(config) = config else {
+            return Ok(None);
+        };
         let store = match (&config.location, store) {
-            (Some(location), _) => Arc::new(Store::open_location(location, StoreOptions::default())?),
+            (Some(location), _) => {
+                Arc::new(Store::open_location(location, StoreOptions::default())?)
+            }
             (None, Some(store)) => store.clone(),
             (None, None) => return Ok(None),
         };
         Ok(Some(Arc::new(UsageLog::new(store, config.clone()))))
     }
 
-    fn add(&self, minute: i64, deployment: &str, model: &str, from: &str, edit: impl FnOnce(&mut UsageRow)) {
+    fn add(
+        &self,
+        minute: i64,
+        deployment: &str,
+        model: &str,
+        from: &str,
+        edit: impl FnOnce(&mut UsageRow),
+    ) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (minute, deployment.to_string(), model.to_string(), from.to_string());
+        let key = (
+            minute,
+            deployment.to_string(),
+            model.to_string(),
+            from.to_string(),
+        );
         let row = pending.entry(key).or_insert_with(|| UsageRow {
             spillover_from: from.to_string(),
             ..UsageRow::new(minute, deployment, model)
@@ -106,7 +125,12 @@ impl UsageLog {
     /// Counts the 429s met by a dispatched request and returns the handle that counts its
     /// answer ([`Answering::json`] or [`Answering::stream`]); dropped unused, the answer
     /// failed and counts nothing.
-    pub(crate) fn dispatched(self: &Arc<Self>, d: &Dispatched, model: &str, prompt_tokens: u64) -> Answering {
+    pub(crate) fn dispatched(
+        self: &Arc<Self>,
+        d: &Dispatched,
+        model: &str,
+        prompt_tokens: u64,
+    ) -> Answering {
         let minute = minute_of_ms(now_ms());
         for deployment in &d.throttled {
             self.add(minute, deployment, model, "", |row| row.throttled += 1);
@@ -129,7 +153,10 @@ impl UsageLog {
         };
         let log = self.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let written = log.store.add_usage(&rows).map_err(|e| (e.to_string(), rows));
+            let written = log
+                .store
+                .add_usage(&rows)
+                .map_err(|e| (e.to_string(), rows));
             let horizon = minute_of_ms(now_ms()) - i64::from(log.config.retention_days) * 24 * 60;
             if let Err(e) = log.store.prune_usage(horizon) {
                 eprintln!("model-router: usage: pruning failed: {e}");
@@ -140,9 +167,18 @@ impl UsageLog {
         match result {
             Ok(Ok(())) => {}
             Ok(Err((why, rows))) => {
-                eprintln!("model-router: usage: writing {} rows failed, kept for the next flush: {why}", rows.len());
+                eprintln!(
+                    "model-router: usage: writing {} rows failed, kept for the next flush: {why}",
+                    rows.len()
+                );
                 for row in rows {
-                    self.add(row.minute, &row.deployment, &row.model, &row.spillover_from, |r| r.add(&row));
+                    self.add(
+                        row.minute,
+                        &row.deployment,
+                        &row.model,
+                        &row.spillover_from,
+                        |r| r.add(&row),
+                    );
                 }
             }
             Err(e) => eprintln!("model-router: usage: the flush task failed: {e}"),
@@ -169,7 +205,11 @@ impl UsageLog {
 
     /// Stops the flusher and writes what is pending (at shutdown).
     pub(crate) async fn close(self: &Arc<Self>) {
-        let task = self.flusher.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let task = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(task) = task {
             task.abort();
         }
@@ -198,12 +238,18 @@ pub(crate) struct Answering {
 impl Answering {
     fn count(&self, tokens: Tokens) {
         let minute = minute_of_ms(now_ms());
-        self.log.add(minute, &self.deployment, &self.model, &self.spillover_from, |row| {
-            row.requests += 1;
-            row.input_tokens = row.input_tokens.saturating_add(tokens.input);
-            row.output_tokens = row.output_tokens.saturating_add(tokens.output);
-            row.estimated += u64::from(tokens.estimated);
-        });
+        self.log.add(
+            minute,
+            &self.deployment,
+            &self.model,
+            &self.spillover_from,
+            |row| {
+                row.requests += 1;
+                row.input_tokens = row.input_tokens.saturating_add(tokens.input);
+                row.output_tokens = row.output_tokens.saturating_add(tokens.output);
+                row.estimated += u64::from(tokens.estimated);
+            },
+        );
     }
 
     /// A successful JSON answer: its `usage`, else the estimate of its text.
@@ -253,7 +299,9 @@ impl StreamTally {
     /// The events of `lines`: each chunk's `usage` (the last one wins) and its deltas' text.
     fn read(&mut self, lines: &[Line]) {
         for line in lines {
-            let Event::Data(chunk) = &line.event else { continue };
+            let Event::Data(chunk) = &line.event else {
+                continue;
+            };
             if let Some(usage) = chunk.get("usage").and_then(usage_of) {
                 self.usage = Some(usage);
             }
@@ -308,8 +356,15 @@ struct Function {
 
 impl Message {
     fn push_text(&self, text: &mut String) {
-        let calls = self.tool_calls.iter().map(|c| c.function.arguments.as_deref());
-        for part in [self.content.as_deref(), self.refusal.as_deref()].into_iter().chain(calls).flatten() {
+        let calls = self
+            .tool_calls
+            .iter()
+            .map(|c| c.function.arguments.as_deref());
+        for part in [self.content.as_deref(), self.refusal.as_deref()]
+            .into_iter()
+            .chain(calls)
+            .flatten()
+        {
             text.push_str(part);
         }
     }
@@ -378,9 +433,20 @@ mod tests {
         let rows = log.pending_rows();
         let plain = rows.iter().find(|r| r.spillover_from.is_empty()).unwrap();
         // 11 + 7 in; 5 + estimate_tokens("hello world") = 4 out; one estimated.
-        assert_eq!((plain.requests, plain.input_tokens, plain.output_tokens, plain.estimated), (2, 18, 9, 1));
+        assert_eq!(
+            (
+                plain.requests,
+                plain.input_tokens,
+                plain.output_tokens,
+                plain.estimated
+            ),
+            (2, 18, 9, 1)
+        );
         let spilled = rows.iter().find(|r| r.spillover_from == "ptu").unwrap();
-        assert_eq!((spilled.requests, spilled.deployment.as_str()), (1, "paygo"));
+        assert_eq!(
+            (spilled.requests, spilled.deployment.as_str()),
+            (1, "paygo")
+        );
     }
 
     #[tokio::test]
@@ -390,16 +456,28 @@ mod tests {
             "data: {\"choices\":[{\"delta\":{\"content\":\"hel\"}}],\"usage\":null}\n\ndata: {\"choi",
             "ces\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\ndata: [DONE]\n\n",
         ];
-        let without = ["data: {\"choices\":[{\"delta\":{\"content\":\"hello world\"}}]}\n\n", "data: [DONE]\n\n"];
+        let without = [
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hello world\"}}]}\n\n",
+            "data: [DONE]\n\n",
+        ];
         for chunks in [&with_usage[..], &without[..]] {
-            let upstream: Vec<reqwest::Result<Bytes>> = chunks.iter().map(|c| Ok(Bytes::from(*c))).collect();
+            let upstream: Vec<reqwest::Result<Bytes>> =
+                chunks.iter().map(|c| Ok(Bytes::from(*c))).collect();
             let lines = crate::sse::lines(stream::iter(upstream).boxed(), "m".into());
             let out: Vec<_> = answering(&log, "").stream(lines).collect().await;
             assert_eq!(out.len(), chunks.len(), "passed through unchanged");
         }
         let rows = log.pending_rows();
         assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].requests, rows[0].input_tokens, rows[0].output_tokens, rows[0].estimated), (2, 10, 6, 1));
+        assert_eq!(
+            (
+                rows[0].requests,
+                rows[0].input_tokens,
+                rows[0].output_tokens,
+                rows[0].estimated
+            ),
+            (2, 10, 6, 1)
+        );
     }
 
     #[tokio::test]
@@ -413,6 +491,13 @@ mod tests {
         assert!(log.pending_rows().is_empty());
         let rows = log.store.usage(None).unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].requests, rows[0].input_tokens, rows[0].output_tokens), (2, 8, 2));
+        assert_eq!(
+            (
+                rows[0].requests,
+                rows[0].input_tokens,
+                rows[0].output_tokens
+            ),
+            (2, 8, 2)
+        );
     }
 }

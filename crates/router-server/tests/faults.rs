@@ -283,7 +283,13 @@ async fn idle_half_header_and_half_body_clients_are_closed() {
 #[tokio::test]
 async fn at_the_connection_cap_health_still_answers() {
     // Long header timeout: the idle connections stay for the whole test.
-    let env = Env::start(|c| c.server(|s| { s.max_connections = Some(8); s.header_timeout_ms = Some(20_000); })).await;
+    let env = Env::start(|c| {
+        c.server(|s| {
+            s.max_connections = Some(8);
+            s.header_timeout_ms = Some(20_000);
+        })
+    })
+    .await;
     let mut idle = Vec::new();
     for _ in 0..200 {
         if let Ok(s) = TcpStream::connect(env.addr()).await {
@@ -388,13 +394,20 @@ async fn json_log_fields_are_escaped() {
         .collect();
     assert_eq!(lines.len(), 3, "{log}");
     for line in &lines {
-        assert_eq!((&line["event"], &line["status"]), (&json!("access"), &json!(404)), "{line}");
+        assert_eq!(
+            (&line["event"], &line["status"]),
+            (&json!("access"), &json!(404)),
+            "{line}"
+        );
     }
     assert_eq!(
         lines[0]["path"],
         "/openai/deployments/\r\naccess ts=1 status=200 path=\"forged\"\n/chat/completions"
     );
-    assert_eq!(lines[1]["model"], "none", "an unknown model is not logged as one");
+    assert_eq!(
+        lines[1]["model"], "none",
+        "an unknown model is not logged as one"
+    );
     assert_eq!(lines[2]["request_id"], "a\"b=status=200");
     env.stop().await;
 }

@@ -125,11 +125,15 @@ fn parse(body: &[u8]) -> Result<(), TestCaseError> {
 fn the_request_parser_answers_every_body() {
     let mut runner = TestRunner::new(Config::with_cases(cases(512)));
     runner
-        .run(&chat_body(), |body| parse(Value::Object(body).to_string().as_bytes()))
+        .run(&chat_body(), |body| {
+            parse(Value::Object(body).to_string().as_bytes())
+        })
         .expect("chat-shaped bodies");
     // Arbitrary bytes go to the parser as they are.
     runner
-        .run(&prop::collection::vec(any::<u8>(), 0..256), |bytes| parse(&bytes))
+        .run(&prop::collection::vec(any::<u8>(), 0..256), |bytes| {
+            parse(&bytes)
+        })
         .expect("arbitrary bytes");
 }
 

@@ -94,7 +94,11 @@ async fn mock_backend() -> Backend {
 
 /// The config of the scripts: the proxy key, relative paths against `dir`, and each model with
 /// one deployment (`d0`, `d1`, ...) on the mock backend `mock`.
-fn config(mock: std::net::SocketAddr, dir: &Path, models: &[(&str, f64, &str)]) -> ServerConfigBuilder {
+fn config(
+    mock: std::net::SocketAddr,
+    dir: &Path,
+    models: &[(&str, f64, &str)],
+) -> ServerConfigBuilder {
     let mut config = ServerConfig::builder(bundle())
         .named("py.toml")
         .base_dir(dir)
@@ -105,7 +109,11 @@ fn config(mock: std::net::SocketAddr, dir: &Path, models: &[(&str, f64, &str)]) 
         let deployment = format!("d{i}");
         config = config
             .model(ModelSpec::new(*name, *price, *price, 32_000).deployments([deployment.as_str()]))
-            .deployment(DeploymentSection::openai(deployment, format!("http://{mock}/v1"), *upstream));
+            .deployment(DeploymentSection::openai(
+                deployment,
+                format!("http://{mock}/v1"),
+                *upstream,
+            ));
     }
     config
 }

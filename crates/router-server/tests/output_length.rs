@@ -34,25 +34,54 @@ fn config(backend: std::net::SocketAddr) -> ServerConfigBuilder {
         .listen("127.0.0.1:0".parse().unwrap())
         .mode(Mode::Cost)
         .env(|_| None)
-        .model(ModelSpec::new(GPT4O, 2.5, 10.0, 128_000).expected_output_tokens(217).deployments(["gpt4o"]))
-        .model(ModelSpec::new(MINI, 0.15, 0.6, 128_000).expected_output_tokens(217).deployments(["mini"]))
+        .model(
+            ModelSpec::new(GPT4O, 2.5, 10.0, 128_000)
+                .expected_output_tokens(217)
+                .deployments(["gpt4o"]),
+        )
+        .model(
+            ModelSpec::new(MINI, 0.15, 0.6, 128_000)
+                .expected_output_tokens(217)
+                .deployments(["mini"]),
+        )
         .deployment(DeploymentSection::openai("gpt4o", &url, GPT4O))
         .deployment(DeploymentSection::openai("mini", &url, MINI))
 }
 
 #[tokio::test]
 async fn the_explained_decision_charges_predicted_output_lengths() {
-    let backend = Backend::serve(axum::Router::new().route("/v1/chat/completions", post(answer))).await;
+    let backend =
+        Backend::serve(axum::Router::new().route("/v1/chat/completions", post(answer))).await;
     let server = Server::start(config(backend.addr)).await;
     let body = json!({"model": "model-router", "messages": [{"role": "user", "content": "What is the capital of France?"}]});
-    let response = send(server.request(reqwest::Method::POST, "/v1/chat/completions").header("x-router-explain", "true").json(&body)).await;
+    let response = send(
+        server
+            .request(reqwest::Method::POST, "/v1/chat/completions")
+            .header("x-router-explain", "true")
+            .json(&body),
+    )
+    .await;
     assert_eq!(response.status(), 200);
-    let decision: Value = serde_json::from_str(&header(&response, "x-router-decision").expect("a decision header")).unwrap();
-    let lengths = decision["predicted_output_tokens"].as_object().expect("predicted_output_tokens");
-    assert_eq!(lengths.len(), 11, "one predicted length per bundle column: {decision}");
+    let decision: Value =
+        serde_json::from_str(&header(&response, "x-router-decision").expect("a decision header"))
+            .unwrap();
+    let lengths = decision["predicted_output_tokens"]
+        .as_object()
+        .expect("predicted_output_tokens");
+    assert_eq!(
+        lengths.len(),
+        11,
+        "one predicted length per bundle column: {decision}"
+    );
     for model in [GPT4O, MINI] {
-        let charged = decision["eligible"][model]["output_tokens"].as_u64().expect("eligible");
-        assert_eq!(Some(charged), lengths[model].as_u64(), "{model} is charged its predicted length");
+        let charged = decision["eligible"][model]["output_tokens"]
+            .as_u64()
+            .expect("eligible");
+        assert_eq!(
+            Some(charged),
+            lengths[model].as_u64(),
+            "{model} is charged its predicted length"
+        );
     }
     assert_ne!(lengths[GPT4O], lengths[MINI], "{decision}");
     json_of(response).await;

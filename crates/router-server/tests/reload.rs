@@ -77,7 +77,11 @@ fn config(bundle: &Path, backend: std::net::SocketAddr) -> ServerConfigBuilder {
         .env(|var| (var == "ADMIN_KEY").then(|| ADMIN_KEY.to_string()))
         .model(ModelSpec::new("gpt-4-1106-preview", 10.0, 30.0, 128_000).deployments(["d"]))
         .model(ModelSpec::new("gpt-3.5-turbo-1106", 1.0, 2.0, 16_385).deployments(["d"]))
-        .deployment(DeploymentSection::openai("d", format!("http://{backend}/v1"), "up"))
+        .deployment(DeploymentSection::openai(
+            "d",
+            format!("http://{backend}/v1"),
+            "up",
+        ))
 }
 
 struct Env {
@@ -94,7 +98,12 @@ impl Env {
         let dir = TempDir::new().unwrap();
         let bundle = copy_bundle(dir.path());
         let config = config(&bundle, backend.addr);
-        let server = Server::start(if admin { config.admin_key_env("ADMIN_KEY") } else { config }).await;
+        let server = Server::start(if admin {
+            config.admin_key_env("ADMIN_KEY")
+        } else {
+            config
+        })
+        .await;
         Env {
             server,
             bundle,
@@ -224,7 +233,9 @@ async fn a_bundle_with_nan_weights_does_not_start() {
     let dir = TempDir::new().unwrap();
     let bundle = copy_bundle(dir.path());
     poison_head(&bundle);
-    let config = config(&bundle, "127.0.0.1:9".parse().unwrap()).build().unwrap();
+    let config = config(&bundle, "127.0.0.1:9".parse().unwrap())
+        .build()
+        .unwrap();
     let error = match router_server::start(config).await {
         Ok(_) => panic!("a NaN head started"),
         Err(e) => e.to_string(),
@@ -316,7 +327,11 @@ async fn reload_reads_the_config_file_again() {
     // A catalog that needs a deployment the running server does not have is refused.
     let extra = moved
         .model(ModelSpec::new("claude-v2", 8.0, 24.0, 100_000).deployments(["new"]))
-        .deployment(DeploymentSection::openai("new", "http://127.0.0.1:9/v1", "c"));
+        .deployment(DeploymentSection::openai(
+            "new",
+            "http://127.0.0.1:9/v1",
+            "c",
+        ));
     std::fs::write(&file, extra.to_toml().unwrap()).unwrap();
     let error = state.reload().await.unwrap_err().to_string();
     assert!(

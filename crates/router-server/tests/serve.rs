@@ -256,15 +256,37 @@ fn config(mock: SocketAddr) -> ServerConfigBuilder {
         .model(model(GPT35, 1.0, 2.0, 16_385, &["gpt35"]).capabilities(tools))
         .model(model(CLAUDE, 0.8, 2.4, 100_000, &["claude"]))
         .model(model(MIXTRAL, 0.6, 0.6, 32_768, &["mixtral"]))
-        .deployment(DeploymentSection::openai("gpt4-ptu", base("gpt4-ptu"), "gpt-4-upstream").provisioned("gpt4-paygo"))
-        .deployment(DeploymentSection::openai("gpt4-paygo", base("gpt4-paygo"), "gpt-4-upstream"))
         .deployment(
-            DeploymentSection::azure("gpt35", format!("http://{mock}/d/gpt35"), "gpt35-azure-deployment", "2024-10-21")
-                .api_key_env("AZ_KEY"),
+            DeploymentSection::openai("gpt4-ptu", base("gpt4-ptu"), "gpt-4-upstream")
+                .provisioned("gpt4-paygo"),
         )
-        .deployment(DeploymentSection::openai("claude", base("claude"), CLAUDE).api_key_env("OAI_KEY"))
-        .deployment(DeploymentSection::openai("mixtral", base("mixtral"), MIXTRAL))
-        .deployment(DeploymentSection::openai("alt", base("alt"), "alt-upstream"))
+        .deployment(DeploymentSection::openai(
+            "gpt4-paygo",
+            base("gpt4-paygo"),
+            "gpt-4-upstream",
+        ))
+        .deployment(
+            DeploymentSection::azure(
+                "gpt35",
+                format!("http://{mock}/d/gpt35"),
+                "gpt35-azure-deployment",
+                "2024-10-21",
+            )
+            .api_key_env("AZ_KEY"),
+        )
+        .deployment(
+            DeploymentSection::openai("claude", base("claude"), CLAUDE).api_key_env("OAI_KEY"),
+        )
+        .deployment(DeploymentSection::openai(
+            "mixtral",
+            base("mixtral"),
+            MIXTRAL,
+        ))
+        .deployment(DeploymentSection::openai(
+            "alt",
+            base("alt"),
+            "alt-upstream",
+        ))
 }
 
 fn env(name: &str) -> Option<String> {
@@ -872,7 +894,10 @@ fn refuses_public_listen_without_keys_and_names_file_key_reason() {
         .build()
         .unwrap_err()
         .to_string();
-    assert!(e.contains("test.toml") && e.contains("deployments[6].base_url"), "{e}");
+    assert!(
+        e.contains("test.toml") && e.contains("deployments[6].base_url"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -882,8 +907,15 @@ async fn bad_bundle_fails_at_start() {
         .router(|r| r.bundle = "/nonexistent/bundle".into())
         .build()
         .unwrap();
-    let e = router_server::start(config).await.err().expect("start fails").to_string();
-    assert!(e.contains("test.toml") && e.contains("router.bundle"), "{e}");
+    let e = router_server::start(config)
+        .await
+        .err()
+        .expect("start fails")
+        .to_string();
+    assert!(
+        e.contains("test.toml") && e.contains("router.bundle"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -238,11 +238,7 @@ fn client_view(mut body: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_routed_request_is_shadowed_stored_and_linked_and_the_client_answer_is_unchanged() {
-    let env = Env::start(
-        Mock::new(None),
-        shadow_all(&[GPT4, GPT35, MIXTRAL], 5.0),
-    )
-    .await;
+    let env = Env::start(Mock::new(None), shadow_all(&[GPT4, GPT35, MIXTRAL], 5.0)).await;
     let plain = Env::start(Mock::new(None), None).await;
     let question =
         json!({"messages": [{"role": "user", "content": "What is 2+2?"}], "stream": false});
@@ -364,7 +360,10 @@ async fn every_routed_request_is_shadowed_stored_and_linked_and_the_client_answe
 async fn a_hanging_shadow_backend_does_not_hold_up_the_client() {
     let env = Env::start(
         Mock::new(Some("up-4")),
-        shadow_all(&[GPT4], 5.0).map(|s| ShadowSection { workers: Some(2), ..s }),
+        shadow_all(&[GPT4], 5.0).map(|s| ShadowSection {
+            workers: Some(2),
+            ..s
+        }),
     )
     .await;
     let question = json!({"messages": [{"role": "user", "content": "What is 2+2?"}]});
@@ -395,7 +394,11 @@ async fn a_hanging_shadow_backend_does_not_hold_up_the_client() {
 async fn a_full_queue_drops_shadows_and_counts_them() {
     let env = Env::start(
         Mock::new(Some("up-4")),
-        shadow_all(&[GPT4], 5.0).map(|s| ShadowSection { queue: Some(1), workers: Some(1), ..s }),
+        shadow_all(&[GPT4], 5.0).map(|s| ShadowSection {
+            queue: Some(1),
+            workers: Some(1),
+            ..s
+        }),
     )
     .await;
     let question = json!({"messages": [{"role": "user", "content": "What is 2+2?"}]});
@@ -422,7 +425,10 @@ async fn shadows_stop_at_the_daily_budget() {
     // budget of $0.00005 (nothing spent yet), and spends it; the rest of the day is dropped.
     let env = Env::start(
         Mock::new(None),
-        shadow_all(&[GPT4], 0.00005).map(|s| ShadowSection { workers: Some(1), ..s }),
+        shadow_all(&[GPT4], 0.00005).map(|s| ShadowSection {
+            workers: Some(1),
+            ..s
+        }),
     )
     .await;
     let question = json!({"messages": [{"role": "user", "content": "What is 2+2?"}]});
@@ -448,11 +454,7 @@ async fn shadows_stop_at_the_daily_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_is_shadowed_after_it_ended_and_reaches_the_client_unchanged() {
-    let env = Env::start(
-        Mock::new(None),
-        shadow_all(&[GPT4], 5.0),
-    )
-    .await;
+    let env = Env::start(Mock::new(None), shadow_all(&[GPT4], 5.0)).await;
     let r = env
         .chat(
             json!({"messages": [{"role": "user", "content": "Say hello."}], "stream": true,
@@ -484,11 +486,7 @@ async fn a_stream_is_shadowed_after_it_ended_and_reaches_the_client_unchanged() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_the_bundle_does_not_predict_is_shadowed_and_served_by_name_but_never_routed_to() {
-    let env = Env::start(
-        Mock::new(None),
-        shadow_all(&[CANDIDATE], 5.0),
-    )
-    .await;
+    let env = Env::start(Mock::new(None), shadow_all(&[CANDIDATE], 5.0)).await;
     // Routed among every deployed model: the candidate is not one of them.
     let routed = send(
         env.server
@@ -497,16 +495,27 @@ async fn a_model_the_bundle_does_not_predict_is_shadowed_and_served_by_name_but_
     )
     .await;
     assert_eq!(routed.status(), 200);
-    assert_ne!(header(&routed, "x-router-model").as_deref(), Some(CANDIDATE));
+    assert_ne!(
+        header(&routed, "x-router-model").as_deref(),
+        Some(CANDIDATE)
+    );
     env.wait_metric("model_router_shadow_sent_total 1").await;
-    let original = env.originals().pop().expect("the shadowed original is stored");
+    let original = env
+        .originals()
+        .pop()
+        .expect("the shadowed original is stored");
     let shadows = env.store().shadows_of(&original.id).unwrap();
     assert_eq!(shadows.len(), 1);
     assert_eq!(answer_text(&shadows[0]), "answer from up-cx");
 
     // Listed among the models a client may name.
     let models = json_of(send(env.server.get("/v1/models")).await).await;
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
     assert!(ids.contains(&CANDIDATE) && ids.contains(&GPT35), "{ids:?}");
 
     // Named, it is served like any deployed model.
@@ -517,6 +526,9 @@ async fn a_model_the_bundle_does_not_predict_is_shadowed_and_served_by_name_but_
     )
     .await;
     assert_eq!(named.status(), 200);
-    assert_eq!(json_of(named).await["choices"][0]["message"]["content"], "answer from up-cx");
+    assert_eq!(
+        json_of(named).await["choices"][0]["message"]["content"],
+        "answer from up-cx"
+    );
     env.stop().await;
 }

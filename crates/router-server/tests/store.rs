@@ -136,8 +136,16 @@ impl Env {
                 d.timeout_ms = Some(5000);
                 d.max_retries = Some(0);
             })
-            .model(ModelSpec::new(GPT4, 10.0, 30.0, 128_000).expected_output_tokens(64).deployments(["d4"]))
-            .model(ModelSpec::new(GPT35, 1.0, 2.0, 16_385).expected_output_tokens(64).deployments(["d35"]))
+            .model(
+                ModelSpec::new(GPT4, 10.0, 30.0, 128_000)
+                    .expected_output_tokens(64)
+                    .deployments(["d4"]),
+            )
+            .model(
+                ModelSpec::new(GPT35, 1.0, 2.0, 16_385)
+                    .expected_output_tokens(64)
+                    .deployments(["d35"]),
+            )
             .deployment(DeploymentSection::openai("d4", &url, "up-4"))
             .deployment(DeploymentSection::openai("d35", &url, "up-35"));
         // Relative store paths resolve against the config's directory.
@@ -263,7 +271,11 @@ fn ids(list: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_list_get_messages_update_delete_export() {
-    let env = Env::start(Some(StoreSection { max_bytes: Some(10_000_000), ..StoreSection::default() })).await;
+    let env = Env::start(Some(StoreSection {
+        max_bytes: Some(10_000_000),
+        ..StoreSection::default()
+    }))
+    .await;
 
     // 1. A bypassed JSON request, stored with metadata.
     let r = env
@@ -551,7 +563,12 @@ async fn records_are_visible_only_to_the_key_that_stored_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_refuses_but_the_request_succeeds() {
-    let env = Env::start(Some(StoreSection { max_bytes: Some(3000), on_full: Some("refuse".into()), ..StoreSection::default() })).await;
+    let env = Env::start(Some(StoreSection {
+        max_bytes: Some(3000),
+        on_full: Some("refuse".into()),
+        ..StoreSection::default()
+    }))
+    .await;
     let mut stored = Vec::new();
     let mut refused = None;
     for i in 0..10 {
@@ -597,7 +614,12 @@ async fn a_full_store_refuses_but_the_request_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evicting_store_keeps_the_newest() {
-    let env = Env::start(Some(StoreSection { max_bytes: Some(3000), on_full: Some("evict_oldest".into()), ..StoreSection::default() })).await;
+    let env = Env::start(Some(StoreSection {
+        max_bytes: Some(3000),
+        on_full: Some("evict_oldest".into()),
+        ..StoreSection::default()
+    }))
+    .await;
     let mut all = Vec::new();
     for i in 0..8 {
         let r = env

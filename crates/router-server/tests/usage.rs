@@ -19,7 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use common::{bundle, collect_stream, send, Backend, Server};
 use router_policy::ModelSpec;
-use router_server::{DeploymentSection, ServerConfig, ServerConfigBuilder, StoreSection, UsageSection};
+use router_server::{
+    DeploymentSection, ServerConfig, ServerConfigBuilder, StoreSection, UsageSection,
+};
 use router_store::{Store, StoreOptions, UsageRow};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -37,8 +39,14 @@ async fn backend(State(hits): State<Arc<AtomicUsize>>, body: Bytes) -> Response 
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = body["model"].as_str().unwrap_or("?").to_string();
     if model == "up-ptu" {
-        let error = json!({"error": {"message": "rate limited", "type": "requests", "code": "429"}});
-        return (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "30")], axum::Json(error)).into_response();
+        let error =
+            json!({"error": {"message": "rate limited", "type": "requests", "code": "429"}});
+        return (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "30")],
+            axum::Json(error),
+        )
+            .into_response();
     }
     if body["stream"] == true {
         let chunk = |mut event: Value| {
@@ -48,15 +56,27 @@ async fn backend(State(hits): State<Arc<AtomicUsize>>, body: Bytes) -> Response 
             format!("data: {event}\n\n")
         };
         let mut events = vec![
-            chunk(json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]})),
-            chunk(json!({"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]})),
+            chunk(
+                json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}),
+            ),
+            chunk(
+                json!({"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]}),
+            ),
         ];
         if body["stream_options"]["include_usage"] == true {
             events.push(chunk(json!({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}})));
         }
         events.push("data: [DONE]\n\n".into());
-        let stream = futures_util::stream::iter(events.into_iter().map(|e| Ok::<Bytes, std::convert::Infallible>(Bytes::from(e))));
-        return ([("content-type", "text/event-stream")], Body::from_stream(stream)).into_response();
+        let stream = futures_util::stream::iter(
+            events
+                .into_iter()
+                .map(|e| Ok::<Bytes, std::convert::Infallible>(Bytes::from(e))),
+        );
+        return (
+            [("content-type", "text/event-stream")],
+            Body::from_stream(stream),
+        )
+            .into_response();
     }
     let answer = json!({
         "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
@@ -77,8 +97,16 @@ fn config(dir: &Path, url: &str) -> ServerConfigBuilder {
             d.timeout_ms = Some(5000);
             d.max_retries = Some(0);
         })
-        .model(ModelSpec::new(GPT4, 10.0, 30.0, 128_000).expected_output_tokens(64).deployments(["ptu"]))
-        .model(ModelSpec::new(GPT35, 1.0, 2.0, 16_385).expected_output_tokens(64).deployments(["d35"]))
+        .model(
+            ModelSpec::new(GPT4, 10.0, 30.0, 128_000)
+                .expected_output_tokens(64)
+                .deployments(["ptu"]),
+        )
+        .model(
+            ModelSpec::new(GPT35, 1.0, 2.0, 16_385)
+                .expected_output_tokens(64)
+                .deployments(["d35"]),
+        )
         .deployment(DeploymentSection::openai("ptu", url, "up-ptu").provisioned("paygo"))
         .deployment(DeploymentSection::openai("paygo", url, "up-4"))
         .deployment(DeploymentSection::openai("d35", url, "up-35"))
@@ -94,7 +122,12 @@ async fn mock() -> (Backend, String) {
 }
 
 async fn chat(server: &Server, body: Value) -> reqwest::Response {
-    let r = send(server.request(reqwest::Method::POST, "/v1/chat/completions").json(&body)).await;
+    let r = send(
+        server
+            .request(reqwest::Method::POST, "/v1/chat/completions")
+            .json(&body),
+    )
+    .await;
     assert_eq!(r.status(), 200, "{body}");
     r
 }
@@ -108,7 +141,12 @@ fn by_deployment(rows: Vec<UsageRow>) -> BTreeMap<(String, String), UsageRow> {
     let mut sums: BTreeMap<(String, String), UsageRow> = BTreeMap::new();
     for row in rows {
         let key = (row.deployment.clone(), row.spillover_from.clone());
-        sums.entry(key).or_insert_with(|| UsageRow { minute: 0, ..UsageRow::new(0, &row.deployment, &row.model) }).add(&row);
+        sums.entry(key)
+            .or_insert_with(|| UsageRow {
+                minute: 0,
+                ..UsageRow::new(0, &row.deployment, &row.model)
+            })
+            .add(&row);
     }
     sums
 }
@@ -117,7 +155,8 @@ fn by_deployment(rows: Vec<UsageRow>) -> BTreeMap<(String, String), UsageRow> {
 async fn every_request_is_counted_on_its_deployment_with_and_without_store() {
     let (_backend, url) = mock().await;
     let dir = TempDir::new().unwrap();
-    let server = Server::start(config(dir.path(), &url).store(StoreSection::sqlite("completions.db"))).await;
+    let server =
+        Server::start(config(dir.path(), &url).store(StoreSection::sqlite("completions.db"))).await;
     // gpt-3.5 on d35: 3 stored, 4 not, one streamed with usage and one without.
     for i in 0..7 {
         let mut body = message(GPT35, &format!("question {i}"));
@@ -137,33 +176,62 @@ async fn every_request_is_counted_on_its_deployment_with_and_without_store() {
     // gpt-4: ptu answers 429 twice (the second cools it down), the third skips it; all spill.
     for i in 0..3 {
         let r = chat(&server, message(GPT4, &format!("big question {i}"))).await;
-        assert_eq!(common::header(&r, "x-ms-spillover-from-deployment").as_deref(), Some("ptu"));
+        assert_eq!(
+            common::header(&r, "x-ms-spillover-from-deployment").as_deref(),
+            Some("ptu")
+        );
     }
     server.stop().await;
 
     let store = Store::open(dir.path().join("completions.db"), StoreOptions::default()).unwrap();
     let usage = by_deployment(store.usage(None).unwrap());
-    let keys: Vec<(&str, &str)> = usage.keys().map(|(d, f)| (d.as_str(), f.as_str())).collect();
+    let keys: Vec<(&str, &str)> = usage
+        .keys()
+        .map(|(d, f)| (d.as_str(), f.as_str()))
+        .collect();
     assert_eq!(keys, [("d35", ""), ("paygo", "ptu"), ("ptu", "")]);
 
     let d35 = &usage[&("d35".to_string(), String::new())];
     let estimated_out = router_policy::estimate_tokens("Hello") as u64;
     assert_eq!((d35.requests, d35.estimated, d35.throttled), (9, 1, 0));
-    assert_eq!(d35.output_tokens, 7 * 3 + 2 + estimated_out, "reported, streamed and estimated");
-    assert!(d35.input_tokens > 7 * 5 + 11, "the unreported stream's prompt is estimated: {d35:?}");
+    assert_eq!(
+        d35.output_tokens,
+        7 * 3 + 2 + estimated_out,
+        "reported, streamed and estimated"
+    );
+    assert!(
+        d35.input_tokens > 7 * 5 + 11,
+        "the unreported stream's prompt is estimated: {d35:?}"
+    );
     assert_eq!(d35.model, GPT35);
 
     let spilled = &usage[&("paygo".to_string(), "ptu".to_string())];
-    assert_eq!((spilled.requests, spilled.input_tokens, spilled.output_tokens, spilled.model.as_str()), (3, 15, 9, GPT4));
+    assert_eq!(
+        (
+            spilled.requests,
+            spilled.input_tokens,
+            spilled.output_tokens,
+            spilled.model.as_str()
+        ),
+        (3, 15, 9, GPT4)
+    );
     let ptu = &usage[&("ptu".to_string(), String::new())];
-    assert_eq!((ptu.requests, ptu.throttled), (0, 2), "two 429s met; the cooled third skipped it");
+    assert_eq!(
+        (ptu.requests, ptu.throttled),
+        (0, 2),
+        "two 429s met; the cooled third skipped it"
+    );
 }
 
 #[tokio::test]
 async fn without_a_store_usage_goes_to_its_own_file_every_flush_interval() {
     let (_backend, url) = mock().await;
     let dir = TempDir::new().unwrap();
-    let usage = UsageSection { path: Some("usage.db".into()), retention_days: Some(30), flush_interval_ms: Some(100) };
+    let usage = UsageSection {
+        path: Some("usage.db".into()),
+        retention_days: Some(30),
+        flush_interval_ms: Some(100),
+    };
     let server = Server::start(config(dir.path(), &url).usage(usage)).await;
     for i in 0..2 {
         chat(&server, message(GPT35, &format!("question {i}"))).await;
@@ -171,7 +239,10 @@ async fn without_a_store_usage_goes_to_its_own_file_every_flush_interval() {
     let file = dir.path().join("usage.db");
     let mut rows = Vec::new();
     for _ in 0..100 {
-        rows = Store::open(&file, StoreOptions::default()).unwrap().usage(None).unwrap();
+        rows = Store::open(&file, StoreOptions::default())
+            .unwrap()
+            .usage(None)
+            .unwrap();
         if rows.iter().map(|r| r.requests).sum::<u64>() == 2 {
             break;
         }
@@ -179,22 +250,39 @@ async fn without_a_store_usage_goes_to_its_own_file_every_flush_interval() {
     }
     let summed = by_deployment(rows);
     let d35 = &summed[&("d35".to_string(), String::new())];
-    assert_eq!((d35.requests, d35.input_tokens, d35.output_tokens), (2, 10, 6), "written before shutdown");
+    assert_eq!(
+        (d35.requests, d35.input_tokens, d35.output_tokens),
+        (2, 10, 6),
+        "written before shutdown"
+    );
     server.stop().await;
 }
 
 #[test]
 fn usage_needs_a_store_or_a_file() {
     let dir = TempDir::new().unwrap();
-    let e = config(dir.path(), "http://127.0.0.1:9/v1").usage(UsageSection::default()).build().unwrap_err();
-    assert!(e.to_string().contains("usage.path") && e.to_string().contains("without `[store]`"), "{e}");
     let e = config(dir.path(), "http://127.0.0.1:9/v1")
-        .usage(UsageSection { path: Some("u.db".into()), retention_days: Some(0), flush_interval_ms: None })
+        .usage(UsageSection::default())
+        .build()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("usage.path") && e.to_string().contains("without `[store]`"),
+        "{e}"
+    );
+    let e = config(dir.path(), "http://127.0.0.1:9/v1")
+        .usage(UsageSection {
+            path: Some("u.db".into()),
+            retention_days: Some(0),
+            flush_interval_ms: None,
+        })
         .build()
         .unwrap_err();
     assert!(e.to_string().contains("usage.retention_days"), "{e}");
     let none = config(dir.path(), "http://127.0.0.1:9/v1").build().unwrap();
-    assert!(none.usage.is_none(), "neither [store] nor [usage]: not recorded");
+    assert!(
+        none.usage.is_none(),
+        "neither [store] nor [usage]: not recorded"
+    );
 }
 
 /// The cost of recording usage, measured (run by hand: `cargo test -p router-server --test usage
@@ -208,10 +296,18 @@ async fn recording_usage_moves_the_proxy_overhead_by_less_than_ten_percent() {
     let (_backend, url) = mock().await;
     let dir = TempDir::new().unwrap();
     let plain = Server::start(config(dir.path(), &url)).await;
-    let usage = UsageSection { path: Some("usage.db".into()), retention_days: None, flush_interval_ms: Some(100) };
+    let usage = UsageSection {
+        path: Some("usage.db".into()),
+        retention_days: None,
+        flush_interval_ms: Some(100),
+    };
     let recording = Server::start(config(dir.path(), &url).usage(usage)).await;
     let http = reqwest::Client::new();
-    let targets = [format!("{url}/chat/completions"), plain.url("/v1/chat/completions"), recording.url("/v1/chat/completions")];
+    let targets = [
+        format!("{url}/chat/completions"),
+        plain.url("/v1/chat/completions"),
+        recording.url("/v1/chat/completions"),
+    ];
     let mut latencies_us: [Vec<f64>; 3] = Default::default();
     for round in 0..40 {
         for (target, samples) in targets.iter().zip(latencies_us.iter_mut()) {
@@ -238,7 +334,17 @@ async fn recording_usage_moves_the_proxy_overhead_by_less_than_ten_percent() {
     );
     plain.stop().await;
     recording.stop().await;
-    let rows = Store::open(dir.path().join("usage.db"), StoreOptions::default()).unwrap().usage(None).unwrap();
-    assert_eq!(rows.iter().map(|r| r.requests).sum::<u64>(), 2000, "every request recorded");
-    assert!(overhead_with < overhead_without * 1.1, "usage recording moved the overhead by 10 % or more");
+    let rows = Store::open(dir.path().join("usage.db"), StoreOptions::default())
+        .unwrap()
+        .usage(None)
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.requests).sum::<u64>(),
+        2000,
+        "every request recorded"
+    );
+    assert!(
+        overhead_with < overhead_without * 1.1,
+        "usage recording moved the overhead by 10 % or more"
+    );
 }

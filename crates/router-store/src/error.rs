@@ -61,7 +61,9 @@ pub enum StoreError {
     #[error("store database (PostgreSQL): {}", postgres_message(.0))]
     Postgres(#[from] postgres::Error),
     /// A PostgreSQL URL given to a build without the `postgres` feature.
-    #[error("{database}: this build has no PostgreSQL support (router-store's feature `postgres`)")]
+    #[error(
+        "{database}: this build has no PostgreSQL support (router-store's feature `postgres`)"
+    )]
     NoPostgres {
         /// The URL (without its password).
         database: String,

@@ -44,16 +44,15 @@ impl PostgresUrl {
         let authority = rest.split(['/', '?']).next().unwrap_or_default();
         if let Some((userinfo, _)) = authority.rsplit_once('@') {
             if userinfo.contains(':') {
-                return Err(bad(
-                    PASSWORD_IN_URL,
-                ));
+                return Err(bad(PASSWORD_IN_URL));
             }
         }
         let query = rest.split_once('?').map_or("", |(_, q)| q);
-        if query.split('&').any(|pair| pair.split('=').next() == Some("password")) {
-            return Err(bad(
-                PASSWORD_IN_URL,
-            ));
+        if query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some("password"))
+        {
+            return Err(bad(PASSWORD_IN_URL));
         }
         Ok(PostgresUrl {
             url: url.to_string(),
@@ -144,9 +143,16 @@ mod tests {
             "postgres://u@h/db?application_name=x&password=p",
         ] {
             let e = PostgresUrl::new(url, None).unwrap_err().to_string();
-            assert!(e.contains("password_env") && !e.contains("p@"), "{url}: {e}");
+            assert!(
+                e.contains("password_env") && !e.contains("p@"),
+                "{url}: {e}"
+            );
         }
-        let ok = PostgresUrl::new("postgres://u@h:1/db?sslmode=disable", Some("hunter2".into())).unwrap();
+        let ok = PostgresUrl::new(
+            "postgres://u@h:1/db?sslmode=disable",
+            Some("hunter2".into()),
+        )
+        .unwrap();
         assert_eq!(ok.password(), Some("hunter2"));
         let shown = format!("{ok} {ok:?} {:?}", Location::Postgres(ok.clone()));
         assert!(!shown.contains("hunter2"), "{shown}");

@@ -35,9 +35,10 @@ const METADATA_OBJECT: &str =
 
 /// Migrations, each taking the schema from the version before to its own; they run in the one
 /// transaction that holds [`MIGRATION_LOCK`].
-const MIGRATIONS: [(i64, &str); 3] = [(
-    1,
-    "CREATE TABLE model_router.completions (
+const MIGRATIONS: [(i64, &str); 3] = [
+    (
+        1,
+        "CREATE TABLE model_router.completions (
          seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
          id TEXT NOT NULL UNIQUE,
          owner TEXT NOT NULL,
@@ -71,10 +72,11 @@ const MIGRATIONS: [(i64, &str); 3] = [(
          bytes BIGINT NOT NULL
      );
      INSERT INTO model_router.stats (id, bytes) VALUES (1, 0);",
-), (
-    // Usage per deployment and minute (see `crate::usage`).
-    2,
-    "CREATE TABLE model_router.usage_minutes (
+    ),
+    (
+        // Usage per deployment and minute (see `crate::usage`).
+        2,
+        "CREATE TABLE model_router.usage_minutes (
          minute BIGINT NOT NULL,
          deployment TEXT NOT NULL,
          model TEXT NOT NULL,
@@ -86,11 +88,13 @@ const MIGRATIONS: [(i64, &str); 3] = [(
          throttled BIGINT NOT NULL,
          PRIMARY KEY (minute, deployment, model, spillover_from)
      );",
-), (
-    // Capacity windows and cooldowns shared by replicas (see `crate::limits`).
-    3,
-    crate::limits::MIGRATION,
-)];
+    ),
+    (
+        // Capacity windows and cooldowns shared by replicas (see `crate::limits`).
+        3,
+        crate::limits::MIGRATION,
+    ),
+];
 
 /// Stored completions in one PostgreSQL database.
 pub(crate) struct PgBackend {
@@ -178,7 +182,11 @@ struct Tx<'c> {
 }
 
 impl Tx<'_> {
-    fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
+    fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
         let statement = prepared(&mut self.tx, self.statements, sql)?;
         Ok(self.tx.query_opt(&statement, params)?)
     }
@@ -272,11 +280,7 @@ fn fresh_id(tx: &mut Tx<'_>) -> Result<String, StoreError> {
     ))
 }
 
-fn insert_metadata(
-    tx: &mut Tx<'_>,
-    seq: i64,
-    metadata: &Metadata,
-) -> Result<(), StoreError> {
+fn insert_metadata(tx: &mut Tx<'_>, seq: i64, metadata: &Metadata) -> Result<(), StoreError> {
     if metadata.is_empty() {
         return Ok(());
     }
@@ -340,7 +344,10 @@ fn migrate(client: &mut Client, database: &str) -> Result<(), StoreError> {
          INSERT INTO model_router.schema_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;",
     )?;
     let found: i64 = tx
-        .query_one("SELECT version FROM model_router.schema_version WHERE id = 1", &[])?
+        .query_one(
+            "SELECT version FROM model_router.schema_version WHERE id = 1",
+            &[],
+        )?
         .try_get(0)?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::Schema {

@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::{
-    Completion, ExportFilter, ListQuery, Metadata, NewCompletion, OnFull, StoreError,
-    StoreOptions, Usage, DEFAULT_LIMIT, MAX_LIMIT, RECORD_OVERHEAD_BYTES,
+    Completion, ExportFilter, ListQuery, Metadata, NewCompletion, OnFull, StoreError, StoreOptions,
+    Usage, DEFAULT_LIMIT, MAX_LIMIT, RECORD_OVERHEAD_BYTES,
 };
 
 /// The selected columns, in [`RawRow`]'s order; `metadata_object` is the backend's expression
@@ -95,7 +95,11 @@ pub(crate) fn list_filter_sql(query: &ListQuery, mark: char, args: &mut Vec<Stri
 }
 
 /// The filters of an export, see [`filter_sql`].
-pub(crate) fn export_filter_sql(filter: &ExportFilter, mark: char, args: &mut Vec<String>) -> String {
+pub(crate) fn export_filter_sql(
+    filter: &ExportFilter,
+    mark: char,
+    args: &mut Vec<String>,
+) -> String {
     filter_sql(
         filter.owner.as_deref(),
         filter.model.as_deref(),

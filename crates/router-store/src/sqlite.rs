@@ -334,7 +334,10 @@ impl Backend for SqliteBackend {
                 reason: format!("no stored completion `{after}`"),
             })?;
             // Integers inline: they come from the database, not from the caller.
-            let _ = write!(sql, " AND (c.created_at, c.seq) {cmp} ({created_at}, {seq})");
+            let _ = write!(
+                sql,
+                " AND (c.created_at, c.seq) {cmp} ({created_at}, {seq})"
+            );
         }
         let _ = write!(
             sql,
@@ -446,7 +449,11 @@ impl Backend for SqliteBackend {
         let used = SqliteLedger(&conn).used_bytes()?;
         let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        Ok((to_u64(records), used, to_u64(pages.saturating_mul(page_size))))
+        Ok((
+            to_u64(records),
+            used,
+            to_u64(pages.saturating_mul(page_size)),
+        ))
     }
     fn add_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
         let mut conn = self.lock();

@@ -739,7 +739,13 @@ mod tests {
             assert_eq!(synchronous.as_str().parse::<Synchronous>(), Ok(synchronous));
         }
         assert_eq!(OnFull::EvictOldest.as_str(), "evict_oldest");
-        assert_eq!("drop".parse::<OnFull>(), Err("`drop` is not one of `refuse`, `evict_oldest`".to_string()));
-        assert_eq!("FULL".parse::<Synchronous>(), Err("`FULL` is not one of `full`, `normal`".to_string()));
+        assert_eq!(
+            "drop".parse::<OnFull>(),
+            Err("`drop` is not one of `refuse`, `evict_oldest`".to_string())
+        );
+        assert_eq!(
+            "FULL".parse::<Synchronous>(),
+            Err("`FULL` is not one of `full`, `normal`".to_string())
+        );
     }
 }

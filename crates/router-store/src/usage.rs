@@ -209,7 +209,11 @@ mod tests {
         assert_eq!(read.rows[0].tokens(), 5);
         let lines: Vec<usize> = read.skipped.iter().map(|s| s.line).collect();
         assert_eq!(lines, [2, 4, 5]);
-        assert!(read.skipped[1].reason.contains("model"), "{:?}", read.skipped[1]);
+        assert!(
+            read.skipped[1].reason.contains("model"),
+            "{:?}",
+            read.skipped[1]
+        );
     }
 
     #[test]
@@ -222,6 +226,15 @@ mod tests {
         b.output_tokens = 4;
         b.estimated = 1;
         a.add(&b);
-        assert_eq!((a.requests, a.input_tokens, a.output_tokens, a.estimated, a.throttled), (2, 10, 4, 1, 4));
+        assert_eq!(
+            (
+                a.requests,
+                a.input_tokens,
+                a.output_tokens,
+                a.estimated,
+                a.throttled
+            ),
+            (2, 10, 4, 1, 4)
+        );
     }
 }

@@ -838,10 +838,7 @@ fn a_newer_schema_is_refused(place: Place) {
     drop(place.open(1 << 20, OnFull::Refuse));
     place.set_schema_version(99);
     let e = Store::open_location(&place.location(), StoreOptions::default()).unwrap_err();
-    assert!(
-        matches!(e, StoreError::Schema { found: 99, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, StoreError::Schema { found: 99, .. }), "{e}");
     let message = e.to_string();
     assert!(
         message.contains(&place.location().to_string())
@@ -857,7 +854,10 @@ fn a_newer_schema_is_refused(place: Place) {
 fn two_stores_on_one_database_share_the_cap(place: Place) {
     let size = {
         let probe = place.open(1 << 20, OnFull::Refuse);
-        let size = probe.insert(record("r-9999", "o", 0, "m", &[("k", "v")])).unwrap().bytes;
+        let size = probe
+            .insert(record("r-9999", "o", 0, "m", &[("k", "v")]))
+            .unwrap()
+            .bytes;
         assert!(probe.delete(None, "r-9999").unwrap());
         size
     };
@@ -874,7 +874,9 @@ fn two_stores_on_one_database_share_the_cap(place: Place) {
                 (0..20)
                     .map(|i| {
                         let id = format!("r-{w}{i:03}");
-                        let inserted = store.insert(record(&id, "o", i, "m", &[("k", "v")])).unwrap();
+                        let inserted = store
+                            .insert(record(&id, "o", i, "m", &[("k", "v")]))
+                            .unwrap();
                         assert_eq!(inserted.bytes, size);
                         inserted.evicted
                     })
@@ -887,7 +889,11 @@ fn two_stores_on_one_database_share_the_cap(place: Place) {
         let stats = store.stats().unwrap();
         assert_eq!(stats.records, 25, "the cap holds exactly 25 records");
         assert_eq!(stats.used_bytes, 25 * size);
-        assert_eq!(stats.records + evicted, 80, "every insert is either kept or counted as evicted");
+        assert_eq!(
+            stats.records + evicted,
+            80,
+            "every insert is either kept or counted as evicted"
+        );
     }
     assert_eq!(place.metadata_values().len(), 25);
 }
@@ -906,7 +912,10 @@ fn postgres_connection_errors_name_the_database_but_not_the_password() {
     let e = Store::open_location(&location, StoreOptions::default()).unwrap_err();
     assert!(matches!(e, StoreError::Connect { .. }), "{e}");
     let message = e.to_string();
-    assert!(message.contains(&url) && !message.contains("hunter2"), "{message}");
+    assert!(
+        message.contains(&url) && !message.contains("hunter2"),
+        "{message}"
+    );
     assert!(!format!("{e:?}").contains("hunter2"));
     let e = Store::open_location(
         &location,
@@ -916,7 +925,16 @@ fn postgres_connection_errors_name_the_database_but_not_the_password() {
         },
     )
     .unwrap_err();
-    assert!(matches!(e, StoreError::InvalidOption { option: "max_bytes", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            StoreError::InvalidOption {
+                option: "max_bytes",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[cfg(not(feature = "postgres"))]
@@ -944,17 +962,32 @@ fn usage_rows_sum_per_key_and_prune_by_minute(place: Place) {
     };
     let a = place.open(1 << 20, OnFull::Refuse);
     let b = place.open(1 << 20, OnFull::Refuse);
-    a.add_usage(&[row(10, "ptu", "", 1, 100), row(10, "paygo", "ptu", 1, 40), row(11, "ptu", "", 2, 10)])
-        .unwrap();
+    a.add_usage(&[
+        row(10, "ptu", "", 1, 100),
+        row(10, "paygo", "ptu", 1, 40),
+        row(11, "ptu", "", 2, 10),
+    ])
+    .unwrap();
     b.add_usage(&[row(10, "ptu", "", 3, 300)]).unwrap();
     a.add_usage(&[]).unwrap();
     let all = b.usage(None).unwrap();
-    let keys: Vec<(i64, &str, &str)> =
-        all.iter().map(|r| (r.minute, r.deployment.as_str(), r.spillover_from.as_str())).collect();
-    assert_eq!(keys, [(10, "paygo", "ptu"), (10, "ptu", ""), (11, "ptu", "")]);
+    let keys: Vec<(i64, &str, &str)> = all
+        .iter()
+        .map(|r| (r.minute, r.deployment.as_str(), r.spillover_from.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [(10, "paygo", "ptu"), (10, "ptu", ""), (11, "ptu", "")]
+    );
     let summed = &all[1];
     assert_eq!(
-        (summed.requests, summed.input_tokens, summed.output_tokens, summed.estimated, summed.throttled),
+        (
+            summed.requests,
+            summed.input_tokens,
+            summed.output_tokens,
+            summed.estimated,
+            summed.throttled
+        ),
         (4, 400, 200, 2, 4)
     );
     assert_eq!(a.usage(Some(11)).unwrap().len(), 1);

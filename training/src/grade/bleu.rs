@@ -20,7 +20,9 @@ fn substitutions() -> &'static [(Regex, &'static str); 4] {
     static RULES: OnceLock<[(Regex, &'static str); 4]> = OnceLock::new();
     RULES.get_or_init(|| {
         // The patterns are constants: they compile or the build's tests fail.
-        let compile = |pattern: &str| Regex::new(pattern).unwrap_or_else(|e| panic!("13a pattern {pattern:?}: {e}"));
+        let compile = |pattern: &str| {
+            Regex::new(pattern).unwrap_or_else(|e| panic!("13a pattern {pattern:?}: {e}"))
+        };
         [
             // Punctuation and symbols of ASCII: `{|}~ [\]^_\` space!"#$%& ()*+ :;<=>?@ /`.
             (compile(r"([{-~\[-` -&(-+:-@/])"), " ${1} "),
@@ -46,15 +48,26 @@ fn substitutions() -> &'static [(Regex, &'static str); 4] {
 /// assert_eq!(tokenize_13a("Καλημέρα, κόσμε·"), ["Καλημέρα", ",", "κόσμε·"]);
 /// ```
 pub fn tokenize_13a(text: &str) -> Vec<String> {
-    let mut line = text.trim_end_matches(is_python_space).replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
+    let mut line = text
+        .trim_end_matches(is_python_space)
+        .replace("<skipped>", "")
+        .replace("-\n", "")
+        .replace('\n', " ");
     if line.contains('&') {
-        line = line.replace("&quot;", "\"").replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">");
+        line = line
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">");
     }
     let mut line = format!(" {line} ");
     for (pattern, replacement) in substitutions() {
         line = pattern.replace_all(&line, *replacement).into_owned();
     }
-    line.split(is_python_space).filter(|t| !t.is_empty()).map(str::to_owned).collect()
+    line.split(is_python_space)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Each token's id in `ids` (a new id for a new token): n-grams of `u32` hash fast.
@@ -97,7 +110,10 @@ fn ngram_counts(tokens: &[u32], n: usize) -> FxHashMap<&[u32], usize> {
 pub fn bleu(output: &str, reference: &str) -> f64 {
     let (hyp_tokens, ref_tokens) = (tokenize_13a(output), tokenize_13a(reference));
     let mut ids = FxHashMap::default();
-    let (hyp, reference) = (token_ids(&mut ids, &hyp_tokens), token_ids(&mut ids, &ref_tokens));
+    let (hyp, reference) = (
+        token_ids(&mut ids, &hyp_tokens),
+        token_ids(&mut ids, &ref_tokens),
+    );
     let (sys_len, ref_len) = (hyp.len() as f64, reference.len() as f64);
     let mut correct = [0usize; MAX_ORDER];
     let mut total = [0usize; MAX_ORDER];
@@ -111,7 +127,11 @@ pub fn bleu(output: &str, reference: &str) -> f64 {
     if correct.iter().all(|c| *c == 0) {
         return 0.0;
     }
-    let brevity = if sys_len < ref_len { (1.0 - ref_len / sys_len).exp() } else { 1.0 };
+    let brevity = if sys_len < ref_len {
+        (1.0 - ref_len / sys_len).exp()
+    } else {
+        1.0
+    };
     // sacreBLEU's loop, in its percent units, so the floating-point result is the same.
     let (mut log_sum, mut order, mut smooth) = (0.0, 0, 1.0);
     for n in 0..MAX_ORDER {
@@ -144,13 +164,22 @@ mod tests {
         let cases: [(&str, &[&str]); 9] = [
             ("don't stop", &["don't", "stop"]),
             ("a 3-year-old", &["a", "3", "-", "year-old"]),
-            ("pi is 3.14, not 3,15.", &["pi", "is", "3.14", ",", "not", "3,15", "."]),
+            (
+                "pi is 3.14, not 3,15.",
+                &["pi", "is", "3.14", ",", "not", "3,15", "."],
+            ),
             ("1,000 people", &["1,000", "people"]),
             ("Hello, world.", &["Hello", ",", "world", "."]),
             ("e.g. this", &["e", ".", "g", ".", "this"]),
-            ("x <skipped> y&amp;z &lt;b&gt;", &["x", "y", "&", "z", "<", "b", ">"]),
+            (
+                "x <skipped> y&amp;z &lt;b&gt;",
+                &["x", "y", "&", "z", "<", "b", ">"],
+            ),
             ("end-\nof line\nnext", &["endof", "line", "next"]),
-            ("日本語、テスト。 «quoted»", &["日本語、テスト。", "«quoted»"]),
+            (
+                "日本語、テスト。 «quoted»",
+                &["日本語、テスト。", "«quoted»"],
+            ),
         ];
         for (text, expected) in cases {
             assert_eq!(tokenize_13a(text), expected, "{text:?}");
@@ -163,13 +192,22 @@ mod tests {
 
     #[test]
     fn bleu_hand_computed() {
-        close(bleu("the cat sat on the mat", "the cat is on the mat"), (5.0 / 6.0 * 3.0 / 5.0 * 1.0 / 4.0 * 1.0 / 6.0f64).powf(0.25));
+        close(
+            bleu("the cat sat on the mat", "the cat is on the mat"),
+            (5.0 / 6.0 * 3.0 / 5.0 * 1.0 / 4.0 * 1.0 / 6.0f64).powf(0.25),
+        );
         // Effective order 2 (two words), exact: BP = exp(1 - 6/2).
         close(bleu("the cat", "the cat sat on the mat"), (-2.0f64).exp());
         // p1 = 3/4 ("the" clipped to 1), p2 = 2/3, p3 = 1/2, p4: none of 1 -> 1/(2·1).
-        close(bleu("the the cat sat", "the cat sat"), (0.75 * 2.0 / 3.0 * 0.5 * 0.5f64).powf(0.25));
+        close(
+            bleu("the the cat sat", "the cat sat"),
+            (0.75 * 2.0 / 3.0 * 0.5 * 0.5f64).powf(0.25),
+        );
         // Two zero-match orders: the second is smoothed twice as hard.
-        close(bleu("a b c d", "a x c y"), (0.5 * (1.0 / 6.0) * (1.0 / 8.0) * (1.0 / 8.0f64)).powf(0.25));
+        close(
+            bleu("a b c d", "a x c y"),
+            (0.5 * (1.0 / 6.0) * (1.0 / 8.0) * (1.0 / 8.0f64)).powf(0.25),
+        );
         close(bleu("Paris.", "Paris ."), 1.0);
         close(bleu("paris", "Paris"), 0.0);
         close(bleu("", "Paris"), 0.0);

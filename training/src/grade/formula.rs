@@ -52,7 +52,9 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, String> {
                 i += 1;
             }
             let literal: String = chars[start..i].iter().collect();
-            let value = literal.parse::<f64>().map_err(|_| format!("bad number {literal:?} at column {}", start + 1))?;
+            let value = literal
+                .parse::<f64>()
+                .map_err(|_| format!("bad number {literal:?} at column {}", start + 1))?;
             tokens.push((start, Token::Number(value)));
         } else if c.is_alphabetic() || c == '_' {
             while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
@@ -82,7 +84,10 @@ impl Parser<'_> {
     }
 
     fn column(&self) -> usize {
-        self.tokens.get(self.position).map_or(self.length, |(offset, _)| *offset) + 1
+        self.tokens
+            .get(self.position)
+            .map_or(self.length, |(offset, _)| *offset)
+            + 1
     }
 
     fn eat(&mut self, symbol: char) -> bool {
@@ -167,7 +172,11 @@ impl Parser<'_> {
             "min" => Function::Min,
             "max" => Function::Max,
             "abs" => Function::Abs,
-            _ => return Err(format!("unknown function {name:?} at column {column}; expected min, max or abs")),
+            _ => {
+                return Err(format!(
+                    "unknown function {name:?} at column {column}; expected min, max or abs"
+                ))
+            }
         };
         self.expect('(')?;
         let mut arguments = vec![self.expression()?];
@@ -175,10 +184,21 @@ impl Parser<'_> {
             arguments.push(self.expression()?);
         }
         self.expect(')')?;
-        let fits = if function == Function::Abs { arguments.len() == 1 } else { arguments.len() >= 2 };
+        let fits = if function == Function::Abs {
+            arguments.len() == 1
+        } else {
+            arguments.len() >= 2
+        };
         if !fits {
-            let wanted = if function == Function::Abs { "exactly 1 argument" } else { "at least 2 arguments" };
-            return Err(format!("{name}() at column {column} takes {wanted}, got {}", arguments.len()));
+            let wanted = if function == Function::Abs {
+                "exactly 1 argument"
+            } else {
+                "at least 2 arguments"
+            };
+            return Err(format!(
+                "{name}() at column {column} takes {wanted}, got {}",
+                arguments.len()
+            ));
         }
         Ok(Formula::Call(function, arguments))
     }
@@ -194,10 +214,19 @@ impl Formula {
     /// Parses `text` over `names` (grader name → index); any syntax error or unknown name is an
     /// error with its column.
     pub(crate) fn parse(text: &str, names: &HashMap<String, usize>) -> Result<Formula, String> {
-        let mut parser = Parser { tokens: tokenize(text)?, position: 0, names, length: text.chars().count() };
+        let mut parser = Parser {
+            tokens: tokenize(text)?,
+            position: 0,
+            names,
+            length: text.chars().count(),
+        };
         let formula = parser.expression()?;
         if parser.position < parser.tokens.len() {
-            return Err(format!("unexpected {:?} at column {}", parser.tokens[parser.position].1, parser.column()));
+            return Err(format!(
+                "unexpected {:?} at column {}",
+                parser.tokens[parser.position].1,
+                parser.column()
+            ));
         }
         Ok(formula)
     }
@@ -214,12 +243,17 @@ impl Formula {
                     Operator::Add => a + b,
                     Operator::Subtract => a - b,
                     Operator::Multiply => a * b,
-                    Operator::Divide if b == 0.0 => return Err(format!("division by zero ({a} / 0)")),
+                    Operator::Divide if b == 0.0 => {
+                        return Err(format!("division by zero ({a} / 0)"))
+                    }
                     Operator::Divide => a / b,
                 }
             }
             Formula::Call(function, arguments) => {
-                let values = arguments.iter().map(|a| a.evaluate(scores)).collect::<Result<Vec<_>, _>>()?;
+                let values = arguments
+                    .iter()
+                    .map(|a| a.evaluate(scores))
+                    .collect::<Result<Vec<_>, _>>()?;
                 match function {
                     Function::Min => values.into_iter().fold(f64::INFINITY, f64::min),
                     Function::Max => values.into_iter().fold(f64::NEG_INFINITY, f64::max),
@@ -235,11 +269,20 @@ mod tests {
     use super::*;
 
     fn names() -> HashMap<String, usize> {
-        [("a".to_owned(), 0), ("b".to_owned(), 1), ("c_2".to_owned(), 2)].into_iter().collect()
+        [
+            ("a".to_owned(), 0),
+            ("b".to_owned(), 1),
+            ("c_2".to_owned(), 2),
+        ]
+        .into_iter()
+        .collect()
     }
 
     fn value(text: &str, scores: &[f64]) -> f64 {
-        Formula::parse(text, &names()).unwrap().evaluate(scores).unwrap()
+        Formula::parse(text, &names())
+            .unwrap()
+            .evaluate(scores)
+            .unwrap()
     }
 
     #[test]
@@ -258,10 +301,22 @@ mod tests {
     #[test]
     fn parse_errors_say_where() {
         let error = |text: &str| Formula::parse(text, &names()).unwrap_err();
-        assert!(error("a + d").contains("unknown name \"d\" at column 5; the graders are a, b, c_2"), "{}", error("a + d"));
+        assert!(
+            error("a + d").contains("unknown name \"d\" at column 5; the graders are a, b, c_2"),
+            "{}",
+            error("a + d")
+        );
         assert!(error("a +").contains("ends"), "{}", error("a +"));
-        assert!(error("a * * b").contains("column 5"), "{}", error("a * * b"));
-        assert!(error("(a + b").contains("expected ')'"), "{}", error("(a + b"));
+        assert!(
+            error("a * * b").contains("column 5"),
+            "{}",
+            error("a * * b")
+        );
+        assert!(
+            error("(a + b").contains("expected ')'"),
+            "{}",
+            error("(a + b")
+        );
         assert!(error("a b").contains("unexpected"), "{}", error("a b"));
         assert!(error("sqrt(a)").contains("unknown function \"sqrt\""));
         assert!(error("abs(a, b)").contains("exactly 1 argument"));
@@ -275,7 +330,10 @@ mod tests {
     #[test]
     fn division_by_zero_is_an_error() {
         let formula = Formula::parse("a / (b - 0.25)", &names()).unwrap();
-        assert!(formula.evaluate(&[1.0, 0.25, 0.0]).unwrap_err().contains("division by zero"));
+        assert!(formula
+            .evaluate(&[1.0, 0.25, 0.0])
+            .unwrap_err()
+            .contains("division by zero"));
         assert_eq!(formula.evaluate(&[1.0, 0.75, 0.0]), Ok(2.0));
     }
 }

@@ -19,7 +19,9 @@ fn compile(pattern: &str) -> Regex {
 /// A number not glued to a word or another number (`GPT-4` has none), with an optional `/ N`.
 fn number_pattern() -> &'static Regex {
     static PATTERN: OnceLock<Regex> = OnceLock::new();
-    PATTERN.get_or_init(|| compile(r"(?:^|[^\w.\-])([-+]?\d+(?:\.\d+)?|[-+]?\.\d+)(?:\s*/\s*(\d+(?:\.\d+)?))?"))
+    PATTERN.get_or_init(|| {
+        compile(r"(?:^|[^\w.\-])([-+]?\d+(?:\.\d+)?|[-+]?\.\d+)(?:\s*/\s*(\d+(?:\.\d+)?))?")
+    })
 }
 
 /// "Score: 7/10", "rating of 4", "**Grade**: 0.8".
@@ -40,7 +42,9 @@ fn unfenced(reply: &str) -> &str {
     let text = text.trim();
     match text.strip_prefix("```").and_then(|t| t.strip_suffix("```")) {
         // Drop the fence's language tag (```json).
-        Some(inner) => inner.trim_start_matches(|c: char| c.is_ascii_alphanumeric()).trim(),
+        Some(inner) => inner
+            .trim_start_matches(|c: char| c.is_ascii_alphanumeric())
+            .trim(),
         None => text,
     }
 }
@@ -51,11 +55,16 @@ fn json_in(text: &str) -> Option<Value> {
         return Some(value);
     }
     let (start, end) = (text.find('{')?, text.rfind('}')?);
-    (start < end).then(|| serde_json::from_str::<Value>(&text[start..=end]).ok()).flatten()
+    (start < end)
+        .then(|| serde_json::from_str::<Value>(&text[start..=end]).ok())
+        .flatten()
 }
 
 fn field<'v>(object: &'v serde_json::Map<String, Value>, keys: &[&str]) -> Option<&'v Value> {
-    object.iter().find(|(key, _)| keys.iter().any(|k| key.eq_ignore_ascii_case(k))).map(|(_, v)| v)
+    object
+        .iter()
+        .find(|(key, _)| keys.iter().any(|k| key.eq_ignore_ascii_case(k)))
+        .map(|(_, v)| v)
 }
 
 fn in_range(value: f64, (low, high): (f64, f64)) -> bool {
@@ -69,7 +78,10 @@ fn fraction(numerator: f64, denominator: Option<f64>, range: (f64, f64)) -> Resu
         None => Ok(numerator),
         Some(d) if d == range.1 => Ok(numerator),
         Some(d) if d > 0.0 && range.0 == 0.0 => Ok(numerator / d * range.1),
-        Some(d) => Err(format!("the reply scores {numerator}/{d}, which does not fit the range [{}, {}]", range.0, range.1)),
+        Some(d) => Err(format!(
+            "the reply scores {numerator}/{d}, which does not fit the range [{}, {}]",
+            range.0, range.1
+        )),
     }
 }
 
@@ -82,7 +94,10 @@ fn checked(value: f64, range: (f64, f64), how: &str) -> Result<f64, String> {
     if in_range(value, range) {
         Ok(value)
     } else {
-        Err(format!("the reply's {how} {value} is outside the range [{}, {}]", range.0, range.1))
+        Err(format!(
+            "the reply's {how} {value} is outside the range [{}, {}]",
+            range.0, range.1
+        ))
     }
 }
 
@@ -95,9 +110,13 @@ fn checked(value: f64, range: (f64, f64), how: &str) -> Result<f64, String> {
 pub(crate) fn parse_score(reply: &str, range: (f64, f64)) -> Result<f64, String> {
     let text = unfenced(reply);
     match json_in(text) {
-        Some(Value::Number(number)) => return checked(number.as_f64().unwrap_or(f64::NAN), range, "score"),
+        Some(Value::Number(number)) => {
+            return checked(number.as_f64().unwrap_or(f64::NAN), range, "score")
+        }
         Some(Value::Object(object)) => match field(&object, &SCORE_KEYS) {
-            Some(Value::Number(n)) => return checked(n.as_f64().unwrap_or(f64::NAN), range, "score"),
+            Some(Value::Number(n)) => {
+                return checked(n.as_f64().unwrap_or(f64::NAN), range, "score")
+            }
             Some(Value::String(s)) => return parse_score(s, range),
             _ => {}
         },
@@ -115,7 +134,10 @@ pub(crate) fn parse_score(reply: &str, range: (f64, f64)) -> Result<f64, String>
         }
     }
     if found.is_empty() {
-        Err(format!("no score in the judge's reply {:?}", shorten(reply)))
+        Err(format!(
+            "no score in the judge's reply {:?}",
+            shorten(reply)
+        ))
     } else {
         Err(format!(
             "no number in the range [{}, {}] in the judge's reply (found {}): {:?}",
@@ -141,16 +163,30 @@ pub(crate) fn match_label<'l>(reply: &str, labels: &'l [String]) -> Result<&'l s
         },
         _ => text.to_owned(),
     };
-    let bare = named.trim().trim_matches(|c: char| matches!(c, '"' | '\'' | '*' | '`' | '.') || c.is_whitespace());
-    if let Some(label) = labels.iter().find(|l| l.trim().eq_ignore_ascii_case(bare) || l.to_lowercase() == bare.to_lowercase()) {
+    let bare = named
+        .trim()
+        .trim_matches(|c: char| matches!(c, '"' | '\'' | '*' | '`' | '.') || c.is_whitespace());
+    if let Some(label) = labels
+        .iter()
+        .find(|l| l.trim().eq_ignore_ascii_case(bare) || l.to_lowercase() == bare.to_lowercase())
+    {
         return Ok(label);
     }
     let lower = named.to_lowercase();
-    let mentioned: Vec<&String> = labels.iter().filter(|l| mentions_word(&lower, &l.to_lowercase())).collect();
+    let mentioned: Vec<&String> = labels
+        .iter()
+        .filter(|l| mentions_word(&lower, &l.to_lowercase()))
+        .collect();
     match mentioned.as_slice() {
         [label] => Ok(label),
-        [] => Err(format!("the judge's reply names none of the labels {labels:?}: {:?}", shorten(reply))),
-        several => Err(format!("the judge's reply is ambiguous: it names {several:?}: {:?}", shorten(reply))),
+        [] => Err(format!(
+            "the judge's reply names none of the labels {labels:?}: {:?}",
+            shorten(reply)
+        )),
+        several => Err(format!(
+            "the judge's reply is ambiguous: it names {several:?}: {:?}",
+            shorten(reply)
+        )),
     }
 }
 
@@ -160,7 +196,9 @@ fn mentions_word(text: &str, word: &str) -> bool {
         return false;
     }
     let glued = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
-    text.match_indices(word).any(|(at, _)| !glued(text[..at].chars().next_back()) && !glued(text[at + word.len()..].chars().next()))
+    text.match_indices(word).any(|(at, _)| {
+        !glued(text[..at].chars().next_back()) && !glued(text[at + word.len()..].chars().next())
+    })
 }
 
 /// At most 200 characters of a reply, for messages.
@@ -184,41 +222,74 @@ mod tests {
             ("{\"score\": 8}", ten, 8.0),
             ("{\"result\": \"6\"}", ten, 6.0),
             ("```json\n{\"Score\": 3}\n```", ten, 3.0),
-            ("Here is my verdict: {\"score\": 9, \"reason\": \"good\"}", ten, 9.0),
+            (
+                "Here is my verdict: {\"score\": 9, \"reason\": \"good\"}",
+                ten,
+                9.0,
+            ),
             ("Score: 7/10", ten, 7.0),
             ("**Rating**: 4", ten, 4.0),
-            ("The answer mentions GPT-4 and 2024 facts; I give it 8.", ten, 8.0),
+            (
+                "The answer mentions GPT-4 and 2024 facts; I give it 8.",
+                ten,
+                8.0,
+            ),
             ("Score: 7/10", (0.0, 1.0), 0.7),
             ("3/5", (1.0, 5.0), 3.0),
             ("0.25", (0.0, 1.0), 0.25),
-            ("<think>Score 3? No, 1 error in 2 steps.</think>\nScore: 8", ten, 8.0),
+            (
+                "<think>Score 3? No, 1 error in 2 steps.</think>\nScore: 8",
+                ten,
+                8.0,
+            ),
         ];
         for (reply, range, expected) in cases {
-            assert_eq!(parse_score(reply, range), Ok(expected), "{reply:?} in {range:?}");
+            assert_eq!(
+                parse_score(reply, range),
+                Ok(expected),
+                "{reply:?} in {range:?}"
+            );
         }
     }
 
     #[test]
     fn unparsable_or_out_of_range_scores_are_errors() {
         let ten = (0.0, 10.0);
-        assert!(parse_score("I cannot grade this.", ten).unwrap_err().contains("no score"));
-        assert!(parse_score("{\"score\": 11}", ten).unwrap_err().contains("outside the range"));
-        assert!(parse_score("Score: 12", ten).unwrap_err().contains("outside the range"));
-        assert!(parse_score("There were 40 apples and 300 pears", ten).unwrap_err().contains("found 40, 300"));
-        assert!(parse_score("3/4", (1.0, 5.0)).unwrap_err().contains("found 3/4"));
-        assert!(parse_score("Score: 3/4", (1.0, 5.0)).unwrap_err().contains("does not fit"));
+        assert!(parse_score("I cannot grade this.", ten)
+            .unwrap_err()
+            .contains("no score"));
+        assert!(parse_score("{\"score\": 11}", ten)
+            .unwrap_err()
+            .contains("outside the range"));
+        assert!(parse_score("Score: 12", ten)
+            .unwrap_err()
+            .contains("outside the range"));
+        assert!(parse_score("There were 40 apples and 300 pears", ten)
+            .unwrap_err()
+            .contains("found 40, 300"));
+        assert!(parse_score("3/4", (1.0, 5.0))
+            .unwrap_err()
+            .contains("found 3/4"));
+        assert!(parse_score("Score: 3/4", (1.0, 5.0))
+            .unwrap_err()
+            .contains("does not fit"));
         assert!(parse_score("{\"verdict\": \"good\"}", ten).is_err());
     }
 
     #[test]
     fn labels_match_exactly_one() {
-        let labels: Vec<String> = ["correct", "incorrect", "partially correct"].map(String::from).to_vec();
+        let labels: Vec<String> = ["correct", "incorrect", "partially correct"]
+            .map(String::from)
+            .to_vec();
         let cases = [
             ("correct", "correct"),
             ("  Incorrect.\n", "incorrect"),
             ("\"CORRECT\"", "correct"),
             ("{\"label\": \"incorrect\"}", "incorrect"),
-            ("```json\n{\"label\": \"partially correct\"}\n```", "partially correct"),
+            (
+                "```json\n{\"label\": \"partially correct\"}\n```",
+                "partially correct",
+            ),
             ("**Partially correct**", "partially correct"),
             ("The answer is incorrect because 2+2=4.", "incorrect"),
             ("<think>correct? incorrect?</think> correct", "correct"),
@@ -226,8 +297,11 @@ mod tests {
         for (reply, expected) in cases {
             assert_eq!(match_label(reply, &labels), Ok(expected), "{reply:?}");
         }
-        assert!(match_label("I am not sure", &labels).unwrap_err().contains("names none"));
-        let ambiguous = match_label("It is partially correct, and not incorrect", &labels).unwrap_err();
+        assert!(match_label("I am not sure", &labels)
+            .unwrap_err()
+            .contains("names none"));
+        let ambiguous =
+            match_label("It is partially correct, and not incorrect", &labels).unwrap_err();
         assert!(ambiguous.contains("ambiguous"), "{ambiguous}");
     }
 }

@@ -200,7 +200,11 @@ pub fn fuzzy_match(output: &str, reference: &str) -> f64 {
 /// assert_eq!(cosine_score(&[0.0, 0.0], &[1.0, 0.0]), 0.0);
 /// ```
 pub fn cosine_score(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let (na, nb) = (norm(a), norm(b));
     if na == 0.0 || nb == 0.0 {
@@ -230,7 +234,14 @@ pub fn describe_skips(skipped: &[RowSkip], shown: usize) -> Option<String> {
         return None;
     }
     let mut text = format!("skipped {} row(s): ", skipped.len());
-    text.push_str(&skipped.iter().take(shown).map(RowSkip::to_string).collect::<Vec<_>>().join("; "));
+    text.push_str(
+        &skipped
+            .iter()
+            .take(shown)
+            .map(RowSkip::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
     if skipped.len() > shown {
         text.push_str(&format!("; and {} more", skipped.len() - shown));
     }
@@ -244,7 +255,10 @@ pub type NumberedObject = (usize, Map<String, Value>);
 /// good line, and a [`RowSkip`] for each line that is not a JSON object. Blank lines are not rows;
 /// a UTF-8 byte-order mark at the start of the file is skipped.
 pub fn read_json_objects(path: &Path) -> Result<(Vec<NumberedObject>, Vec<RowSkip>)> {
-    let file = std::fs::File::open(path).map_err(|source| TrainingError::Io { path: path.to_path_buf(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| TrainingError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
     for (index, line) in BufReader::new(file).lines().enumerate() {
@@ -252,25 +266,44 @@ pub fn read_json_objects(path: &Path) -> Result<(Vec<NumberedObject>, Vec<RowSki
         let line = match line {
             Ok(line) => line,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                skipped.push(RowSkip { line: number, reason: "not UTF-8".into() });
+                skipped.push(RowSkip {
+                    line: number,
+                    reason: "not UTF-8".into(),
+                });
                 continue;
             }
-            Err(source) => return Err(TrainingError::Io { path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(TrainingError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         };
         // A byte-order mark (Windows editors write one) is accepted: it is not part of the JSON.
-        let line = if number == 1 { line.strip_prefix('\u{feff}').map(str::to_owned).unwrap_or(line) } else { line };
+        let line = if number == 1 {
+            line.strip_prefix('\u{feff}')
+                .map(str::to_owned)
+                .unwrap_or(line)
+        } else {
+            line
+        };
         if line.trim().is_empty() {
             continue;
         }
         match serde_json::from_str::<Value>(&line) {
             Ok(Value::Object(object)) => rows.push((number, object)),
-            Ok(_) => skipped.push(RowSkip { line: number, reason: "not a JSON object".into() }),
-            Err(e) => skipped.push(RowSkip { line: number, reason: format!("not JSON ({e})") }),
+            Ok(_) => skipped.push(RowSkip {
+                line: number,
+                reason: "not a JSON object".into(),
+            }),
+            Err(e) => skipped.push(RowSkip {
+                line: number,
+                reason: format!("not JSON ({e})"),
+            }),
         }
     }
     Ok((rows, skipped))
 }
-
 
 /// What [`grade_jsonl`] did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -298,8 +331,18 @@ pub struct GradeSummary {
 
 impl fmt::Display for GradeSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = self.grader.get("name").or_else(|| self.grader.get("type")).and_then(Value::as_str).unwrap_or("grader");
-        writeln!(f, "graded {} row(s) of {} with {name}", self.graded, self.input.display())?;
+        let name = self
+            .grader
+            .get("name")
+            .or_else(|| self.grader.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("grader");
+        writeln!(
+            f,
+            "graded {} row(s) of {} with {name}",
+            self.graded,
+            self.input.display()
+        )?;
         if let Some(skips) = describe_skips(&self.skipped, 10) {
             writeln!(f, "{skips}")?;
         }
@@ -312,9 +355,15 @@ impl fmt::Display for GradeSummary {
         }
         match (self.pass_rate, self.passed, self.pass_threshold) {
             (Some(rate), Some(passed), Some(threshold)) => {
-                write!(f, "pass rate {rate:.4} ({passed} of {} at score >= {threshold})", self.graded)
+                write!(
+                    f,
+                    "pass rate {rate:.4} ({passed} of {} at score >= {threshold})",
+                    self.graded
+                )
             }
-            (_, _, Some(threshold)) => write!(f, "pass rate: none (no row graded; threshold {threshold})"),
+            (_, _, Some(threshold)) => {
+                write!(f, "pass rate: none (no row graded; threshold {threshold})")
+            }
             _ => write!(f, "pass rate: none (no pass threshold; give one)"),
         }
     }
@@ -333,20 +382,34 @@ fn answered_rows(input: &Path, output_field: &str) -> Result<(Vec<Row>, Vec<RowS
                 let text = text.clone();
                 rows.push((line, object, text));
             }
-            Some(_) => skipped.push(RowSkip { line, reason: format!("field {output_field:?} is not a string") }),
-            None => skipped.push(RowSkip { line, reason: format!("no field {output_field:?}") }),
+            Some(_) => skipped.push(RowSkip {
+                line,
+                reason: format!("field {output_field:?} is not a string"),
+            }),
+            None => skipped.push(RowSkip {
+                line,
+                reason: format!("no field {output_field:?}"),
+            }),
         }
     }
     skipped.sort_by_key(|s| s.line);
     Ok((rows, skipped))
 }
 
-fn write_row(writer: &mut BufWriter<std::fs::File>, path: &Path, row: &mut Map<String, Value>, graded: &Graded) -> Result<()> {
+fn write_row(
+    writer: &mut BufWriter<std::fs::File>,
+    path: &Path,
+    row: &mut Map<String, Value>,
+    graded: &Graded,
+) -> Result<()> {
     row.insert("score".into(), Value::from(graded.score));
     if let Some(pass) = graded.passed {
         row.insert("passed".into(), Value::Bool(pass));
     }
-    let io = |e: std::io::Error| TrainingError::Io { path: path.to_path_buf(), source: e };
+    let io = |e: std::io::Error| TrainingError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
     serde_json::to_writer(&mut *writer, row).map_err(|e| io(std::io::Error::other(e)))?;
     writer.write_all(b"\n").map_err(io)
 }
@@ -369,15 +432,29 @@ pub fn grade_jsonl(
 ) -> Result<GradeSummary> {
     let (mut rows, skipped) = answered_rows(input, output_field)?;
     let mut writer = out
-        .map(|path| std::fs::File::create(path).map(BufWriter::new).map_err(|source| TrainingError::Io { path: path.to_path_buf(), source }))
+        .map(|path| {
+            std::fs::File::create(path)
+                .map(BufWriter::new)
+                .map_err(|source| TrainingError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        })
         .transpose()?;
     // A judge is slow: small batches keep the progress bar moving.
-    let batch = if spec.needs_judge() { 4 * rayon::current_num_threads() } else { BATCH };
+    let batch = if spec.needs_judge() {
+        4 * rayon::current_num_threads()
+    } else {
+        BATCH
+    };
     let (mut sum, mut passed, mut graded, mut done) = (0.0, 0usize, 0usize, 0usize);
     let mut failed = Vec::new();
     let total = rows.len();
     for chunk in rows.chunks_mut(batch) {
-        let pairs: Vec<(&str, &Map<String, Value>)> = chunk.iter().map(|(_, item, output)| (output.as_str(), item)).collect();
+        let pairs: Vec<(&str, &Map<String, Value>)> = chunk
+            .iter()
+            .map(|(_, item, output)| (output.as_str(), item))
+            .collect();
         let results = spec.grade_batch(&pairs, context);
         for ((line, row, _), result) in chunk.iter_mut().zip(results) {
             match result {
@@ -389,14 +466,20 @@ pub fn grade_jsonl(
                         write_row(writer, path, row, &grade)?;
                     }
                 }
-                Err(error) => failed.push(RowSkip { line: *line, reason: error.to_string() }),
+                Err(error) => failed.push(RowSkip {
+                    line: *line,
+                    reason: error.to_string(),
+                }),
             }
         }
         done += chunk.len();
         progress(done, total);
     }
     if let (Some(mut writer), Some(path)) = (writer, out) {
-        writer.flush().map_err(|source| TrainingError::Io { path: path.to_path_buf(), source })?;
+        writer.flush().map_err(|source| TrainingError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
     let pass_threshold = spec.pass_threshold();
     Ok(GradeSummary {
@@ -408,7 +491,9 @@ pub fn grade_jsonl(
         mean_score: (graded > 0).then(|| sum / graded as f64),
         pass_threshold,
         passed: pass_threshold.map(|_| passed),
-        pass_rate: pass_threshold.filter(|_| graded > 0).map(|_| passed as f64 / graded as f64),
+        pass_rate: pass_threshold
+            .filter(|_| graded > 0)
+            .map(|_| passed as f64 / graded as f64),
     })
 }
 
@@ -418,11 +503,27 @@ mod tests {
 
     #[test]
     fn setting_names_round_trip_and_unknown_names_list_the_known_ones() {
-        for operation in [StringCheckOperation::Eq, StringCheckOperation::Ne, StringCheckOperation::Like, StringCheckOperation::Ilike] {
-            assert_eq!(operation.to_string().parse::<StringCheckOperation>().ok(), Some(operation));
+        for operation in [
+            StringCheckOperation::Eq,
+            StringCheckOperation::Ne,
+            StringCheckOperation::Like,
+            StringCheckOperation::Ilike,
+        ] {
+            assert_eq!(
+                operation.to_string().parse::<StringCheckOperation>().ok(),
+                Some(operation)
+            );
         }
-        for metric in [SimilarityMetric::FuzzyMatch, SimilarityMetric::Bleu, SimilarityMetric::RougeL, SimilarityMetric::Cosine] {
-            assert_eq!(metric.to_string().parse::<SimilarityMetric>().ok(), Some(metric));
+        for metric in [
+            SimilarityMetric::FuzzyMatch,
+            SimilarityMetric::Bleu,
+            SimilarityMetric::RougeL,
+            SimilarityMetric::Cosine,
+        ] {
+            assert_eq!(
+                metric.to_string().parse::<SimilarityMetric>().ok(),
+                Some(metric)
+            );
         }
         assert_eq!(SimilarityMetric::RougeL.name(), "rouge_l");
         let message = |e: TrainingError| e.to_string();
@@ -456,7 +557,11 @@ mod tests {
             (Ilike, "Lyon", "paris", 0.0),
         ];
         for (operation, output, reference, expected) in cases {
-            assert_eq!(string_check(operation, output, reference), expected, "{operation} {output:?} {reference:?}");
+            assert_eq!(
+                string_check(operation, output, reference),
+                expected,
+                "{operation} {output:?} {reference:?}"
+            );
         }
         for name in ["eq", "ne", "like", "ilike"] {
             assert_eq!(name.parse::<StringCheckOperation>().unwrap().name(), name);
@@ -467,7 +572,10 @@ mod tests {
     #[test]
     fn fuzzy_match_is_rapidfuzz_ratio() {
         close(fuzzy_match("kitten", "sitting"), 8.0 / 13.0);
-        close(fuzzy_match("this is a test", "this is a test!"), 28.0 / 29.0);
+        close(
+            fuzzy_match("this is a test", "this is a test!"),
+            28.0 / 29.0,
+        );
         close(fuzzy_match("abc", "abc"), 1.0);
         close(fuzzy_match("abc", "xyz"), 0.0);
         close(fuzzy_match("", ""), 1.0);
@@ -500,27 +608,66 @@ mod tests {
         }))
         .unwrap();
         let mut done = (0, 0);
-        let summary = grade_jsonl(&spec, &GradeContext::default(), &input, "output", Some(&out), &mut |d, t| done = (d, t)).unwrap();
+        let summary = grade_jsonl(
+            &spec,
+            &GradeContext::default(),
+            &input,
+            "output",
+            Some(&out),
+            &mut |d, t| done = (d, t),
+        )
+        .unwrap();
         assert_eq!(done, (3, 3));
-        assert_eq!(summary.graded, 2, "the byte-order mark of line 1 is skipped: {summary:?}");
+        assert_eq!(
+            summary.graded, 2,
+            "the byte-order mark of line 1 is skipped: {summary:?}"
+        );
         let lines: Vec<usize> = summary.skipped.iter().map(|s| s.line).collect();
         assert_eq!(lines, [2, 5, 6]);
-        assert!(summary.skipped[2].reason.contains("\"output\" is not a string"), "{:?}", summary.skipped);
+        assert!(
+            summary.skipped[2]
+                .reason
+                .contains("\"output\" is not a string"),
+            "{:?}",
+            summary.skipped
+        );
         assert_eq!(summary.failed.len(), 1);
         assert_eq!(summary.failed[0].line, 7);
-        assert!(summary.failed[0].reason.contains("item.reference"), "{:?}", summary.failed);
+        assert!(
+            summary.failed[0].reason.contains("item.reference"),
+            "{:?}",
+            summary.failed
+        );
         assert_eq!(summary.mean_score, Some(0.5));
         assert_eq!((summary.passed, summary.pass_rate), (Some(1), Some(0.5)));
-        let written: Vec<Value> =
-            std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let written: Vec<Value> = std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(written.len(), 2);
-        assert_eq!(written[0]["prompt"], "Capital of France?", "other fields pass through");
+        assert_eq!(
+            written[0]["prompt"], "Capital of France?",
+            "other fields pass through"
+        );
         assert_eq!(written[0]["id"], 1);
-        assert_eq!((written[0]["score"].as_f64(), written[0]["passed"].as_bool()), (Some(1.0), Some(true)));
-        assert_eq!((written[1]["score"].as_f64(), written[1]["passed"].as_bool()), (Some(0.0), Some(false)));
+        assert_eq!(
+            (written[0]["score"].as_f64(), written[0]["passed"].as_bool()),
+            (Some(1.0), Some(true))
+        );
+        assert_eq!(
+            (written[1]["score"].as_f64(), written[1]["passed"].as_bool()),
+            (Some(0.0), Some(false))
+        );
         let text = summary.to_string();
-        assert!(text.contains("skipped 3 row(s): line 2: not JSON"), "{text}");
+        assert!(
+            text.contains("skipped 3 row(s): line 2: not JSON"),
+            "{text}"
+        );
         assert!(text.contains("failed to grade 1 row(s): line 7: grader \"string_check\": the row has no field item.reference"), "{text}");
-        assert!(text.contains("pass rate 0.5000 (1 of 2 at score >= 1)"), "{text}");
+        assert!(
+            text.contains("pass rate 0.5000 (1 of 2 at score >= 1)"),
+            "{text}"
+        );
     }
 }

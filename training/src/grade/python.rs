@@ -25,7 +25,14 @@ fn interpreter() -> String {
 }
 
 /// Variables kept in the grader's environment: enough to find and start the interpreter.
-const KEPT_VARIABLES: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "PYENV_ROOT", "PYENV_VERSION"];
+const KEPT_VARIABLES: [&str; 6] = [
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "PYENV_ROOT",
+    "PYENV_VERSION",
+];
 
 /// The most of the process's stderr kept for an error message.
 const STDERR_TAIL: usize = 2000;
@@ -117,12 +124,15 @@ impl Driver {
     /// Starts the driver and sends it `source`.
     fn start(source: &str) -> Result<Driver, String> {
         let mut child = spawn()?;
-        let (mut tasks, stdout, stderr) = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
-            (Some(stdin), Some(stdout), Some(stderr)) => (stdin, stdout, stderr),
-            _ => return Err("the python process has no pipes".into()),
-        };
+        let (mut tasks, stdout, stderr) =
+            match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+                (Some(stdin), Some(stdout), Some(stderr)) => (stdin, stdout, stderr),
+                _ => return Err("the python process has no pipes".into()),
+            };
         let first = Value::String(source.to_owned()).to_string() + "\n";
-        tasks.write_all(first.as_bytes()).map_err(|e| format!("could not send the source to python: {e}"))?;
+        tasks
+            .write_all(first.as_bytes())
+            .map_err(|e| format!("could not send the source to python: {e}"))?;
         let (sender, answers) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
@@ -132,29 +142,49 @@ impl Driver {
             }
         });
         let stderr = thread::spawn(move || keep_tail(stderr));
-        Ok(Driver { child, tasks, answers, stderr: Some(stderr) })
+        Ok(Driver {
+            child,
+            tasks,
+            answers,
+            stderr: Some(stderr),
+        })
     }
 
     /// Grades one task (a JSON line) within `limit`.
     fn grade(&mut self, task: &str, limit: Duration) -> Result<Result<f64, String>, Broken> {
-        let sent = self.tasks.write_all(task.as_bytes()).and_then(|_| self.tasks.write_all(b"\n")).and_then(|_| self.tasks.flush());
+        let sent = self
+            .tasks
+            .write_all(task.as_bytes())
+            .and_then(|_| self.tasks.write_all(b"\n"))
+            .and_then(|_| self.tasks.flush());
         if sent.is_err() {
             return Err(Broken("python grader: the process ended".to_owned()));
         }
         match self.answers.recv_timeout(limit) {
             Ok(line) => Ok(answer_of(&line)),
-            Err(RecvTimeoutError::Timeout) => Err(Broken(format!("python grader: timed out after {:.1} s", limit.as_secs_f64()))),
-            Err(RecvTimeoutError::Disconnected) => Err(Broken("python grader: the process ended".to_owned())),
+            Err(RecvTimeoutError::Timeout) => Err(Broken(format!(
+                "python grader: timed out after {:.1} s",
+                limit.as_secs_f64()
+            ))),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(Broken("python grader: the process ended".to_owned()))
+            }
         }
     }
 
     /// Ends the process and returns the tail of what it wrote to stderr.
     fn stop(mut self) -> String {
         self.kill();
-        let text = self.stderr.take().and_then(|t| t.join().ok()).unwrap_or_default();
+        let text = self
+            .stderr
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
         let text = text.trim();
         let start = text.len().saturating_sub(STDERR_TAIL);
-        let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+        let start = (start..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
         text[start..].to_owned()
     }
 
@@ -179,7 +209,9 @@ fn keep_tail(mut pipe: impl Read) -> String {
         text.push_str(&String::from_utf8_lossy(&chunk[..n]));
         if text.len() > 2 * STDERR_TAIL {
             let cut = text.len() - STDERR_TAIL;
-            let cut = (cut..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+            let cut = (cut..text.len())
+                .find(|i| text.is_char_boundary(*i))
+                .unwrap_or(text.len());
             text.drain(..cut);
         }
     }
@@ -188,7 +220,10 @@ fn keep_tail(mut pipe: impl Read) -> String {
 
 fn answer_of(line: &str) -> Result<f64, String> {
     match serde_json::from_str::<Value>(line) {
-        Ok(Value::Object(answer)) => match (answer.get("score").and_then(Value::as_f64), answer.get("error")) {
+        Ok(Value::Object(answer)) => match (
+            answer.get("score").and_then(Value::as_f64),
+            answer.get("error"),
+        ) {
             (Some(score), None) => Ok(score),
             (_, Some(Value::String(error))) => Err(format!("python grader: {error}")),
             _ => Err(format!("python grader: unexpected answer {line:?}")),
@@ -210,14 +245,21 @@ pub(crate) struct PythonGrader {
 
 impl std::fmt::Debug for PythonGrader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PythonGrader").field("source", &self.source).field("limit", &self.limit).finish_non_exhaustive()
+        f.debug_struct("PythonGrader")
+            .field("source", &self.source)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
     }
 }
 
 impl PythonGrader {
     /// The grader of `source`, each answer limited to `limit`.
     pub(crate) fn new(source: String, limit: Duration) -> Self {
-        PythonGrader { source, limit, idle: Arc::new(Mutex::new(Vec::new())) }
+        PythonGrader {
+            source,
+            limit,
+            idle: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     fn take_idle(&self) -> Option<Driver> {
@@ -228,11 +270,19 @@ impl PythonGrader {
     /// score or error per row, in order. A row that raises or returns something other than a
     /// finite number is an error for that row; a row still running after the limit is an
     /// error, its process is killed and a new one grades the rows after it.
-    pub(crate) fn grade_batch(&self, rows: &[(&str, &Map<String, Value>)]) -> Vec<Result<f64, String>> {
+    pub(crate) fn grade_batch(
+        &self,
+        rows: &[(&str, &Map<String, Value>)],
+    ) -> Vec<Result<f64, String>> {
         let mut results = Vec::with_capacity(rows.len());
         let mut driver: Option<Driver> = None;
         for (output, item) in rows {
-            let current = match driver.take().or_else(|| self.take_idle()).map(Ok).unwrap_or_else(|| Driver::start(&self.source)) {
+            let current = match driver
+                .take()
+                .or_else(|| self.take_idle())
+                .map(Ok)
+                .unwrap_or_else(|| Driver::start(&self.source))
+            {
                 Ok(current) => driver.insert(current),
                 Err(error) => {
                     results.push(Err(error));
@@ -252,7 +302,10 @@ impl PythonGrader {
             }
         }
         if let Some(driver) = driver {
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(driver);
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(driver);
         }
         results
     }
@@ -263,12 +316,16 @@ mod tests {
     use super::*;
 
     fn rows(items: &[(&str, Value)]) -> Vec<(String, Map<String, Value>)> {
-        items.iter().map(|(o, i)| (o.to_string(), i.as_object().cloned().unwrap_or_default())).collect()
+        items
+            .iter()
+            .map(|(o, i)| (o.to_string(), i.as_object().cloned().unwrap_or_default()))
+            .collect()
     }
 
     fn run(source: &str, items: &[(&str, Value)], limit: Duration) -> Vec<Result<f64, String>> {
         let owned = rows(items);
-        let borrowed: Vec<(&str, &Map<String, Value>)> = owned.iter().map(|(o, i)| (o.as_str(), i)).collect();
+        let borrowed: Vec<(&str, &Map<String, Value>)> =
+            owned.iter().map(|(o, i)| (o.as_str(), i)).collect();
         PythonGrader::new(source.to_owned(), limit).grade_batch(&borrowed)
     }
 
@@ -286,11 +343,30 @@ def grade(sample, item):\n    print('noise on stdout')\n    if item['kind'] == '
         ];
         let results = run(source, &items, Duration::from_millis(1500));
         assert_eq!(results[0], Ok(1.0));
-        assert!(results[1].as_ref().unwrap_err().contains("ValueError: bad row"), "{results:?}");
+        assert!(
+            results[1]
+                .as_ref()
+                .unwrap_err()
+                .contains("ValueError: bad row"),
+            "{results:?}"
+        );
         assert_eq!(results[2], Ok(0.25));
-        assert!(results[3].as_ref().unwrap_err().contains("timed out after 1.5 s"), "{results:?}");
-        assert_eq!(results[4], Ok(1.0), "a new process grades the rows after a timeout");
-        assert!(results[5].as_ref().unwrap_err().contains("not a number"), "{results:?}");
+        assert!(
+            results[3]
+                .as_ref()
+                .unwrap_err()
+                .contains("timed out after 1.5 s"),
+            "{results:?}"
+        );
+        assert_eq!(
+            results[4],
+            Ok(1.0),
+            "a new process grades the rows after a timeout"
+        );
+        assert!(
+            results[5].as_ref().unwrap_err().contains("not a number"),
+            "{results:?}"
+        );
     }
 
     #[test]
@@ -302,17 +378,33 @@ def grade(sample, item):\n    print('noise on stdout')\n    if item['kind'] == '
         let first = grader.grade_batch(&one);
         let second = grader.clone().grade_batch(&[("b", &item), ("c", &item)]);
         assert_eq!(first, [Ok(1.0)]);
-        assert_eq!(second, [Ok(2.0), Ok(3.0)], "the same process graded the second call");
+        assert_eq!(
+            second,
+            [Ok(2.0), Ok(3.0)],
+            "the same process graded the second call"
+        );
         assert_eq!(grader.idle.lock().unwrap().len(), 1);
     }
 
     #[test]
     fn a_source_that_does_not_load_fails_every_row() {
-        let results = run("def grade(sample, item) return 1", &[("a", json!({})), ("b", json!({}))], Duration::from_secs(10));
+        let results = run(
+            "def grade(sample, item) return 1",
+            &[("a", json!({})), ("b", json!({}))],
+            Duration::from_secs(10),
+        );
         assert_eq!(results.len(), 2);
-        assert!(results.iter().all(|r| r.as_ref().is_err_and(|e| e.contains("SyntaxError"))), "{results:?}");
+        assert!(
+            results
+                .iter()
+                .all(|r| r.as_ref().is_err_and(|e| e.contains("SyntaxError"))),
+            "{results:?}"
+        );
         let results = run("x = 1", &[("a", json!({}))], Duration::from_secs(10));
-        assert!(results[0].as_ref().unwrap_err().contains("KeyError"), "{results:?}");
+        assert!(
+            results[0].as_ref().unwrap_err().contains("KeyError"),
+            "{results:?}"
+        );
     }
 
     #[test]

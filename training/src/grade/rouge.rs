@@ -39,7 +39,11 @@ pub fn rouge_l(output: &str, reference: &str) -> f64 {
     let mut current = vec![0usize; b.len() + 1];
     for token in &a {
         for (j, other) in b.iter().enumerate() {
-            current[j + 1] = if token == other { previous[j] + 1 } else { previous[j + 1].max(current[j]) };
+            current[j + 1] = if token == other {
+                previous[j] + 1
+            } else {
+                previous[j + 1].max(current[j])
+            };
         }
         std::mem::swap(&mut previous, &mut current);
     }
@@ -62,10 +66,16 @@ mod tests {
 
     #[test]
     fn rouge_l_hand_computed() {
-        close(rouge_l("the cat sat on the mat", "the cat is on the mat"), 5.0 / 6.0);
+        close(
+            rouge_l("the cat sat on the mat", "the cat is on the mat"),
+            5.0 / 6.0,
+        );
         close(rouge_l("the cat", "the black cat sat"), 2.0 / 3.0);
         // Order matters: the LCS of these is 2 words.
-        close(rouge_l("the gunman police killed", "police killed the gunman"), 0.5);
+        close(
+            rouge_l("the gunman police killed", "police killed the gunman"),
+            0.5,
+        );
         close(rouge_l("The Cat, sat!", "the cat sat"), 1.0);
         close(rouge_l("dog", "the cat"), 0.0);
         close(rouge_l("", "the cat"), 0.0);

@@ -11,7 +11,10 @@ use serde_json::{Map, Value};
 use super::formula::Formula;
 use super::judge_reply::{match_label, parse_score};
 use super::template::Template;
-use super::{bleu, cosine_score, fuzzy_match, python, rouge_l, string_check, SimilarityMetric, StringCheckOperation};
+use super::{
+    bleu, cosine_score, fuzzy_match, python, rouge_l, string_check, SimilarityMetric,
+    StringCheckOperation,
+};
 use crate::error::{Result, TrainingError};
 
 /// The time limit of one answer of a `python` grader unless its `timeout_seconds` says otherwise.
@@ -77,12 +80,36 @@ pub struct GraderSpec {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    StringCheck { input: Template, reference: Template, operation: StringCheckOperation },
-    TextSimilarity { input: Template, reference: Template, metric: SimilarityMetric, pass_threshold: Option<f64> },
-    ScoreModel { judge: JudgeCall, range: (f64, f64), pass_threshold: Option<f64> },
-    LabelModel { judge: JudgeCall, labels: Vec<String>, passing: Vec<String> },
-    Python { code: python::PythonGrader, pass_threshold: Option<f64> },
-    Multi { graders: Vec<GraderSpec>, formula: Formula, pass_threshold: Option<f64> },
+    StringCheck {
+        input: Template,
+        reference: Template,
+        operation: StringCheckOperation,
+    },
+    TextSimilarity {
+        input: Template,
+        reference: Template,
+        metric: SimilarityMetric,
+        pass_threshold: Option<f64>,
+    },
+    ScoreModel {
+        judge: JudgeCall,
+        range: (f64, f64),
+        pass_threshold: Option<f64>,
+    },
+    LabelModel {
+        judge: JudgeCall,
+        labels: Vec<String>,
+        passing: Vec<String>,
+    },
+    Python {
+        code: python::PythonGrader,
+        pass_threshold: Option<f64>,
+    },
+    Multi {
+        graders: Vec<GraderSpec>,
+        formula: Formula,
+        pass_threshold: Option<f64>,
+    },
 }
 
 /// What a model grader sends: the model, its message templates, its sampling parameters.
@@ -96,10 +123,34 @@ struct JudgeCall {
 /// The grader types and the fields each takes (besides `type` and `name`).
 const TYPES: [(&str, &[&str]); 6] = [
     ("string_check", &["input", "reference", "operation"]),
-    ("text_similarity", &["input", "reference", "evaluation_metric", "pass_threshold"]),
-    ("score_model", &["model", "input", "range", "pass_threshold", "sampling_params"]),
-    ("label_model", &["model", "input", "labels", "passing_labels", "sampling_params"]),
-    ("python", &["source", "image_tag", "timeout_seconds", "pass_threshold"]),
+    (
+        "text_similarity",
+        &["input", "reference", "evaluation_metric", "pass_threshold"],
+    ),
+    (
+        "score_model",
+        &[
+            "model",
+            "input",
+            "range",
+            "pass_threshold",
+            "sampling_params",
+        ],
+    ),
+    (
+        "label_model",
+        &[
+            "model",
+            "input",
+            "labels",
+            "passing_labels",
+            "sampling_params",
+        ],
+    ),
+    (
+        "python",
+        &["source", "image_tag", "timeout_seconds", "pass_threshold"],
+    ),
     ("multi", &["graders", "calculate_output", "pass_threshold"]),
 ];
 
@@ -119,7 +170,8 @@ impl Fields<'_> {
     }
 
     fn required(&self, field: &str) -> Result<&Value> {
-        self.optional(field).ok_or_else(|| self.error(field, "missing"))
+        self.optional(field)
+            .ok_or_else(|| self.error(field, "missing"))
     }
 
     fn string(&self, field: &str) -> Result<String> {
@@ -146,21 +198,30 @@ impl Fields<'_> {
     fn threshold(&self, within: (f64, f64)) -> Result<Option<f64>> {
         let threshold = self.number("pass_threshold")?;
         match threshold {
-            Some(t) if !(within.0..=within.1).contains(&t) => {
-                Err(self.error("pass_threshold", format!("{t} is not in [{}, {}]", within.0, within.1)))
-            }
+            Some(t) if !(within.0..=within.1).contains(&t) => Err(self.error(
+                "pass_threshold",
+                format!("{t} is not in [{}, {}]", within.0, within.1),
+            )),
             _ => Ok(threshold),
         }
     }
 
     fn strings(&self, field: &str) -> Result<Vec<String>> {
         let bad = || self.error(field, "expected a non-empty list of strings");
-        let list = self.required(field)?.as_array().filter(|l| !l.is_empty()).ok_or_else(bad)?;
-        list.iter().map(|v| v.as_str().map(str::to_owned).ok_or_else(bad)).collect()
+        let list = self
+            .required(field)?
+            .as_array()
+            .filter(|l| !l.is_empty())
+            .ok_or_else(bad)?;
+        list.iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(bad))
+            .collect()
     }
 
     fn parsed<T: std::str::FromStr<Err = TrainingError>>(&self, field: &str) -> Result<T> {
-        self.string(field)?.parse().map_err(|e: TrainingError| self.error(field, e.to_string().trim_start_matches("invalid input: ")))
+        self.string(field)?.parse().map_err(|e: TrainingError| {
+            self.error(field, e.to_string().trim_start_matches("invalid input: "))
+        })
     }
 }
 
@@ -169,24 +230,50 @@ impl GraderSpec {
     /// a field of the wrong type, a bad template, formula, range or label list is an error that
     /// names the grader and the field.
     pub fn from_json(value: &Value) -> Result<GraderSpec> {
-        let object = value.as_object().ok_or_else(|| TrainingError::Grader(format!("a grader is a JSON object, got {value}")))?;
+        let object = value.as_object().ok_or_else(|| {
+            TrainingError::Grader(format!("a grader is a JSON object, got {value}"))
+        })?;
         let kind_name = match object.get("type") {
             Some(Value::String(name)) => name.as_str(),
-            Some(other) => return Err(TrainingError::Grader(format!("field \"type\": expected a string, got {other}"))),
+            Some(other) => {
+                return Err(TrainingError::Grader(format!(
+                    "field \"type\": expected a string, got {other}"
+                )))
+            }
             None => return Err(TrainingError::Grader("field \"type\" is missing".into())),
         };
-        let known = TYPES.iter().find(|(name, _)| *name == kind_name).map(|(_, fields)| *fields).ok_or_else(|| {
-            let names: Vec<&str> = TYPES.iter().map(|(n, _)| *n).collect();
-            TrainingError::Grader(format!("field \"type\": unknown grader type {kind_name:?}; expected {}", super::one_of(&names)))
-        })?;
+        let known = TYPES
+            .iter()
+            .find(|(name, _)| *name == kind_name)
+            .map(|(_, fields)| *fields)
+            .ok_or_else(|| {
+                let names: Vec<&str> = TYPES.iter().map(|(n, _)| *n).collect();
+                TrainingError::Grader(format!(
+                    "field \"type\": unknown grader type {kind_name:?}; expected {}",
+                    super::one_of(&names)
+                ))
+            })?;
         let name = match object.get("name") {
             None => kind_name.to_owned(),
             Some(Value::String(name)) => name.clone(),
-            Some(other) => return Err(TrainingError::Grader(format!("{kind_name}: field \"name\": expected a string, got {other}"))),
+            Some(other) => {
+                return Err(TrainingError::Grader(format!(
+                    "{kind_name}: field \"name\": expected a string, got {other}"
+                )))
+            }
         };
-        let fields = Fields { object, what: format!("grader {name:?} ({kind_name})") };
-        if let Some(unknown) = object.keys().find(|k| !matches!(k.as_str(), "type" | "name") && !known.contains(&k.as_str())) {
-            return Err(fields.error(unknown, format!("unknown field; {kind_name} takes {}", known.join(", "))));
+        let fields = Fields {
+            object,
+            what: format!("grader {name:?} ({kind_name})"),
+        };
+        if let Some(unknown) = object
+            .keys()
+            .find(|k| !matches!(k.as_str(), "type" | "name") && !known.contains(&k.as_str()))
+        {
+            return Err(fields.error(
+                unknown,
+                format!("unknown field; {kind_name} takes {}", known.join(", ")),
+            ));
         }
         let kind = match kind_name {
             "string_check" => Kind::StringCheck {
@@ -205,71 +292,138 @@ impl GraderSpec {
             "python" => Self::python(&fields)?,
             _ => Self::multi(&fields)?,
         };
-        Ok(GraderSpec { name, kind, json: value.clone() })
+        Ok(GraderSpec {
+            name,
+            kind,
+            json: value.clone(),
+        })
     }
 
     fn judge_call(fields: &Fields<'_>) -> Result<JudgeCall> {
         let model = fields.string("model")?;
         let bad = |i: usize, what: &str| fields.error("input", format!("message {i}: {what}"));
-        let list = fields.required("input")?.as_array().filter(|l| !l.is_empty());
-        let list = list.ok_or_else(|| fields.error("input", "expected a non-empty list of messages"))?;
+        let list = fields
+            .required("input")?
+            .as_array()
+            .filter(|l| !l.is_empty());
+        let list =
+            list.ok_or_else(|| fields.error("input", "expected a non-empty list of messages"))?;
         let mut messages = Vec::with_capacity(list.len());
         for (i, message) in list.iter().enumerate() {
             let message = message.as_object().ok_or_else(|| bad(i, "not an object"))?;
-            if let Some(extra) = message.keys().find(|k| !matches!(k.as_str(), "role" | "content" | "type")) {
-                return Err(bad(i, &format!("unknown field {extra:?}; a message takes role, content and type")));
+            if let Some(extra) = message
+                .keys()
+                .find(|k| !matches!(k.as_str(), "role" | "content" | "type"))
+            {
+                return Err(bad(
+                    i,
+                    &format!("unknown field {extra:?}; a message takes role, content and type"),
+                ));
             }
-            let role = message.get("role").and_then(Value::as_str).ok_or_else(|| bad(i, "\"role\" must be a string"))?;
-            let content = message.get("content").and_then(Value::as_str).ok_or_else(|| bad(i, "\"content\" must be a string"))?;
-            messages.push((role.to_owned(), Template::parse(content).map_err(|e| bad(i, &e))?));
+            let role = message
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(i, "\"role\" must be a string"))?;
+            let content = message
+                .get("content")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(i, "\"content\" must be a string"))?;
+            messages.push((
+                role.to_owned(),
+                Template::parse(content).map_err(|e| bad(i, &e))?,
+            ));
         }
         let mut sampling_params = match fields.optional("sampling_params") {
             None => Map::new(),
             Some(Value::Object(params)) => params.clone(),
-            Some(other) => return Err(fields.error("sampling_params", format!("expected an object, got {other}"))),
+            Some(other) => {
+                return Err(fields.error(
+                    "sampling_params",
+                    format!("expected an object, got {other}"),
+                ))
+            }
         };
         // OpenAI's grader field is `max_completions_tokens`; the chat API's is `max_completion_tokens`.
         if let Some(tokens) = sampling_params.remove("max_completions_tokens") {
             sampling_params.insert("max_completion_tokens".into(), tokens);
         }
-        Ok(JudgeCall { model, messages, sampling_params })
+        Ok(JudgeCall {
+            model,
+            messages,
+            sampling_params,
+        })
     }
 
     fn score_model(fields: &Fields<'_>) -> Result<Kind> {
         let range = match fields.optional("range") {
             None => (0.0, 1.0),
-            Some(value) => match value.as_array().map(|r| r.iter().map(Value::as_f64).collect::<Option<Vec<_>>>()) {
-                Some(Some(bounds)) if bounds.len() == 2 && bounds[0] < bounds[1] && bounds.iter().all(|b| b.is_finite()) => {
+            Some(value) => match value
+                .as_array()
+                .map(|r| r.iter().map(Value::as_f64).collect::<Option<Vec<_>>>())
+            {
+                Some(Some(bounds))
+                    if bounds.len() == 2
+                        && bounds[0] < bounds[1]
+                        && bounds.iter().all(|b| b.is_finite()) =>
+                {
                     (bounds[0], bounds[1])
                 }
-                _ => return Err(fields.error("range", format!("expected [min, max] with min < max, got {value}"))),
+                _ => {
+                    return Err(fields.error(
+                        "range",
+                        format!("expected [min, max] with min < max, got {value}"),
+                    ))
+                }
             },
         };
-        Ok(Kind::ScoreModel { judge: Self::judge_call(fields)?, range, pass_threshold: fields.threshold(range)? })
+        Ok(Kind::ScoreModel {
+            judge: Self::judge_call(fields)?,
+            range,
+            pass_threshold: fields.threshold(range)?,
+        })
     }
 
     fn label_model(fields: &Fields<'_>) -> Result<Kind> {
         let labels = fields.strings("labels")?;
         let passing = fields.strings("passing_labels")?;
         if let Some(stray) = passing.iter().find(|p| !labels.contains(p)) {
-            return Err(fields.error("passing_labels", format!("{stray:?} is not one of the labels {labels:?}")));
+            return Err(fields.error(
+                "passing_labels",
+                format!("{stray:?} is not one of the labels {labels:?}"),
+            ));
         }
-        Ok(Kind::LabelModel { judge: Self::judge_call(fields)?, labels, passing })
+        Ok(Kind::LabelModel {
+            judge: Self::judge_call(fields)?,
+            labels,
+            passing,
+        })
     }
 
     fn python(fields: &Fields<'_>) -> Result<Kind> {
         let timeout = match fields.number("timeout_seconds")? {
             None => DEFAULT_PYTHON_TIMEOUT,
             Some(seconds) if seconds > 0.0 && seconds <= 3600.0 => Duration::from_secs_f64(seconds),
-            Some(seconds) => return Err(fields.error("timeout_seconds", format!("{seconds} is not in (0, 3600]"))),
+            Some(seconds) => {
+                return Err(
+                    fields.error("timeout_seconds", format!("{seconds} is not in (0, 3600]"))
+                )
+            }
         };
         let pass_threshold = fields.number("pass_threshold")?;
-        Ok(Kind::Python { code: python::PythonGrader::new(fields.string("source")?, timeout), pass_threshold })
+        Ok(Kind::Python {
+            code: python::PythonGrader::new(fields.string("source")?, timeout),
+            pass_threshold,
+        })
     }
 
     fn multi(fields: &Fields<'_>) -> Result<Kind> {
-        let map = fields.required("graders")?.as_object().filter(|m| !m.is_empty());
-        let map = map.ok_or_else(|| fields.error("graders", "expected a non-empty object of name → grader"))?;
+        let map = fields
+            .required("graders")?
+            .as_object()
+            .filter(|m| !m.is_empty());
+        let map = map.ok_or_else(|| {
+            fields.error("graders", "expected a non-empty object of name → grader")
+        })?;
         let mut graders = Vec::with_capacity(map.len());
         let mut names = HashMap::new();
         for (key, value) in map {
@@ -278,21 +432,38 @@ impl GraderSpec {
             if let Some(object) = value.as_object_mut().filter(|o| !o.contains_key("name")) {
                 object.insert("name".into(), Value::String(key.clone()));
             }
-            let grader = GraderSpec::from_json(&value).map_err(|e| fields.error(&format!("graders.{key}"), e))?;
+            let grader = GraderSpec::from_json(&value)
+                .map_err(|e| fields.error(&format!("graders.{key}"), e))?;
             names.insert(key.clone(), graders.len());
             graders.push(grader);
         }
         let text = fields.string("calculate_output")?;
-        let formula = Formula::parse(&text, &names).map_err(|e| fields.error("calculate_output", e))?;
-        Ok(Kind::Multi { graders, formula, pass_threshold: fields.number("pass_threshold")? })
+        let formula =
+            Formula::parse(&text, &names).map_err(|e| fields.error("calculate_output", e))?;
+        Ok(Kind::Multi {
+            graders,
+            formula,
+            pass_threshold: fields.number("pass_threshold")?,
+        })
     }
 
     /// Reads a grader from a JSON file; errors name the file.
     pub fn load(path: &Path) -> Result<GraderSpec> {
-        let text = std::fs::read_to_string(path).map_err(|source| TrainingError::Io { path: path.to_path_buf(), source })?;
-        let value: Value = serde_json::from_str(text.trim_start_matches('\u{feff}'))
-            .map_err(|e| TrainingError::Format { path: path.to_path_buf(), message: format!("not JSON: {e}") })?;
-        Self::from_json(&value).map_err(|e| TrainingError::Format { path: path.to_path_buf(), message: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| TrainingError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let value: Value =
+            serde_json::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| {
+                TrainingError::Format {
+                    path: path.to_path_buf(),
+                    message: format!("not JSON: {e}"),
+                }
+            })?;
+        Self::from_json(&value).map_err(|e| TrainingError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
     }
 
     /// The grader's `name` (its type when the JSON has none).
@@ -320,10 +491,14 @@ impl GraderSpec {
 
     fn collect_judge_models<'s>(&'s self, models: &mut Vec<&'s str>) {
         match &self.kind {
-            Kind::ScoreModel { judge, .. } | Kind::LabelModel { judge, .. } if !models.contains(&judge.model.as_str()) => {
+            Kind::ScoreModel { judge, .. } | Kind::LabelModel { judge, .. }
+                if !models.contains(&judge.model.as_str()) =>
+            {
                 models.push(&judge.model)
             }
-            Kind::Multi { graders, .. } => graders.iter().for_each(|g| g.collect_judge_models(models)),
+            Kind::Multi { graders, .. } => {
+                graders.iter().for_each(|g| g.collect_judge_models(models))
+            }
             _ => {}
         }
     }
@@ -352,7 +527,11 @@ impl GraderSpec {
     pub fn pass_threshold(&self) -> Option<f64> {
         match &self.kind {
             Kind::StringCheck { .. } | Kind::LabelModel { .. } => Some(1.0),
-            Kind::ScoreModel { range, pass_threshold, .. } => pass_threshold.map(|t| scale(t, *range)),
+            Kind::ScoreModel {
+                range,
+                pass_threshold,
+                ..
+            } => pass_threshold.map(|t| scale(t, *range)),
             Kind::TextSimilarity { pass_threshold, .. }
             | Kind::Python { pass_threshold, .. }
             | Kind::Multi { pass_threshold, .. } => *pass_threshold,
@@ -362,9 +541,16 @@ impl GraderSpec {
     /// Grades one answer. `item` is the dataset row ({{item.FIELD}}), `output_text` the
     /// answer ({{sample.output_text}}). Errors (unparsable judge reply, python exception or
     /// timeout, missing template field, formula error) are Err, never a 0 score.
-    pub fn grade(&self, output_text: &str, item: &Map<String, Value>, context: &GradeContext<'_>) -> Result<Graded> {
+    pub fn grade(
+        &self,
+        output_text: &str,
+        item: &Map<String, Value>,
+        context: &GradeContext<'_>,
+    ) -> Result<Graded> {
         let mut results = self.grade_batch(&[(output_text, item)], context);
-        results.pop().unwrap_or_else(|| Err(TrainingError::Grading("no result".into())))
+        results
+            .pop()
+            .unwrap_or_else(|| Err(TrainingError::Grading("no result".into())))
     }
 
     /// Grades many answers ((output text, item) pairs): one result per pair, in order. Model
@@ -372,44 +558,95 @@ impl GraderSpec {
     /// bounds the requests in flight); a `python` grader grades the batch in one warm process
     /// (its processes stay up between calls, one per concurrent caller, until the spec is
     /// dropped); `cosine` embeds the batch at once.
-    pub fn grade_batch(&self, rows: &[(&str, &Map<String, Value>)], context: &GradeContext<'_>) -> Vec<Result<Graded>> {
+    pub fn grade_batch(
+        &self,
+        rows: &[(&str, &Map<String, Value>)],
+        context: &GradeContext<'_>,
+    ) -> Vec<Result<Graded>> {
         let scores = self.scores(rows, context);
-        scores.into_iter().map(|score| score.map(|score| Graded { score, passed: self.pass_threshold().map(|t| score >= t) })).collect()
+        scores
+            .into_iter()
+            .map(|score| {
+                score.map(|score| Graded {
+                    score,
+                    passed: self.pass_threshold().map(|t| score >= t),
+                })
+            })
+            .collect()
     }
 
     fn failed(&self, message: impl std::fmt::Display) -> TrainingError {
         TrainingError::Grading(format!("grader {:?}: {message}", self.name))
     }
 
-    fn scores(&self, rows: &[(&str, &Map<String, Value>)], context: &GradeContext<'_>) -> Vec<Result<f64>> {
+    fn scores(
+        &self,
+        rows: &[(&str, &Map<String, Value>)],
+        context: &GradeContext<'_>,
+    ) -> Vec<Result<f64>> {
         match &self.kind {
-            Kind::StringCheck { input, reference, operation } => rows
+            Kind::StringCheck {
+                input,
+                reference,
+                operation,
+            } => rows
                 .iter()
-                .map(|(output, item)| self.texts(input, reference, output, item).map(|(a, b)| string_check(*operation, &a, &b)))
+                .map(|(output, item)| {
+                    self.texts(input, reference, output, item)
+                        .map(|(a, b)| string_check(*operation, &a, &b))
+                })
                 .collect(),
-            Kind::TextSimilarity { input, reference, metric, .. } => self.similarity(input, reference, *metric, rows, context),
+            Kind::TextSimilarity {
+                input,
+                reference,
+                metric,
+                ..
+            } => self.similarity(input, reference, *metric, rows, context),
             Kind::ScoreModel { judge, range, .. } => rows
                 .par_iter()
                 .map(|(output, item)| {
                     let reply = self.ask(judge, output, item, context)?;
-                    parse_score(&reply, *range).map(|score| scale(score, *range)).map_err(|e| self.failed(e))
+                    parse_score(&reply, *range)
+                        .map(|score| scale(score, *range))
+                        .map_err(|e| self.failed(e))
                 })
                 .collect(),
-            Kind::LabelModel { judge, labels, passing } => rows
+            Kind::LabelModel {
+                judge,
+                labels,
+                passing,
+            } => rows
                 .par_iter()
                 .map(|(output, item)| {
                     let reply = self.ask(judge, output, item, context)?;
                     let label = match_label(&reply, labels).map_err(|e| self.failed(e))?;
-                    Ok(if passing.iter().any(|p| p == label) { 1.0 } else { 0.0 })
+                    Ok(if passing.iter().any(|p| p == label) {
+                        1.0
+                    } else {
+                        0.0
+                    })
                 })
                 .collect(),
-            Kind::Python { code, .. } => code.grade_batch(rows).into_iter().map(|r| r.map_err(|e| self.failed(e))).collect(),
-            Kind::Multi { graders, formula, .. } => self.combine(graders, formula, rows, context),
+            Kind::Python { code, .. } => code
+                .grade_batch(rows)
+                .into_iter()
+                .map(|r| r.map_err(|e| self.failed(e)))
+                .collect(),
+            Kind::Multi {
+                graders, formula, ..
+            } => self.combine(graders, formula, rows, context),
         }
     }
 
-    fn texts(&self, input: &Template, reference: &Template, output: &str, item: &Map<String, Value>) -> Result<(String, String)> {
-        let render = |template: &Template| template.render(output, item).map_err(|e| self.failed(e));
+    fn texts(
+        &self,
+        input: &Template,
+        reference: &Template,
+        output: &str,
+        item: &Map<String, Value>,
+    ) -> Result<(String, String)> {
+        let render =
+            |template: &Template| template.render(output, item).map_err(|e| self.failed(e));
         Ok((render(input)?, render(reference)?))
     }
 
@@ -421,27 +658,49 @@ impl GraderSpec {
         rows: &[(&str, &Map<String, Value>)],
         context: &GradeContext<'_>,
     ) -> Vec<Result<f64>> {
-        let texts: Vec<Result<(String, String)>> = rows.iter().map(|(o, item)| self.texts(input, reference, o, item)).collect();
+        let texts: Vec<Result<(String, String)>> = rows
+            .iter()
+            .map(|(o, item)| self.texts(input, reference, o, item))
+            .collect();
         let score: fn(&str, &str) -> f64 = match metric {
             SimilarityMetric::FuzzyMatch => fuzzy_match,
             SimilarityMetric::Bleu => bleu,
             SimilarityMetric::RougeL => rouge_l,
             SimilarityMetric::Cosine => return self.cosine(texts, context),
         };
-        texts.into_iter().map(|pair| pair.map(|(a, b)| score(&a, &b))).collect()
+        texts
+            .into_iter()
+            .map(|pair| pair.map(|(a, b)| score(&a, &b)))
+            .collect()
     }
 
     /// Embeds the rendered pairs in one call and scores each pair's cosine.
-    fn cosine(&self, texts: Vec<Result<(String, String)>>, context: &GradeContext<'_>) -> Vec<Result<f64>> {
+    fn cosine(
+        &self,
+        texts: Vec<Result<(String, String)>>,
+        context: &GradeContext<'_>,
+    ) -> Vec<Result<f64>> {
         let Some(encoder) = context.encoder else {
-            return texts.iter().map(|_| Err(self.failed("the cosine metric needs an encoder (a router bundle)"))).collect();
+            return texts
+                .iter()
+                .map(|_| Err(self.failed("the cosine metric needs an encoder (a router bundle)")))
+                .collect();
         };
-        let flat: Vec<&str> = texts.iter().flatten().flat_map(|(a, b)| [a.as_str(), b.as_str()]).collect();
+        let flat: Vec<&str> = texts
+            .iter()
+            .flatten()
+            .flat_map(|(a, b)| [a.as_str(), b.as_str()])
+            .collect();
         let embeddings = match flat.is_empty() {
             true => Vec::new(),
             false => match encoder.embed_all(&flat, &mut |_| {}) {
                 Ok(embeddings) => embeddings,
-                Err(e) => return texts.iter().map(|_| Err(self.failed(format!("embedding failed: {e}")))).collect(),
+                Err(e) => {
+                    return texts
+                        .iter()
+                        .map(|_| Err(self.failed(format!("embedding failed: {e}"))))
+                        .collect()
+                }
             },
         };
         let mut pairs = embeddings.chunks(2);
@@ -457,26 +716,52 @@ impl GraderSpec {
             .collect()
     }
 
-    fn ask(&self, judge: &JudgeCall, output: &str, item: &Map<String, Value>, context: &GradeContext<'_>) -> Result<String> {
-        let model = context.judge.ok_or_else(|| self.failed("a model grader needs a judge (the server config: --config)"))?;
+    fn ask(
+        &self,
+        judge: &JudgeCall,
+        output: &str,
+        item: &Map<String, Value>,
+        context: &GradeContext<'_>,
+    ) -> Result<String> {
+        let model = context.judge.ok_or_else(|| {
+            self.failed("a model grader needs a judge (the server config: --config)")
+        })?;
         let mut messages = Vec::with_capacity(judge.messages.len());
         for (role, template) in &judge.messages {
             let content = template.render(output, item).map_err(|e| self.failed(e))?;
             messages.push(serde_json::json!({"role": role, "content": content}));
         }
-        model.complete(&judge.model, &messages, &judge.sampling_params).map_err(|e| self.failed(format!("the judge {:?} failed: {e}", judge.model)))
+        model
+            .complete(&judge.model, &messages, &judge.sampling_params)
+            .map_err(|e| self.failed(format!("the judge {:?} failed: {e}", judge.model)))
     }
 
-    fn combine(&self, graders: &[GraderSpec], formula: &Formula, rows: &[(&str, &Map<String, Value>)], context: &GradeContext<'_>) -> Vec<Result<f64>> {
-        let mut per_grader: Vec<std::vec::IntoIter<Result<f64>>> =
-            graders.iter().map(|g| g.scores(rows, context).into_iter()).collect();
+    fn combine(
+        &self,
+        graders: &[GraderSpec],
+        formula: &Formula,
+        rows: &[(&str, &Map<String, Value>)],
+        context: &GradeContext<'_>,
+    ) -> Vec<Result<f64>> {
+        let mut per_grader: Vec<std::vec::IntoIter<Result<f64>>> = graders
+            .iter()
+            .map(|g| g.scores(rows, context).into_iter())
+            .collect();
         (0..rows.len())
             .map(|_| {
                 // Every sub-grader's result is taken for this row before the first error returns.
-                let results: Vec<Result<f64>> =
-                    per_grader.iter_mut().map(|scores| scores.next().unwrap_or_else(|| Err(self.failed("a grader gave no result")))).collect();
+                let results: Vec<Result<f64>> = per_grader
+                    .iter_mut()
+                    .map(|scores| {
+                        scores
+                            .next()
+                            .unwrap_or_else(|| Err(self.failed("a grader gave no result")))
+                    })
+                    .collect();
                 let scores = results.into_iter().collect::<Result<Vec<f64>>>()?;
-                let value = formula.evaluate(&scores).map_err(|e| self.failed(format!("calculate_output: {e}")))?;
+                let value = formula
+                    .evaluate(&scores)
+                    .map_err(|e| self.failed(format!("calculate_output: {e}")))?;
                 if value.is_finite() {
                     Ok(value)
                 } else {

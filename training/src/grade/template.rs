@@ -30,7 +30,9 @@ impl Template {
                 parts.push(Part::Text(rest[..start].to_owned()));
             }
             let after = &rest[start + 2..];
-            let end = after.find("}}").ok_or_else(|| format!("unclosed \"{{{{\" in {text:?}"))?;
+            let end = after
+                .find("}}")
+                .ok_or_else(|| format!("unclosed \"{{{{\" in {text:?}"))?;
             parts.push(Self::reference(after[..end].trim())?);
             rest = &after[end + 2..];
         }
@@ -54,7 +56,11 @@ impl Template {
 
     /// The text with references filled in: strings as they are, other JSON values as JSON text.
     /// A missing field is an error naming it.
-    pub(crate) fn render(&self, output_text: &str, item: &Map<String, Value>) -> Result<String, String> {
+    pub(crate) fn render(
+        &self,
+        output_text: &str,
+        item: &Map<String, Value>,
+    ) -> Result<String, String> {
         let mut text = String::new();
         for part in &self.parts {
             match part {
@@ -63,7 +69,12 @@ impl Template {
                 Part::Item(path) => match lookup(item, path) {
                     Some(Value::String(value)) => text.push_str(value),
                     Some(value) => text.push_str(&value.to_string()),
-                    None => return Err(format!("the row has no field item.{} (used by the template)", path.join("."))),
+                    None => {
+                        return Err(format!(
+                            "the row has no field item.{} (used by the template)",
+                            path.join(".")
+                        ))
+                    }
                 },
             }
         }
@@ -73,7 +84,9 @@ impl Template {
 
 fn lookup<'v>(item: &'v Map<String, Value>, path: &[String]) -> Option<&'v Value> {
     let (first, rest) = path.split_first()?;
-    rest.iter().try_fold(item.get(first)?, |value, field| value.as_object()?.get(field))
+    rest.iter().try_fold(item.get(first)?, |value, field| {
+        value.as_object()?.get(field)
+    })
 }
 
 #[cfg(test)]
@@ -87,21 +100,42 @@ mod tests {
 
     #[test]
     fn renders_items_nested_fields_and_the_output() {
-        let row = item(json!({"question": "2+2?", "meta": {"level": {"name": "easy"}, "n": 3}, "tags": ["a"]}));
+        let row = item(
+            json!({"question": "2+2?", "meta": {"level": {"name": "easy"}, "n": 3}, "tags": ["a"]}),
+        );
         let template = Template::parse("Q: {{item.question}} ({{ item.meta.level.name }}, {{item.meta.n}}, {{item.tags}}) A: {{sample.output_text}}").unwrap();
-        assert_eq!(template.render("4", &row).unwrap(), "Q: 2+2? (easy, 3, [\"a\"]) A: 4");
-        assert_eq!(Template::parse("no references").unwrap().render("x", &row).unwrap(), "no references");
+        assert_eq!(
+            template.render("4", &row).unwrap(),
+            "Q: 2+2? (easy, 3, [\"a\"]) A: 4"
+        );
+        assert_eq!(
+            Template::parse("no references")
+                .unwrap()
+                .render("x", &row)
+                .unwrap(),
+            "no references"
+        );
     }
 
     #[test]
     fn missing_fields_and_bad_references_are_errors() {
         let row = item(json!({"meta": {"n": 3}}));
-        let missing = Template::parse("{{item.meta.level}}").unwrap().render("", &row).unwrap_err();
+        let missing = Template::parse("{{item.meta.level}}")
+            .unwrap()
+            .render("", &row)
+            .unwrap_err();
         assert!(missing.contains("item.meta.level"), "{missing}");
-        let not_object = Template::parse("{{item.meta.n.x}}").unwrap().render("", &row).unwrap_err();
+        let not_object = Template::parse("{{item.meta.n.x}}")
+            .unwrap()
+            .render("", &row)
+            .unwrap_err();
         assert!(not_object.contains("item.meta.n.x"), "{not_object}");
-        assert!(Template::parse("{{sample.output_json}}").unwrap_err().contains("sample.output_json"));
+        assert!(Template::parse("{{sample.output_json}}")
+            .unwrap_err()
+            .contains("sample.output_json"));
         assert!(Template::parse("{{item.}}").is_err());
-        assert!(Template::parse("{{item.a").unwrap_err().contains("unclosed"));
+        assert!(Template::parse("{{item.a")
+            .unwrap_err()
+            .contains("unclosed"));
     }
 }

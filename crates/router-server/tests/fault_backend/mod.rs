@@ -238,7 +238,11 @@ pub fn config(mock: SocketAddr, dead: SocketAddr, mixtral: &str) -> ServerConfig
         .deployment(DeploymentSection::openai("b-spill", url("b-spill"), "up-b"))
         .deployment(openai("c"))
         .deployment(openai("m"))
-        .deployment(DeploymentSection::openai("dead", format!("http://{dead}/v1"), "up-dead"))
+        .deployment(DeploymentSection::openai(
+            "dead",
+            format!("http://{dead}/v1"),
+            "up-dead",
+        ))
 }
 
 pub struct Env {
