@@ -35,7 +35,7 @@ mod routing;
 pub use error::RoutingError;
 pub use input::{routing_text, ChatMessage, Prompt, RouteInput, DEFAULT_RECENT_TURNS};
 pub use load::{load_catalog, load_router, CatalogError, CATALOG_FILE};
-pub use routing::Routing;
+pub use routing::{decide_on_prediction, Routing};
 
 pub use router_core::{Prediction, Router};
 pub use router_policy::{Capabilities, Capability, Catalog, Decision, Mode, PolicyDefaults};

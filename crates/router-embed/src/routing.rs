@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use router_core::{Prediction, Router};
-use router_policy::{Catalog, Decision, Policy, PolicyDefaults};
+use router_policy::{
+    Catalog, Decision, Policy, PolicyDefaults, PolicyError, RouteRequest, TaskGateNote,
+};
 
 use crate::input::{RouteInput, DEFAULT_RECENT_TURNS};
 use crate::{load_catalog, load_router, RoutingError};
@@ -112,21 +114,11 @@ impl Routing {
         prediction: &Prediction,
         input: &RouteInput,
     ) -> Result<Decision, RoutingError> {
-        let mut decision = self.policy.decide_with_output_tokens(
-            &prediction.scores,
-            prediction.output_tokens.as_deref(),
+        Ok(decide_on_prediction(
+            &self.policy,
+            prediction,
             &input.request(),
-        )?;
-        decision.task_gate =
-            prediction
-                .task_gate
-                .as_ref()
-                .map(|gate| router_policy::TaskGateNote {
-                    task: gate.task.clone(),
-                    confidence: gate.confidence,
-                    blend: gate.blend,
-                });
-        Ok(decision)
+        )?)
     }
 
     /// The policy step alone, on scores computed earlier by [`Routing::scores`]: for a caller
@@ -190,4 +182,24 @@ impl Routing {
     pub fn scores(&self, input: &RouteInput) -> Result<Vec<f32>, RoutingError> {
         Ok(self.router.score(&input.routing_text(self.recent_turns)?)?)
     }
+}
+
+/// The policy's decision on a [`Prediction`]: its qualities, its output lengths when the bundle
+/// predicts them, and, when the bundle's task gate blended the scores, a note saying so
+/// ([`Decision::task_gate`]). [`Routing`] decides through it, and so does a server that holds
+/// its own [`Policy`] and [`RouteRequest`].
+pub fn decide_on_prediction(
+    policy: &Policy,
+    prediction: &Prediction,
+    request: &RouteRequest,
+) -> Result<Decision, PolicyError> {
+    let output_tokens = prediction.output_tokens.as_deref();
+    let mut decision =
+        policy.decide_with_output_tokens(&prediction.scores, output_tokens, request)?;
+    decision.task_gate = prediction.task_gate.as_ref().map(|gate| TaskGateNote {
+        task: gate.task.clone(),
+        confidence: gate.confidence,
+        blend: gate.blend,
+    });
+    Ok(decision)
 }

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use router_core::Prediction;
 use router_dispatch::{DispatchError, DispatchRequest, Dispatched};
+use router_embed::decide_on_prediction;
 use router_policy::{estimated_cost, Decision, PolicyError, RouteRequest};
 use serde_json::Value;
 
@@ -202,9 +203,7 @@ async fn send_routed(
         }
         request.exclude.push(decision.model.clone());
         state.metrics.reroute();
-        let output_tokens = prediction.output_tokens.as_deref();
-        let policy = routing.policy();
-        match policy.decide_with_output_tokens(&prediction.scores, output_tokens, &request) {
+        match decide_on_prediction(routing.policy(), &prediction, &request) {
             Ok(next) => decision = next,
             Err(PolicyError::NoEligibleModel { .. }) => {
                 ctx.model = "none".into();
@@ -284,11 +283,8 @@ async fn decide(
     request.mode = o.mode;
     request.band = o.band;
     request.subset = o.subset.clone();
-    let output_tokens = prediction.output_tokens.as_deref();
-    let decision = routing
-        .policy()
-        .decide_with_output_tokens(&prediction.scores, output_tokens, &request)
-        .map_err(policy_error)?;
+    let decision =
+        decide_on_prediction(routing.policy(), &prediction, &request).map_err(policy_error)?;
     state.metrics.routing(start.elapsed());
     Ok((prediction, request, decision))
 }

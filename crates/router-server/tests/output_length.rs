@@ -87,3 +87,52 @@ async fn the_explained_decision_charges_predicted_output_lengths() {
     json_of(response).await;
     server.stop().await;
 }
+
+/// A MATH level-5 prompt of the data the default bundle learned from: its task gate recognises
+/// it, and the server's explained decision says so, as `route` does.
+fn math_level5_prompt() -> String {
+    let data =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/zeroeval/train.jsonl");
+    let text = std::fs::read_to_string(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
+    text.lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|row| row["task"] == "math-l5")
+        .and_then(|row| row["prompt"].as_str().map(str::to_string))
+        .expect("a math-l5 row")
+}
+
+#[tokio::test]
+async fn the_explained_decision_names_the_task_gate() {
+    let backend =
+        Backend::serve(axum::Router::new().route("/v1/chat/completions", post(answer))).await;
+    let server = Server::start(config(backend.addr)).await;
+    let mut gates = Vec::new();
+    for prompt in [
+        math_level5_prompt(),
+        "What is the capital of France?".to_string(),
+    ] {
+        let body =
+            json!({"model": "model-router", "messages": [{"role": "user", "content": prompt}]});
+        let response = send(
+            server
+                .request(reqwest::Method::POST, "/v1/chat/completions")
+                .header("x-router-explain", "true")
+                .json(&body),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        let decision: Value = serde_json::from_str(
+            &header(&response, "x-router-decision").expect("a decision header"),
+        )
+        .unwrap();
+        gates.push(decision["task_gate"].clone());
+        json_of(response).await;
+    }
+    assert_eq!(gates[0]["task"], "math-l5", "{gates:?}");
+    assert!(gates[0]["confidence"].as_f64().unwrap() >= 0.5, "{gates:?}");
+    assert!(
+        gates[1].is_null(),
+        "an everyday prompt is not recognised: {gates:?}"
+    );
+    server.stop().await;
+}
