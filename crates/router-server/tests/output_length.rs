@@ -48,12 +48,10 @@ fn config(backend: std::net::SocketAddr) -> ServerConfigBuilder {
         .deployment(DeploymentSection::openai("mini", &url, MINI))
 }
 
-#[tokio::test]
-async fn the_explained_decision_charges_predicted_output_lengths() {
-    let backend =
-        Backend::serve(axum::Router::new().route("/v1/chat/completions", post(answer))).await;
-    let server = Server::start(config(backend.addr)).await;
-    let body = json!({"model": "model-router", "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+/// Routes `prompt` with `x-router-explain` and returns the decision the server explains (the
+/// answer itself read to its end).
+async fn explained_decision(server: &Server, prompt: &str) -> Value {
+    let body = json!({"model": "model-router", "messages": [{"role": "user", "content": prompt}]});
     let response = send(
         server
             .request(reqwest::Method::POST, "/v1/chat/completions")
@@ -62,9 +60,19 @@ async fn the_explained_decision_charges_predicted_output_lengths() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    let decision: Value =
+    let decision =
         serde_json::from_str(&header(&response, "x-router-decision").expect("a decision header"))
             .unwrap();
+    json_of(response).await;
+    decision
+}
+
+#[tokio::test]
+async fn the_explained_decision_charges_predicted_output_lengths() {
+    let backend =
+        Backend::serve(axum::Router::new().route("/v1/chat/completions", post(answer))).await;
+    let server = Server::start(config(backend.addr)).await;
+    let decision = explained_decision(&server, "What is the capital of France?").await;
     let lengths = decision["predicted_output_tokens"]
         .as_object()
         .expect("predicted_output_tokens");
@@ -84,7 +92,6 @@ async fn the_explained_decision_charges_predicted_output_lengths() {
         );
     }
     assert_ne!(lengths[GPT4O], lengths[MINI], "{decision}");
-    json_of(response).await;
     server.stop().await;
 }
 
@@ -111,22 +118,7 @@ async fn the_explained_decision_names_the_task_gate() {
         math_level5_prompt(),
         "What is the capital of France?".to_string(),
     ] {
-        let body =
-            json!({"model": "model-router", "messages": [{"role": "user", "content": prompt}]});
-        let response = send(
-            server
-                .request(reqwest::Method::POST, "/v1/chat/completions")
-                .header("x-router-explain", "true")
-                .json(&body),
-        )
-        .await;
-        assert_eq!(response.status(), 200);
-        let decision: Value = serde_json::from_str(
-            &header(&response, "x-router-decision").expect("a decision header"),
-        )
-        .unwrap();
-        gates.push(decision["task_gate"].clone());
-        json_of(response).await;
+        gates.push(explained_decision(&server, &prompt).await["task_gate"].clone());
     }
     assert_eq!(gates[0]["task"], "math-l5", "{gates:?}");
     assert!(gates[0]["confidence"].as_f64().unwrap() >= 0.5, "{gates:?}");
