@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use indicatif::ProgressBar;
 use model_router::load_router;
+use model_router::router_core::bert::BertConfig;
 use model_router::router_core::candle_core;
 use model_router::router_core::{
     bert_dir_from_hub, BertEncoder, Pooling, Truncation, DEFAULT_REVISION,
@@ -249,167 +250,255 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if !args.lengths.is_empty() {
         return run_lengths(&args);
     }
+    let setup = TierSetup::load(&args)?;
     let iterations = args.iterations;
-    let (static_tier, bert_tier) = load_tiers(args.model.as_deref())?;
-    let model_dir = bert_model_dir(&bert_tier.router)?;
-    let bert_config = read_bert_config(&model_dir)?;
-    let stock_bert = StockBert::load(&model_dir, bert_tier.tokenizer().clone())?;
-    let matmuls = MatmulWorkload::new(&bert_config, HEADLINE_TOKENS)?;
-    let (workload_source, workload) = workload_prompts(&args)?;
-
-    let static_prompt = prompt_of_tokens(static_tier.tokenizer(), HEADLINE_TOKENS)?;
-    let static_long_prompt = prompt_of_tokens(static_tier.tokenizer(), LONG_TOKENS)?;
-    let bert_prompt = prompt_of_tokens(bert_tier.tokenizer(), HEADLINE_TOKENS)?;
-    let tokenizer = static_tier.tokenizer();
-
     // Static trio, long static trio, BERT quartet, static workload, BERT workload pair, batch pair.
     let bar = progress_bar(
         iterations * (3 + 3 + 4 + 1 + 2) + (iterations / 10).max(1) * 2,
         "benchmarking",
     );
-    // The static tier next to the two tokenizers, on one prompt.
-    let measure_static = |prompt: &str| {
-        measure_interleaved(
-            iterations,
-            &bar,
-            &mut [
-                &mut || consume(static_tier.route(prompt)?),
-                &mut || consume(tokenizer.encode(prompt)?),
-                &mut || consume(tokenizer.encode_with_tokenizers(prompt)?),
-            ],
-        )
-    };
-    let mut static_samples = measure_static(&static_prompt)?;
-    let mut static_long_samples = measure_static(&static_long_prompt)?;
-    let mut bert_samples = measure_interleaved(
-        iterations,
-        &bar,
-        &mut [
-            &mut || consume(bert_tier.route(&bert_prompt)?),
-            &mut || {
-                consume(bert_tier.route_embedding(&bert_prompt, stock_bert.embed(&bert_prompt)?)?)
-            },
-            &mut || matmuls.run(),
-            &mut || matmuls.run_general(),
-        ],
-    )?;
-    // Each side cycles through the workload on its own, so every side routes the same prompts.
-    let (mut static_prompts, mut bert_prompts, mut stock_prompts) = (
-        workload.iter().cycle(),
-        workload.iter().cycle(),
-        workload.iter().cycle(),
-    );
-    let no_prompt = || anyhow!("the workload has no prompts");
-    let mut static_workload_samples = measure_interleaved(
-        iterations,
-        &bar,
-        &mut [&mut || consume(static_tier.route(static_prompts.next().ok_or_else(no_prompt)?)?)],
-    )?;
-    let mut bert_workload_samples = measure_interleaved(
-        iterations,
-        &bar,
-        &mut [
-            &mut || consume(bert_tier.route(bert_prompts.next().ok_or_else(no_prompt)?)?),
-            &mut || {
-                let prompt = stock_prompts.next().ok_or_else(no_prompt)?;
-                consume(bert_tier.route_embedding(prompt, stock_bert.embed(prompt)?)?)
-            },
-        ],
-    )?;
-    // A batch costs about BATCH_SIZE single prompts, so it gets proportionally fewer runs.
-    let batch_iterations = (iterations / 10).max(1);
-    let static_batch_prompts = vec![static_prompt.as_str(); BATCH_SIZE];
-    let bert_batch_prompts = vec![bert_prompt.as_str(); BATCH_SIZE];
-    let mut batch_samples = measure_interleaved(
-        batch_iterations,
-        &bar,
-        &mut [
-            &mut || consume(static_tier.route_batch(&static_batch_prompts)?),
-            &mut || consume(bert_tier.route_batch(&bert_batch_prompts)?),
-        ],
-    )?;
+    let prompts = setup.measure_prompts(iterations, &bar)?;
+    let workload = setup.measure_workload(iterations, &bar)?;
+    let batches = setup.measure_batches(iterations, &bar)?;
     bar.finish_and_clear();
-
-    let (bert, stock, matmul, general_matmul) = (
-        bert_samples.remove(0),
-        bert_samples.remove(0),
-        bert_samples.remove(0),
-        bert_samples.remove(0),
-    );
-    let (static_route, tokenize, tokenize_crate) = (
-        static_samples.remove(0),
-        static_samples.remove(0),
-        static_samples.remove(0),
-    );
-    let (static_long, tokenize_long, tokenize_long_crate) = (
-        static_long_samples.remove(0),
-        static_long_samples.remove(0),
-        static_long_samples.remove(0),
-    );
-    let static_workload = static_workload_samples.remove(0);
-    let (bert_workload, stock_workload) = (
-        bert_workload_samples.remove(0),
-        bert_workload_samples.remove(0),
-    );
-    let (static_batch, bert_batch) = (batch_samples.remove(0), batch_samples.remove(0));
-    let batch_throughput = |samples: &Samples, tokens: usize| {
-        json!({
-            "prompts": BATCH_SIZE,
-            "tokens": tokens,
-            "p50_us": samples.p50(),
-            "prompts_per_s": BATCH_SIZE as f64 * 1e6 / samples.p50(),
-        })
-    };
-    let bert_tokens = bert_tier.tokenizer().encode(&bert_prompt)?.len();
-    let flops = bert_forward_flops(&bert_config, bert_tokens);
-    let gflops = |microseconds: f64| flops / microseconds / 1e3;
-
-    let report = json!({
-        "profile": build_profile(),
-        "threads": candle_core::utils::get_num_threads(),
-        "iterations": iterations,
-        "catalog": static_tier.catalog.as_str(),
-        "tiers": {
-            "static": static_route.summary(Some(HEADLINE_TOKENS)),
-            "bert": bert.summary(Some(bert_tokens)),
-        },
-        "static_128": static_long.summary(Some(LONG_TOKENS)),
-        "stock_bert": stock.summary(Some(bert_tokens)),
-        "tokenize_us": tokenize.p50(),
-        "tokenize_128_us": tokenize_long.p50(),
-        "static_128_over_tokenize": static_long.p50() / tokenize_long.p50(),
-        "tokenize_fast_path": tokenizer.has_fast_path(),
-        "tokenize_tokenizers_crate_us": tokenize_crate.p50(),
-        "tokenize_128_tokenizers_crate_us": tokenize_long_crate.p50(),
-        "static_128_over_tokenizers_crate": static_long.p50() / tokenize_long_crate.p50(),
-        "bert_speedup_vs_stock": stock.p50() / bert.p50(),
-        "bert_matmul_us": matmul.p50(),
-        "bert_over_matmul": bert.p50() / matmul.p50(),
-        "bert_flops": flops,
-        "bert_gflops": gflops(bert.p50()),
-        "bert_matmul_gflops": gflops(matmul.p50()),
-        "general_matmul_us": general_matmul.p50(),
-        "general_matmul_gflops": gflops(general_matmul.p50()),
-        "stock_bert_gflops": gflops(stock.p50()),
-        "batch": {
-            "static": batch_throughput(&static_batch, HEADLINE_TOKENS),
-            "bert": batch_throughput(&bert_batch, bert_tokens),
-        },
-        "workload": {
-            "source": workload_source,
-            "prompts": workload.len(),
-            "static": static_workload.summary(None),
-            "bert": bert_workload.summary(None),
-            "stock_bert": stock_workload.summary(None),
-            "bert_speedup_vs_stock": stock_workload.p50() / bert_workload.p50(),
-        },
-    });
+    let report = setup.report(iterations, prompts, workload, batches)?;
     if args.json {
         println!("{report}");
     } else {
         print_report(&report);
     }
     Ok(())
+}
+
+/// What the default measurement compares: both tiers of the bundle, stock candle's BERT on the
+/// same weights, the BERT tier's matmuls alone, the prompts and the workload.
+struct TierSetup {
+    static_tier: RoutingTier,
+    bert_tier: RoutingTier,
+    bert_config: BertConfig,
+    stock_bert: StockBert,
+    matmuls: MatmulWorkload,
+    workload_source: String,
+    workload: Vec<String>,
+    static_prompt: String,
+    static_long_prompt: String,
+    bert_prompt: String,
+}
+
+impl TierSetup {
+    fn load(args: &BenchArgs) -> Result<Self> {
+        let (static_tier, bert_tier) = load_tiers(args.model.as_deref())?;
+        let model_dir = bert_model_dir(&bert_tier.router)?;
+        let bert_config = read_bert_config(&model_dir)?;
+        let stock_bert = StockBert::load(&model_dir, bert_tier.tokenizer().clone())?;
+        let matmuls = MatmulWorkload::new(&bert_config, HEADLINE_TOKENS)?;
+        let (workload_source, workload) = workload_prompts(args)?;
+        let static_prompt = prompt_of_tokens(static_tier.tokenizer(), HEADLINE_TOKENS)?;
+        let static_long_prompt = prompt_of_tokens(static_tier.tokenizer(), LONG_TOKENS)?;
+        let bert_prompt = prompt_of_tokens(bert_tier.tokenizer(), HEADLINE_TOKENS)?;
+        Ok(Self {
+            static_tier,
+            bert_tier,
+            bert_config,
+            stock_bert,
+            matmuls,
+            workload_source,
+            workload,
+            static_prompt,
+            static_long_prompt,
+            bert_prompt,
+        })
+    }
+
+    /// One prompt, over and over: the static tier beside the two tokenizers (at 32 and 128
+    /// tokens), then the BERT tier beside stock BERT and its own matmuls.
+    fn measure_prompts(&self, iterations: usize, bar: &ProgressBar) -> Result<PromptSamples> {
+        let (static_tier, tokenizer) = (&self.static_tier, self.static_tier.tokenizer());
+        let measure_static = |prompt: &str| {
+            measure_interleaved(
+                iterations,
+                bar,
+                &mut [
+                    &mut || consume(static_tier.route(prompt)?),
+                    &mut || consume(tokenizer.encode(prompt)?),
+                    &mut || consume(tokenizer.encode_with_tokenizers(prompt)?),
+                ],
+            )
+        };
+        let short = measure_static(&self.static_prompt)?;
+        let long = measure_static(&self.static_long_prompt)?;
+        let bert_prompt = self.bert_prompt.as_str();
+        let bert = measure_interleaved(
+            iterations,
+            bar,
+            &mut [
+                &mut || consume(self.bert_tier.route(bert_prompt)?),
+                &mut || {
+                    let embedding = self.stock_bert.embed(bert_prompt)?;
+                    consume(self.bert_tier.route_embedding(bert_prompt, embedding)?)
+                },
+                &mut || self.matmuls.run(),
+                &mut || self.matmuls.run_general(),
+            ],
+        )?;
+        PromptSamples::from_runs(short, long, bert)
+    }
+
+    /// The workload's prompts in turn: the static tier, then the BERT tier beside stock BERT.
+    /// Each side cycles through the workload on its own, so every side routes the same prompts.
+    fn measure_workload(&self, iterations: usize, bar: &ProgressBar) -> Result<[Samples; 3]> {
+        let (mut static_prompts, mut bert_prompts, mut stock_prompts) = (
+            self.workload.iter().cycle(),
+            self.workload.iter().cycle(),
+            self.workload.iter().cycle(),
+        );
+        let no_prompt = || anyhow!("the workload has no prompts");
+        let mut static_samples = measure_interleaved(
+            iterations,
+            bar,
+            &mut [&mut || {
+                consume(
+                    self.static_tier
+                        .route(static_prompts.next().ok_or_else(no_prompt)?)?,
+                )
+            }],
+        )?;
+        let mut bert_samples = measure_interleaved(
+            iterations,
+            bar,
+            &mut [
+                &mut || {
+                    consume(
+                        self.bert_tier
+                            .route(bert_prompts.next().ok_or_else(no_prompt)?)?,
+                    )
+                },
+                &mut || {
+                    let prompt = stock_prompts.next().ok_or_else(no_prompt)?;
+                    let embedding = self.stock_bert.embed(prompt)?;
+                    consume(self.bert_tier.route_embedding(prompt, embedding)?)
+                },
+            ],
+        )?;
+        let stock = bert_samples.remove(1);
+        Ok([static_samples.remove(0), bert_samples.remove(0), stock])
+    }
+
+    /// Batches of [`BATCH_SIZE`] copies of the prompt, static and BERT tier. A batch costs about
+    /// `BATCH_SIZE` single prompts, so it gets proportionally fewer runs.
+    fn measure_batches(&self, iterations: usize, bar: &ProgressBar) -> Result<[Samples; 2]> {
+        let static_batch = vec![self.static_prompt.as_str(); BATCH_SIZE];
+        let bert_batch = vec![self.bert_prompt.as_str(); BATCH_SIZE];
+        let mut samples = measure_interleaved(
+            (iterations / 10).max(1),
+            bar,
+            &mut [
+                &mut || consume(self.static_tier.route_batch(&static_batch)?),
+                &mut || consume(self.bert_tier.route_batch(&bert_batch)?),
+            ],
+        )?;
+        let bert = samples.remove(1);
+        Ok([samples.remove(0), bert])
+    }
+
+    /// The report `--json` prints and [`print_report`] reads.
+    fn report(
+        &self,
+        iterations: usize,
+        p: PromptSamples,
+        [static_workload, bert_workload, stock_workload]: [Samples; 3],
+        [static_batch, bert_batch]: [Samples; 2],
+    ) -> Result<Value> {
+        let batch_throughput = |samples: &Samples, tokens: usize| {
+            json!({
+                "prompts": BATCH_SIZE,
+                "tokens": tokens,
+                "p50_us": samples.p50(),
+                "prompts_per_s": BATCH_SIZE as f64 * 1e6 / samples.p50(),
+            })
+        };
+        let bert_tokens = self.bert_tier.tokenizer().encode(&self.bert_prompt)?.len();
+        let flops = bert_forward_flops(&self.bert_config, bert_tokens);
+        let gflops = |microseconds: f64| flops / microseconds / 1e3;
+        Ok(json!({
+            "profile": build_profile(),
+            "threads": candle_core::utils::get_num_threads(),
+            "iterations": iterations,
+            "catalog": self.static_tier.catalog.as_str(),
+            "tiers": {
+                "static": p.static_route.summary(Some(HEADLINE_TOKENS)),
+                "bert": p.bert.summary(Some(bert_tokens)),
+            },
+            "static_128": p.static_long.summary(Some(LONG_TOKENS)),
+            "stock_bert": p.stock.summary(Some(bert_tokens)),
+            "tokenize_us": p.tokenize.p50(),
+            "tokenize_128_us": p.tokenize_long.p50(),
+            "static_128_over_tokenize": p.static_long.p50() / p.tokenize_long.p50(),
+            "tokenize_fast_path": self.static_tier.tokenizer().has_fast_path(),
+            "tokenize_tokenizers_crate_us": p.tokenize_crate.p50(),
+            "tokenize_128_tokenizers_crate_us": p.tokenize_long_crate.p50(),
+            "static_128_over_tokenizers_crate": p.static_long.p50() / p.tokenize_long_crate.p50(),
+            "bert_speedup_vs_stock": p.stock.p50() / p.bert.p50(),
+            "bert_matmul_us": p.matmul.p50(),
+            "bert_over_matmul": p.bert.p50() / p.matmul.p50(),
+            "bert_flops": flops,
+            "bert_gflops": gflops(p.bert.p50()),
+            "bert_matmul_gflops": gflops(p.matmul.p50()),
+            "general_matmul_us": p.general_matmul.p50(),
+            "general_matmul_gflops": gflops(p.general_matmul.p50()),
+            "stock_bert_gflops": gflops(p.stock.p50()),
+            "batch": {
+                "static": batch_throughput(&static_batch, HEADLINE_TOKENS),
+                "bert": batch_throughput(&bert_batch, bert_tokens),
+            },
+            "workload": {
+                "source": self.workload_source,
+                "prompts": self.workload.len(),
+                "static": static_workload.summary(None),
+                "bert": bert_workload.summary(None),
+                "stock_bert": stock_workload.summary(None),
+                "bert_speedup_vs_stock": stock_workload.p50() / bert_workload.p50(),
+            },
+        }))
+    }
+}
+
+/// [`TierSetup::measure_prompts`]' samples, by what they timed.
+struct PromptSamples {
+    static_route: Samples,
+    tokenize: Samples,
+    tokenize_crate: Samples,
+    static_long: Samples,
+    tokenize_long: Samples,
+    tokenize_long_crate: Samples,
+    bert: Samples,
+    stock: Samples,
+    matmul: Samples,
+    general_matmul: Samples,
+}
+
+impl PromptSamples {
+    /// From the three interleaved runs, each in the order its closures were given.
+    fn from_runs(short: Vec<Samples>, long: Vec<Samples>, bert: Vec<Samples>) -> Result<Self> {
+        let [static_route, tokenize, tokenize_crate] = <[Samples; 3]>::try_from(short)
+            .map_err(|_| anyhow!("three static samples expected"))?;
+        let [static_long, tokenize_long, tokenize_long_crate] = <[Samples; 3]>::try_from(long)
+            .map_err(|_| anyhow!("three long static samples expected"))?;
+        let [bert, stock, matmul, general_matmul] =
+            <[Samples; 4]>::try_from(bert).map_err(|_| anyhow!("four BERT samples expected"))?;
+        Ok(Self {
+            static_route,
+            tokenize,
+            tokenize_crate,
+            static_long,
+            tokenize_long,
+            tokenize_long_crate,
+            bert,
+            stock,
+            matmul,
+            general_matmul,
+        })
+    }
 }
 
 /// `--server`: the server's overhead over the backend, for the bundle of `--model`.
