@@ -109,14 +109,7 @@ struct Job {
 }
 
 pub fn run(args: LabelArgs) -> Result<()> {
-    if args.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
-    }
-    if let Some(budget) = args.max_cost {
-        if !(budget.is_finite() && budget >= 0.0) {
-            bail!("--max-cost must be a non-negative number of USD, got {budget}");
-        }
-    }
+    check_args(&args)?;
     let config = ServerConfig::load(&args.config)?;
     let specs = candidates(&config, &args.models)?;
     let grader = GraderSpec::load(&args.grader)?;
@@ -130,24 +123,9 @@ pub fn run(args: LabelArgs) -> Result<()> {
         .answers
         .clone()
         .unwrap_or_else(|| beside(&args.out, "answers.jsonl"));
-    let progress_path = args
-        .progress
-        .clone()
-        .unwrap_or_else(|| beside(&args.out, "progress.db"));
-    let progress = Progress::open(&progress_path)?;
     let models: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let settings = settings(&models, &args, &grader);
-    progress.check_settings(
-        &progress_path,
-        &settings,
-        args.regrade.then_some(GRADER_SETTING),
-    )?;
-    if args.regrade {
-        progress.set_setting(
-            GRADER_SETTING,
-            &format!("an unfinished --regrade to {}", settings[GRADER_SETTING]),
-        )?;
-    }
+    let progress = open_progress(&args, &settings)?;
     let done = progress.pairs()?;
     let jobs = plan(
         &prepared,
@@ -164,23 +142,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let dispatcher = Arc::new(Dispatcher::new(
-        config.deployments.clone(),
-        config.dispatch.clone(),
-    )?);
-    let judge: Option<Arc<dyn ChatModel>> = grader.needs_judge().then(|| {
-        Arc::new(crate::judge::DispatchJudge::new(
-            dispatcher.clone(),
-            config.catalog.clone(),
-            runtime.handle().clone(),
-        )) as Arc<dyn ChatModel>
-    });
-    // The cosine metric embeds with the encoder of the bundle the server routes with.
-    let encoder = if grader.needs_encoder() {
-        Some(router_core::Router::load(&config.bundle)?.encoder().clone())
-    } else {
-        None
-    };
+    let (dispatcher, judge, encoder) = grading_backends(&config, &grader, runtime.handle())?;
     let total_jobs = jobs.len();
     let engine = Arc::new(Engine {
         dispatcher,
@@ -207,11 +169,7 @@ pub fn run(args: LabelArgs) -> Result<()> {
     }
 
     let pairs = lock(&engine.progress).pairs()?;
-    let rows: Vec<(&LabelPrompt, &str)> = prepared
-        .iter()
-        .map(|p| (&p.prompt, p.text.as_str()))
-        .collect();
-    let written = output::write_outputs(&rows, &models, &pairs, &args.out, &answers_path)?;
+    let written = write_outputs(&prepared, &models, &pairs, &args.out, &answers_path)?;
     skipped.sort();
     let report = Report {
         engine: &engine,
@@ -224,6 +182,97 @@ pub fn run(args: LabelArgs) -> Result<()> {
         stop,
     };
     report.print(&args, &written, &answers_path);
+    check_outcome(stop, &written)
+}
+
+/// The checks of the arguments that clap does not make.
+fn check_args(args: &LabelArgs) -> Result<()> {
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if let Some(budget) = args.max_cost {
+        if !(budget.is_finite() && budget >= 0.0) {
+            bail!("--max-cost must be a non-negative number of USD, got {budget}");
+        }
+    }
+    Ok(())
+}
+
+/// Opens the progress file after checking that its pairs were made with these `settings`; a
+/// `--regrade` run marks it as unfinished until it ends.
+fn open_progress(args: &LabelArgs, settings: &BTreeMap<&'static str, String>) -> Result<Progress> {
+    let progress_path = args
+        .progress
+        .clone()
+        .unwrap_or_else(|| beside(&args.out, "progress.db"));
+    let progress = Progress::open(&progress_path)?;
+    progress.check_settings(
+        &progress_path,
+        settings,
+        args.regrade.then_some(GRADER_SETTING),
+    )?;
+    if args.regrade {
+        progress.set_setting(
+            GRADER_SETTING,
+            &format!("an unfinished --regrade to {}", settings[GRADER_SETTING]),
+        )?;
+    }
+    Ok(progress)
+}
+
+/// What the pairs are asked and graded through: the config's dispatcher, and the judge and
+/// encoder when the grader needs them.
+type Backends = (
+    Arc<Dispatcher>,
+    Option<Arc<dyn ChatModel>>,
+    Option<router_core::Encoder>,
+);
+
+/// The dispatcher of the config's deployments, the judge of the grader's model graders (asked
+/// through the same dispatcher on `handle`), and the encoder of its cosine metric.
+fn grading_backends(
+    config: &ServerConfig,
+    grader: &GraderSpec,
+    handle: &tokio::runtime::Handle,
+) -> Result<Backends> {
+    let dispatcher = Arc::new(Dispatcher::new(
+        config.deployments.clone(),
+        config.dispatch.clone(),
+    )?);
+    let judge: Option<Arc<dyn ChatModel>> = grader.needs_judge().then(|| {
+        Arc::new(crate::judge::DispatchJudge::new(
+            dispatcher.clone(),
+            config.catalog.clone(),
+            handle.clone(),
+        )) as Arc<dyn ChatModel>
+    });
+    // The cosine metric embeds with the encoder of the bundle the server routes with.
+    let encoder = if grader.needs_encoder() {
+        Some(router_core::Router::load(&config.bundle)?.encoder().clone())
+    } else {
+        None
+    };
+    Ok((dispatcher, judge, encoder))
+}
+
+/// Writes the labels and answers of every prepared prompt from the progress file's `pairs`.
+fn write_outputs(
+    prepared: &[Arc<Prepared>],
+    models: &[String],
+    pairs: &HashMap<(String, String), PairResult>,
+    out: &Path,
+    answers: &Path,
+) -> Result<output::Written> {
+    let rows: Vec<(&LabelPrompt, &str)> = prepared
+        .iter()
+        .map(|p| (&p.prompt, p.text.as_str()))
+        .collect();
+    output::write_outputs(&rows, models, pairs, out, answers)
+}
+
+/// The exit status of a run whose outputs are written: an error when Ctrl-C stopped it or when
+/// nothing could be labelled.
+fn check_outcome(stop: Stop, written: &output::Written) -> Result<()> {
     if let Stop::Interrupted(not_started) = stop {
         bail!("interrupted: {not_started} pair(s) not started; the finished ones are kept and written. Rerun the same command to go on");
     }
