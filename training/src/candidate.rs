@@ -30,6 +30,7 @@
 //! `catalog.toml`, and the model card and training record noting the addition with the sample
 //! count and fit statistics.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
@@ -37,7 +38,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use router_core::candle_core::{DType, Device, Tensor};
 use router_core::config::files;
-use router_core::{EncoderConfig, Router};
+use router_core::{EncoderConfig, Router, RouterConfig};
 use router_policy::{Catalog, ModelSpec};
 use serde::Serialize;
 use serde_json::Value;
@@ -358,34 +359,8 @@ pub fn fit_row(
     prior_bias: f64,
     options: &FitOptions,
 ) -> Result<RowFit> {
+    check_fit_input(features, scores, prior_weights.len(), &options.lambdas)?;
     let n = features.len();
-    if n == 0 || n != scores.len() {
-        return Err(TrainingError::Invalid(format!(
-            "{n} feature rows for {} scores; need at least one sample",
-            scores.len()
-        )));
-    }
-    let width = prior_weights.len();
-    if let Some(bad) = features.iter().find(|f| f.len() != width) {
-        return Err(TrainingError::Invalid(format!(
-            "a feature row has {} values, the prior {width}",
-            bad.len()
-        )));
-    }
-    if let Some(bad) = scores
-        .iter()
-        .chain(features.iter().flatten())
-        .find(|v| !v.is_finite())
-    {
-        return Err(TrainingError::Invalid(format!(
-            "a sample has the non-finite value {bad}"
-        )));
-    }
-    if options.lambdas.is_empty() || options.lambdas.iter().any(|l| !(l.is_finite() && *l > 0.0)) {
-        return Err(TrainingError::Invalid(
-            "the λ grid must be positive numbers".into(),
-        ));
-    }
     // Rows with the bias's constant 1 appended.
     let rows: Vec<Vec<f64>> = features
         .iter()
@@ -401,78 +376,8 @@ pub fn fit_row(
     let mut grid = options.lambdas.clone();
     grid.sort_by(|a, b| b.total_cmp(a));
 
-    let folds = options.folds.min(n);
-    let mut cv = None;
-    let mut relative_lambda = grid[0];
-    if n >= MIN_CV_SAMPLES && folds >= 2 {
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(options.seed));
-        let mut fold_of = vec![0; n];
-        for (position, &i) in order.iter().enumerate() {
-            fold_of[i] = position % folds;
-        }
-        // Held-out loss of every sample at every λ.
-        let mut losses = vec![vec![0.0; n]; grid.len()];
-        let (mut prior_loss, mut constant_loss) = (0.0, 0.0);
-        for fold in 0..folds {
-            let (train_x, train_y): (Vec<&[f64]>, Vec<f64>) = (0..n)
-                .filter(|i| fold_of[*i] != fold)
-                .map(|i| (x[i], scores[i]))
-                .unzip();
-            let held: Vec<usize> = (0..n).filter(|i| fold_of[*i] == fold).collect();
-            let (prior, _) = shifted_prior(&base, &train_x, &train_y);
-            prior_loss += held
-                .iter()
-                .map(|&i| log_loss(dot(&prior, x[i]), scores[i]))
-                .sum::<f64>();
-            let mean = (train_y.iter().sum::<f64>() / train_y.len() as f64).clamp(1e-6, 1.0 - 1e-6);
-            constant_loss += held
-                .iter()
-                .map(|&i| log_loss((mean / (1.0 - mean)).ln(), scores[i]))
-                .sum::<f64>();
-            // Warm starts along the path, from the strongest regularisation down.
-            let mut theta = prior.clone();
-            for (k, relative) in grid.iter().enumerate() {
-                theta = newton(&train_x, &train_y, &prior, relative * scale, &theta);
-                for &i in &held {
-                    losses[k][i] = log_loss(dot(&theta, x[i]), scores[i]);
-                }
-            }
-        }
-        let mean_loss: Vec<f64> = losses
-            .iter()
-            .map(|l| l.iter().sum::<f64>() / n as f64)
-            .collect();
-        // The lowest held-out loss (on a tie the stronger regularisation, the earlier entry) ...
-        let best =
-            mean_loss.iter().enumerate().fold(
-                0,
-                |best, (k, loss)| if *loss < mean_loss[best] { k } else { best },
-            );
-        // ... then the one-standard-error rule: the strongest regularisation whose loss is within
-        // one standard error of the best, the error of the per-sample differences (paired).
-        let chosen = (0..=best)
-            .find(|&k| {
-                let d: Vec<f64> = losses[k]
-                    .iter()
-                    .zip(&losses[best])
-                    .map(|(a, b)| a - b)
-                    .collect();
-                let m = d.iter().sum::<f64>() / n as f64;
-                let se = (d.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt()
-                    / (n as f64).sqrt();
-                m <= se
-            })
-            .unwrap_or(best);
-        relative_lambda = grid[chosen];
-        let best = chosen;
-        let losses = mean_loss;
-        cv = Some((
-            losses[best] / n as f64,
-            prior_loss / n as f64,
-            constant_loss / n as f64,
-        ));
-    }
+    let cv = cross_validate(&x, scores, &base, &grid, scale, options);
+    let relative_lambda = cv.as_ref().map_or(grid[0], |c| c.relative_lambda);
     let lambda = relative_lambda * scale;
     let (prior, prior_shift) = shifted_prior(&base, &x, scores);
     let mut theta = prior.clone();
@@ -502,10 +407,183 @@ pub fn fit_row(
             .map(|(z, y)| log_loss(*z, *y))
             .sum::<f64>()
             / n as f64,
-        cv_log_loss: cv.map(|c| c.0),
-        cv_log_loss_prior: cv.map(|c| c.1),
-        cv_log_loss_constant: cv.map(|c| c.2),
+        cv_log_loss: cv.as_ref().map(|c| c.fitted),
+        cv_log_loss_prior: cv.as_ref().map(|c| c.prior),
+        cv_log_loss_constant: cv.as_ref().map(|c| c.constant),
     })
+}
+
+/// Rejects what [`fit_row`] cannot fit: no samples, feature rows and scores that do not pair up,
+/// rows not as wide as the prior, non-finite values, and a λ grid that is not all positive.
+fn check_fit_input(
+    features: &[Vec<f64>],
+    scores: &[f64],
+    width: usize,
+    lambdas: &[f64],
+) -> Result<()> {
+    let n = features.len();
+    if n == 0 || n != scores.len() {
+        return Err(TrainingError::Invalid(format!(
+            "{n} feature rows for {} scores; need at least one sample",
+            scores.len()
+        )));
+    }
+    if let Some(bad) = features.iter().find(|f| f.len() != width) {
+        return Err(TrainingError::Invalid(format!(
+            "a feature row has {} values, the prior {width}",
+            bad.len()
+        )));
+    }
+    if let Some(bad) = scores
+        .iter()
+        .chain(features.iter().flatten())
+        .find(|v| !v.is_finite())
+    {
+        return Err(TrainingError::Invalid(format!(
+            "a sample has the non-finite value {bad}"
+        )));
+    }
+    if lambdas.is_empty() || lambdas.iter().any(|l| !(l.is_finite() && *l > 0.0)) {
+        return Err(TrainingError::Invalid(
+            "the λ grid must be positive numbers".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What cross-validation chose and measured (the losses as [`RowFit`] reports them).
+struct CrossValidation {
+    /// The chosen entry of the λ grid.
+    relative_lambda: f64,
+    /// The held-out loss at the chosen λ.
+    fitted: f64,
+    /// The held-out loss of the shifted prior alone.
+    prior: f64,
+    /// The held-out loss of the training folds' mean score as a constant prediction.
+    constant: f64,
+}
+
+/// Cross-validates the λ grid (sorted from the strongest regularisation down); `None` when there
+/// are too few samples or folds for it.
+fn cross_validate(
+    x: &[&[f64]],
+    scores: &[f64],
+    base: &[f64],
+    grid: &[f64],
+    scale: f64,
+    options: &FitOptions,
+) -> Option<CrossValidation> {
+    let n = x.len();
+    let folds = options.folds.min(n);
+    if n < MIN_CV_SAMPLES || folds < 2 {
+        return None;
+    }
+    let fold_of = assign_folds(n, folds, options.seed);
+    let held_out = held_out_losses(x, scores, base, grid, scale, &fold_of, folds);
+    let mean_loss: Vec<f64> = held_out
+        .losses
+        .iter()
+        .map(|l| l.iter().sum::<f64>() / n as f64)
+        .collect();
+    let chosen = one_standard_error_choice(&held_out.losses, &mean_loss);
+    Some(CrossValidation {
+        relative_lambda: grid[chosen],
+        fitted: mean_loss[chosen] / n as f64,
+        prior: held_out.prior_loss / n as f64,
+        constant: held_out.constant_loss / n as f64,
+    })
+}
+
+/// The fold of every sample: a seeded shuffle dealt round-robin into `folds` folds.
+fn assign_folds(n: usize, folds: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let mut fold_of = vec![0; n];
+    for (position, &i) in order.iter().enumerate() {
+        fold_of[i] = position % folds;
+    }
+    fold_of
+}
+
+/// Held-out log losses of one cross-validation run.
+struct HeldOutLosses {
+    /// The loss of every sample at every λ of the grid (`losses[λ][sample]`).
+    losses: Vec<Vec<f64>>,
+    /// The shifted prior's loss, summed over the samples.
+    prior_loss: f64,
+    /// The loss of the training folds' mean score as a constant prediction, summed.
+    constant_loss: f64,
+}
+
+/// Every sample's loss when its fold is held out: the fit along the λ path on the other folds,
+/// the shifted prior and the constant prediction.
+fn held_out_losses(
+    x: &[&[f64]],
+    scores: &[f64],
+    base: &[f64],
+    grid: &[f64],
+    scale: f64,
+    fold_of: &[usize],
+    folds: usize,
+) -> HeldOutLosses {
+    let n = x.len();
+    let mut losses = vec![vec![0.0; n]; grid.len()];
+    let (mut prior_loss, mut constant_loss) = (0.0, 0.0);
+    for fold in 0..folds {
+        let (train_x, train_y): (Vec<&[f64]>, Vec<f64>) = (0..n)
+            .filter(|i| fold_of[*i] != fold)
+            .map(|i| (x[i], scores[i]))
+            .unzip();
+        let held: Vec<usize> = (0..n).filter(|i| fold_of[*i] == fold).collect();
+        let (prior, _) = shifted_prior(base, &train_x, &train_y);
+        prior_loss += held
+            .iter()
+            .map(|&i| log_loss(dot(&prior, x[i]), scores[i]))
+            .sum::<f64>();
+        let mean = (train_y.iter().sum::<f64>() / train_y.len() as f64).clamp(1e-6, 1.0 - 1e-6);
+        constant_loss += held
+            .iter()
+            .map(|&i| log_loss((mean / (1.0 - mean)).ln(), scores[i]))
+            .sum::<f64>();
+        // Warm starts along the path, from the strongest regularisation down.
+        let mut theta = prior.clone();
+        for (k, relative) in grid.iter().enumerate() {
+            theta = newton(&train_x, &train_y, &prior, relative * scale, &theta);
+            for &i in &held {
+                losses[k][i] = log_loss(dot(&theta, x[i]), scores[i]);
+            }
+        }
+    }
+    HeldOutLosses {
+        losses,
+        prior_loss,
+        constant_loss,
+    }
+}
+
+/// The index of the chosen λ given every sample's held-out loss at every λ and their means.
+fn one_standard_error_choice(losses: &[Vec<f64>], mean_loss: &[f64]) -> usize {
+    let n = losses.first().map_or(0, Vec::len);
+    // The lowest held-out loss (on a tie the stronger regularisation, the earlier entry) ...
+    let best = mean_loss.iter().enumerate().fold(
+        0,
+        |best, (k, loss)| if *loss < mean_loss[best] { k } else { best },
+    );
+    // ... then the one-standard-error rule: the strongest regularisation whose loss is within
+    // one standard error of the best, the error of the per-sample differences (paired).
+    (0..=best)
+        .find(|&k| {
+            let d: Vec<f64> = losses[k]
+                .iter()
+                .zip(&losses[best])
+                .map(|(a, b)| a - b)
+                .collect();
+            let m = d.iter().sum::<f64>() / n as f64;
+            let se = (d.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt()
+                / (n as f64).sqrt();
+            m <= se
+        })
+        .unwrap_or(best)
 }
 
 /// Settings of [`add_candidate`].
@@ -625,6 +703,65 @@ pub fn add_candidate(
 ) -> Result<AddOutcome> {
     let router = Router::load(bundle_dir)?;
     let config = router.config().clone();
+    check_addition(bundle_dir, &config, samples, options, out_dir)?;
+    let name = options.name.as_str();
+    let catalog = CatalogAddition::read(bundle_dir, name, options)?;
+
+    // Frozen features: the activations that feed the output layer.
+    let prompts: Vec<&str> = samples.iter().map(|s| s.prompt.as_str()).collect();
+    let features = frozen_features(&router, &prompts, &options.cache_dir)?;
+    let width = features.first().map_or(0, Vec::len);
+    let mut layer = OutputLayer::load(bundle_dir, &config, width)?;
+    let (prior_weights, prior_bias) = layer.prior(width)?;
+    let scores: Vec<f64> = samples.iter().map(|s| s.score).collect();
+    let fit = fit_row(&features, &scores, &prior_weights, prior_bias, &options.fit)?;
+    layer.append_row(&fit, width)?;
+
+    let previous_version = config.version.clone();
+    let version = options
+        .version
+        .clone()
+        .unwrap_or_else(|| next_version(&previous_version, &today_utc()));
+    if version == previous_version {
+        return Err(TrainingError::Invalid(format!(
+            "the new version must differ from the bundle's ({version})"
+        )));
+    }
+    let new_config = added_config(&config, bundle_dir, &version, &fit, options);
+
+    // Write the new bundle: the files we do not change are copied byte for byte.
+    copy_unchanged_files(bundle_dir, out_dir)?;
+    new_config.save(out_dir)?;
+    layer.save(out_dir)?;
+    catalog.write(out_dir, &version, fit.samples)?;
+    let card_path = bundle_dir.join(files::MODEL_CARD);
+    let card = std::fs::read_to_string(&card_path).unwrap_or_default();
+    let new_card = out_dir.join(files::MODEL_CARD);
+    std::fs::write(
+        &new_card,
+        model_card(&card, &config, &new_config, &fit, options),
+    )
+    .map_err(io_error(&new_card))?;
+
+    let new_router = Router::load(out_dir)?;
+    check_old_columns(&router, &new_router, &prompts)?;
+    Ok(AddOutcome {
+        router: new_router,
+        fit,
+        previous_version,
+        version,
+    })
+}
+
+/// Rejects an addition before any work: a bad or taken name, an untrained head, no samples, or
+/// an output directory that is the bundle itself.
+fn check_addition(
+    bundle_dir: &Path,
+    config: &RouterConfig,
+    samples: &[Sample],
+    options: &AddOptions,
+    out_dir: &Path,
+) -> Result<()> {
     let name = options.name.trim();
     if name.is_empty() || name != options.name {
         return Err(TrainingError::Invalid(format!(
@@ -658,118 +795,208 @@ pub fn add_candidate(
             "--out must be a new directory: a bundle version is never rewritten in place".into(),
         ));
     }
-    let catalog_path = bundle_dir.join(CATALOG);
-    let catalog_text = if catalog_path.is_file() {
-        Some(std::fs::read_to_string(&catalog_path).map_err(io_error(&catalog_path))?)
-    } else {
-        None
-    };
-    let entry = match (&catalog_text, &options.catalog_entry) {
-        (Some(_), None) => {
-            return Err(TrainingError::Invalid(format!(
-                "{} needs an entry for {name}: give its prices and context window",
-                catalog_path.display()
-            )))
+    Ok(())
+}
+
+/// The bundle's `catalog.toml` (if it ships one) and the new model's entry for it.
+struct CatalogAddition {
+    /// Where the bundle's catalog is (or would be).
+    path: PathBuf,
+    /// Its text, when the bundle ships one.
+    text: Option<String>,
+    /// The new model's entry, given exactly when the bundle ships a catalog.
+    entry: Option<ModelSpec>,
+}
+
+impl CatalogAddition {
+    /// Reads the bundle's catalog and checks that `options` has an entry for `name` exactly when
+    /// there is a catalog.
+    fn read(bundle_dir: &Path, name: &str, options: &AddOptions) -> Result<Self> {
+        let path = bundle_dir.join(CATALOG);
+        let text = if path.is_file() {
+            Some(std::fs::read_to_string(&path).map_err(io_error(&path))?)
+        } else {
+            None
+        };
+        let entry = match (&text, &options.catalog_entry) {
+            (Some(_), None) => {
+                return Err(TrainingError::Invalid(format!(
+                    "{} needs an entry for {name}: give its prices and context window",
+                    path.display()
+                )))
+            }
+            (None, Some(_)) => {
+                return Err(TrainingError::Invalid(format!(
+                    "{} has no catalog.toml to add prices to",
+                    bundle_dir.display()
+                )))
+            }
+            (_, entry) => entry.clone(),
+        };
+        if let Some(entry) = &entry {
+            if entry.name != name {
+                return Err(TrainingError::Invalid(format!(
+                    "the catalog entry is for {:?}, the model is {name:?}",
+                    entry.name
+                )));
+            }
+            entry.validate()?;
         }
-        (None, Some(_)) => {
-            return Err(TrainingError::Invalid(format!(
-                "{} has no catalog.toml to add prices to",
-                bundle_dir.display()
-            )))
-        }
-        (_, entry) => entry.clone(),
-    };
-    if let Some(entry) = &entry {
-        if entry.name != name {
-            return Err(TrainingError::Invalid(format!(
-                "the catalog entry is for {:?}, the model is {name:?}",
-                entry.name
-            )));
-        }
-        entry.validate()?;
+        Ok(Self { path, text, entry })
     }
 
-    // Frozen features: the activations that feed the output layer.
-    let prompts: Vec<&str> = samples.iter().map(|s| s.prompt.as_str()).collect();
-    let fingerprint = embed::encoder_fingerprint(&config, router.encoder());
-    let embeddings =
-        embed::embed_cached(router.encoder(), fingerprint, &prompts, &options.cache_dir)?;
+    /// Writes the old catalog with the new entry appended to `out_dir`, checking that it parses.
+    fn write(self, out_dir: &Path, version: &str, samples: usize) -> Result<()> {
+        let (Some(text), Some(entry)) = (self.text, self.entry) else {
+            return Ok(());
+        };
+        let body =
+            toml::to_string(&Catalog::new(vec![entry])).map_err(|e| TrainingError::Format {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
+        let text = format!(
+            "{}\n# Added in version {version} by `model-router candidate add` ({samples} samples).\n{body}",
+            text.trim_end(),
+        );
+        let path = out_dir.join(CATALOG);
+        Catalog::from_toml_str(&text).map_err(|e| TrainingError::Format {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(&path, text).map_err(io_error(&path))
+    }
+}
+
+/// The activations that feed the output layer, one row per prompt (embeddings cached).
+fn frozen_features(router: &Router, prompts: &[&str], cache_dir: &Path) -> Result<Vec<Vec<f64>>> {
+    let fingerprint = embed::encoder_fingerprint(router.config(), router.encoder());
+    let embeddings = embed::embed_cached(router.encoder(), fingerprint, prompts, cache_dir)?;
     let flat: Vec<f32> = embeddings.iter().flatten().copied().collect();
     let input = Tensor::from_vec(
         flat,
         (embeddings.len(), router.encoder().dim()),
         router.device(),
     )?;
-    let features = to_rows(&router.head().forward_hidden(&input)?)?;
+    to_rows(&router.head().forward_hidden(&input)?)
+}
 
-    // The output layer as stored.
-    let head_path = bundle_dir.join(files::HEAD);
-    let mut tensors = router_core::candle_core::safetensors::load(&head_path, &Device::Cpu)
-        .map_err(|e| TrainingError::Format {
-            path: head_path.clone(),
-            message: e.to_string(),
-        })?;
-    let last = config.head.hidden.len();
-    let (weight_key, bias_key) = (
-        format!("layers.{last}.weight"),
-        format!("layers.{last}.bias"),
-    );
-    let missing = |key: &str| TrainingError::Format {
-        path: head_path.clone(),
-        message: format!("no tensor {key:?}"),
-    };
-    let weight = tensors
-        .get(&weight_key)
-        .ok_or_else(|| missing(&weight_key))?
-        .clone();
-    let bias = tensors
-        .get(&bias_key)
-        .ok_or_else(|| missing(&bias_key))?
-        .clone();
-    let width = features.first().map_or(0, Vec::len);
-    if weight.dims() != [config.models.len(), width] || bias.dims() != [config.models.len()] {
-        return Err(TrainingError::Format {
-            path: head_path.clone(),
-            message: format!(
-                "the output layer is {:?} + {:?}, expected [{}, {width}] + [{}]",
-                weight.dims(),
-                bias.dims(),
-                config.models.len(),
-                config.models.len()
-            ),
-        });
+/// The head's tensors as stored, with its output layer picked out.
+struct OutputLayer {
+    /// All of the head's tensors.
+    tensors: HashMap<String, Tensor>,
+    weight_key: String,
+    bias_key: String,
+    /// The output layer's weights, one row per model.
+    weight: Tensor,
+    /// The output layer's biases.
+    bias: Tensor,
+}
+
+impl OutputLayer {
+    /// Loads the bundle's head and checks that its output layer maps `width` activations to
+    /// the configured models.
+    fn load(bundle_dir: &Path, config: &RouterConfig, width: usize) -> Result<Self> {
+        let path = bundle_dir.join(files::HEAD);
+        let tensors =
+            router_core::candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| {
+                TrainingError::Format {
+                    path: path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        let last = config.head.hidden.len();
+        let (weight_key, bias_key) = (
+            format!("layers.{last}.weight"),
+            format!("layers.{last}.bias"),
+        );
+        let missing = |key: &str| TrainingError::Format {
+            path: path.clone(),
+            message: format!("no tensor {key:?}"),
+        };
+        let weight = tensors
+            .get(&weight_key)
+            .ok_or_else(|| missing(&weight_key))?
+            .clone();
+        let bias = tensors
+            .get(&bias_key)
+            .ok_or_else(|| missing(&bias_key))?
+            .clone();
+        let models = config.models.len();
+        if weight.dims() != [models, width] || bias.dims() != [models] {
+            return Err(TrainingError::Format {
+                path: path.clone(),
+                message: format!(
+                    "the output layer is {:?} + {:?}, expected [{models}, {width}] + [{models}]",
+                    weight.dims(),
+                    bias.dims(),
+                ),
+            });
+        }
+        Ok(Self {
+            tensors,
+            weight_key,
+            bias_key,
+            weight,
+            bias,
+        })
     }
-    let rows = to_rows(&weight)?;
-    let biases: Vec<f64> = bias.to_dtype(DType::F64)?.to_vec1()?;
-    let count = rows.len() as f64;
-    let prior_weights: Vec<f64> = (0..width)
-        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / count)
-        .collect();
-    let prior_bias = biases.iter().sum::<f64>() / count;
-    let scores: Vec<f64> = samples.iter().map(|s| s.score).collect();
-    let fit = fit_row(&features, &scores, &prior_weights, prior_bias, &options.fit)?;
 
-    // The new output layer: the old rows as they are, the new one appended.
-    let new_row: Vec<f32> = fit.weights.iter().map(|w| *w as f32).collect();
-    let new_row = Tensor::from_vec(new_row, (1, width), &Device::Cpu)?.to_dtype(weight.dtype())?;
-    let new_bias =
-        Tensor::from_vec(vec![fit.bias as f32], 1, &Device::Cpu)?.to_dtype(bias.dtype())?;
-    tensors.insert(weight_key, Tensor::cat(&[&weight, &new_row], 0)?);
-    tensors.insert(bias_key, Tensor::cat(&[&bias, &new_bias], 0)?);
-
-    let previous_version = config.version.clone();
-    let version = options
-        .version
-        .clone()
-        .unwrap_or_else(|| next_version(&previous_version, &today_utc()));
-    if version == previous_version {
-        return Err(TrainingError::Invalid(format!(
-            "the new version must differ from the bundle's ({version})"
-        )));
+    /// The prior for a new row: the mean of the existing rows and of their biases.
+    fn prior(&self, width: usize) -> Result<(Vec<f64>, f64)> {
+        let rows = to_rows(&self.weight)?;
+        let biases: Vec<f64> = self.bias.to_dtype(DType::F64)?.to_vec1()?;
+        let count = rows.len() as f64;
+        let prior_weights: Vec<f64> = (0..width)
+            .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / count)
+            .collect();
+        let prior_bias = biases.iter().sum::<f64>() / count;
+        Ok((prior_weights, prior_bias))
     }
+
+    /// The new output layer: the old rows as they are, the fitted one appended.
+    fn append_row(&mut self, fit: &RowFit, width: usize) -> Result<()> {
+        let new_row: Vec<f32> = fit.weights.iter().map(|w| *w as f32).collect();
+        let new_row =
+            Tensor::from_vec(new_row, (1, width), &Device::Cpu)?.to_dtype(self.weight.dtype())?;
+        let new_bias = Tensor::from_vec(vec![fit.bias as f32], 1, &Device::Cpu)?
+            .to_dtype(self.bias.dtype())?;
+        self.tensors.insert(
+            self.weight_key.clone(),
+            Tensor::cat(&[&self.weight, &new_row], 0)?,
+        );
+        self.tensors.insert(
+            self.bias_key.clone(),
+            Tensor::cat(&[&self.bias, &new_bias], 0)?,
+        );
+        Ok(())
+    }
+
+    /// Writes all tensors as the head of the bundle in `out_dir`.
+    fn save(&self, out_dir: &Path) -> Result<()> {
+        let new_head = out_dir.join(files::HEAD);
+        router_core::candle_core::safetensors::save(&self.tensors, &new_head).map_err(|e| {
+            TrainingError::Format {
+                path: new_head.clone(),
+                message: e.to_string(),
+            }
+        })
+    }
+}
+
+/// The new bundle's configuration: `options.name` appended to the models, the new version, the
+/// encoder still found, and the addition recorded in the training details.
+fn added_config(
+    config: &RouterConfig,
+    bundle_dir: &Path,
+    version: &str,
+    fit: &RowFit,
+    options: &AddOptions,
+) -> RouterConfig {
+    let name = options.name.as_str();
     let mut new_config = config.clone();
     new_config.models.push(name.to_string());
-    new_config.version = version.clone();
+    new_config.version = version.to_string();
     // A BERT encoder given by a path relative to the bundle must still be found from the new one.
     if let EncoderConfig::Bert {
         path: Some(path), ..
@@ -783,7 +1010,7 @@ pub fn add_candidate(
     let addition = serde_json::json!({
         "model": name,
         "version": version,
-        "previous_version": previous_version,
+        "previous_version": config.version,
         "samples": options.samples_source,
         "method": "one output row fitted on frozen penultimate activations: L2-regularised logistic regression towards the mean of the existing rows, bias shifted to the samples' mean score",
         "fit": fit,
@@ -801,8 +1028,11 @@ pub fn add_candidate(
             }
         }
     }
+    new_config
+}
 
-    // Write the new bundle: the files we do not change are copied byte for byte.
+/// Copies the bundle's files that the addition leaves unchanged, byte for byte, to `out_dir`.
+fn copy_unchanged_files(bundle_dir: &Path, out_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
     let rewritten = [files::MANIFEST, files::HEAD, files::MODEL_CARD, CATALOG];
     for entry in std::fs::read_dir(bundle_dir).map_err(io_error(bundle_dir))? {
@@ -813,43 +1043,11 @@ pub fn add_candidate(
         }
         std::fs::copy(entry.path(), out_dir.join(&file_name)).map_err(io_error(&entry.path()))?;
     }
-    new_config.save(out_dir)?;
-    let new_head = out_dir.join(files::HEAD);
-    router_core::candle_core::safetensors::save(&tensors, &new_head).map_err(|e| {
-        TrainingError::Format {
-            path: new_head.clone(),
-            message: e.to_string(),
-        }
-    })?;
-    if let (Some(text), Some(entry)) = (catalog_text, entry) {
-        let body =
-            toml::to_string(&Catalog::new(vec![entry])).map_err(|e| TrainingError::Format {
-                path: catalog_path.clone(),
-                message: e.to_string(),
-            })?;
-        let text = format!(
-            "{}\n# Added in version {version} by `model-router candidate add` ({} samples).\n{body}",
-            text.trim_end(),
-            fit.samples
-        );
-        let path = out_dir.join(CATALOG);
-        Catalog::from_toml_str(&text).map_err(|e| TrainingError::Format {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        std::fs::write(&path, text).map_err(io_error(&path))?;
-    }
-    let card_path = bundle_dir.join(files::MODEL_CARD);
-    let card = std::fs::read_to_string(&card_path).unwrap_or_default();
-    let new_card = out_dir.join(files::MODEL_CARD);
-    std::fs::write(
-        &new_card,
-        model_card(&card, &config, &new_config, &fit, options),
-    )
-    .map_err(io_error(&new_card))?;
+    Ok(())
+}
 
-    // The new bundle must score the old columns as the old one did.
-    let new_router = Router::load(out_dir)?;
+/// The new bundle must score the old columns as the old one did.
+fn check_old_columns(router: &Router, new_router: &Router, prompts: &[&str]) -> Result<()> {
     let check: Vec<&str> = prompts.iter().take(16).copied().collect();
     let (before, after) = (router.score_batch(&check)?, new_router.score_batch(&check)?);
     for (b, a) in before.iter().zip(&after) {
@@ -859,18 +1057,13 @@ pub fn add_candidate(
             ));
         }
     }
-    Ok(AddOutcome {
-        router: new_router,
-        fit,
-        previous_version,
-        version,
-    })
+    Ok(())
 }
 
 fn model_card(
     card: &str,
-    old: &router_core::RouterConfig,
-    new: &router_core::RouterConfig,
+    old: &RouterConfig,
+    new: &RouterConfig,
     fit: &RowFit,
     options: &AddOptions,
 ) -> String {
