@@ -488,7 +488,7 @@ fn cross_validate(
     let chosen = one_standard_error_choice(&held_out.losses, &mean_loss);
     Some(CrossValidation {
         relative_lambda: grid[chosen],
-        fitted: mean_loss[chosen] / n as f64,
+        fitted: mean_loss[chosen],
         prior: held_out.prior_loss / n as f64,
         constant: held_out.constant_loss / n as f64,
     })
@@ -1188,5 +1188,18 @@ mod tests {
         assert!(fit_row(&[], &[], &[0.0], 0.0, &FitOptions::default()).is_err());
         let nan = vec![vec![f64::NAN, 0.0]; 30];
         assert!(fit_row(&nan, &scores, &[0.0, 0.0], 0.0, &FitOptions::default()).is_err());
+    }
+
+    #[test]
+    fn the_held_out_losses_are_means_per_sample_on_one_scale() {
+        // Features without signal and scores of a fair coin: every predictor's held-out loss is
+        // about ln 2 per sample, the fitted row's included (it was once divided by n twice).
+        let features: Vec<Vec<f64>> = (0..40).map(|i| vec![((i * 7) % 5) as f64 / 5.0]).collect();
+        let scores: Vec<f64> = (0..40).map(|i| (i % 2) as f64).collect();
+        let fit = fit_row(&features, &scores, &[0.0], 0.0, &FitOptions::default()).unwrap();
+        let (fitted, constant) = (fit.cv_log_loss.unwrap(), fit.cv_log_loss_constant.unwrap());
+        for loss in [fitted, constant, fit.cv_log_loss_prior.unwrap()] {
+            assert!((loss - std::f64::consts::LN_2).abs() < 0.2, "{fit:?}");
+        }
     }
 }
