@@ -56,10 +56,22 @@ pub fn run(
     prompts: &[String],
     load: &ServerLoad,
 ) -> Result<Value> {
-    if !(load.rate > 0.0 && load.rate.is_finite() && load.seconds > 0.0 && load.seconds.is_finite())
-    {
+    if !(positive(load.rate) && positive(load.seconds)) {
         return Err(anyhow!("--rate and --seconds must be positive"));
     }
+    on_runtime(prompts, measure(bundle_dir, catalog, prompts, load))
+}
+
+/// A finite number above zero (what a rate, a duration or a bound must be).
+fn positive(value: f64) -> bool {
+    value > 0.0 && value.is_finite()
+}
+
+/// Runs a measurement over `prompts` on a multi-threaded runtime of its own.
+fn on_runtime(
+    prompts: &[String],
+    measurement: impl std::future::Future<Output = Result<Value>>,
+) -> Result<Value> {
     if prompts.is_empty() {
         return Err(anyhow!("the workload has no prompts"));
     }
@@ -67,7 +79,7 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(measure(bundle_dir, catalog, prompts, load))
+    runtime.block_on(measurement)
 }
 
 async fn measure(
@@ -364,21 +376,10 @@ pub fn find_max(
     prompts: &[String],
     find: &FindMax,
 ) -> Result<Value> {
-    if !(find.p99_ms > 0.0
-        && find.p99_ms.is_finite()
-        && find.seconds > 0.0
-        && find.seconds.is_finite())
-    {
+    if !(positive(find.p99_ms) && positive(find.seconds)) {
         return Err(anyhow!("--p99-ms and --seconds must be positive"));
     }
-    if prompts.is_empty() {
-        return Err(anyhow!("the workload has no prompts"));
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(search(bundle_dir, catalog, prompts, find))
+    on_runtime(prompts, search(bundle_dir, catalog, prompts, find))
 }
 
 async fn search(
