@@ -15,9 +15,9 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use common::{
-    assert_has_metric, bundle, collect_stream, header, json_of, send, text_of, Backend, Server,
+    assert_has_metric, bundle, collect_stream, gpt4_and_gpt35, header, json_of, send, text_of,
+    Backend, Server,
 };
-use router_policy::ModelSpec;
 use router_server::{DeploymentSection, ServerConfig, StoreSection};
 use router_store::{ExportFilter, Store, StoreOptions};
 use serde_json::{json, Value};
@@ -126,28 +126,19 @@ impl Env {
         let dir = TempDir::new().unwrap();
         let db = dir.path().join("completions.db");
         let url = format!("http://{addr}/v1");
-        let mut config = ServerConfig::builder(bundle())
-            .named("store-test.toml")
-            .base_dir(dir.path())
-            .env(|v| (v == "PROXY_KEYS").then(|| format!("{KEY_A},{KEY_B}")))
-            .listen("127.0.0.1:0".parse().unwrap())
-            .api_keys_env("PROXY_KEYS")
-            .dispatch(|d| {
-                d.timeout_ms = Some(5000);
-                d.max_retries = Some(0);
-            })
-            .model(
-                ModelSpec::new(GPT4, 10.0, 30.0, 128_000)
-                    .expected_output_tokens(64)
-                    .deployments(["d4"]),
-            )
-            .model(
-                ModelSpec::new(GPT35, 1.0, 2.0, 16_385)
-                    .expected_output_tokens(64)
-                    .deployments(["d35"]),
-            )
-            .deployment(DeploymentSection::openai("d4", &url, "up-4"))
-            .deployment(DeploymentSection::openai("d35", &url, "up-35"));
+        let mut config = gpt4_and_gpt35(
+            ServerConfig::builder(bundle())
+                .named("store-test.toml")
+                .base_dir(dir.path())
+                .env(|v| (v == "PROXY_KEYS").then(|| format!("{KEY_A},{KEY_B}")))
+                .listen("127.0.0.1:0".parse().unwrap())
+                .api_keys_env("PROXY_KEYS"),
+            GPT4,
+            GPT35,
+            "d4",
+        )
+        .deployment(DeploymentSection::openai("d4", &url, "up-4"))
+        .deployment(DeploymentSection::openai("d35", &url, "up-35"));
         // Relative store paths resolve against the config's directory.
         if let Some(store) = store {
             config = config.store(StoreSection {

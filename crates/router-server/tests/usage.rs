@@ -17,8 +17,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use common::{bundle, collect_stream, send, Backend, Server};
-use router_policy::ModelSpec;
+use common::{bundle, collect_stream, gpt4_and_gpt35, send, Backend, Server};
 use router_server::{
     DeploymentSection, ServerConfig, ServerConfigBuilder, StoreSection, UsageSection,
 };
@@ -89,27 +88,18 @@ async fn backend(State(hits): State<Arc<AtomicUsize>>, body: Bytes) -> Response 
 /// A config in front of the mock at `url`: gpt-4 on the provisioned `ptu` (always 429) that
 /// spills to `paygo`; gpt-3.5 on `d35`.
 fn config(dir: &Path, url: &str) -> ServerConfigBuilder {
-    ServerConfig::builder(bundle())
-        .named("usage-test.toml")
-        .base_dir(dir)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .dispatch(|d| {
-            d.timeout_ms = Some(5000);
-            d.max_retries = Some(0);
-        })
-        .model(
-            ModelSpec::new(GPT4, 10.0, 30.0, 128_000)
-                .expected_output_tokens(64)
-                .deployments(["ptu"]),
-        )
-        .model(
-            ModelSpec::new(GPT35, 1.0, 2.0, 16_385)
-                .expected_output_tokens(64)
-                .deployments(["d35"]),
-        )
-        .deployment(DeploymentSection::openai("ptu", url, "up-ptu").provisioned("paygo"))
-        .deployment(DeploymentSection::openai("paygo", url, "up-4"))
-        .deployment(DeploymentSection::openai("d35", url, "up-35"))
+    gpt4_and_gpt35(
+        ServerConfig::builder(bundle())
+            .named("usage-test.toml")
+            .base_dir(dir)
+            .listen("127.0.0.1:0".parse().unwrap()),
+        GPT4,
+        GPT35,
+        "ptu",
+    )
+    .deployment(DeploymentSection::openai("ptu", url, "up-ptu").provisioned("paygo"))
+    .deployment(DeploymentSection::openai("paygo", url, "up-4"))
+    .deployment(DeploymentSection::openai("d35", url, "up-35"))
 }
 
 async fn mock() -> (Backend, String) {

@@ -11,8 +11,35 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use router_policy::ModelSpec;
 use router_server::{RunningServer, ServerConfigBuilder};
 use serde_json::Value;
+
+/// The store and usage tests' two catalog models: gpt-4 on `gpt4_deployment`, gpt-3.5 on
+/// `d35`, each expecting 64 output tokens, with a 5 s timeout and no retries (the deployments
+/// themselves are the caller's).
+pub fn gpt4_and_gpt35(
+    builder: ServerConfigBuilder,
+    gpt4: &str,
+    gpt35: &str,
+    gpt4_deployment: &str,
+) -> ServerConfigBuilder {
+    builder
+        .dispatch(|d| {
+            d.timeout_ms = Some(5000);
+            d.max_retries = Some(0);
+        })
+        .model(
+            ModelSpec::new(gpt4, 10.0, 30.0, 128_000)
+                .expected_output_tokens(64)
+                .deployments([gpt4_deployment]),
+        )
+        .model(
+            ModelSpec::new(gpt35, 1.0, 2.0, 16_385)
+                .expected_output_tokens(64)
+                .deployments(["d35"]),
+        )
+}
 
 /// The router bundle shipped with the repository.
 pub fn bundle() -> PathBuf {
