@@ -147,6 +147,15 @@ impl RouteRequest {
     }
 }
 
+/// Every column of one request after the filters, keyed by model name.
+#[derive(Default)]
+struct SortedModels {
+    predictions: BTreeMap<String, Option<f32>>,
+    predicted_output_tokens: BTreeMap<String, u64>,
+    eligible: BTreeMap<String, EligibleModel>,
+    excluded: BTreeMap<String, Exclusion>,
+}
+
 /// A validated catalog, the bundle's columns and a deployment's defaults: decides requests.
 ///
 /// Immutable and `Sync`: share one per deployment across threads.
@@ -244,47 +253,14 @@ impl Policy {
         output_tokens: Option<&[f32]>,
         request: &RouteRequest,
     ) -> Result<Decision, PolicyError> {
-        if predictions.len() != self.columns.len() {
-            return Err(PolicyError::PredictionLength {
-                expected: self.columns.len(),
-                got: predictions.len(),
-            });
-        }
-        if let Some(lengths) = output_tokens.filter(|l| l.len() != self.columns.len()) {
-            return Err(PolicyError::OutputTokensLength {
-                expected: self.columns.len(),
-                got: lengths.len(),
-            });
-        }
-        let (mode, band, custom_band) = self.resolve_band(request)?;
-        if let Some(subset) = &request.subset {
-            check_subset(&self.columns, subset, REQUEST_SUBSET)?;
-        }
-        for name in &request.exclude {
-            check_known(&self.columns, name, "the request's exclude list")?;
-        }
+        let (mode, band, custom_band) = self.check_request(predictions, output_tokens, request)?;
         let input_tokens = u64::try_from(request.prompt_tokens).unwrap_or(u64::MAX);
-
-        let mut predicted = BTreeMap::new();
-        let mut predicted_output_tokens = BTreeMap::new();
-        let mut eligible = BTreeMap::new();
-        let mut excluded = BTreeMap::new();
-        for (i, name) in self.columns.iter().enumerate() {
-            let q = predictions[i];
-            predicted.insert(name.clone(), q.is_finite().then_some(q));
-            let length = output_tokens.map(|lengths| lengths[i]);
-            if let Some(tokens) = length.filter(|t| t.is_finite()) {
-                predicted_output_tokens.insert(name.clone(), tokens.round().max(0.0) as u64);
-            }
-            match self.filter(i, q, length, input_tokens, request) {
-                Ok(e) => {
-                    eligible.insert(name.clone(), e);
-                }
-                Err(why) => {
-                    excluded.insert(name.clone(), why);
-                }
-            }
-        }
+        let SortedModels {
+            predictions,
+            predicted_output_tokens,
+            mut eligible,
+            excluded,
+        } = self.sort_models(predictions, output_tokens, input_tokens, request);
 
         // q* over the eligible models only: an excluded model's quality must not raise the bar.
         let candidates: Vec<BandCandidate<'_>> = eligible
@@ -320,12 +296,74 @@ impl Policy {
             q_star,
             threshold,
             input_tokens,
-            predictions: predicted,
+            predictions,
             predicted_output_tokens,
             eligible,
             excluded,
             task_gate: None,
         })
+    }
+
+    /// Checks the request against the bundle (prediction and length counts, subset and exclude
+    /// names) and resolves its band: (mode, band, whether the band is custom).
+    fn check_request(
+        &self,
+        predictions: &[f32],
+        output_tokens: Option<&[f32]>,
+        request: &RouteRequest,
+    ) -> Result<(Mode, f64, bool), PolicyError> {
+        if predictions.len() != self.columns.len() {
+            return Err(PolicyError::PredictionLength {
+                expected: self.columns.len(),
+                got: predictions.len(),
+            });
+        }
+        if let Some(lengths) = output_tokens.filter(|l| l.len() != self.columns.len()) {
+            return Err(PolicyError::OutputTokensLength {
+                expected: self.columns.len(),
+                got: lengths.len(),
+            });
+        }
+        let resolved = self.resolve_band(request)?;
+        if let Some(subset) = &request.subset {
+            check_subset(&self.columns, subset, REQUEST_SUBSET)?;
+        }
+        for name in &request.exclude {
+            check_known(&self.columns, name, "the request's exclude list")?;
+        }
+        Ok(resolved)
+    }
+
+    /// Runs every column through the filters: what the decision reports of each model.
+    fn sort_models(
+        &self,
+        predictions: &[f32],
+        output_tokens: Option<&[f32]>,
+        input_tokens: u64,
+        request: &RouteRequest,
+    ) -> SortedModels {
+        let mut sorted = SortedModels::default();
+        for (i, name) in self.columns.iter().enumerate() {
+            let q = predictions[i];
+            sorted
+                .predictions
+                .insert(name.clone(), q.is_finite().then_some(q));
+            let length = output_tokens.map(|lengths| lengths[i]);
+            if let Some(tokens) = length.filter(|t| t.is_finite()) {
+                sorted
+                    .predicted_output_tokens
+                    .insert(name.clone(), tokens.round().max(0.0) as u64);
+            }
+            match self.filter(i, q, length, input_tokens, request) {
+                Ok(e) => {
+                    sorted.eligible.insert(name.clone(), e);
+                }
+                Err(why) => {
+                    sorted.excluded.insert(name.clone(), why);
+                }
+            }
+        }
+        sorted
     }
 
     /// The band in effect, by precedence: the request's band, the request's mode, the deployment's
