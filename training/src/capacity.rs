@@ -45,10 +45,10 @@
 use std::path::Path;
 
 use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 
 use crate::error::{Result, TrainingError};
+use crate::plot::{labelled_point, Canvas, LabelSide, Stroke};
 
 /// Minutes in a month: 730 hours, the month Azure bills provisioned throughput by.
 pub const MONTH_MINUTES: f64 = 43_800.0;
@@ -401,28 +401,19 @@ pub fn size(
 /// all-pay-as-you-go cost as a dashed line, the sizes covering p50 … max as labelled points
 /// and the recommended size marked.
 pub fn plot_svg(title: &str, sizing: &Sizing, path: &Path) -> Result<()> {
-    let plot_error = |error: &dyn std::fmt::Display| TrainingError::Plot {
-        path: path.to_owned(),
-        message: error.to_string(),
-    };
     let max_units = sizing.curve.last().map_or(1, |c| c.units).max(1) as f64;
     let max_cost = sizing
         .curve
         .iter()
         .map(|c| c.monthly_usd)
         .fold(sizing.all_paygo_usd, f64::max);
-    let root = SVGBackend::new(path, (1000, 700)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| plot_error(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            -0.02 * max_units..max_units * 1.05,
-            0.0..max_cost * 1.1 + 1e-9,
-        )
-        .map_err(|e| plot_error(&e))?;
+    let canvas = Canvas::new(path)?;
+    let mut chart = canvas.chart(
+        title,
+        70,
+        -0.02 * max_units..max_units * 1.05,
+        0.0..max_cost * 1.1 + 1e-9,
+    )?;
     chart
         .configure_mesh()
         .x_desc("provisioned units")
@@ -432,49 +423,34 @@ pub fn plot_svg(title: &str, sizing: &Sizing, path: &Path) -> Result<()> {
         .y_desc("USD per month (provisioned + spilled pay-as-you-go)")
         .light_line_style(RGBColor(238, 238, 238))
         .draw()
-        .map_err(|e| plot_error(&e))?;
-    let curve_colour = BLUE;
-    chart
-        .draw_series(LineSeries::new(
-            sizing.curve.iter().map(|c| (c.units as f64, c.monthly_usd)),
-            curve_colour.stroke_width(2),
-        ))
-        .map_err(|e| plot_error(&e))?
-        .label("monthly cost by provisioned size")
-        .legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 20, y)], curve_colour.stroke_width(2))
-        });
-    let paygo_colour = RGBColor(230, 120, 0);
-    chart
-        .draw_series(DashedLineSeries::new(
-            [
-                (0.0, sizing.all_paygo_usd),
-                (max_units, sizing.all_paygo_usd),
-            ],
-            6,
-            4,
-            paygo_colour.stroke_width(2),
-        ))
-        .map_err(|e| plot_error(&e))?
-        .label(format!("all pay-as-you-go (${:.0})", sizing.all_paygo_usd))
-        .legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 20, y)], paygo_colour.stroke_width(2))
-        });
-    let right_half = max_units / 2.0;
-    let marker = |c: &SizeCost, label: String, colour: RGBColor, size: i32| {
-        let at = (c.units as f64, c.monthly_usd);
-        let (horizontal, dx) = if at.0 > right_half {
-            (HPos::Right, -8)
-        } else {
-            (HPos::Left, 8)
+        .map_err(|e| canvas.error(e))?;
+    canvas.line(
+        &mut chart,
+        sizing
+            .curve
+            .iter()
+            .map(|c| (c.units as f64, c.monthly_usd))
+            .collect(),
+        BLUE,
+        Stroke::Solid,
+        "monthly cost by provisioned size".into(),
+    )?;
+    canvas.line(
+        &mut chart,
+        vec![
+            (0.0, sizing.all_paygo_usd),
+            (max_units, sizing.all_paygo_usd),
+        ],
+        RGBColor(230, 120, 0),
+        Stroke::Dashed,
+        format!("all pay-as-you-go (${:.0})", sizing.all_paygo_usd),
+    )?;
+    let marker = |c: &SizeCost, label: String, colour: RGBColor, radius: i32| {
+        let side = LabelSide {
+            left: c.units as f64 > max_units / 2.0,
+            above: true,
         };
-        let style = ("sans-serif", 13)
-            .into_font()
-            .color(&colour)
-            .pos(Pos::new(horizontal, VPos::Bottom));
-        EmptyElement::at(at)
-            + Circle::new((0, 0), size, colour.filled())
-            + Text::new(label, (dx, -4), style)
+        labelled_point((c.units as f64, c.monthly_usd), label, colour, radius, side)
     };
     let labelled = sizing
         .sizes
@@ -484,7 +460,7 @@ pub fn plot_svg(title: &str, sizing: &Sizing, path: &Path) -> Result<()> {
             let covers = c.covers.map_or("none".to_string(), |p| p.to_string());
             marker(c, format!("{} units ({covers})", c.units), BLACK, 3)
         });
-    chart.draw_series(labelled).map_err(|e| plot_error(&e))?;
+    chart.draw_series(labelled).map_err(|e| canvas.error(e))?;
     let best = sizing.recommended;
     let label = format!(
         "recommended: {} units, ${:.0}/month",
@@ -492,15 +468,8 @@ pub fn plot_svg(title: &str, sizing: &Sizing, path: &Path) -> Result<()> {
     );
     chart
         .draw_series(std::iter::once(marker(&best, label, RED, 6)))
-        .map_err(|e| plot_error(&e))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| plot_error(&e))?;
-    root.present().map_err(|e| plot_error(&e))
+        .map_err(|e| canvas.error(e))?;
+    canvas.finish(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 #[cfg(test)]

@@ -26,16 +26,17 @@
 //! mean scores; `cost_at_parity` is null when the router never reaches the best single model.
 
 use std::fmt;
+use std::ops::Range;
 use std::path::Path;
 
 use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 use router_policy::Mode;
 use serde::{Deserialize, Serialize};
 
 use crate::baselines::{self, RandomBaseline};
 use crate::error::{Result, TrainingError};
 use crate::metrics::{self, Matrix, PgrCurve, Point};
+use crate::plot::{labelled_point, Canvas, LabelSide, Stroke};
 
 /// What [`evaluate`] needs.
 #[derive(Debug, Clone, Copy)]
@@ -452,10 +453,6 @@ impl EvalReport {
 /// the random baseline as labelled points. The cost axis is logarithmic when costs are all
 /// positive and span more than a factor of 10.
 pub fn plot_svg(evaluation: &Evaluation, path: &Path) -> Result<()> {
-    let plot_error = |error: &dyn fmt::Display| TrainingError::Plot {
-        path: path.to_owned(),
-        message: error.to_string(),
-    };
     let (report, curves) = (&evaluation.report, &evaluation.curves);
     let mut labelled: Vec<(String, Point)> = report
         .models
@@ -465,51 +462,24 @@ pub fn plot_svg(evaluation: &Evaluation, path: &Path) -> Result<()> {
         .collect();
     labelled.push(("oracle".into(), curves.oracle));
     labelled.push(("random".into(), curves.random));
-    let all = || {
+    let axes = PlaneAxes::fit(
         labelled
             .iter()
             .map(|(_, p)| *p)
             .chain(curves.router.iter().copied())
-            .chain(curves.knn.iter().copied())
-    };
-    let (min_cost, max_cost) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
-        (lo.min(p.cost), hi.max(p.cost))
-    });
-    let (min_quality, max_quality) = all()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
-            (lo.min(p.quality), hi.max(p.quality))
-        });
-    let log_scale = min_cost > 0.0 && max_cost / min_cost > 10.0;
-    let x = |cost: f64| if log_scale { cost.log10() } else { cost };
-    let x_margin = ((x(max_cost) - x(min_cost)) * 0.08).max(1e-9);
-    let x_range = x(min_cost) - x_margin..x(max_cost) + x_margin;
-    let y_range = (min_quality - 0.05).max(0.0)..(max_quality + 0.05).min(1.05);
-    let cost_label = |value: &f64| {
-        format!(
-            "{:.1e}",
-            if log_scale {
-                10f64.powf(*value)
-            } else {
-                *value
-            }
-        )
-    };
-
-    let root = SVGBackend::new(path, (1000, 700)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| plot_error(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("cost vs quality ({} prompts)", report.n),
-            ("sans-serif", 22),
-        )
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(60)
-        .build_cartesian_2d(x_range.clone(), y_range)
-        .map_err(|e| plot_error(&e))?;
+            .chain(curves.knn.iter().copied()),
+    );
+    let canvas = Canvas::new(path)?;
+    let mut chart = canvas.chart(
+        &format!("cost vs quality ({} prompts)", report.n),
+        60,
+        axes.x_range.clone(),
+        axes.y_range.clone(),
+    )?;
+    let cost_label = |value: &f64| format!("{:.1e}", axes.cost_of(*value));
     chart
         .configure_mesh()
-        .x_desc(if log_scale {
+        .x_desc(if axes.log_scale {
             "cost, USD per prompt (log scale)"
         } else {
             "cost, USD per prompt"
@@ -518,92 +488,109 @@ pub fn plot_svg(evaluation: &Evaluation, path: &Path) -> Result<()> {
         .x_label_formatter(&cost_label)
         .light_line_style(RGBColor(238, 238, 238))
         .draw()
-        .map_err(|e| plot_error(&e))?;
-
-    let router_colour = BLUE;
-    let knn_colour = RGBColor(230, 120, 0);
-    chart
-        .draw_series(LineSeries::new(
-            curves.router.iter().map(|p| (x(p.cost), p.quality)),
-            router_colour.stroke_width(2),
-        ))
-        .map_err(|e| plot_error(&e))?
-        .label(format!("router, band 0 to 1 (AIQ {:.3})", report.aiq))
-        .legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 20, y)], router_colour.stroke_width(2))
-        });
-    chart
-        .draw_series(DashedLineSeries::new(
-            curves.knn.iter().map(|p| (x(p.cost), p.quality)),
-            6,
-            4,
-            knn_colour.stroke_width(2),
-        ))
-        .map_err(|e| plot_error(&e))?
-        .label(format!(
+        .map_err(|e| canvas.error(e))?;
+    let on_plane = |points: &[Point]| points.iter().map(|p| axes.at(*p)).collect();
+    canvas.line(
+        &mut chart,
+        on_plane(&curves.router),
+        BLUE,
+        Stroke::Solid,
+        format!("router, band 0 to 1 (AIQ {:.3})", report.aiq),
+    )?;
+    canvas.line(
+        &mut chart,
+        on_plane(&curves.knn),
+        RGBColor(230, 120, 0),
+        Stroke::Dashed,
+        format!(
             "kNN baseline, band 0 to 1 (AIQ {:.3})",
             report.baselines.knn.aiq
-        ))
-        .legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 20, y)], knn_colour.stroke_width(2))
-        });
+        ),
+    )?;
+    let marker = |(label, point): (String, Point), colour: RGBColor, above: bool| {
+        let at = axes.at(point);
+        let left = at.0 > axes.right_third();
+        labelled_point(at, label, colour, 4, LabelSide { left, above })
+    };
+    let modes = mode_labels(&report.modes);
+    chart
+        .draw_series(modes.into_iter().map(|l| marker(l, BLUE, false)))
+        .map_err(|e| canvas.error(e))?;
+    chart
+        .draw_series(labelled.into_iter().map(|l| marker(l, BLACK, true)))
+        .map_err(|e| canvas.error(e))?;
+    canvas.finish(&mut chart, SeriesLabelPosition::LowerRight)
+}
 
-    // Modes that land on the same point share one label, so labels do not overprint.
-    let mut mode_labels: Vec<(String, Point)> = Vec::new();
-    for (mode, point) in [
-        ("quality", report.modes.quality),
-        ("balanced", report.modes.balanced),
-        ("cost", report.modes.cost),
-    ] {
-        match mode_labels.iter_mut().find(|(_, shared)| *shared == point) {
-            Some((label, _)) => label.push_str(&format!(" / {mode}")),
-            None => mode_labels.push((format!("router: {mode}"), point)),
+/// The cost–quality plane's axes: cost on a log scale when costs are all positive and span more
+/// than a factor of 10, with margins around every point.
+struct PlaneAxes {
+    log_scale: bool,
+    x_range: Range<f64>,
+    y_range: Range<f64>,
+}
+
+impl PlaneAxes {
+    fn fit(points: impl Iterator<Item = Point> + Clone) -> Self {
+        let bounds = |value: fn(&Point) -> f64| {
+            points
+                .clone()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                    (lo.min(value(&p)), hi.max(value(&p)))
+                })
+        };
+        let (min_cost, max_cost) = bounds(|p| p.cost);
+        let (min_quality, max_quality) = bounds(|p| p.quality);
+        let log_scale = min_cost > 0.0 && max_cost / min_cost > 10.0;
+        let x = |cost: f64| if log_scale { cost.log10() } else { cost };
+        let x_margin = ((x(max_cost) - x(min_cost)) * 0.08).max(1e-9);
+        PlaneAxes {
+            log_scale,
+            x_range: x(min_cost) - x_margin..x(max_cost) + x_margin,
+            y_range: (min_quality - 0.05).max(0.0)..(max_quality + 0.05).min(1.05),
         }
     }
-    // Labels of points in the right third go left of the point, so they stay inside the plot.
-    let right_third = x_range.end - (x_range.end - x_range.start) / 3.0;
-    let marker = |(label, point): (String, Point), colour: RGBColor, above: bool| {
-        let at = (x(point.cost), point.quality);
-        let (horizontal, dx) = if at.0 > right_third {
-            (HPos::Right, -6)
+
+    /// Where `point` lies on the plane.
+    fn at(&self, point: Point) -> (f64, f64) {
+        let x = if self.log_scale {
+            point.cost.log10()
         } else {
-            (HPos::Left, 6)
+            point.cost
         };
-        let (vertical, dy) = if above {
-            (VPos::Bottom, -4)
+        (x, point.quality)
+    }
+
+    /// The cost at `x` on the axis.
+    fn cost_of(&self, x: f64) -> f64 {
+        if self.log_scale {
+            10f64.powf(x)
         } else {
-            (VPos::Top, 4)
-        };
-        let style = ("sans-serif", 13)
-            .into_font()
-            .color(&colour)
-            .pos(Pos::new(horizontal, vertical));
-        EmptyElement::at(at)
-            + Circle::new((0, 0), 4, colour.filled())
-            + Text::new(label, (dx, dy), style)
-    };
-    chart
-        .draw_series(
-            mode_labels
-                .into_iter()
-                .map(|labelled| marker(labelled, router_colour, false)),
-        )
-        .map_err(|e| plot_error(&e))?;
-    chart
-        .draw_series(
-            labelled
-                .into_iter()
-                .map(|labelled| marker(labelled, BLACK, true)),
-        )
-        .map_err(|e| plot_error(&e))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| plot_error(&e))?;
-    root.present().map_err(|e| plot_error(&e))
+            x
+        }
+    }
+
+    /// Labels of points right of this go left of the point, so they stay inside the plot.
+    fn right_third(&self) -> f64 {
+        self.x_range.end - (self.x_range.end - self.x_range.start) / 3.0
+    }
+}
+
+/// The router's three modes as labelled points; modes that land on the same point share one
+/// label, so labels do not overprint.
+fn mode_labels(modes: &Modes) -> Vec<(String, Point)> {
+    let mut labels: Vec<(String, Point)> = Vec::new();
+    for (mode, point) in [
+        ("quality", modes.quality),
+        ("balanced", modes.balanced),
+        ("cost", modes.cost),
+    ] {
+        match labels.iter_mut().find(|(_, shared)| *shared == point) {
+            Some((label, _)) => label.push_str(&format!(" / {mode}")),
+            None => labels.push((format!("router: {mode}"), point)),
+        }
+    }
+    labels
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ pub mod gate;
 pub mod grade;
 pub mod length;
 pub mod metrics;
+mod plot;
 pub mod train;
 
 pub use error::{Result, TrainingError};
