@@ -21,7 +21,7 @@
 //! each side's best rate, and the router's own stage times from its `/metrics`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,8 @@ use anyhow::{anyhow, Context, Result};
 use axum::routing::post;
 use model_router::router_policy::Catalog;
 use router_server::{
-    DeploymentSection, ServerConfig, ServerConfigBuilder, ShadowSection, StoreSection,
+    DeploymentSection, RunningServer, ServerConfig, ServerConfigBuilder, ShadowSection,
+    StoreSection,
 };
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -102,19 +103,15 @@ async fn measure(
     ];
     let shadowing = match load.shadow {
         true => {
-            let store_dir =
-                std::env::temp_dir().join(format!("model-router-bench-{}", std::process::id()));
-            let config = shadowing_config(
-                server_config(bundle_dir, catalog, backend),
-                catalog,
-                &store_dir,
-            )?;
-            let server = router_server::start(config.build()?).await?;
+            let shadowing = ShadowingRouter::start(bundle_dir, catalog, backend).await?;
             targets.push((
-                format!("http://{}/v1/chat/completions", server.local_addr()),
+                format!(
+                    "http://{}/v1/chat/completions",
+                    shadowing.server.local_addr()
+                ),
                 "model-router",
             ));
-            Some((server, store_dir))
+            Some(shadowing)
         }
         false => None,
     };
@@ -125,63 +122,87 @@ async fn measure(
         .into_iter();
     server.shutdown(Duration::from_secs(1)).await;
     let (direct, routed) = (
-        streams.next().unwrap_or_default(),
-        streams.next().unwrap_or_default(),
+        stream_summary(&streams.next().unwrap_or_default()),
+        stream_summary(&streams.next().unwrap_or_default()),
     );
-    let shadowed = match shadowing {
-        Some((server, store_dir)) => {
-            let metrics = reqwest::get(format!("http://{}/metrics", server.local_addr()))
-                .await?
-                .text()
-                .await?;
-            server.shutdown(Duration::from_secs(1)).await;
-            std::fs::remove_dir_all(&store_dir)
-                .with_context(|| format!("removing {}", store_dir.display()))?;
-            Some((streams.next().unwrap_or_default(), metrics))
-        }
-        None => None,
-    };
-
-    let summary = |stream: &Stream| {
-        let samples = Samples::sorted(stream.latencies_us.clone());
-        json!({
-            "requests": stream.latencies_us.len() + stream.errors,
-            "errors": stream.errors,
-            "p50_us": samples.p50(),
-            "p90_us": samples.percentile(0.9),
-            "p99_us": samples.percentile(0.99),
-            "max_us": samples.percentile(1.0),
-            "mean_us": samples.mean(),
-        })
-    };
-    let (direct_summary, routed_summary) = (summary(&direct), summary(&routed));
-    let number = |value: &Value| value.as_f64().unwrap_or(f64::NAN);
     let mut report = json!({
         "rate_per_s": load.rate,
         "seconds": load.seconds,
-        "direct": direct_summary,
-        "routed": routed_summary,
-        "overhead_p50_us": number(&routed_summary["p50_us"]) - number(&direct_summary["p50_us"]),
-        "overhead_p99_us": number(&routed_summary["p99_us"]) - number(&direct_summary["p99_us"]),
+        "overhead_p50_us": number(&routed["p50_us"]) - number(&direct["p50_us"]),
+        "overhead_p99_us": number(&routed["p99_us"]) - number(&direct["p99_us"]),
+        "direct": direct,
+        "routed": routed,
     });
-    if let Some((stream, metrics)) = shadowed {
-        let shadowed_summary = summary(&stream);
+    if let Some(shadowing) = shadowing {
+        let shadowed = stream_summary(&streams.next().unwrap_or_default());
+        shadowing.report(shadowed, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// A JSON number as `f64` (NaN when it is not one).
+fn number(value: &Value) -> f64 {
+    value.as_f64().unwrap_or(f64::NAN)
+}
+
+/// Requests, errors and latency percentiles of one stream.
+fn stream_summary(stream: &Stream) -> Value {
+    let samples = Samples::sorted(stream.latencies_us.clone());
+    json!({
+        "requests": stream.latencies_us.len() + stream.errors,
+        "errors": stream.errors,
+        "p50_us": samples.p50(),
+        "p90_us": samples.percentile(0.9),
+        "p99_us": samples.percentile(0.99),
+        "max_us": samples.percentile(1.0),
+        "mean_us": samples.mean(),
+    })
+}
+
+/// A second router that stores and shadows every request (`bench --server --shadow`).
+struct ShadowingRouter {
+    server: RunningServer,
+    store_dir: PathBuf,
+}
+
+impl ShadowingRouter {
+    async fn start(bundle_dir: &Path, catalog: &Catalog, backend: SocketAddr) -> Result<Self> {
+        let store_dir =
+            std::env::temp_dir().join(format!("model-router-bench-{}", std::process::id()));
+        let config = shadowing_config(
+            server_config(bundle_dir, catalog, backend),
+            catalog,
+            &store_dir,
+        )?;
+        let server = router_server::start(config.build()?).await?;
+        Ok(ShadowingRouter { server, store_dir })
+    }
+
+    /// Stops the router, removes its store and adds the shadowed stream's figures to `report`.
+    async fn report(self, shadowed: Value, report: &mut Value) -> Result<()> {
+        let metrics = reqwest::get(format!("http://{}/metrics", self.server.local_addr()))
+            .await?
+            .text()
+            .await?;
+        self.server.shutdown(Duration::from_secs(1)).await;
+        std::fs::remove_dir_all(&self.store_dir)
+            .with_context(|| format!("removing {}", self.store_dir.display()))?;
         let sample = |name: &str| {
             metrics
                 .lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
         };
-        report["shadowed"] = shadowed_summary.clone();
-        report["shadow_latency_ratio_p50"] =
-            json!(number(&shadowed_summary["p50_us"]) / number(&routed_summary["p50_us"]));
-        report["shadow_latency_ratio_p99"] =
-            json!(number(&shadowed_summary["p99_us"]) / number(&routed_summary["p99_us"]));
+        let ratio = |at: &str| number(&shadowed[at]) / number(&report["routed"][at]);
+        let (ratio_p50, ratio_p99) = (ratio("p50_us"), ratio("p99_us"));
+        report["shadow_latency_ratio_p50"] = json!(ratio_p50);
+        report["shadow_latency_ratio_p99"] = json!(ratio_p99);
+        report["shadowed"] = shadowed;
         report["shadows_sent"] = json!(sample("model_router_shadow_sent_total"));
         report["shadows_dropped_queue_full"] = json!(sample(
             "model_router_shadow_dropped_total{reason=\"queue_full\"}"
         ));
+        Ok(())
     }
-    Ok(report)
 }
 
 /// `[store]` in `store_dir` and `[shadow]`: every request to the first two catalog models.
@@ -416,14 +437,29 @@ async fn search(
     let warm_up: Vec<(String, &'static str)> =
         targets.iter().map(|t| (t.url.clone(), t.model)).collect();
     run_load(&client, &warm_up, prompts, FIRST_RATE, WARM_UP_SECONDS).await?;
-    let mut searches = [
-        RateSearch::default(),
-        RateSearch::default(),
-        RateSearch::default(),
-    ];
+    let (searches, steps) = take_turns(&client, &targets, prompts, find).await?;
+    // Through the load's own client: its pooled connections count against the router's
+    // `max_connections`, so a new one could be refused after a heavy step.
+    let metrics = client
+        .get(format!("http://{}/metrics", server.local_addr()))
+        .send()
+        .await?;
+    let metrics = metrics.error_for_status()?.text().await?;
+    server.shutdown(Duration::from_secs(1)).await;
+    Ok(search_report(find, &searches, &steps, &metrics))
+}
+
+/// Runs the three searches, taking turns, so that all meet the same machine (other load comes
+/// and goes): each search's state and its steps.
+async fn take_turns(
+    client: &reqwest::Client,
+    targets: &[Target; 3],
+    prompts: &[String],
+    find: &FindMax,
+) -> Result<([RateSearch; 3], [Vec<Value>; 3])> {
+    let mut searches: [RateSearch; 3] = Default::default();
     let mut steps: [Vec<Value>; 3] = Default::default();
     let bar = progress_bar(3 * MAX_STEPS, "rates tried");
-    // The searches take turns, so that all meet the same machine (other load comes and goes).
     loop {
         let mut tried = false;
         for ((target, search), steps) in targets.iter().zip(&mut searches).zip(&mut steps) {
@@ -432,12 +468,12 @@ async fn search(
             };
             tried = true;
             bar.set_message(format!("{} {rate:.0}/s", target.name));
-            let mut step = measure_rate(&client, target, prompts, rate, find).await?;
+            let mut step = measure_rate(client, target, prompts, rate, find).await?;
             // A rate fails only when it fails twice in a row: one burst of other work on a shared
             // machine must not end a search.
             if !passed(&step) {
                 steps.push(step);
-                step = measure_rate(&client, target, prompts, rate, find).await?;
+                step = measure_rate(client, target, prompts, rate, find).await?;
             }
             search.record(rate, passed(&step));
             steps.push(step);
@@ -448,22 +484,25 @@ async fn search(
         }
     }
     bar.finish_and_clear();
-    // Through the load's own client: its pooled connections count against the router's
-    // `max_connections`, so a new one could be refused after a heavy step.
-    let metrics = client
-        .get(format!("http://{}/metrics", server.local_addr()))
-        .send()
-        .await?;
-    let metrics = metrics.error_for_status()?.text().await?;
-    server.shutdown(Duration::from_secs(1)).await;
+    Ok((searches, steps))
+}
+
+/// The report of `--find-max`: each side's best rate, the ratios, CPU per request over the
+/// direct call's and the router's stage times from its `metrics`.
+fn search_report(
+    find: &FindMax,
+    searches: &[RateSearch; 3],
+    steps: &[Vec<Value>; 3],
+    metrics: &str,
+) -> Value {
     let sides: Vec<Value> = searches
         .iter()
-        .zip(&steps)
+        .zip(steps)
         .map(|(search, steps)| side_report(search, steps))
         .collect();
     let rate = |side: &Value| side["max_rate_per_s"].as_f64().unwrap_or(f64::NAN);
     let cpu = |side: &Value| side["cpu_us_per_request"].as_f64().unwrap_or(f64::NAN);
-    Ok(json!({
+    json!({
         "p99_bound_ms": find.p99_ms,
         "seconds_per_rate": find.seconds,
         "direct": sides[0],
@@ -476,8 +515,8 @@ async fn search(
             "proxy": cpu(&sides[1]) - cpu(&sides[0]),
             "router": cpu(&sides[2]) - cpu(&sides[0]),
         },
-        "stages": stage_means(&metrics),
-    }))
+        "stages": stage_means(metrics),
+    })
 }
 
 /// Whether a step of [`measure_rate`] kept its bound.
