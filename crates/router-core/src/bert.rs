@@ -19,7 +19,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, T
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use crate::cpu_layer::CpuLayer;
+use crate::cpu_layer::{CpuLayer, LayerBuffers};
 
 /// The activation of the feed-forward layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -336,8 +336,9 @@ impl BertModel {
                     candle_core::bail!("{} lengths for a batch of {batch}", lengths.len())
                 }
                 let mut values = hidden.flatten_all()?.to_vec1::<f32>()?;
+                let mut buffers = LayerBuffers::default();
                 for layer in layers {
-                    values = layer.forward(&values, seq, lengths)?;
+                    layer.forward(&mut values, seq, lengths, &mut buffers)?;
                 }
                 hidden = Tensor::from_vec(values, dims, hidden.device())?;
             }

@@ -141,35 +141,55 @@ impl CpuLayer {
         })
     }
 
-    /// Hidden states `[batch × seq, hidden]` in, the layer's output out; row `b` of the batch has
-    /// `lengths[b]` real tokens (its other positions are padding and never attended to).
+    /// Hidden states `[batch × seq, hidden]` in, the layer's output out, in place; row `b` of the
+    /// batch has `lengths[b]` real tokens (its other positions are padding and never attended
+    /// to). `buffers` is the working memory, kept from layer to layer.
     pub(crate) fn forward(
         &self,
-        hidden: &[f32],
+        hidden: &mut Vec<f32>,
         seq: usize,
         lengths: &[usize],
-    ) -> candle_core::Result<Vec<f32>> {
-        let qkv = self.qkv.apply(hidden);
-        let context = self
-            .attention(&qkv, seq, lengths)
+        buffers: &mut LayerBuffers,
+    ) -> candle_core::Result<()> {
+        let LayerBuffers {
+            qkv,
+            context,
+            attended,
+            inner,
+            output,
+            blocks,
+            head,
+        } = buffers;
+        self.qkv.apply_into(hidden, blocks, qkv, true);
+        self.attention(qkv, seq, lengths, context, head)
             .map_err(candle_core::Error::Msg)?;
-        let mut attended = self.attention_out.apply(&context);
-        self.attention_norm.add_and_normalize(&mut attended, hidden);
-        let mut inner = self.intermediate.apply(&attended);
-        activate(self.act, &mut inner);
-        let mut output = self.output.apply(&inner);
-        self.output_norm.add_and_normalize(&mut output, &attended);
-        Ok(output)
+        self.attention_out
+            .apply_into(context, blocks, attended, true);
+        self.attention_norm.add_and_normalize(attended, hidden);
+        self.intermediate.apply_into(attended, blocks, inner, true);
+        activate(self.act, inner);
+        self.output.apply_into(inner, blocks, output, true);
+        self.output_norm.add_and_normalize(output, attended);
+        std::mem::swap(hidden, output);
+        Ok(())
     }
 
-    /// Scaled dot-product attention of every head of every prompt, heads in parallel: `qkv` is
-    /// `[batch × seq, 3 × hidden]`, the result `[batch × seq, hidden]`.
-    fn attention(&self, qkv: &[f32], seq: usize, lengths: &[usize]) -> Result<Vec<f32>, String> {
+    /// Scaled dot-product attention of every head of every prompt into `context`
+    /// (`[batch × seq, hidden]`), heads in parallel when there are threads and work enough:
+    /// `qkv` is `[batch × seq, 3 × hidden]`. On one thread every head uses `scratch`.
+    fn attention(
+        &self,
+        qkv: &[f32],
+        seq: usize,
+        lengths: &[usize],
+        context: &mut Vec<f32>,
+        scratch: &mut HeadScratch,
+    ) -> Result<(), String> {
         let hidden = self.heads * self.head_dim;
         let tasks: Vec<(usize, usize)> = (0..lengths.len())
             .flat_map(|b| (0..self.heads).map(move |h| (b, h)))
             .collect();
-        let head = |&(b, h): &(usize, usize)| {
+        let head = |scratch: &mut HeadScratch, &(b, h): &(usize, usize)| {
             let rows = &qkv[b * seq * 3 * hidden..(b + 1) * seq * 3 * hidden];
             attend_head(
                 rows,
@@ -178,24 +198,73 @@ impl CpuLayer {
                 hidden,
                 self.head_dim,
                 lengths[b].min(seq),
+                scratch,
             )
         };
-        let heads: Vec<Vec<f32>> = if lengths.len() * seq * seq * hidden >= ATTENTION_PARALLEL_WORK
-        {
-            tasks.par_iter().map(head).collect::<Result<_, _>>()?
+        let parallel = rayon::current_num_threads() > 1
+            && lengths.len() * seq * seq * hidden >= ATTENTION_PARALLEL_WORK;
+        let heads: Vec<Vec<f32>> = if parallel {
+            tasks
+                .par_iter()
+                .map_init(HeadScratch::default, head)
+                .collect::<Result<_, _>>()?
         } else {
-            tasks.iter().map(head).collect::<Result<_, _>>()?
+            tasks
+                .iter()
+                .map(|task| head(scratch, task))
+                .collect::<Result<_, _>>()?
         };
-        let mut context = vec![0f32; lengths.len() * seq * hidden];
+        // Every value is written below: only a grown buffer's new part is zeroed.
+        context.resize(lengths.len() * seq * hidden, 0.0);
         for (&(b, h), values) in tasks.iter().zip(&heads) {
             for (i, row) in values.chunks_exact(self.head_dim).enumerate() {
                 context[(b * seq + i) * hidden + h * self.head_dim..][..self.head_dim]
                     .copy_from_slice(row);
             }
         }
-        Ok(context)
+        Ok(())
     }
 }
+
+/// The working memory of [`CpuLayer::forward`], reused from layer to layer so a long prompt's
+/// megabyte-sized activations are not freed and allocated again (fresh pages from the kernel
+/// must be cleared: 16 % of a 512-token forward before these were kept).
+#[derive(Debug, Default)]
+pub(crate) struct LayerBuffers {
+    /// Q, K and V of every token: `[batch × seq, 3 × hidden]`.
+    qkv: Vec<f32>,
+    /// Attention's output: `[batch × seq, hidden]`.
+    context: Vec<f32>,
+    /// After the attention's output projection and layer norm: `[batch × seq, hidden]`.
+    attended: Vec<f32>,
+    /// The feed-forward's inner activations: `[batch × seq, intermediate]`.
+    inner: Vec<f32>,
+    /// The layer's output before it becomes the next layer's input: `[batch × seq, hidden]`.
+    output: Vec<f32>,
+    /// The packed products' panel-major blocks.
+    blocks: Vec<f32>,
+    /// Attention's per-head memory on the calling thread.
+    head: HeadScratch,
+}
+
+/// The working memory of one attention head, reused from query block to query block and from
+/// head to head on one thread.
+#[derive(Debug, Default)]
+struct HeadScratch {
+    /// A block of the head's queries: `[QUERY_BLOCK, head_dim]`.
+    queries: Vec<f32>,
+    /// Their scores against every real key, then softmax weights: `[QUERY_BLOCK, length]`.
+    scores: Vec<f32>,
+    /// Their output: `[QUERY_BLOCK, head_dim]`.
+    context: Vec<f32>,
+    /// The packed products' panel-major blocks.
+    blocks: Vec<f32>,
+}
+
+/// Queries per block of attention: a block's scores (`QUERY_BLOCK × length`, 128 KiB at 512
+/// tokens) stay in the L2 cache from `Q·Kᵀ` through the softmax to `P·V`, where a whole head's
+/// `length × length` scores (1 MiB) went out to memory and back.
+const QUERY_BLOCK: usize = 64;
 
 /// Below this many multiply–adds (`seq² × hidden` per prompt) attention stays on the calling
 /// thread.
@@ -238,9 +307,10 @@ fn activate_generic(act: HiddenAct, values: &mut [f32]) {
 /// one reads them). Returns `[seq, head_dim]`.
 ///
 /// Both products go through [`PackedLinear`]'s register-blocked kernel: the keys are packed as
-/// the weight of `Q·Kᵀ` (one output per key) and the values, transposed, as the weight of `P·V`.
-/// Only the real keys are used, so padding costs nothing and a prompt's result does not depend on
-/// the batch around it.
+/// the weight of `Q·Kᵀ` (one output per key) and the values, transposed, as the weight of `P·V`,
+/// both straight from `rows`. The queries go through in blocks of [`QUERY_BLOCK`]. Only the
+/// real keys are used, so padding costs nothing and a prompt's result does not depend on the
+/// batch around it (nor on the blocks: the kernel computes every row the same way).
 fn attend_head(
     rows: &[f32],
     stride: usize,
@@ -248,27 +318,35 @@ fn attend_head(
     hidden: usize,
     head_dim: usize,
     length: usize,
+    scratch: &mut HeadScratch,
 ) -> Result<Vec<f32>, String> {
     let seq = rows.len() / stride;
+    let mut output = vec![0f32; seq * head_dim];
     if length == 0 {
-        return Ok(vec![0f32; seq * head_dim]);
+        return Ok(output);
     }
-    let real = || rows.chunks_exact(stride).take(length);
-    let queries: Vec<f32> = real()
-        .flat_map(|row| row[offset..][..head_dim].iter().copied())
-        .collect();
-    let keys: Vec<f32> = real()
-        .flat_map(|row| row[offset + hidden..][..head_dim].iter().copied())
-        .collect();
-    let values_t: Vec<f32> = (0..head_dim)
-        .flat_map(|c| real().map(move |row| row[offset + 2 * hidden + c]))
-        .collect();
-    let mut weights =
-        PackedLinear::new(&keys, &vec![0f32; length], head_dim, length)?.apply(&queries);
-    softmax_rows(&mut weights, length, 1.0 / (head_dim as f32).sqrt());
-    let mut output =
-        PackedLinear::new(&values_t, &vec![0f32; head_dim], length, head_dim)?.apply(&weights);
-    output.resize(seq * head_dim, 0.0);
+    let keys = PackedLinear::from_rows(rows, stride, offset + hidden, head_dim, length)?;
+    let values = PackedLinear::from_columns(rows, stride, offset + 2 * hidden, length, head_dim)?;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let queries = rows[..length * stride].chunks(QUERY_BLOCK * stride);
+    for (block, out) in queries.zip(output.chunks_mut(QUERY_BLOCK * head_dim)) {
+        scratch.queries.clear();
+        for row in block.chunks_exact(stride) {
+            scratch
+                .queries
+                .extend_from_slice(&row[offset..][..head_dim]);
+        }
+        let HeadScratch {
+            queries,
+            scores,
+            context,
+            blocks,
+        } = scratch;
+        keys.apply_into(queries, blocks, scores, false);
+        softmax_rows(scores, length, scale);
+        values.apply_into(scores, blocks, context, false);
+        out[..context.len()].copy_from_slice(context);
+    }
     Ok(output)
 }
 
@@ -326,7 +404,8 @@ const LANES: usize = 8;
 pub(crate) fn exp_approx(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³: adding and subtracting it rounds to an integer.
     let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let rounded = x * std::f32::consts::LOG2_E + ROUND;
+    let n = rounded - ROUND;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4_f32;
     for coefficient in [
@@ -339,7 +418,12 @@ pub(crate) fn exp_approx(x: f32) -> f32 {
         p = p * r + coefficient;
     }
     let p = p * r * r + r + 1.0;
-    f32::from_bits(p.to_bits().wrapping_add(((n as i32) << 23) as u32))
+    // `2ⁿ` as an exponent-field increment: `rounded` carries `n` (|n| ≤ 126) in its low mantissa
+    // bits, so its bits minus ROUND's are `n` in two's complement. Integer operations vectorise;
+    // `n as i32` saturates, which compiled to a scalar conversion per lane (the softmax was 13 %
+    // of a 512-token forward).
+    let n_bits = rounded.to_bits().wrapping_sub(ROUND.to_bits());
+    f32::from_bits(p.to_bits().wrapping_add(n_bits << 23))
 }
 
 #[cfg(test)]
@@ -395,15 +479,18 @@ mod tests {
 
     #[test]
     fn attention_matches_the_plain_formula_and_ignores_padding() {
-        let (hidden, d, seq) = (8, 4, 7);
+        let (hidden, d) = (8, 4);
         let stride = 3 * hidden;
-        let rows: Vec<f32> = (0..seq * stride)
-            .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 40.0)
-            .collect();
-        for length in [1, 4, 7] {
+        // One scratch for every call, as on one thread; lengths past QUERY_BLOCK take several
+        // query blocks, the last one partial.
+        let mut scratch = HeadScratch::default();
+        for (seq, length) in [(7, 1), (7, 4), (7, 7), (150, 64), (150, 65), (150, 140)] {
+            let rows: Vec<f32> = (0..seq * stride)
+                .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 40.0)
+                .collect();
             for offset in [0, d] {
-                let got =
-                    attend_head(&rows, stride, offset, hidden, d, length).expect("valid shapes");
+                let got = attend_head(&rows, stride, offset, hidden, d, length, &mut scratch)
+                    .expect("valid shapes");
                 let expected = reference_head(&rows, stride, offset, hidden, d, length);
                 for (g, e) in got.iter().zip(&expected) {
                     assert!(
@@ -414,8 +501,8 @@ mod tests {
                 // The real rows do not depend on what the padding rows hold.
                 let mut noisy = rows.clone();
                 noisy[length * stride..].iter_mut().for_each(|v| *v = 1e3);
-                let again =
-                    attend_head(&noisy, stride, offset, hidden, d, length).expect("valid shapes");
+                let again = attend_head(&noisy, stride, offset, hidden, d, length, &mut scratch)
+                    .expect("valid shapes");
                 assert_eq!(got[..length * d], again[..length * d]);
             }
         }

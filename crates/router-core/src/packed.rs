@@ -50,23 +50,84 @@ impl PackedLinear {
                 bias.len()
             ));
         }
+        Ok(Self::pack(inputs, outputs, bias, |output, input| {
+            weight[output * inputs + input]
+        }))
+    }
+
+    /// Without a bias, the weight's row `o` (`inputs` values) read straight from row `o` of a
+    /// row-major matrix with `stride` columns, at column `offset`: attention's keys, one output
+    /// per key, taken from the fused Q/K/V rows without copying them out first.
+    pub(crate) fn from_rows(
+        matrix: &[f32],
+        stride: usize,
+        offset: usize,
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<Self, String> {
+        Self::check_in_bounds(matrix, stride, offset + inputs, outputs)?;
+        Ok(Self::pack(inputs, outputs, &[], |output, input| {
+            matrix[output * stride + offset + input]
+        }))
+    }
+
+    /// Without a bias, the weight's column `i` (`outputs` values) read straight from row `i` of
+    /// a row-major matrix with `stride` columns, at column `offset`: attention's values (the
+    /// weight of `P·V` is their transpose), taken from the fused Q/K/V rows.
+    pub(crate) fn from_columns(
+        matrix: &[f32],
+        stride: usize,
+        offset: usize,
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<Self, String> {
+        Self::check_in_bounds(matrix, stride, offset + outputs, inputs)?;
+        Ok(Self::pack(inputs, outputs, &[], |output, input| {
+            matrix[input * stride + offset + output]
+        }))
+    }
+
+    /// Whether `rows` rows of a `stride`-wide `matrix` exist and hold `width` columns each.
+    fn check_in_bounds(
+        matrix: &[f32],
+        stride: usize,
+        width: usize,
+        rows: usize,
+    ) -> Result<(), String> {
+        if rows == 0 || width > stride || matrix.len() < rows * stride {
+            return Err(format!(
+                "{rows} rows of {width} values do not fit a {}-value matrix with {stride} columns",
+                matrix.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The weight `weight_at(output, input)` packed panel by panel, written in storage order;
+    /// `bias` is zero-padded to whole panels (empty: no bias).
+    fn pack(
+        inputs: usize,
+        outputs: usize,
+        bias: &[f32],
+        weight_at: impl Fn(usize, usize) -> f32,
+    ) -> Self {
         let panel_count = outputs.div_ceil(PANEL);
-        let mut panels = vec![0f32; panel_count * inputs * PANEL];
-        for (output, row) in weight.chunks_exact(inputs).enumerate() {
-            let (panel, column) = (output / PANEL, output % PANEL);
-            let base = panel * inputs * PANEL + column;
-            for (input, &w) in row.iter().enumerate() {
-                panels[base + input * PANEL] = w;
+        let mut panels = Vec::with_capacity(panel_count * inputs * PANEL);
+        for panel in 0..panel_count {
+            let columns = panel * PANEL..outputs.min((panel + 1) * PANEL);
+            for input in 0..inputs {
+                panels.extend(columns.clone().map(|output| weight_at(output, input)));
+                panels.resize(panels.len() + PANEL - columns.len(), 0.0);
             }
         }
         let mut padded_bias = vec![0f32; panel_count * PANEL];
-        padded_bias[..outputs].copy_from_slice(bias);
-        Ok(Self {
+        padded_bias[..bias.len()].copy_from_slice(bias);
+        Self {
             panels,
             bias: padded_bias,
             inputs,
             outputs,
-        })
+        }
     }
 
     /// `input` (`[rows, inputs]`, row-major) times the weight, plus the bias: `[rows, outputs]`.
@@ -79,13 +140,32 @@ impl PackedLinear {
     /// # Ok::<(), String>(())
     /// ```
     pub fn apply(&self, input: &[f32]) -> Vec<f32> {
+        let mut output = Vec::new();
+        self.apply_into(input, &mut Vec::new(), &mut output, true);
+        output
+    }
+
+    /// As [`Self::apply`], into `output` (its contents replaced), with `blocks` as working memory
+    /// for the panel-major blocks. A caller that keeps both from call to call allocates nothing
+    /// once they have grown: large buffers freed and allocated again come back from the kernel
+    /// as fresh pages it must clear (16 % of a 512-token forward before). `threads`: whether a
+    /// large product may be split over rayon's threads (not when the caller's tasks already are).
+    pub(crate) fn apply_into(
+        &self,
+        input: &[f32],
+        blocks: &mut Vec<f32>,
+        output: &mut Vec<f32>,
+        threads: bool,
+    ) {
         let rows = input.len() / self.inputs;
         if rows == 0 {
-            return Vec::new();
+            output.clear();
+            return;
         }
         let input = &input[..rows * self.inputs];
-        // Panel-major blocks, `[panels][rows][PANEL]`, computed PAIR panels per task.
-        let mut blocks = vec![0f32; self.bias.len() * rows];
+        // Panel-major blocks, `[panels][rows][PANEL]`, computed PAIR panels per task. The kernels
+        // write every value, so a reused buffer is not cleared first.
+        blocks.resize(self.bias.len() * rows, 0.0);
         let tasks = blocks
             .chunks_mut(PAIR * rows * PANEL)
             .zip(self.panels.chunks(PAIR * self.inputs * PANEL))
@@ -93,20 +173,26 @@ impl PackedLinear {
         let product = |((block, panels), bias): ((&mut [f32], &[f32]), &[f32])| {
             panels_product(input, self.inputs, panels, bias, block)
         };
-        if rows * self.inputs * self.outputs >= PARALLEL_WORK {
+        if threads && rows * self.inputs * self.outputs >= PARALLEL_WORK {
             tasks.collect::<Vec<_>>().into_par_iter().for_each(product);
         } else {
             tasks.for_each(product);
         }
-        // Row by row, each row's panels in order: the output is written once, never zeroed first.
-        let mut output = Vec::with_capacity(rows * self.outputs);
-        for row in 0..rows {
-            for (panel, block) in blocks.chunks_exact(rows * PANEL).enumerate() {
-                let width = PANEL.min(self.outputs - panel * PANEL);
-                output.extend_from_slice(&block[row * PANEL..][..width]);
+        // Row by row, each row's panels in order (whole panels as fixed-size copies); every value
+        // is written, so only a grown buffer's new part is zeroed.
+        output.resize(rows * self.outputs, 0.0);
+        for (row, values) in output.chunks_exact_mut(self.outputs).enumerate() {
+            let (whole, rest) = values.as_chunks_mut::<PANEL>();
+            let mut panel_rows = blocks
+                .chunks_exact(rows * PANEL)
+                .map(|block| &block[row * PANEL..][..PANEL]);
+            for (values, block) in whole.iter_mut().zip(&mut panel_rows) {
+                values.copy_from_slice(block);
+            }
+            if let Some(block) = panel_rows.next() {
+                rest.copy_from_slice(&block[..rest.len()]);
             }
         }
-        output
     }
 }
 
@@ -464,6 +550,53 @@ mod tests {
                 widest, scalar,
                 "{rows} rows × {inputs} inputs × {panel_count} panels"
             );
+        }
+    }
+
+    #[test]
+    fn packing_from_rows_or_columns_matches_packing_a_copied_weight() {
+        let (rows, stride, offset, width) = (21, 40, 5, 19);
+        let matrix = values(rows * stride, 10);
+        let cell = |row: usize, column: usize| matrix[row * stride + offset + column];
+        // One output per matrix row (keys) ...
+        let copied: Vec<f32> = (0..rows)
+            .flat_map(|row| (0..width).map(move |column| cell(row, column)))
+            .collect();
+        let by_rows = PackedLinear::from_rows(&matrix, stride, offset, width, rows).expect("fits");
+        let expected = PackedLinear::new(&copied, &vec![0.0; rows], width, rows).expect("valid");
+        assert_eq!(by_rows.panels, expected.panels);
+        assert_eq!(by_rows.bias, expected.bias);
+        // ... and one input per matrix row (values, transposed).
+        let transposed: Vec<f32> = (0..width)
+            .flat_map(|column| (0..rows).map(move |row| cell(row, column)))
+            .collect();
+        let by_columns =
+            PackedLinear::from_columns(&matrix, stride, offset, rows, width).expect("fits");
+        let expected =
+            PackedLinear::new(&transposed, &vec![0.0; width], rows, width).expect("valid");
+        assert_eq!(by_columns.panels, expected.panels);
+        assert_eq!(by_columns.bias, expected.bias);
+        // Columns or rows past the matrix are refused, not read out of bounds.
+        assert!(PackedLinear::from_rows(&matrix, stride, 30, width, rows).is_err());
+        assert!(PackedLinear::from_columns(&matrix, stride, offset, rows + 1, width).is_err());
+    }
+
+    #[test]
+    fn reused_buffers_give_what_fresh_ones_give() {
+        let (inputs, outputs) = (96, 200);
+        let packed = PackedLinear::new(
+            &values(inputs * outputs, 11),
+            &values(outputs, 12),
+            inputs,
+            outputs,
+        )
+        .expect("valid");
+        let (mut blocks, mut output) = (Vec::new(), Vec::new());
+        // Larger, smaller, then larger again than the buffers were, on and off the threads.
+        for (rows, threads) in [(70, true), (3, false), (9, true), (70, false), (0, true)] {
+            let input = values(rows * inputs, rows);
+            packed.apply_into(&input, &mut blocks, &mut output, threads);
+            assert_eq!(output, packed.apply(&input), "{rows} rows");
         }
     }
 
