@@ -152,6 +152,11 @@ struct DataArgs {
     /// Rename a model of the data: OLD=NEW (repeatable).
     #[arg(long)]
     rename: Vec<String>,
+    /// Several families of data in one run: each --data file's format is guessed from its name
+    /// (unless --format is given) and a record keeps the models it has scores for; training masks
+    /// the missing scores, `cv` reports each family on its own models.
+    #[arg(long)]
+    families: bool,
 }
 
 #[derive(Args)]
@@ -572,11 +577,25 @@ fn guess_format(path: &Path) -> Result<Format> {
 }
 
 fn load_data(args: &DataArgs) -> Result<(Dataset, Vec<String>)> {
-    let format = match args.format {
-        Some(format) => format,
-        None => guess_format(&args.data[0])?,
+    let mut dataset = if args.families {
+        let inputs = args
+            .data
+            .iter()
+            .map(|path| {
+                Ok((
+                    args.format.map_or_else(|| guess_format(path), Ok)?,
+                    path.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        data::load_files(&inputs, args.prices.as_deref(), data::MissingScores::Keep)?
+    } else {
+        let format = match args.format {
+            Some(format) => format,
+            None => guess_format(&args.data[0])?,
+        };
+        data::load(format, &args.data, args.prices.as_deref())?
     };
-    let mut dataset = data::load(format, &args.data, args.prices.as_deref())?;
     if !args.rename.is_empty() {
         let renames = args
             .rename
@@ -746,29 +765,78 @@ fn cv_command(args: CvArgs) -> Result<()> {
     }
     let options = args.head.options(&args.data)?;
     let mut outcome = train::cross_validate(&dataset.records, &models, &options, args.folds)?;
-    outcome.evaluation.report.skipped = skipped;
     eprintln!(
         "{} folds; epochs per fold: {:?}",
         args.folds, outcome.epochs
     );
-    if let Some(report) = &outcome.output_length {
-        eprintln!("{report}");
-    }
     if let Some(gate) = &outcome.task_gate {
         eprint!("{gate}");
-    }
-    if let Some(plot) = &args.plot {
-        eval::plot_svg(&outcome.evaluation, plot)?;
     }
     if let Some(path) = &args.predictions {
         write_predictions(path, &dataset.records, &models, &outcome)?;
     }
+    if let [family] = outcome.families.as_mut_slice() {
+        family.evaluation.report.skipped = skipped;
+        return print_cv_family(family, args.json, args.plot.clone());
+    }
     if args.json {
-        print_line(serde_json::to_string(&outcome.evaluation.report)?)?;
-    } else {
-        print_line(&outcome.evaluation.report)?;
+        let families: Vec<serde_json::Value> = outcome.families.iter().map(|family| serde_json::json!({
+            "models": family.models, "records": family.records.len(),
+            "ranked_by_catalog": family.ranked_by_catalog, "report": family.evaluation.report,
+        })).collect();
+        return print_line(serde_json::json!({ "skipped": skipped, "families": families }));
+    }
+    for (index, family) in outcome.families.iter().enumerate() {
+        let ranking = match family.ranked_by_catalog {
+            true => "choices ranked by the catalog",
+            false => "choices ranked by the data's own costs (the catalog does not price them all)",
+        };
+        print_line(format_args!(
+            "family {} of {}: {} records, models {}; {ranking}",
+            index + 1,
+            outcome.families.len(),
+            family.records.len(),
+            family.models.join(", ")
+        ))?;
+        let plot = args
+            .plot
+            .as_ref()
+            .map(|path| numbered_path(path, index + 1));
+        print_cv_family(family, args.json, plot)?;
     }
     Ok(())
+}
+
+/// One family's cross-validated report (and its length report on stderr, its plot at `plot`).
+fn print_cv_family(
+    family: &train::FamilyEvaluation,
+    json: bool,
+    plot: Option<PathBuf>,
+) -> Result<()> {
+    if let Some(report) = &family.output_length {
+        eprintln!("{report}");
+    }
+    if let Some(plot) = &plot {
+        eval::plot_svg(&family.evaluation, plot)?;
+    }
+    if json {
+        print_line(serde_json::to_string(&family.evaluation.report)?)
+    } else {
+        print_line(&family.evaluation.report)
+    }
+}
+
+/// `path` with `-N` before its extension: one plot per family (`cv.svg` -> `cv-2.svg`).
+fn numbered_path(path: &Path, number: usize) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{number}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{number}"),
+    };
+    path.with_file_name(name)
 }
 
 /// `cv --predictions`: each record with its fold and out-of-fold predictions, one JSON line each.

@@ -285,6 +285,17 @@ impl Dataset {
     }
 }
 
+/// What [`load_files`] does with a record that lacks a score for a model other records have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingScores {
+    /// Skip it (counted as [`SkipReason::MissingScore`]): every kept record scores every model.
+    Skip,
+    /// Keep it with the scores it has: several families (each record scoring its own models) in
+    /// one dataset, for training with a masked loss ([`crate::train`]) and evaluation per
+    /// [`Family`].
+    Keep,
+}
+
 /// Reads `inputs` (all in `format`) into one dataset.
 ///
 /// Every kept record has a score for every model of the dataset: a record that lacks one of the
@@ -292,11 +303,23 @@ impl Dataset {
 /// no cost for a model gets [`estimate_cost`] of its prompt; a model that then needs a price the
 /// file lacks is an error.
 pub fn load(format: Format, inputs: &[PathBuf], prices: Option<&Path>) -> Result<Dataset> {
+    let inputs: Vec<(Format, PathBuf)> = inputs.iter().map(|p| (format, p.clone())).collect();
+    load_files(&inputs, prices, MissingScores::Skip)
+}
+
+/// Reads `inputs`, each file in its own format, into one dataset, as [`load`] does; with
+/// [`MissingScores::Keep`] a record that lacks some of the dataset's models is kept (several
+/// families in one run).
+pub fn load_files(
+    inputs: &[(Format, PathBuf)],
+    prices: Option<&Path>,
+    missing: MissingScores,
+) -> Result<Dataset> {
     let prices = prices
         .map(|path| Ok::<_, TrainingError>((path, read_prices(path)?)))
         .transpose()?;
     let mut dataset = Dataset::default();
-    for path in inputs {
+    for (format, path) in inputs {
         match format {
             Format::Routerbench => read_routerbench(path, &mut dataset)?,
             Format::Routerdc | Format::Llmrouter => read_json_array(path, &mut dataset)?,
@@ -304,7 +327,9 @@ pub fn load(format: Format, inputs: &[PathBuf], prices: Option<&Path>) -> Result
             Format::Jsonl => read_jsonl(path, &mut dataset)?,
         }
     }
-    drop_incomplete_records(&mut dataset);
+    if missing == MissingScores::Skip {
+        drop_incomplete_records(&mut dataset);
+    }
     if let Some((path, prices)) = prices {
         fill_costs(&mut dataset.records, &prices, &path.display().to_string())?;
     }
@@ -352,10 +377,13 @@ pub fn select_models(mut dataset: Dataset, models: &[String]) -> Result<Dataset>
     Ok(dataset)
 }
 
-/// Renames models, all at once (so `[(a, b), (b, a)]` swaps two names), in scores and costs.
+/// Renames models, all at once (so `[(a, b), (b, a)]` swaps two names), in scores, costs and
+/// output lengths. Records of different families may meet under one name (LLMRouter's
+/// `llama-3.1-8b-instruct` renamed to ZeroEval's `Meta-Llama-3.1-8B-Instruct`: one model, one
+/// column).
 ///
 /// Errors on an old name the dataset does not have, an old name given twice, or a new name that
-/// collides with another model's name.
+/// collides with another model's name in the same record.
 pub fn rename_models(mut dataset: Dataset, renames: &[(String, String)]) -> Result<Dataset> {
     let known = dataset.models();
     let mut new_name_of: BTreeMap<&str, &str> = BTreeMap::new();
@@ -371,24 +399,30 @@ pub fn rename_models(mut dataset: Dataset, renames: &[(String, String)]) -> Resu
         }
     }
     let rename = |model: &str| new_name_of.get(model).copied().unwrap_or(model).to_owned();
-    let mut final_names = BTreeSet::new();
-    for model in &known {
-        let name = rename(model);
-        if !final_names.insert(name.clone()) {
-            return Err(TrainingError::DuplicateModel(name));
+    for record in &dataset.records {
+        let mut final_names = BTreeSet::new();
+        for model in record.scores.keys() {
+            let name = rename(model);
+            if !final_names.insert(name.clone()) {
+                return Err(TrainingError::DuplicateModel(name));
+            }
         }
     }
     for record in &mut dataset.records {
-        record.scores = std::mem::take(&mut record.scores)
-            .into_iter()
-            .map(|(model, score)| (rename(&model), score))
-            .collect();
-        record.costs = std::mem::take(&mut record.costs)
-            .into_iter()
-            .map(|(model, cost)| (rename(&model), cost))
-            .collect();
+        record.scores = renamed_keys(std::mem::take(&mut record.scores), &rename);
+        record.costs = renamed_keys(std::mem::take(&mut record.costs), &rename);
+        record.output_tokens = renamed_keys(std::mem::take(&mut record.output_tokens), &rename);
     }
     Ok(dataset)
+}
+
+fn renamed_keys<V>(
+    map: BTreeMap<String, V>,
+    rename: impl Fn(&str) -> String,
+) -> BTreeMap<String, V> {
+    map.into_iter()
+        .map(|(model, value)| (rename(&model), value))
+        .collect()
 }
 
 /// The text that makes two prompts copies of each other: trimmed, every run of whitespace one
@@ -524,6 +558,60 @@ pub fn folds<'a>(
         }
     }
     Ok(fold)
+}
+
+/// The records that score the same set of models: one family of data (ZeroEval's, LLMRouter's, ...)
+/// in a dataset read with [`MissingScores::Keep`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    /// The models its records score, in the order of the `models` given to [`families`].
+    pub models: Vec<String>,
+    /// Its records' indices, in input order.
+    pub records: Vec<usize>,
+}
+
+/// The families of `records`: records grouped by the set of `models` they have a score for, in
+/// order of first appearance (a dataset where every record scores every model is one family).
+/// Records that score none of `models` belong to no family.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use router_training::data::{families, Record};
+///
+/// let record = |models: &[&str]| Record {
+///     prompt: "p".into(),
+///     task: "t".into(),
+///     scores: models.iter().map(|m| (m.to_string(), 1.0)).collect(),
+///     costs: BTreeMap::new(),
+///     output_tokens: BTreeMap::new(),
+/// };
+/// let records = [record(&["a", "b"]), record(&["c"]), record(&["b", "a"])];
+/// let models = ["a".to_string(), "b".to_string(), "c".to_string()];
+/// let found = families(&records, &models);
+/// assert_eq!(found.len(), 2);
+/// assert_eq!((found[0].models.as_slice(), found[0].records.as_slice()), (&models[..2], &[0, 2][..]));
+/// assert_eq!((found[1].models.as_slice(), found[1].records.as_slice()), (&models[2..], &[1][..]));
+/// ```
+pub fn families(records: &[Record], models: &[String]) -> Vec<Family> {
+    let mut found: Vec<Family> = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        let scored: Vec<String> = models
+            .iter()
+            .filter(|m| record.scores.contains_key(*m))
+            .cloned()
+            .collect();
+        if scored.is_empty() {
+            continue;
+        }
+        match found.iter_mut().find(|f| f.models == scored) {
+            Some(family) => family.records.push(index),
+            None => found.push(Family {
+                models: scored,
+                records: vec![index],
+            }),
+        }
+    }
+    found
 }
 
 /// Estimates, from `prices`, every cost that a record lacks for one of its scored models.
@@ -1270,6 +1358,40 @@ mod tests {
         assert_eq!(dataset.skipped, 3);
     }
 
+    #[test]
+    fn families_in_their_own_formats_keep_their_own_models_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = write(
+            dir.path(),
+            "a.jsonl",
+            "{\"prompt\": \"p1\", \"task\": \"t\", \"scores\": {\"a\": 1, \"b\": 0}}\n",
+        );
+        let routerdc = write(
+            dir.path(),
+            "qa_train.json",
+            r#"[{"question": "p2", "scores": {"b": 0.5, "c": 1}}]"#,
+        );
+        let inputs = [(Format::Jsonl, jsonl), (Format::Routerdc, routerdc)];
+        let skipped = load_files(&inputs, None, MissingScores::Skip).unwrap();
+        assert!(skipped.records.is_empty());
+        assert_eq!(
+            skipped.skip_reasons,
+            reasons(&[(SkipReason::MissingScore, 2)])
+        );
+        let kept = load_files(&inputs, None, MissingScores::Keep).unwrap();
+        assert_eq!(kept.skipped, 0);
+        assert_eq!(kept.models(), ["a", "b", "c"]);
+        assert_eq!(kept.records[1].task, "qa");
+        let found = families(&kept.records, &kept.models());
+        let found: Vec<(Vec<String>, Vec<usize>)> =
+            found.into_iter().map(|f| (f.models, f.records)).collect();
+        let names = |n: &[&str]| n.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            found,
+            [(names(&["a", "b"]), vec![0]), (names(&["b", "c"]), vec![1])]
+        );
+    }
+
     fn toy_dataset() -> Dataset {
         let record = |prompt: &str| Record {
             prompt: prompt.into(),
@@ -1320,6 +1442,17 @@ mod tests {
             rename_models(toy_dataset(), &[("x".into(), "y".into())]),
             Err(TrainingError::UnknownModel { .. })
         ));
+        // Two families' names for one model join: no record has both.
+        let mut families = toy_dataset();
+        families.records[1].scores = scores(&[("d", 0.25)]);
+        families.records[1].output_tokens = BTreeMap::from([("d".to_string(), 7)]);
+        let joined = rename_models(families, &[("d".into(), "a".into())]).unwrap();
+        assert_eq!(joined.records[1].scores, scores(&[("a", 0.25)]));
+        assert_eq!(
+            joined.records[1].output_tokens,
+            BTreeMap::from([("a".to_string(), 7)])
+        );
+        assert_eq!(joined.models(), ["a", "b", "c"]);
     }
 
     #[test]

@@ -160,23 +160,23 @@ pub struct TrainOutcome {
 
 /// Trains a head on `records` (scores for `models`, in that order) and writes a complete bundle to
 /// `out_dir`.
+///
+/// Records of several families (each scoring its own models; a missing score is masked in the
+/// loss) train one head. With a catalog, the bundle then predicts the models the catalog prices
+/// ([`shipped_models`]): the other columns were auxiliary outputs that shaped the shared hidden
+/// layer and are cut from the head. The validation report, the output-length head and the task
+/// gate cover the records that score every shipped model.
 pub fn train(
     records: Vec<Record>,
     models: &[String],
     options: &TrainOptions,
     out_dir: &Path,
 ) -> Result<TrainOutcome> {
-    if records.is_empty() {
-        return Err(TrainingError::Invalid("no training records".into()));
-    }
     let catalog = options.catalog.as_deref().map(read_catalog).transpose()?;
-    let (train_records, val_records) =
-        crate::data::split(records, options.val_fraction, options.seed)?;
-    if train_records.is_empty() {
-        return Err(TrainingError::Invalid("the training split is empty".into()));
-    }
+    let shipped = shipped_models(&records, models, catalog.as_ref(), options)?;
+    let (train_records, val_records) = training_split(records, options)?;
     let (encoder, encoder_config, teacher_dir) = build_encoder(options)?;
-    let config = router_config(options, models, encoder_config);
+    let mut config = router_config(options, &shipped, encoder_config);
     let fingerprint = embed::encoder_fingerprint(&config, &encoder);
     let embed_records = |records: &[Record]| {
         let prompts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
@@ -184,9 +184,8 @@ pub fn train(
     };
     let train_x = embed_records(&train_records)?;
     let val_x = embed_records(&val_records)?;
-    let train_y = score_rows(&train_records, models)?;
+    let train_y = score_rows(&train_records, models, Missing::Masked)?;
     let train_keys: Vec<(&str, &str)> = crate::data::split_keys(&train_records).collect();
-
     let fit = fit_early_stopped(
         &train_keys,
         &train_x,
@@ -195,24 +194,16 @@ pub fn train(
         options,
         "training",
     )?;
+    let head = shipped_head(&fit.varmap, models, &shipped)?;
 
-    let length = if options.length_head {
-        fit_length_head(&train_records, &val_records, &train_x, &val_x, models)?
-    } else {
-        None
+    let (train_records, train_x) = scoring_all(train_records, train_x, &shipped);
+    let (val_records, val_x) = scoring_all(val_records, val_x, &shipped);
+    let length = match options.length_head {
+        true => fit_length_head(&train_records, &val_records, &train_x, &val_x, &shipped)?,
+        false => None,
     };
-    let val_lengths: Option<Vec<Vec<f32>>> = length.as_ref().map(|(fit, _)| {
-        val_x
-            .iter()
-            .map(|x| {
-                fit.predict_log(x)
-                    .into_iter()
-                    .map(|l| l.exp() as f32)
-                    .collect()
-            })
-            .collect()
-    });
-    let train_side = test_matrix(&train_records, models, catalog.as_ref(), None)?;
+    let train_keys: Vec<(&str, &str)> = crate::data::split_keys(&train_records).collect();
+    let train_side = test_matrix(&train_records, &shipped, catalog.as_ref(), None)?;
     let task_gate = options
         .task_gate
         .then(|| gate::fit_gate(&train_keys, &train_x, &train_side, options, "training"))
@@ -220,44 +211,205 @@ pub fn train(
     let validation = if val_records.is_empty() {
         None
     } else {
-        let test = test_matrix(
-            &val_records,
-            models,
-            catalog.as_ref(),
-            val_lengths.as_deref(),
-        )?;
-        let mut predictions = predict(&fit.head, &val_x)?;
-        if let Some((task_gate, _)) = &task_gate {
-            task_gate.apply_batch(&val_x, &mut predictions);
-        }
         let side = TrainingSide {
             keys: &train_keys,
             x: &train_x,
-            y: &train_y,
             matrix: &train_side,
         };
-        Some(validate(
-            &side,
-            &val_records,
-            &val_x,
-            &test,
-            &predictions,
-            options.seed,
-        )?)
+        let held = HeldOut {
+            records: &val_records,
+            x: &val_x,
+            lengths: length.as_ref().map(|(fit, _)| fit),
+        };
+        let columns = column_indices(models, &shipped);
+        let mut predictions = select_columns(predict(&fit.head, &val_x)?, &columns);
+        if let Some((task_gate, _)) = &task_gate {
+            task_gate.apply_batch(&val_x, &mut predictions);
+        }
+        let test = held.matrix(&shipped, catalog.as_ref())?;
+        Some(validate(&side, &held, &test, &predictions, options.seed)?)
     };
 
-    let mut config = config;
     config.output_length = length.as_ref().map(|_| length::LengthFit::shape());
-    config.task_gate = task_gate
-        .as_ref()
-        .map(|(task_gate, _)| task_gate.config().clone());
-    config.training = Some(TrainingRecord {
+    config.task_gate = task_gate.as_ref().map(|(gate, _)| gate.config().clone());
+    config.training = Some(training_record(
+        options,
+        (train_records.len(), val_records.len()),
+        &fit,
+        validation.as_ref(),
+        length.as_ref(),
+        task_gate.as_ref().map(|(_, report)| report),
+    ));
+    let auxiliary: Vec<String> = models
+        .iter()
+        .filter(|m| !shipped.contains(m))
+        .cloned()
+        .collect();
+    let bundle = BundleParts {
+        config: &config,
+        encoder: &encoder,
+        teacher_dir: &teacher_dir,
+        head: &head,
+        auxiliary: &auxiliary,
+    };
+    write_bundle(out_dir, &bundle, options, validation.as_ref())?;
+    if let Some((fit, report)) = &length {
+        write_length_head(out_dir, fit, report.as_ref())?;
+    }
+    if let Some((task_gate, report)) = &task_gate {
+        write_task_gate(out_dir, task_gate, report)?;
+    }
+    Ok(TrainOutcome {
+        router: Router::load(out_dir)?,
+        validation,
+        epochs: fit.epochs,
+        best_loss: fit.best_loss,
+        output_length: length.and_then(|(_, report)| report),
+        task_gate: task_gate.map(|(_, report)| report),
+    })
+}
+
+/// The models a bundle trained on `records` predicts: all of `models` when every record scores
+/// every one of them (one family) or there is no catalog; with several families and a catalog,
+/// those the catalog prices (the users' catalog; the other families' models are auxiliary
+/// outputs during training). The task gate needs one family.
+pub fn shipped_models(
+    records: &[Record],
+    models: &[String],
+    catalog: Option<&Catalog>,
+    options: &TrainOptions,
+) -> Result<Vec<String>> {
+    if records.is_empty() {
+        return Err(TrainingError::Invalid("no training records".into()));
+    }
+    let one_family = records
+        .iter()
+        .all(|r| models.iter().all(|m| r.scores.contains_key(m)));
+    if one_family {
+        return Ok(models.to_vec());
+    }
+    if options.task_gate {
+        return Err(TrainingError::Invalid(
+            "the task gate needs one family of data: some records lack some of the models".into(),
+        ));
+    }
+    let Some(catalog) = catalog else {
+        return Ok(models.to_vec());
+    };
+    let shipped: Vec<String> = models
+        .iter()
+        .filter(|m| catalog.get(m).is_some())
+        .cloned()
+        .collect();
+    if shipped.is_empty() {
+        return Err(TrainingError::Invalid(format!(
+            "the catalog prices none of the data's models ({})",
+            models.join(", ")
+        )));
+    }
+    Ok(shipped)
+}
+
+/// The (training, validation) split of `records`, with an error when the training side is empty.
+fn training_split(
+    records: Vec<Record>,
+    options: &TrainOptions,
+) -> Result<(Vec<Record>, Vec<Record>)> {
+    let (train_records, val_records) =
+        crate::data::split(records, options.val_fraction, options.seed)?;
+    if train_records.is_empty() {
+        return Err(TrainingError::Invalid("the training split is empty".into()));
+    }
+    Ok((train_records, val_records))
+}
+
+/// The records (with their embeddings) that score every one of `models`.
+fn scoring_all(
+    records: Vec<Record>,
+    x: Vec<Vec<f32>>,
+    models: &[String],
+) -> (Vec<Record>, Vec<Vec<f32>>) {
+    records
+        .into_iter()
+        .zip(x)
+        .filter(|(record, _)| models.iter().all(|m| record.scores.contains_key(m)))
+        .unzip()
+}
+
+/// The position in `models` of each of `chosen` (all of which are among `models`).
+fn column_indices(models: &[String], chosen: &[String]) -> Vec<usize> {
+    chosen
+        .iter()
+        .filter_map(|m| models.iter().position(|c| c == m))
+        .collect()
+}
+
+/// Each row's values at `columns`, in that order.
+fn select_columns(rows: Vec<Vec<f32>>, columns: &[usize]) -> Vec<Vec<f32>> {
+    rows.into_iter()
+        .map(|row| columns.iter().map(|&c| row[c]).collect())
+        .collect()
+}
+
+/// The head's weights by name, the output layer cut to the rows of the `shipped` models (all of
+/// the fitted head's weights, unchanged, when every model ships).
+fn shipped_head(
+    varmap: &VarMap,
+    models: &[String],
+    shipped: &[String],
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    let vars = named_vars(varmap)?;
+    if shipped == models {
+        return Ok(vars
+            .into_iter()
+            .map(|(name, var)| (name, var.as_tensor().clone()))
+            .collect());
+    }
+    let rows: Vec<u32> = column_indices(models, shipped)
+        .iter()
+        .map(|&c| c as u32)
+        .collect();
+    let index = Tensor::from_slice(&rows, rows.len(), &Device::Cpu)?;
+    let last = vars
+        .iter()
+        .filter_map(|(name, _)| {
+            name.strip_prefix("layers.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    let output_layer = format!("layers.{last}.");
+    vars.into_iter()
+        .map(|(name, var)| {
+            let tensor = var.as_tensor();
+            let tensor = match name.starts_with(&output_layer) {
+                true => tensor.index_select(&index, 0)?,
+                false => tensor.clone(),
+            };
+            Ok((name, tensor))
+        })
+        .collect()
+}
+
+/// The training record of the bundle's manifest: data, seed and what the run measured.
+fn training_record(
+    options: &TrainOptions,
+    (train_prompts, val_prompts): (usize, usize),
+    fit: &FittedHead,
+    validation: Option<&Evaluation>,
+    length: Option<&(length::LengthFit, Option<length::LengthReport>)>,
+    task_gate: Option<&gate::GateReport>,
+) -> TrainingRecord {
+    TrainingRecord {
         data: options.data.clone(),
         seed: options.seed,
         details: serde_json::json!({
             "val_fraction": options.val_fraction,
-            "train_prompts": train_records.len(),
-            "val_prompts": val_records.len(),
+            "train_prompts": train_prompts,
+            "val_prompts": val_prompts,
             "early_stop_fraction": options.early_stop_fraction,
             "early_stop_prompts": fit.early_stop_prompts,
             "epochs": fit.epochs,
@@ -266,65 +418,63 @@ pub fn train(
             "weight_decay": options.weight_decay,
             "batch_size": options.batch_size,
             "task_shrinkage": options.task_shrinkage,
-            "validation": validation.as_ref().map(|v| &v.report),
-            "output_length": length.as_ref().map(|(fit, report)| serde_json::json!({
+            "validation": validation.map(|v| &v.report),
+            "output_length": length.map(|(fit, report)| serde_json::json!({
                 "model": "ridge regression of ln(output tokens) on the embedding, per model",
                 "ridge_strength": fit.strength,
                 "validation": report,
             })),
-            "task_gate": task_gate.as_ref().map(|(_, report)| report),
+            "task_gate": task_gate,
         }),
-    });
-    write_bundle(
-        out_dir,
-        &config,
-        &encoder,
-        &teacher_dir,
-        &fit.varmap,
-        options,
-        validation.as_ref(),
-    )?;
-    if let Some((fit, report)) = &length {
-        write_length_head(out_dir, fit, report.as_ref())?;
     }
-    if let Some((task_gate, report)) = &task_gate {
-        write_task_gate(out_dir, task_gate, report)?;
-    }
-    let router = Router::load(out_dir)?;
-    let output_length = length.and_then(|(_, report)| report);
-    let task_gate = task_gate.map(|(_, report)| report);
-    Ok(TrainOutcome {
-        router,
-        validation,
-        epochs: fit.epochs,
-        best_loss: fit.best_loss,
-        output_length,
-        task_gate,
-    })
 }
 
 /// What a validation report needs of the training side: its records' `(task, prompt)` keys,
-/// embeddings, scores, and its matrix of scores and routing costs.
+/// embeddings, and its matrix of scores and routing costs.
 struct TrainingSide<'a> {
     keys: &'a [(&'a str, &'a str)],
     x: &'a [Vec<f32>],
-    y: &'a [Vec<f64>],
     matrix: &'a Matrix,
+}
+
+/// The validation side: its records, their embeddings and the length head that predicts the
+/// output lengths its routing costs charge.
+struct HeldOut<'a> {
+    records: &'a [Record],
+    x: &'a [Vec<f32>],
+    lengths: Option<&'a length::LengthFit>,
+}
+
+impl HeldOut<'_> {
+    /// The held-out test matrix for `models`, charging the length head's predicted output lengths.
+    fn matrix(&self, models: &[String], catalog: Option<&Catalog>) -> Result<Matrix> {
+        let lengths: Option<Vec<Vec<f32>>> = self.lengths.map(|fit| {
+            self.x
+                .iter()
+                .map(|x| {
+                    fit.predict_log(x)
+                        .into_iter()
+                        .map(|l| l.exp() as f32)
+                        .collect()
+                })
+                .collect()
+        });
+        test_matrix(self.records, models, catalog, lengths.as_deref())
+    }
 }
 
 /// The validation report: `predictions` of the held-out records judged on `test`, beside the kNN
 /// and per-task-best baselines learned on the training side.
 fn validate(
     train: &TrainingSide<'_>,
-    val_records: &[Record],
-    val_x: &[Vec<f32>],
+    held: &HeldOut<'_>,
     test: &Matrix,
     predictions: &[Vec<f32>],
     seed: u64,
 ) -> Result<Evaluation> {
-    let knn = baselines::knn(train.x, train.y, val_x, baselines::DEFAULT_K)?;
+    let knn = baselines::knn(train.x, train.matrix.scores(), held.x, baselines::DEFAULT_K)?;
     let train_tasks: Vec<&str> = train.keys.iter().map(|(task, _)| *task).collect();
-    let val_tasks: Vec<&str> = val_records.iter().map(|r| r.task.as_str()).collect();
+    let val_tasks: Vec<&str> = held.records.iter().map(|r| r.task.as_str()).collect();
     let task_best = baselines::task_best(train.matrix, &train_tasks, &val_tasks)?;
     eval::evaluate(&EvalInput {
         test,
@@ -388,30 +538,49 @@ pub fn read_catalog(path: &Path) -> Result<Catalog> {
 /// An evaluation of out-of-fold predictions: every prompt scored by a head that never saw it.
 #[derive(Debug)]
 pub struct CrossValidation {
-    /// The report over all prompts (modes, AIQ, baselines, per task), each prompt predicted by the
-    /// head of the fold it was held out in; the kNN and per-task-best baselines are out-of-fold in
-    /// the same folds.
-    pub evaluation: Evaluation,
+    /// One report per family of the data ([`crate::data::families`]: records grouped by the set
+    /// of models they score), in order of first appearance: data where every record scores every
+    /// model is one family, reported over all of it.
+    pub families: Vec<FamilyEvaluation>,
     /// Epochs each fold's head ran before early stopping.
     pub epochs: Vec<usize>,
     /// The fold each record was held out in.
     pub folds: Vec<usize>,
-    /// Each record's out-of-fold predicted quality per model (in the order of `models`).
+    /// Each record's out-of-fold predicted quality per model (in the order of `models`; a model
+    /// the record has no score for is predicted too).
     pub predictions: Vec<Vec<f32>>,
-    /// The out-of-fold output-length head against the per-model mean (each fold's training
-    /// side), when the data has output lengths; the routing costs of `evaluation` then charge the
-    /// out-of-fold predicted lengths.
-    pub output_length: Option<length::LengthReport>,
     /// With [`TrainOptions::task_gate`]: each fold's gate, fitted on its training side only, and
     /// its recogniser's accuracy on the held-out prompts.
     pub task_gate: Option<gate::CvGate>,
+}
+
+/// The cross-validated report of one family: its records judged on its own models only, with the
+/// head's out-of-fold predictions of those columns.
+#[derive(Debug)]
+pub struct FamilyEvaluation {
+    /// The models its records score (the columns judged).
+    pub models: Vec<String>,
+    /// Its records' indices in the data.
+    pub records: Vec<usize>,
+    /// Whether the catalog's prices rank its choices (it prices every model of the family);
+    /// else the data's own costs do.
+    pub ranked_by_catalog: bool,
+    /// The report (modes, AIQ, baselines, per task); the kNN and per-task-best baselines are
+    /// out of fold in the same folds, learned on this family's records.
+    pub evaluation: Evaluation,
+    /// The out-of-fold output-length head against the per-model mean (each fold's training
+    /// side), when the family has output lengths; the routing costs of `evaluation` then charge
+    /// the out-of-fold predicted lengths.
+    pub output_length: Option<length::LengthReport>,
 }
 
 /// K-fold cross-validation of training with `options` on `records`: folds stratified by task and
 /// grouped by normalised prompt (see [`crate::data::folds`]); each fold's head is trained, with early stopping on a share of
 /// its training side, on the other folds and predicts the held-out one. Every prompt is evaluated
 /// once, so the estimate uses all the data and varies less than one validation split.
-/// `options.val_fraction` is not used.
+/// `options.val_fraction` is not used. Records of several families (each scoring its own models)
+/// train one head with a masked loss, and each family is reported on its own
+/// ([`FamilyEvaluation`]); the task gate needs one family.
 pub fn cross_validate(
     records: &[Record],
     models: &[String],
@@ -419,44 +588,34 @@ pub fn cross_validate(
     folds: usize,
 ) -> Result<CrossValidation> {
     let keys: Vec<(&str, &str)> = crate::data::split_keys(records).collect();
-    let fold_of = crate::data::folds(keys.iter().copied(), folds, options.seed)?;
-    if let Some(empty) = (0..folds).find(|fold| !fold_of.contains(fold)) {
+    let fold_of = checked_folds(&keys, folds, options.seed)?;
+    let catalog = options.catalog.as_deref().map(read_catalog).transpose()?;
+    let x = embed_records(records, models, options)?;
+    let y = &score_rows(records, models, Missing::Masked)?;
+    let tasks: Vec<&str> = keys.iter().map(|(task, _)| *task).collect();
+    let families = crate::data::families(records, models);
+    if options.task_gate
+        && !matches!(families.as_slice(), [one] if one.records.len() == records.len())
+    {
         return Err(TrainingError::Invalid(format!(
-            "{} records ({} distinct prompts) leave fold {} of {folds} empty",
-            records.len(),
-            keys.iter()
-                .map(|(_, prompt)| crate::data::normalized_prompt(prompt))
-                .collect::<std::collections::HashSet<_>>()
-                .len(),
-            empty + 1
+            "the task gate needs one family of data; these records score {} different sets of models",
+            families.len()
         )));
     }
-    let catalog = options.catalog.as_deref().map(read_catalog).transpose()?;
-    let (encoder, encoder_config, _) = build_encoder(options)?;
-    let fingerprint =
-        embed::encoder_fingerprint(&router_config(options, models, encoder_config), &encoder);
-    let prompts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
-    let x = embed::embed_cached(&encoder, fingerprint, &prompts, &options.cache_dir)?;
-    let y = &score_rows(records, models)?;
-    let tasks: Vec<&str> = keys.iter().map(|(task, _)| *task).collect();
-    let lengths = if options.length_head && length::has_lengths(records, models) {
-        Some(lengths_out_of_fold(
-            &x,
-            &length::log_lengths(records, models),
-            &tasks,
-            &fold_of,
-            folds,
-            models,
-        )?)
-    } else {
-        None
-    };
-    let test = test_matrix(
-        records,
-        models,
-        catalog.as_ref(),
-        lengths.as_ref().map(|(rows, _)| rows.as_slice()),
-    )?;
+    let sides = families
+        .into_iter()
+        .map(|family| {
+            FamilySide::new(
+                family,
+                records,
+                &x,
+                &fold_of,
+                folds,
+                catalog.as_ref(),
+                options,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let mut predictions = vec![Vec::new(); records.len()];
     let mut epochs = Vec::with_capacity(folds);
@@ -473,9 +632,14 @@ pub fn cross_validate(
         let fit = fit_early_stopped(&kept_keys, &kept_x, &kept_y, models.len(), options, &label)?;
         epochs.push(fit.epochs);
         let mut held_predictions = predict(&fit.head, &held_x)?;
-        if let Some(gates) = gates.as_mut() {
-            let (task_gate, report) =
-                gate::fit_gate(&kept_keys, &kept_x, &test.select(&kept)?, options, &label)?;
+        if let (Some(gates), [side]) = (gates.as_mut(), sides.as_slice()) {
+            let (task_gate, report) = gate::fit_gate(
+                &kept_keys,
+                &kept_x,
+                &side.test.select(&kept)?,
+                options,
+                &label,
+            )?;
             let held_tasks: Vec<&str> = held.iter().map(|&i| tasks[i]).collect();
             gates.add_fold(
                 &task_gate,
@@ -489,26 +653,146 @@ pub fn cross_validate(
             predictions[i] = row;
         }
     }
-    let knn = baselines::knn_out_of_fold(&x, y, &fold_of, folds)?;
-    let task_best = baselines::task_best_out_of_fold(&test, &tasks, &fold_of, folds)?;
-    let evaluation = eval::evaluate(&EvalInput {
-        test: &test,
-        skipped: 0,
-        predictions: &predictions,
-        knn_predictions: &knn,
-        tasks: &tasks,
-        task_best: &task_best,
-        seed: options.seed,
-    })?;
-    let output_length = lengths.map(|(_, report)| report);
+    let families = sides
+        .into_iter()
+        .map(|side| side.evaluate(models, &x, &tasks, &predictions, options.seed))
+        .collect::<Result<Vec<_>>>()?;
     Ok(CrossValidation {
-        evaluation,
+        families,
         epochs,
         folds: fold_of,
         predictions,
-        output_length,
         task_gate: gates,
     })
+}
+
+/// The fold of every record ([`crate::data::folds`]); an error when some fold is left empty.
+fn checked_folds(keys: &[(&str, &str)], folds: usize, seed: u64) -> Result<Vec<usize>> {
+    let fold_of = crate::data::folds(keys.iter().copied(), folds, seed)?;
+    if let Some(empty) = (0..folds).find(|fold| !fold_of.contains(fold)) {
+        return Err(TrainingError::Invalid(format!(
+            "{} records ({} distinct prompts) leave fold {} of {folds} empty",
+            keys.len(),
+            keys.iter()
+                .map(|(_, prompt)| crate::data::normalized_prompt(prompt))
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            empty + 1
+        )));
+    }
+    Ok(fold_of)
+}
+
+/// Every record's embedding by the encoder `options` name (cached).
+fn embed_records(
+    records: &[Record],
+    models: &[String],
+    options: &TrainOptions,
+) -> Result<Vec<Vec<f32>>> {
+    let (encoder, encoder_config, _) = build_encoder(options)?;
+    let fingerprint =
+        embed::encoder_fingerprint(&router_config(options, models, encoder_config), &encoder);
+    let prompts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
+    embed::embed_cached(&encoder, fingerprint, &prompts, &options.cache_dir)
+}
+
+/// One family's side of a cross-validation: its records' folds, its test matrix (ranked by the
+/// catalog when it prices every model of the family, charging out-of-fold predicted output
+/// lengths when the family has lengths) and the length report.
+struct FamilySide {
+    family: crate::data::Family,
+    fold_of: Vec<usize>,
+    folds: usize,
+    ranked_by_catalog: bool,
+    test: Matrix,
+    output_length: Option<length::LengthReport>,
+}
+
+impl FamilySide {
+    fn new(
+        family: crate::data::Family,
+        records: &[Record],
+        x: &[Vec<f32>],
+        fold_of: &[usize],
+        folds: usize,
+        catalog: Option<&Catalog>,
+        options: &TrainOptions,
+    ) -> Result<Self> {
+        let rows = &family.records;
+        let own: Vec<Record> = rows.iter().map(|&i| records[i].clone()).collect();
+        let own_folds: Vec<usize> = rows.iter().map(|&i| fold_of[i]).collect();
+        let lengths = if options.length_head && length::has_lengths(&own, &family.models) {
+            let own_x: Vec<Vec<f32>> = rows.iter().map(|&i| x[i].clone()).collect();
+            let tasks: Vec<&str> = own.iter().map(|r| r.task.as_str()).collect();
+            let log_lengths = length::log_lengths(&own, &family.models);
+            Some(lengths_out_of_fold(
+                &own_x,
+                &log_lengths,
+                &tasks,
+                &own_folds,
+                folds,
+                &family.models,
+            )?)
+        } else {
+            None
+        };
+        let catalog = catalog.filter(|c| family.models.iter().all(|m| c.get(m).is_some()));
+        let predicted_lengths = lengths.as_ref().map(|(rows, _)| rows.as_slice());
+        let test = test_matrix(&own, &family.models, catalog, predicted_lengths)?;
+        Ok(Self {
+            ranked_by_catalog: catalog.is_some(),
+            output_length: lengths.map(|(_, report)| report),
+            fold_of: own_folds,
+            folds,
+            test,
+            family,
+        })
+    }
+
+    /// The family's report from the out-of-fold `predictions` (of every model in `models`), with
+    /// the kNN and per-task-best baselines out of fold on its own records.
+    fn evaluate(
+        self,
+        models: &[String],
+        x: &[Vec<f32>],
+        tasks: &[&str],
+        predictions: &[Vec<f32>],
+        seed: u64,
+    ) -> Result<FamilyEvaluation> {
+        let rows = &self.family.records;
+        let columns: Vec<usize> = self
+            .family
+            .models
+            .iter()
+            .filter_map(|m| models.iter().position(|c| c == m))
+            .collect();
+        let own_x: Vec<Vec<f32>> = rows.iter().map(|&i| x[i].clone()).collect();
+        let own_tasks: Vec<&str> = rows.iter().map(|&i| tasks[i]).collect();
+        let own_predictions: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|&i| columns.iter().map(|&c| predictions[i][c]).collect())
+            .collect();
+        let knn =
+            baselines::knn_out_of_fold(&own_x, self.test.scores(), &self.fold_of, self.folds)?;
+        let task_best =
+            baselines::task_best_out_of_fold(&self.test, &own_tasks, &self.fold_of, self.folds)?;
+        let evaluation = eval::evaluate(&EvalInput {
+            test: &self.test,
+            skipped: 0,
+            predictions: &own_predictions,
+            knn_predictions: &knn,
+            tasks: &own_tasks,
+            task_best: &task_best,
+            seed,
+        })?;
+        Ok(FamilyEvaluation {
+            models: self.family.models,
+            records: self.family.records,
+            ranked_by_catalog: self.ranked_by_catalog,
+            evaluation,
+            output_length: self.output_length,
+        })
+    }
 }
 
 /// Out-of-fold predicted output tokens of every record (each from a length head fitted on the
@@ -624,7 +908,7 @@ pub fn test_matrix(
             spec.billed_output_tokens_for(None, predicted),
         ))
     };
-    let scores = score_rows(records, models)?;
+    let scores = score_rows(records, models, Missing::Error)?;
     let costs = records
         .iter()
         .enumerate()
@@ -654,22 +938,29 @@ pub fn test_matrix(
     }
 }
 
-fn score_rows(records: &[Record], models: &[String]) -> Result<Vec<Vec<f64>>> {
+/// What [`score_rows`] makes of a record without a score for one of the models.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    /// An error: a test matrix judges every model on every record.
+    Error,
+    /// NaN, a cell the training loss masks ([`targets`]).
+    Masked,
+}
+
+fn score_rows(records: &[Record], models: &[String], missing: Missing) -> Result<Vec<Vec<f64>>> {
     records
         .iter()
         .enumerate()
         .map(|(index, record)| {
             models
                 .iter()
-                .map(|m| {
-                    record
-                        .scores
-                        .get(m)
-                        .copied()
-                        .ok_or_else(|| TrainingError::MissingScore {
-                            record: index,
-                            model: m.clone(),
-                        })
+                .map(|m| match (record.scores.get(m), missing) {
+                    (Some(score), _) => Ok(*score),
+                    (None, Missing::Masked) => Ok(f64::NAN),
+                    (None, Missing::Error) => Err(TrainingError::MissingScore {
+                        record: index,
+                        model: m.clone(),
+                    }),
                 })
                 .collect()
         })
@@ -772,21 +1063,27 @@ pub(crate) fn fit_early_stopped(
 
 /// Replaces each target row `y` by `(1 − λ) y + λ m`, `m` the mean row of its task: the head
 /// learns per-prompt differences only as far as they stand out from what is known for the task.
+/// Missing cells (NaN) stay missing and are left out of the means.
 fn shrink_towards_task_means(y: &mut [Vec<f64>], tasks: &[&str], shrinkage: f64) {
-    let mut sums: std::collections::BTreeMap<&str, (Vec<f64>, f64)> =
+    type SumsAndCounts = (Vec<f64>, Vec<f64>);
+    let mut sums: std::collections::BTreeMap<&str, SumsAndCounts> =
         std::collections::BTreeMap::new();
     for (row, task) in y.iter().zip(tasks) {
         let (sum, count) = sums
             .entry(task)
-            .or_insert_with(|| (vec![0.0; row.len()], 0.0));
-        sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-        *count += 1.0;
+            .or_insert_with(|| (vec![0.0; row.len()], vec![0.0; row.len()]));
+        for ((s, c), v) in sum.iter_mut().zip(count.iter_mut()).zip(row) {
+            if !v.is_nan() {
+                *s += v;
+                *c += 1.0;
+            }
+        }
     }
     for (row, task) in y.iter_mut().zip(tasks) {
         if let Some((sum, count)) = sums.get(task) {
-            row.iter_mut()
-                .zip(sum)
-                .for_each(|(v, s)| *v = (1.0 - shrinkage) * *v + shrinkage * s / count);
+            for ((v, s), c) in row.iter_mut().zip(sum).zip(count) {
+                *v = (1.0 - shrinkage) * *v + shrinkage * s / c;
+            }
         }
     }
 }
@@ -796,9 +1093,42 @@ fn to_tensor(rows: &[Vec<f32>], width: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(flat, (rows.len(), width), &Device::Cpu)?)
 }
 
-fn targets(rows: &[Vec<f64>], width: usize) -> Result<Tensor> {
+/// Score rows as the loss's targets: a tensor, and where some cell is missing (NaN: a record of
+/// another family) a mask of the observed cells (1 observed, 0 missing; missing targets set to 0).
+/// Rows that are all observed give no mask, so the dense loss is exactly candle's.
+fn targets(rows: &[Vec<f64>], width: usize) -> Result<(Tensor, Option<Tensor>)> {
+    let shape = (rows.len(), width);
     let flat: Vec<f32> = rows.iter().flatten().map(|v| *v as f32).collect();
-    Ok(Tensor::from_vec(flat, (rows.len(), width), &Device::Cpu)?)
+    if !flat.iter().any(|v| v.is_nan()) {
+        return Ok((Tensor::from_vec(flat, shape, &Device::Cpu)?, None));
+    }
+    let mask: Vec<f32> = flat
+        .iter()
+        .map(|v| f32::from(u8::from(!v.is_nan())))
+        .collect();
+    let observed: Vec<f32> = flat
+        .iter()
+        .map(|v| if v.is_nan() { 0.0 } else { *v })
+        .collect();
+    Ok((
+        Tensor::from_vec(observed, shape, &Device::Cpu)?,
+        Some(Tensor::from_vec(mask, shape, &Device::Cpu)?),
+    ))
+}
+
+/// The sigmoid cross-entropy of `logits` against `targets`, averaged over the observed cells.
+/// Without a mask every cell is observed: candle's own loss, as before masks existed. With one,
+/// each cell's loss in the stable form `max(z, 0) − z·y + ln(1 + e^−|z|)` is multiplied by its
+/// mask and the sum divided by the number of observed cells (at least 1), so a missing cell adds
+/// nothing to the loss and gives no gradient, whatever its logit.
+fn masked_bce(logits: &Tensor, targets: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let Some(mask) = mask else {
+        return Ok(loss::binary_cross_entropy_with_logit(logits, targets)?);
+    };
+    let softplus = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    let cells = ((logits.relu()? - (logits * targets)?)? + softplus)?;
+    let observed = mask.sum_all()?.maximum(1.0)?;
+    Ok((cells * mask)?.sum_all()?.div(&observed)?)
 }
 
 fn fit_head(
@@ -834,11 +1164,15 @@ fn fit_head(
     let stop_x_t = (!stop_x.is_empty())
         .then(|| to_tensor(stop_x, dim))
         .transpose()?;
-    let stop_y_t = (!stop_y.is_empty())
-        .then(|| targets(stop_y, outputs))
-        .transpose()?;
+    let (stop_y_t, stop_mask) = match stop_y.is_empty() {
+        true => (None, None),
+        false => {
+            let (y, mask) = targets(stop_y, outputs)?;
+            (Some(y), mask)
+        }
+    };
     let all_x = to_tensor(train_x, dim)?;
-    let all_y = targets(train_y, outputs)?;
+    let (all_y, all_mask) = targets(train_y, outputs)?;
     let mut order: Vec<u32> = (0..train_x.len() as u32).collect();
     let mut best: Option<(f64, Vec<Tensor>)> = None;
     let mut since_best = 0;
@@ -851,14 +1185,16 @@ fn fit_head(
             let index = Tensor::from_slice(batch, batch.len(), &Device::Cpu)?;
             let x = all_x.index_select(&index, 0)?;
             let y = all_y.index_select(&index, 0)?;
-            let batch_loss = loss::binary_cross_entropy_with_logit(&head.forward_logits(&x)?, &y)?;
+            let mask = all_mask
+                .as_ref()
+                .map(|m| m.index_select(&index, 0))
+                .transpose()?;
+            let batch_loss = masked_bce(&head.forward_logits(&x)?, &y, mask.as_ref())?;
             optimizer.backward_step(&batch_loss)?;
         }
         let epoch_loss = match (&stop_x_t, &stop_y_t) {
-            (Some(x), Some(y)) => {
-                loss::binary_cross_entropy_with_logit(&head.forward_logits(x)?, y)?
-            }
-            _ => loss::binary_cross_entropy_with_logit(&head.forward_logits(&all_x)?, &all_y)?,
+            (Some(x), Some(y)) => masked_bce(&head.forward_logits(x)?, y, stop_mask.as_ref())?,
+            _ => masked_bce(&head.forward_logits(&all_x)?, &all_y, all_mask.as_ref())?,
         }
         .to_scalar::<f32>()? as f64;
         bar.inc(1);
@@ -899,18 +1235,7 @@ fn fit_head(
 /// Sets every variable, in name order, from `rng`: uniform in ±1/√fan_in, PyTorch's default for
 /// linear layers. candle's own initialisation draws from an unseeded generator.
 fn seeded_init(varmap: &VarMap, rng: &mut ChaCha8Rng) -> Result<Vec<(String, Var)>> {
-    let mut vars: Vec<(String, Var)> = match varmap.data().lock() {
-        Ok(data) => data
-            .iter()
-            .map(|(name, var)| (name.clone(), var.clone()))
-            .collect(),
-        Err(_) => {
-            return Err(TrainingError::Invalid(
-                "the variable map's lock is poisoned".into(),
-            ))
-        }
-    };
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let vars = named_vars(varmap)?;
     let fan_in_of = |name: &str| -> usize {
         let weight = name.replace(".bias", ".weight");
         vars.iter()
@@ -928,6 +1253,23 @@ fn seeded_init(varmap: &VarMap, rng: &mut ChaCha8Rng) -> Result<Vec<(String, Var
     Ok(vars)
 }
 
+/// The variables of `varmap` with their names, in name order.
+fn named_vars(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
+    let mut vars: Vec<(String, Var)> = match varmap.data().lock() {
+        Ok(data) => data
+            .iter()
+            .map(|(name, var)| (name.clone(), var.clone()))
+            .collect(),
+        Err(_) => {
+            return Err(TrainingError::Invalid(
+                "the variable map's lock is poisoned".into(),
+            ))
+        }
+    };
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(vars)
+}
+
 /// The head's predicted qualities for embeddings.
 pub fn predict(head: &Head, embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
     use router_core::candle_core::Module;
@@ -938,15 +1280,29 @@ pub fn predict(head: &Head, embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
     Ok(head.forward(&to_tensor(embeddings, width)?)?.to_vec2()?)
 }
 
+/// What a bundle is written from: its manifest, encoder (and the teacher's directory, for the
+/// tokenizer), the head's weights by name, and the auxiliary models cut from the head.
+struct BundleParts<'a> {
+    config: &'a RouterConfig,
+    encoder: &'a Encoder,
+    teacher_dir: &'a Path,
+    head: &'a std::collections::HashMap<String, Tensor>,
+    auxiliary: &'a [String],
+}
+
 fn write_bundle(
     out_dir: &Path,
-    config: &RouterConfig,
-    encoder: &Encoder,
-    teacher_dir: &Path,
-    varmap: &VarMap,
+    parts: &BundleParts<'_>,
     options: &TrainOptions,
     validation: Option<&Evaluation>,
 ) -> Result<()> {
+    let BundleParts {
+        config,
+        encoder,
+        teacher_dir,
+        head,
+        auxiliary,
+    } = *parts;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| TrainingError::Io { path, source }
@@ -960,9 +1316,11 @@ fn write_bundle(
         table.save_table(&out_dir.join(files::STATIC_ENCODER))?;
     }
     let head_path = out_dir.join(files::HEAD);
-    varmap.save(&head_path).map_err(|e| TrainingError::Format {
-        path: head_path.clone(),
-        message: e.to_string(),
+    router_core::candle_core::safetensors::save(head, &head_path).map_err(|e| {
+        TrainingError::Format {
+            path: head_path.clone(),
+            message: e.to_string(),
+        }
     })?;
     if let Some(catalog) = &options.catalog {
         write_catalog(catalog, &out_dir.join("catalog.toml"), &config.models)?;
@@ -970,7 +1328,7 @@ fn write_bundle(
     if let Some(evaluation) = validation {
         eval::plot_svg(evaluation, &out_dir.join("validation.svg"))?;
     }
-    let card = model_card(config, options, validation);
+    let card = model_card(config, options, validation, auxiliary);
     let card_path = out_dir.join(files::MODEL_CARD);
     std::fs::write(&card_path, card).map_err(io(&card_path))
 }
@@ -1082,6 +1440,7 @@ fn model_card(
     config: &RouterConfig,
     options: &TrainOptions,
     validation: Option<&Evaluation>,
+    auxiliary: &[String],
 ) -> String {
     let encoder = match &config.encoder {
         EncoderConfig::Static { dim, derived_from } => format!(
@@ -1113,7 +1472,7 @@ fn model_card(
         .unwrap_or_default();
     format!(
         "# {name} ({version})\n\nA model-router bundle: it predicts, for a prompt, the quality each of {n} models would reach.\n\n\
-         - Models (head columns): {models}\n- Encoder: {encoder}\n- Head: {head}, one sigmoid per model\n\
+         - Models (head columns): {models}\n{auxiliary}- Encoder: {encoder}\n- Head: {head}, one sigmoid per model\n\
          - Prompts: the last {max} tokens are kept (truncation {truncation:?})\n- Trained on: {data}\n- Seed: {seed}\n\n{reproduce}{table}\n\
          ## Licence lineage\n\nThe encoder derives from sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0). The head is trained on the \
          data listed above; see each dataset's own licence (RouterBench via RouterDC: code MIT, dataset card states no licence; \
@@ -1122,6 +1481,11 @@ fn model_card(
         version = config.version,
         n = config.models.len(),
         models = config.models.join(", "),
+        auxiliary = if auxiliary.is_empty() { String::new() } else { format!(
+            "- Auxiliary outputs during training (other families' models: their scores were learned with a masked loss, \
+             shaping the shared hidden layer, and their rows were cut from the output layer): {}\n",
+            auxiliary.join(", ")
+        ) },
         head = if config.head.hidden.is_empty() { "linear".to_string() } else { format!("MLP, hidden layers {:?}", config.head.hidden) },
         max = config.max_seq_length,
         truncation = config.truncation,
@@ -1149,6 +1513,121 @@ mod tests {
         assert_eq!(y, [vec![0.75, 0.0], vec![0.25, 0.0], vec![0.5, 1.0]]);
         shrink_towards_task_means(&mut y, &["a", "a", "b"], 1.0);
         assert_eq!(y, [vec![0.5, 0.0], vec![0.5, 0.0], vec![0.5, 1.0]]);
+    }
+
+    #[test]
+    fn shrinkage_leaves_missing_cells_missing_and_out_of_the_means() {
+        let mut y = vec![vec![1.0, f64::NAN], vec![0.0, 1.0], vec![0.5, 0.0]];
+        shrink_towards_task_means(&mut y, &["a", "a", "a"], 0.5);
+        // Column 0's mean is 0.5 over three rows; column 1's is 0.5 over the two observed ones.
+        assert_eq!(y[1..], [vec![0.25, 0.75], vec![0.5, 0.25]]);
+        assert_eq!(y[0][0], 0.75);
+        assert!(y[0][1].is_nan());
+    }
+
+    /// The sigmoid cross-entropy of one cell, by hand.
+    fn bce(logit: f64, target: f64) -> f64 {
+        let p = 1.0 / (1.0 + (-logit).exp());
+        -(target * p.ln() + (1.0 - target) * (1.0 - p).ln())
+    }
+
+    #[test]
+    fn missing_scores_add_nothing_to_the_loss_and_get_no_gradient() {
+        let rows = vec![vec![1.0, f64::NAN], vec![0.0, 0.5]];
+        let (y, mask) = targets(&rows, 2).unwrap();
+        let mask = mask.expect("a missing cell makes a mask");
+        assert_eq!(y.to_vec2::<f32>().unwrap(), [[1.0, 0.0], [0.0, 0.5]]);
+        assert_eq!(mask.to_vec2::<f32>().unwrap(), [[1.0, 0.0], [1.0, 1.0]]);
+        // The missing cell's logit is far out: its own loss would be huge (or inf).
+        let logits = Var::from_vec(vec![0.3f32, -120.0, -0.7, 2.0], (2, 2), &Device::Cpu).unwrap();
+        // Whatever value the missing cell's target holds, loss and gradients are the same.
+        let other_y = Tensor::new(&[[1.0f32, 1.0], [0.0, 0.5]], &Device::Cpu).unwrap();
+        let mut gradients = Vec::new();
+        for targets in [&y, &other_y] {
+            let loss = masked_bce(logits.as_tensor(), targets, Some(&mask)).unwrap();
+            let expected = (bce(0.3, 1.0) + bce(-0.7, 0.0) + bce(2.0, 0.5)) / 3.0;
+            let value = loss.to_scalar::<f32>().unwrap() as f64;
+            assert!((value - expected).abs() < 1e-6, "{value} vs {expected}");
+            let grads = loss.backward().unwrap();
+            let gradient = grads
+                .get(logits.as_tensor())
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert_eq!(gradient[0][1], 0.0, "the missing cell gets no gradient");
+            // d/dz of the mean over 3 observed cells: (sigmoid(z) - y) / 3.
+            let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+            assert!((gradient[0][0] as f64 - (sigmoid(0.3) - 1.0) / 3.0).abs() < 1e-6);
+            gradients.push(gradient);
+        }
+        assert_eq!(gradients[0], gradients[1]);
+    }
+
+    #[test]
+    fn complete_targets_make_no_mask_and_the_loss_is_candles_own() {
+        let (y, mask) = targets(&[vec![1.0, 0.0], vec![0.25, 1.0]], 2).unwrap();
+        assert!(mask.is_none());
+        let logits = Tensor::new(&[[0.3f32, -1.0], [0.7, 2.0]], &Device::Cpu).unwrap();
+        let ours = masked_bce(&logits, &y, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let candles = loss::binary_cross_entropy_with_logit(&logits, &y)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(ours.to_bits(), candles.to_bits());
+    }
+
+    /// A linear head's column sees only its own cells: a column missing on some records is fitted
+    /// the same whatever the other columns score there.
+    #[test]
+    fn a_column_missing_on_some_records_is_fitted_from_its_observed_cells_only() {
+        let options = TrainOptions {
+            hidden: Vec::new(),
+            max_epochs: 3,
+            batch_size: 4,
+            learning_rate: 1e-2,
+            ..TrainOptions::default()
+        };
+        let x: Vec<Vec<f32>> = (0..12)
+            .map(|i| {
+                (0..4)
+                    .map(|j| ((i * 7 + j * 3) % 5) as f32 / 5.0 - 0.4)
+                    .collect()
+            })
+            .collect();
+        let scored = |other: f64| -> Vec<Vec<f64>> {
+            (0..12)
+                .map(|i| match i % 2 {
+                    0 => vec![(i % 3) as f64 / 2.0, (i % 4) as f64 / 3.0],
+                    _ => vec![other, f64::NAN],
+                })
+                .collect()
+        };
+        let column = |y: &[Vec<f64>]| -> Vec<f32> {
+            let fit = fit_head(&x, y, &[], &[], 2, &options, "test").unwrap();
+            predict(&fit.head, &x)
+                .unwrap()
+                .iter()
+                .map(|row| row[1])
+                .collect()
+        };
+        let (low, high) = (column(&scored(0.0)), column(&scored(1.0)));
+        assert!(low.iter().all(|p| p.is_finite() && (0.0..=1.0).contains(p)));
+        assert_eq!(low, high);
+        // ... and it did learn: its predictions moved away from where they started.
+        let untrained = TrainOptions {
+            max_epochs: 0,
+            ..options.clone()
+        };
+        let start = fit_head(&x, &scored(0.0), &[], &[], 2, &untrained, "test").unwrap();
+        let start: Vec<f32> = predict(&start.head, &x)
+            .unwrap()
+            .iter()
+            .map(|r| r[1])
+            .collect();
+        assert_ne!(start, low);
     }
 
     #[test]
