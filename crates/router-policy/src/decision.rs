@@ -147,32 +147,10 @@ impl Decision {
 /// A short table: one row per bundle column, eligible models first (by quality, then name), the
 /// chosen one marked with `*`; `out tok.` is the output tokens charged (eligible models) or
 /// predicted (excluded ones), from the bundle's length head when it has one, else the catalog.
-impl fmt::Display for Decision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let band = if self.custom_band {
-            format!("custom band {}", self.band)
-        } else {
-            format!("band {}", self.band)
-        };
-        writeln!(
-            f,
-            "route: {} (mode {}, {band}; q* {:.4}, threshold {:.4}; {} input tokens; output tokens {}; est. ${:.6})",
-            self.model,
-            self.mode,
-            self.q_star,
-            self.threshold,
-            self.input_tokens,
-            if self.predicted_output_tokens.is_empty() { "from the catalog" } else { "predicted per model" },
-            self.estimated_cost
-        )?;
-        if let Some(gate) = &self.task_gate {
-            writeln!(
-                f,
-                "task gate: recognised as {} (p {:.2}); scores blended {:.2} towards that task's training means",
-                gate.task, gate.confidence, gate.blend
-            )?;
-        }
-
+impl Decision {
+    /// The explanation's table rows: the eligible models by predicted quality (best first), then
+    /// the excluded ones with their reasons.
+    fn table_rows(&self) -> Vec<[String; 5]> {
         let mut eligible: Vec<(&String, &EligibleModel)> = self.eligible.iter().collect();
         eligible.sort_by(|a, b| {
             b.1.predicted_quality
@@ -212,7 +190,37 @@ impl fmt::Display for Decision {
                 format!("excluded: {why}"),
             ]);
         }
+        rows
+    }
+}
 
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let band = if self.custom_band {
+            format!("custom band {}", self.band)
+        } else {
+            format!("band {}", self.band)
+        };
+        writeln!(
+            f,
+            "route: {} (mode {}, {band}; q* {:.4}, threshold {:.4}; {} input tokens; output tokens {}; est. ${:.6})",
+            self.model,
+            self.mode,
+            self.q_star,
+            self.threshold,
+            self.input_tokens,
+            if self.predicted_output_tokens.is_empty() { "from the catalog" } else { "predicted per model" },
+            self.estimated_cost
+        )?;
+        if let Some(gate) = &self.task_gate {
+            writeln!(
+                f,
+                "task gate: recognised as {} (p {:.2}); scores blended {:.2} towards that task's training means",
+                gate.task, gate.confidence, gate.blend
+            )?;
+        }
+
+        let rows = self.table_rows();
         let header = ["  model", "quality", "out tok.", "est. cost", "status"];
         let width = |i: usize| {
             rows.iter()
