@@ -532,7 +532,6 @@ fn run_server(args: &BenchArgs) -> Result<()> {
         println!("{report}");
         return Ok(());
     }
-    let number = |value: &Value| value.as_f64().unwrap_or(f64::NAN);
     let server = &report["server"];
     println!(
         "model-router bench --server ({} build): {} requests/s for {} s to each of the backend and the router ({} prompts: {source})",
@@ -591,7 +590,6 @@ fn print_find_max(args: &BenchArgs, source: &str, report: Value) -> Result<()> {
         return Ok(());
     }
     let found = &report["find_max"];
-    let number = |value: &Value| value.as_f64().unwrap_or(f64::NAN);
     println!(
         "model-router bench --server --find-max ({} build): the highest open-loop rate with p99 <= {} ms, {} s per rate ({source})",
         build_profile(),
@@ -701,34 +699,19 @@ fn run_lengths(args: &BenchArgs) -> Result<()> {
         "tokens", "p50 µs", "p90 µs", "p99 µs", "CPU µs/call"
     );
     for row in &rows {
-        let number = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
         println!(
             "  {:>6} {:>10.1} {:>10.1} {:>10.1} {:>12.1}",
             row["tokens"],
-            number("p50_us"),
-            number("p90_us"),
-            number("p99_us"),
-            number("cpu_us")
+            number(&row["p50_us"]),
+            number(&row["p90_us"]),
+            number(&row["p99_us"]),
+            number(&row["cpu_us"])
         );
     }
     Ok(())
 }
 
 fn print_report(report: &Value) {
-    let number = |value: &Value| value.as_f64().unwrap_or(f64::NAN);
-    let row = |name: &str, summary: &Value| {
-        let tokens = summary["tokens"]
-            .as_u64()
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "  {name:<12} {tokens:>6} {:>10.1} {:>10.1} {:>10.1} {:>12.0}",
-            number(&summary["p50_us"]),
-            number(&summary["p90_us"]),
-            number(&summary["p99_us"]),
-            number(&summary["prompts_per_s"]),
-        );
-    };
     println!(
         "model-router bench ({} build): {} thread(s), {} iterations per measurement, {} catalog",
         report["profile"].as_str().unwrap_or("?"),
@@ -737,14 +720,56 @@ fn print_report(report: &Value) {
         report["catalog"].as_str().unwrap_or("?")
     );
     println!("\none prompt, end to end (tokenizer + encoder + head + policy)");
+    print_latency_header("tokens");
+    print_latency_row("static", &report["tiers"]["static"]);
+    print_latency_row("static", &report["static_128"]);
+    print_latency_row("bert", &report["tiers"]["bert"]);
+    print_latency_row("stock bert", &report["stock_bert"]);
+    print_ratios(report);
+    let workload = &report["workload"];
+    println!(
+        "\nworkload: {} ({} prompts), one prompt at a time",
+        workload["source"].as_str().unwrap_or("?"),
+        workload["prompts"]
+    );
+    print_latency_header("");
+    print_latency_row("static", &workload["static"]);
+    print_latency_row("bert", &workload["bert"]);
+    print_latency_row("stock bert", &workload["stock_bert"]);
+    println!(
+        "  BERT tier vs stock: {:.2}x",
+        number(&workload["bert_speedup_vs_stock"])
+    );
+}
+
+/// A JSON number of the report as `f64` (NaN when it is not one).
+fn number(value: &Value) -> f64 {
+    value.as_f64().unwrap_or(f64::NAN)
+}
+
+fn print_latency_header(tokens: &str) {
     println!(
         "  {:<12} {:>6} {:>10} {:>10} {:>10} {:>12}",
-        "tier", "tokens", "p50 µs", "p90 µs", "p99 µs", "prompts/s"
+        "tier", tokens, "p50 µs", "p90 µs", "p99 µs", "prompts/s"
     );
-    row("static", &report["tiers"]["static"]);
-    row("static", &report["static_128"]);
-    row("bert", &report["tiers"]["bert"]);
-    row("stock bert", &report["stock_bert"]);
+}
+
+fn print_latency_row(name: &str, summary: &Value) {
+    let tokens = summary["tokens"]
+        .as_u64()
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "  {name:<12} {tokens:>6} {:>10.1} {:>10.1} {:>10.1} {:>12.0}",
+        number(&summary["p50_us"]),
+        number(&summary["p90_us"]),
+        number(&summary["p99_us"]),
+        number(&summary["prompts_per_s"]),
+    );
+}
+
+/// The tokenizers' and the BERT tier's figures against their baselines of the same run.
+fn print_ratios(report: &Value) {
     println!(
         "\ntokenizer alone{}: {:.1} µs at {HEADLINE_TOKENS} tokens, {:.1} µs at {LONG_TOKENS} (static tier / tokenizer at {LONG_TOKENS}: {:.2}x)",
         if report["tokenize_fast_path"].as_bool() == Some(true) { " (ASCII WordPiece fast path)" } else { "" },
@@ -780,22 +805,5 @@ fn print_report(report: &Value) {
         "batches of {BATCH_SIZE} prompts of {HEADLINE_TOKENS} tokens: static {:.0} prompts/s, bert {:.0} prompts/s",
         number(&report["batch"]["static"]["prompts_per_s"]),
         number(&report["batch"]["bert"]["prompts_per_s"]),
-    );
-    let workload = &report["workload"];
-    println!(
-        "\nworkload: {} ({} prompts), one prompt at a time",
-        workload["source"].as_str().unwrap_or("?"),
-        workload["prompts"]
-    );
-    println!(
-        "  {:<12} {:>6} {:>10} {:>10} {:>10} {:>12}",
-        "tier", "", "p50 µs", "p90 µs", "p99 µs", "prompts/s"
-    );
-    row("static", &workload["static"]);
-    row("bert", &workload["bert"]);
-    row("stock bert", &workload["stock_bert"]);
-    println!(
-        "  BERT tier vs stock: {:.2}x",
-        number(&workload["bert_speedup_vs_stock"])
     );
 }

@@ -37,7 +37,7 @@ use tokio::sync::Mutex;
 
 use model_router::router_training::embed::progress_bar;
 
-use super::Samples;
+use super::{number, Samples};
 
 /// Requests per second and seconds of the measurement, and whether a shadowing router is
 /// measured too.
@@ -138,11 +138,6 @@ async fn measure(
         shadowing.report(shadowed, &mut report).await?;
     }
     Ok(report)
-}
-
-/// A JSON number as `f64` (NaN when it is not one).
-fn number(value: &Value) -> f64 {
-    value.as_f64().unwrap_or(f64::NAN)
 }
 
 /// Requests, errors and latency percentiles of one stream.
