@@ -336,10 +336,11 @@ impl BertModel {
                     candle_core::bail!("{} lengths for a batch of {batch}", lengths.len())
                 }
                 let mut values = hidden.flatten_all()?.to_vec1::<f32>()?;
-                let mut buffers = LayerBuffers::default();
-                for layer in layers {
-                    layer.forward(&mut values, seq, lengths, &mut buffers)?;
-                }
+                LayerBuffers::with_kept(|buffers| {
+                    layers
+                        .iter()
+                        .try_for_each(|layer| layer.forward(&mut values, seq, lengths, buffers))
+                })?;
                 hidden = Tensor::from_vec(values, dims, hidden.device())?;
             }
             Layers::Candle(layers) => {

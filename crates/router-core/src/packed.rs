@@ -19,6 +19,11 @@ const PANEL: usize = 16;
 const ROWS: usize = 4;
 /// Panels computed by one task (and by one AVX-512 register block).
 const PAIR: usize = 2;
+/// Rows of a product computed together: their panel-major blocks (96 KiB per 384 outputs) and
+/// input rows stay in the L2 cache until they are copied out, where a 512-row product's blocks
+/// (3 MiB at 1,536 outputs) went out to memory and were read back row by row with a cache miss
+/// per panel. Each panel is read once per chunk, which at 64 rows costs little.
+const ROW_CHUNK: usize = 64;
 /// Below this many multiply–adds a product runs on the calling thread: handing work to another
 /// thread costs more than it saves (measured: a 8 × 384 × 384 product is ~1.2 M).
 const PARALLEL_WORK: usize = 1 << 20;
@@ -162,10 +167,24 @@ impl PackedLinear {
             output.clear();
             return;
         }
-        let input = &input[..rows * self.inputs];
-        // Panel-major blocks, `[panels][rows][PANEL]`, computed PAIR panels per task. The kernels
-        // write every value, so a reused buffer is not cleared first.
-        blocks.resize(self.bias.len() * rows, 0.0);
+        // Every value is written below, so only a grown buffer's new part is zeroed.
+        output.resize(rows * self.outputs, 0.0);
+        blocks.resize(self.bias.len() * rows.min(ROW_CHUNK), 0.0);
+        let split = threads && rows.min(ROW_CHUNK) * self.inputs * self.outputs >= PARALLEL_WORK;
+        let chunks = input[..rows * self.inputs]
+            .chunks(ROW_CHUNK * self.inputs)
+            .zip(output.chunks_mut(ROW_CHUNK * self.outputs));
+        for (input, output) in chunks {
+            self.chunk_product(input, blocks, output, split);
+        }
+    }
+
+    /// At most [`ROW_CHUNK`] rows of the product into `output` (`[rows, outputs]`): the
+    /// panel-major blocks (`[panels][rows][PANEL]`, PAIR panels per task, over the threads when
+    /// `split`), then copied row by row while they are still in the cache.
+    fn chunk_product(&self, input: &[f32], blocks: &mut [f32], output: &mut [f32], split: bool) {
+        let rows = input.len() / self.inputs;
+        let blocks = &mut blocks[..self.bias.len() * rows];
         let tasks = blocks
             .chunks_mut(PAIR * rows * PANEL)
             .zip(self.panels.chunks(PAIR * self.inputs * PANEL))
@@ -173,14 +192,12 @@ impl PackedLinear {
         let product = |((block, panels), bias): ((&mut [f32], &[f32]), &[f32])| {
             panels_product(input, self.inputs, panels, bias, block)
         };
-        if threads && rows * self.inputs * self.outputs >= PARALLEL_WORK {
+        if split {
             tasks.collect::<Vec<_>>().into_par_iter().for_each(product);
         } else {
             tasks.for_each(product);
         }
-        // Row by row, each row's panels in order (whole panels as fixed-size copies); every value
-        // is written, so only a grown buffer's new part is zeroed.
-        output.resize(rows * self.outputs, 0.0);
+        // Each row's panels in order, whole panels as fixed-size copies.
         for (row, values) in output.chunks_exact_mut(self.outputs).enumerate() {
             let (whole, rest) = values.as_chunks_mut::<PANEL>();
             let mut panel_rows = blocks
@@ -478,6 +495,7 @@ mod tests {
             (7, 64, 16),
             (33, 384, 1152),
             (4, 1536, 40),
+            (130, 40, 50),
         ] {
             let (weight, bias, input) = (
                 values(inputs * outputs, 1),
@@ -507,9 +525,10 @@ mod tests {
             outputs,
         )
         .expect("valid");
-        let batch = values(9 * inputs, 6);
+        // Past ROW_CHUNK rows, so rows of a later chunk are checked too.
+        let batch = values(70 * inputs, 6);
         let all = packed.apply(&batch);
-        for row in 0..9 {
+        for row in [0, 1, 8, 63, 64, 65, 69] {
             let alone = packed.apply(&batch[row * inputs..(row + 1) * inputs]);
             assert_eq!(alone, all[row * outputs..(row + 1) * outputs], "row {row}");
         }
