@@ -614,6 +614,74 @@ pub fn families(records: &[Record], models: &[String]) -> Vec<Family> {
     found
 }
 
+/// The fold (in `0..folds`) of each record of several families: each family's records are dealt
+/// by [`folds`] as if they were the whole data, so a family's folds are those of a run on that
+/// family alone (the records that score none of `models` are dealt as one more group). A prompt
+/// that two families share keeps the fold of its first family: copies stay on one side.
+pub fn family_folds(
+    records: &[Record],
+    models: &[String],
+    folds: usize,
+    seed: u64,
+) -> Result<Vec<usize>> {
+    per_family(records, models, |keys| {
+        self::folds(keys.iter().copied(), folds, seed)
+    })
+}
+
+/// [`split`] made per family, as [`family_folds`] deals folds: each family's validation records
+/// are those of a split of that family alone.
+pub fn family_split(
+    records: Vec<Record>,
+    models: &[String],
+    val_fraction: f64,
+    seed: u64,
+) -> Result<(Vec<Record>, Vec<Record>)> {
+    let in_validation = per_family(&records, models, |keys| {
+        validation_mask(keys.iter().copied(), val_fraction, seed)
+    })?;
+    let (validation, train): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .zip(in_validation)
+        .partition(|(_, is_validation)| *is_validation);
+    Ok((
+        train.into_iter().map(|(record, _)| record).collect(),
+        validation.into_iter().map(|(record, _)| record).collect(),
+    ))
+}
+
+/// `assign` run on each family's `(task, prompt)` keys, merged back in record order; a
+/// normalised prompt already assigned in an earlier family keeps that assignment.
+fn per_family<T: Clone>(
+    records: &[Record],
+    models: &[String],
+    assign: impl Fn(&[(&str, &str)]) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let mut groups: Vec<Vec<usize>> = families(records, models)
+        .into_iter()
+        .map(|family| family.records)
+        .collect();
+    let in_a_family: BTreeSet<usize> = groups.iter().flatten().copied().collect();
+    let rest: Vec<usize> = (0..records.len())
+        .filter(|i| !in_a_family.contains(i))
+        .collect();
+    groups.push(rest);
+    let mut assigned: Vec<Option<T>> = vec![None; records.len()];
+    let mut by_prompt: HashMap<String, T> = HashMap::new();
+    for group in groups.iter().filter(|g| !g.is_empty()) {
+        let keys: Vec<(&str, &str)> = group
+            .iter()
+            .map(|&i| (records[i].task.as_str(), records[i].prompt.as_str()))
+            .collect();
+        for (&index, value) in group.iter().zip(assign(&keys)?) {
+            let prompt = normalized_prompt(&records[index].prompt);
+            let value = by_prompt.entry(prompt).or_insert(value).clone();
+            assigned[index] = Some(value);
+        }
+    }
+    Ok(assigned.into_iter().flatten().collect())
+}
+
 /// Estimates, from `prices`, every cost that a record lacks for one of its scored models.
 /// `source_name` names where the prices came from, for the error.
 fn fill_costs(
@@ -1390,6 +1458,36 @@ mod tests {
             found,
             [(names(&["a", "b"]), vec![0]), (names(&["b", "c"]), vec![1])]
         );
+    }
+
+    #[test]
+    fn each_family_is_split_and_folded_as_if_alone_and_shared_prompts_stay_together() {
+        let record = |prompt: &str, task: &str, models: &[&str]| Record {
+            prompt: prompt.into(),
+            task: task.into(),
+            scores: models.iter().map(|m| (m.to_string(), 1.0)).collect(),
+            costs: BTreeMap::new(),
+            output_tokens: BTreeMap::new(),
+        };
+        let first: Vec<Record> = (0..20)
+            .map(|i| record(&format!("q{i}"), "x", &["a"]))
+            .collect();
+        let second: Vec<Record> = (0..15)
+            .map(|i| record(&format!("r{i}"), ["x", "y"][i % 2], &["b"]))
+            .chain([record("Q3", "y", &["b"])])
+            .collect();
+        let mixed: Vec<Record> = first.iter().chain(&second).cloned().collect();
+        let models = ["a".to_string(), "b".to_string()];
+        let alone = |records: &[Record]| folds(split_keys(records), 5, 7).unwrap();
+        let together = family_folds(&mixed, &models, 5, 7).unwrap();
+        assert_eq!(together[..20], alone(&first)[..]);
+        assert_eq!(together[20..35], alone(&second)[..15]);
+        assert_eq!(together[35], together[3], "a copy of q3 keeps q3's fold");
+        let (train, validation) = family_split(mixed.clone(), &models, 0.2, 7).unwrap();
+        let (first_train, first_validation) = split(first.clone(), 0.2, 7).unwrap();
+        assert_eq!(validation[..first_validation.len()], first_validation[..]);
+        assert_eq!(train[..first_train.len()], first_train[..]);
+        assert_eq!(train.len() + validation.len(), mixed.len());
     }
 
     fn toy_dataset() -> Dataset {

@@ -174,7 +174,7 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     let catalog = options.catalog.as_deref().map(read_catalog).transpose()?;
     let shipped = shipped_models(&records, models, catalog.as_ref(), options)?;
-    let (train_records, val_records) = training_split(records, options)?;
+    let (train_records, val_records) = training_split(records, models, options)?;
     let (encoder, encoder_config, teacher_dir) = build_encoder(options)?;
     let mut config = router_config(options, &shipped, encoder_config);
     let fingerprint = embed::encoder_fingerprint(&config, &encoder);
@@ -311,12 +311,14 @@ pub fn shipped_models(
 }
 
 /// The (training, validation) split of `records`, with an error when the training side is empty.
+/// Each family is split as if it were the whole data ([`crate::data::family_split`]).
 fn training_split(
     records: Vec<Record>,
+    models: &[String],
     options: &TrainOptions,
 ) -> Result<(Vec<Record>, Vec<Record>)> {
     let (train_records, val_records) =
-        crate::data::split(records, options.val_fraction, options.seed)?;
+        crate::data::family_split(records, models, options.val_fraction, options.seed)?;
     if train_records.is_empty() {
         return Err(TrainingError::Invalid("the training split is empty".into()));
     }
@@ -588,7 +590,7 @@ pub fn cross_validate(
     folds: usize,
 ) -> Result<CrossValidation> {
     let keys: Vec<(&str, &str)> = crate::data::split_keys(records).collect();
-    let fold_of = checked_folds(&keys, folds, options.seed)?;
+    let fold_of = checked_folds(records, models, folds, options.seed)?;
     let catalog = options.catalog.as_deref().map(read_catalog).transpose()?;
     let x = embed_records(records, models, options)?;
     let y = &score_rows(records, models, Missing::Masked)?;
@@ -666,15 +668,22 @@ pub fn cross_validate(
     })
 }
 
-/// The fold of every record ([`crate::data::folds`]); an error when some fold is left empty.
-fn checked_folds(keys: &[(&str, &str)], folds: usize, seed: u64) -> Result<Vec<usize>> {
-    let fold_of = crate::data::folds(keys.iter().copied(), folds, seed)?;
+/// The fold of every record, each family's folds those of a run on it alone
+/// ([`crate::data::family_folds`]); an error when some fold is left empty.
+fn checked_folds(
+    records: &[Record],
+    models: &[String],
+    folds: usize,
+    seed: u64,
+) -> Result<Vec<usize>> {
+    let fold_of = crate::data::family_folds(records, models, folds, seed)?;
     if let Some(empty) = (0..folds).find(|fold| !fold_of.contains(fold)) {
         return Err(TrainingError::Invalid(format!(
             "{} records ({} distinct prompts) leave fold {} of {folds} empty",
-            keys.len(),
-            keys.iter()
-                .map(|(_, prompt)| crate::data::normalized_prompt(prompt))
+            records.len(),
+            records
+                .iter()
+                .map(|r| crate::data::normalized_prompt(&r.prompt))
                 .collect::<std::collections::HashSet<_>>()
                 .len(),
             empty + 1
