@@ -685,6 +685,9 @@ fn train_command(args: TrainArgs) -> Result<()> {
 }
 
 fn eval_command(args: EvalArgs) -> Result<()> {
+    if args.data.families {
+        bail!("eval judges one family of data at a time (every record scoring every model): run it on each family's files");
+    }
     let router = load_router(args.model.as_deref())?;
     let catalog = match load_catalog(&router, args.catalog.as_deref()) {
         Ok(catalog) => Some(catalog),
