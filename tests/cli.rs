@@ -420,6 +420,42 @@ fn the_default_bundle_spends_less_in_cost_mode_on_everyday_prompts() {
     );
 }
 
+/// `models/mixed` (ZeroEval and LLMRouter trained together with a masked loss) predicts exactly the
+/// default's models: LLMRouter's columns were auxiliary outputs during training, cut from the head,
+/// and its model card says so; it routes with every model eligible.
+#[test]
+fn the_mixed_bundle_predicts_the_default_bundles_models_only() {
+    let mixed = repo_root().join("models").join("mixed");
+    let text =
+        std::fs::read_to_string(mixed.join("router.json")).expect("models/mixed/router.json");
+    let config: Value = serde_json::from_str(&text).expect("router.json is JSON");
+    let models: Vec<&str> = config["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .map(|m| m.as_str().expect("a name"))
+        .collect();
+    assert_eq!(models, bundle_models());
+    let card = std::fs::read_to_string(mixed.join("README.md")).expect("the model card");
+    assert!(
+        card.contains("--families")
+            && card.contains("Auxiliary outputs")
+            && card.contains("qwen2.5-7b-instruct"),
+        "{card}"
+    );
+    let mixed = mixed.to_string_lossy().into_owned();
+    let decision = route_json(&["--model", &mixed, "--mode", "cost", PROMPT]);
+    assert!(
+        models.contains(&decision["model"].as_str().expect("model")),
+        "{decision}"
+    );
+    assert_eq!(
+        keys(&decision["eligible"]).len(),
+        models.len(),
+        "{decision}"
+    );
+}
+
 #[test]
 fn jsonl_routes_each_line_in_order_and_reports_bad_lines() {
     let prompts = [
