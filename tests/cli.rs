@@ -10,7 +10,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{arg, assert_mentions, command, data_file, fails, ok, repo_root, run_with_stdin};
+use common::{
+    arg, assert_mentions, command, data_file, fails, import_slice, ok, prepare, repo_root,
+    run_with_stdin, write_jsonl,
+};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -454,6 +457,66 @@ fn the_mixed_bundle_predicts_the_default_bundles_models_only() {
         models.len(),
         "{decision}"
     );
+}
+
+/// `cv --families` on a ZeroEval slice and an LLMRouter slice (one model joined by `--rename`):
+/// one report per family, each on its own models and prompts; `train --families` with ZeroEval's
+/// catalog ships ZeroEval's columns only; the task gate refuses several families.
+#[test]
+fn several_families_are_cross_validated_apart_and_the_catalogs_models_ship() {
+    prepare();
+    let dir = TempDir::new().unwrap();
+    let zeroeval = import_slice("jsonl", &[data_file("zeroeval/train.jsonl")], 12);
+    let llmrouter = import_slice("llmrouter", &[data_file("llmrouter/train.json")], 3);
+    let zeroeval = arg(&write_jsonl(dir.path(), "zeroeval.jsonl", &zeroeval));
+    let llmrouter = arg(&write_jsonl(dir.path(), "llmrouter.jsonl", &llmrouter));
+    let prices = arg(&data_file("llmrouter/default_llm.json"));
+    let catalog = arg(&repo_root().join("models/zeroeval/catalog.toml"));
+    let families = [
+        "--families",
+        "--data",
+        &zeroeval,
+        &llmrouter,
+        "--prices",
+        &prices,
+        "--rename",
+        "llama-3.1-8b-instruct=Meta-Llama-3.1-8B-Instruct",
+        "--catalog",
+        &catalog,
+        "--hidden",
+        "32",
+        "--epochs",
+        "20",
+    ];
+    let cv = ok(&[&["cv", "--json", "--folds", "3"], &families[..]].concat()).json();
+    let reports = cv["families"].as_array().expect("one report per family");
+    assert_eq!(reports.len(), 2, "{cv}");
+    let names = |value: &Value| -> Vec<String> {
+        let names = value.as_array().expect("names").iter();
+        names
+            .map(|m| m.as_str().expect("a name").to_owned())
+            .collect()
+    };
+    let default_models = bundle_models();
+    assert_eq!(names(&reports[0]["models"]), default_models);
+    assert_eq!(reports[0]["records"], 36);
+    assert_eq!(reports[0]["ranked_by_catalog"], true);
+    let llmrouter_models = names(&reports[1]["models"]);
+    assert_eq!(llmrouter_models.len(), 9);
+    assert!(llmrouter_models.contains(&"Meta-Llama-3.1-8B-Instruct".to_owned()));
+    assert_eq!(reports[1]["records"], 42);
+    assert_eq!(reports[1]["ranked_by_catalog"], false);
+    for report in reports {
+        assert_eq!(report["report"]["models"], report["models"], "{report}");
+        assert_eq!(report["report"]["n"], report["records"], "{report}");
+    }
+    let out = dir.path().join("mixed");
+    ok(&[&["train", "--out", &arg(&out)], &families[..]].concat());
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("router.json")).unwrap()).unwrap();
+    assert_eq!(names(&config["models"]), default_models);
+    let refused = fails(&[&["cv", "--task-gate"], &families[..]].concat());
+    assert_mentions(&refused.stderr, &["task gate needs one family"]);
 }
 
 #[test]
