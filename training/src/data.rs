@@ -28,8 +28,10 @@
 //! **Bad rows are skipped and counted, never silently, never a panic**: an empty, non-numeric, NaN or
 //! out-of-[0, 1] score, a model missing from a record that the other records have, a negative or
 //! non-numeric cost, a row with the wrong number of fields or that is not a JSON object. The counts
-//! by [`SkipReason`] are in [`Dataset::skip_reasons`]. Empty prompts are legal and kept. A file that
-//! is missing, unreadable or wrong as a whole is an error naming the file.
+//! by [`SkipReason`] are in [`Dataset::skip_reasons`]. (Several families read together with
+//! [`MissingScores::Keep`] keep records that lack other families' models: see [`families`].)
+//! Empty prompts are legal and kept. A file that is missing, unreadable or wrong as a whole is an
+//! error naming the file.
 //!
 //! **Costs** are USD per prompt. They come from the data where it has them; where a record has no
 //! cost for a model and a price list is given (`--prices`, the LLMRouter `default_llm.json` format:

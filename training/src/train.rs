@@ -7,6 +7,9 @@
 //! Everything random (initial weights, the splits, the batch order) derives from one seed, so a
 //! run is reproducible bit for bit on the same machine. [`cross_validate`] trains one head per
 //! fold and evaluates the out-of-fold predictions of every prompt.
+//!
+//! Records of several families (each scoring its own models) train one head: the loss is averaged
+//! over the observed (prompt, model) cells only, and each family is evaluated on its own models.
 
 use std::path::{Path, PathBuf};
 
