@@ -411,9 +411,9 @@ pub fn rename_models(mut dataset: Dataset, renames: &[(String, String)]) -> Resu
         }
     }
     for record in &mut dataset.records {
-        record.scores = renamed_keys(std::mem::take(&mut record.scores), &rename);
-        record.costs = renamed_keys(std::mem::take(&mut record.costs), &rename);
-        record.output_tokens = renamed_keys(std::mem::take(&mut record.output_tokens), &rename);
+        record.scores = renamed_keys(std::mem::take(&mut record.scores), rename);
+        record.costs = renamed_keys(std::mem::take(&mut record.costs), rename);
+        record.output_tokens = renamed_keys(std::mem::take(&mut record.output_tokens), rename);
     }
     Ok(dataset)
 }
