@@ -256,7 +256,7 @@ impl LengthFit {
         }
     }
 
-    /// The head's tensors as [`LengthHead`] reads them (`layers.0.weight`, `layers.0.bias`), on
+    /// The head's tensors as [`router_core::LengthHead`] reads them (`layers.0.weight`, `layers.0.bias`), on
     /// the CPU; the manifest's shape for it is [`LengthFit::shape`].
     pub fn to_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let dim = self.weights.first().map_or(0, Vec::len);
