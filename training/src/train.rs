@@ -1100,6 +1100,43 @@ fn shrink_towards_task_means(y: &mut [Vec<f64>], tasks: &[&str], shrinkage: f64)
     }
 }
 
+/// Rows a loss is taken over: embeddings, targets and the mask of the cells that have a score
+/// (`None` when every cell has one).
+struct LossRows {
+    x: Tensor,
+    y: Tensor,
+    mask: Option<Tensor>,
+}
+
+impl LossRows {
+    fn new(x: &[Vec<f32>], y: &[Vec<f64>], dim: usize, outputs: usize) -> Result<Self> {
+        let (targets, mask) = targets(y, outputs)?;
+        Ok(LossRows {
+            x: to_tensor(x, dim)?,
+            y: targets,
+            mask,
+        })
+    }
+
+    /// The rows at `index` (a mini-batch).
+    fn select(&self, index: &Tensor) -> Result<LossRows> {
+        Ok(LossRows {
+            x: self.x.index_select(index, 0)?,
+            y: self.y.index_select(index, 0)?,
+            mask: self
+                .mask
+                .as_ref()
+                .map(|m| m.index_select(index, 0))
+                .transpose()?,
+        })
+    }
+
+    /// `head`'s masked sigmoid cross-entropy over these rows.
+    fn loss(&self, head: &Head) -> Result<Tensor> {
+        masked_bce(&head.forward_logits(&self.x)?, &self.y, self.mask.as_ref())
+    }
+}
+
 fn to_tensor(rows: &[Vec<f32>], width: usize) -> Result<Tensor> {
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     Ok(Tensor::from_vec(flat, (rows.len(), width), &Device::Cpu)?)
@@ -1173,50 +1210,30 @@ fn fit_head(
             ..Default::default()
         },
     )?;
-    let stop_x_t = (!stop_x.is_empty())
-        .then(|| to_tensor(stop_x, dim))
+    let all = LossRows::new(train_x, train_y, dim, outputs)?;
+    let stop = (!stop_x.is_empty() && !stop_y.is_empty())
+        .then(|| LossRows::new(stop_x, stop_y, dim, outputs))
         .transpose()?;
-    let (stop_y_t, stop_mask) = match stop_y.is_empty() {
-        true => (None, None),
-        false => {
-            let (y, mask) = targets(stop_y, outputs)?;
-            (Some(y), mask)
-        }
-    };
-    let all_x = to_tensor(train_x, dim)?;
-    let (all_y, all_mask) = targets(train_y, outputs)?;
     let mut order: Vec<u32> = (0..train_x.len() as u32).collect();
     let mut best: Option<(f64, Vec<Tensor>)> = None;
-    let mut since_best = 0;
-    let mut epochs = 0;
+    let (mut since_best, mut epochs) = (0, 0);
     let bar = embed::progress_bar(options.max_epochs, label);
     for _ in 0..options.max_epochs {
         epochs += 1;
         order.shuffle(&mut rng);
         for batch in order.chunks(options.batch_size.max(1)) {
             let index = Tensor::from_slice(batch, batch.len(), &Device::Cpu)?;
-            let x = all_x.index_select(&index, 0)?;
-            let y = all_y.index_select(&index, 0)?;
-            let mask = all_mask
-                .as_ref()
-                .map(|m| m.index_select(&index, 0))
-                .transpose()?;
-            let batch_loss = masked_bce(&head.forward_logits(&x)?, &y, mask.as_ref())?;
-            optimizer.backward_step(&batch_loss)?;
+            optimizer.backward_step(&all.select(&index)?.loss(&head)?)?;
         }
-        let epoch_loss = match (&stop_x_t, &stop_y_t) {
-            (Some(x), Some(y)) => masked_bce(&head.forward_logits(x)?, y, stop_mask.as_ref())?,
-            _ => masked_bce(&head.forward_logits(&all_x)?, &all_y, all_mask.as_ref())?,
-        }
-        .to_scalar::<f32>()? as f64;
+        let epoch_loss = stop
+            .as_ref()
+            .unwrap_or(&all)
+            .loss(&head)?
+            .to_scalar::<f32>()? as f64;
         bar.inc(1);
         if best.as_ref().is_none_or(|(b, _)| epoch_loss < *b) {
-            best = Some((
-                epoch_loss,
-                vars.iter()
-                    .map(|(_, v)| v.as_tensor().copy())
-                    .collect::<std::result::Result<_, _>>()?,
-            ));
+            let weights = vars.iter().map(|(_, v)| v.as_tensor().copy());
+            best = Some((epoch_loss, weights.collect::<std::result::Result<_, _>>()?));
             since_best = 0;
         } else {
             since_best += 1;
