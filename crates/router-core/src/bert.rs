@@ -20,6 +20,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use crate::cpu_layer::{CpuLayer, LayerBuffers};
+use crate::packed::contiguous_f32;
 
 /// The activation of the feed-forward layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -385,13 +386,7 @@ impl CustomOp1 for GeluErfRational {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(values), Some((start, end))) = (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("{} takes a contiguous f32 tensor", self.name())
-        };
-        let values = values.get(start..end).ok_or_else(|| {
-            candle_core::Error::Msg(format!("{} is out of its storage", self.name()))
-        })?;
+        let values = contiguous_f32(self.name(), storage, layout)?;
         let output: Vec<f32> = values
             .iter()
             .map(|&x| 0.5 * x * (1.0 + erf_rational(x * std::f32::consts::FRAC_1_SQRT_2)))

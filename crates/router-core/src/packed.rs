@@ -213,6 +213,22 @@ impl PackedLinear {
     }
 }
 
+/// The values of a contiguous f32 CPU tensor, which the CPU custom ops (`op`) take; an error
+/// naming the op for any other.
+pub(crate) fn contiguous_f32<'s>(
+    op: &str,
+    storage: &'s CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'s [f32]> {
+    let (CpuStorage::F32(values), Some((start, end))) = (storage, layout.contiguous_offsets())
+    else {
+        candle_core::bail!("{op} takes a contiguous f32 tensor")
+    };
+    values
+        .get(start..end)
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op} is out of its storage")))
+}
+
 /// As a candle op on a contiguous f32 CPU tensor `[.., inputs]` → `[.., outputs]`.
 impl CustomOp1 for PackedLinear {
     fn name(&self) -> &'static str {
@@ -224,10 +240,7 @@ impl CustomOp1 for PackedLinear {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(values), Some((start, end))) = (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("{} takes a contiguous f32 tensor", self.name())
-        };
+        let input = contiguous_f32(self.name(), storage, layout)?;
         let mut dims = layout.shape().dims().to_vec();
         if dims.last() != Some(&self.inputs) {
             candle_core::bail!(
@@ -236,9 +249,6 @@ impl CustomOp1 for PackedLinear {
                 self.inputs
             )
         }
-        let input = values.get(start..end).ok_or_else(|| {
-            candle_core::Error::Msg(format!("{} is out of its storage", self.name()))
-        })?;
         if let Some(last) = dims.last_mut() {
             *last = self.outputs;
         }
