@@ -522,14 +522,20 @@ pub fn split(
     seed: u64,
 ) -> Result<(Vec<Record>, Vec<Record>)> {
     let in_validation = validation_mask(split_keys(&records), val_fraction, seed)?;
+    Ok(partition(records, &in_validation))
+}
+
+/// (train, validation): the records whose `in_validation` is false, then those where it is true,
+/// each in input order.
+fn partition(records: Vec<Record>, in_validation: &[bool]) -> (Vec<Record>, Vec<Record>) {
     let (validation, train): (Vec<_>, Vec<_>) = records
         .into_iter()
         .zip(in_validation)
-        .partition(|(_, is_validation)| *is_validation);
-    Ok((
+        .partition(|(_, is_validation)| **is_validation);
+    (
         train.into_iter().map(|(record, _)| record).collect(),
         validation.into_iter().map(|(record, _)| record).collect(),
-    ))
+    )
 }
 
 /// The `(task, prompt)` of each record: what the splits stratify and group by.
@@ -642,14 +648,7 @@ pub fn family_split(
     let in_validation = per_family(&records, models, |keys| {
         validation_mask(keys.iter().copied(), val_fraction, seed)
     })?;
-    let (validation, train): (Vec<_>, Vec<_>) = records
-        .into_iter()
-        .zip(in_validation)
-        .partition(|(_, is_validation)| *is_validation);
-    Ok((
-        train.into_iter().map(|(record, _)| record).collect(),
-        validation.into_iter().map(|(record, _)| record).collect(),
-    ))
+    Ok(partition(records, &in_validation))
 }
 
 /// `assign` run on each family's `(task, prompt)` keys, merged back in record order; a
